@@ -1,0 +1,16 @@
+//! Dilu's domain model and policies.
+//!
+//! Pure code only: no I/O, no clock, no global state. Time, randomness and data come in as arguments so
+//! that the simulator and the platform run the very same policies.
+
+pub mod cluster;
+pub mod error;
+pub mod frag;
+pub mod gorand;
+pub mod placement;
+pub mod request;
+
+pub use cluster::{Cluster, GpuShare, GpuState, Node, NodeSpec, Placement};
+pub use error::CoreError;
+pub use placement::{Placer, PlacerConfig, PolicyName, Unschedulable, build_placer};
+pub use request::{InstanceKind, InstanceRequest, RequestError, SM_MILLI};

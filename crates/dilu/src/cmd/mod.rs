@@ -1,0 +1,4 @@
+//! Subcommand implementations.
+
+pub mod output;
+pub mod sim;
