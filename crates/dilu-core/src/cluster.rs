@@ -304,7 +304,12 @@ impl Cluster {
 
     /// Whether a node's GPU model is allowed by a mask.
     pub fn model_allowed(mask: ModelMask, node: &Node) -> bool {
-        mask.is_none_or(|m| m & (1u128 << node.model) != 0)
+        Self::model_in_mask(mask, node.model)
+    }
+
+    /// Whether a GPU model index is allowed by a mask.
+    pub fn model_in_mask(mask: ModelMask, model: u16) -> bool {
+        mask.is_none_or(|m| m & (1u128 << model) != 0)
     }
 
     /// Applies a placement after checking every capacity: CPU, host memory, pod count, and per GPU the SM

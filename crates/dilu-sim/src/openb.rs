@@ -291,3 +291,120 @@ fn pods_from_table(t: Table) -> Result<Vec<PodRecord>, OpenbError> {
     }
     Ok(pods)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n";
+
+    fn pods(body: &str) -> Result<Vec<PodRecord>, OpenbError> {
+        parse_openb_pods(&format!("{HEADER}{body}"), "pods.csv")
+    }
+
+    #[test]
+    fn converts_like_fgd() {
+        let p = pods("a,8000,1024,1,460,,LS,Running,0,1,0\nb,4000,0,2,1000,V100M16||V100M32,LS,Running,0,1,0\nc,100,1,0,0,,BE,Running,0,1,0\nd,1,1,1,1500,,LS,Running,0,1,0\n").unwrap();
+        assert_eq!(p[0].request.sm_request, 460);
+        assert_eq!(p[0].request.gpu_count, 1);
+        assert_eq!(p[1].request.gpu_types, vec!["V100M16", "V100M32"]);
+        assert_eq!(p[1].request.total_sm_request(), 2000);
+        assert_eq!(p[2].request.gpu_count, 0);
+        assert_eq!(
+            p[3].request.sm_request, 1000,
+            "a share above a GPU is clamped to one GPU"
+        );
+        assert_eq!(p[3].line, 5);
+    }
+
+    #[test]
+    fn missing_column_is_named() {
+        let err = parse_openb_pods(
+            "name,cpu_milli,memory_mib,num_gpu,gpu_spec\na,1,1,0,\n",
+            "pods.csv",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pods.csv:1: missing column 'gpu_milli' (header has: name,cpu_milli,memory_mib,num_gpu,gpu_spec)"
+        );
+    }
+
+    #[test]
+    fn non_numeric_value_names_line_field_and_value() {
+        let err =
+            pods("a,1,1,0,0,,LS,Running,0,1,0\nb,lots,1,0,0,,LS,Running,0,1,0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pods.csv:3: field 'cpu_milli' = \"lots\": must be an integer"
+        );
+    }
+
+    #[test]
+    fn negative_share_is_refused() {
+        let err = pods("a,1,1,1,-200,,LS,Running,0,1,0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pods.csv:2: field 'gpu_milli' = \"-200\": a GPU share must not be negative"
+        );
+    }
+
+    #[test]
+    fn negative_count_and_short_rows_are_refused() {
+        let err = pods("a,1,1,-1,200,,LS,Running,0,1,0\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("pods.csv:2: field 'num_gpu' = \"-1\": must not be negative"),
+            "{err}"
+        );
+        let err = pods("a,1,1\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("pods.csv:2: has 3 fields"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn multi_gpu_share_breaks_the_whole_gpu_rule() {
+        let err = pods("a,1,1,2,500,,LS,Running,0,1,0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("pods.csv:2: field 'gpu_milli'"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("whole GPUs"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_first() {
+        let err = pods("a,1,1,0,0,,LS,Running,0,1,0\na,1,1,0,0,,LS,Running,0,1,0\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("duplicate pod name (first on line 2)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nodes_parse_and_reject_bad_rows() {
+        let n = parse_openb_nodes(
+            "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn1,32000,1024,0,\n",
+            "nodes.csv",
+        )
+        .unwrap();
+        assert_eq!(
+            (n[0].gpu_count, n[0].gpu_model.as_str(), n[1].gpu_count),
+            (2, "P100", 0)
+        );
+        let err = parse_openb_nodes(
+            "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,\n",
+            "nodes.csv",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("nodes.csv:2: field 'model'"),
+            "{err}"
+        );
+        let err = parse_openb_nodes("sn,cpu_milli,memory_mib,model\n", "nodes.csv").unwrap_err();
+        assert!(err.to_string().contains("missing column 'gpu'"), "{err}");
+    }
+}

@@ -206,7 +206,7 @@ impl FragMemo {
                 } else {
                     FragClass::XrLackCpu
                 }
-            } else if !t.mask.is_none_or(|m| m & (1u128 << s.model) != 0) {
+            } else if !Cluster::model_in_mask(t.mask, s.model) {
                 FragClass::NoAccess
             } else {
                 let fitting = s.gpu_free.iter().filter(|&&f| f >= t.milli).count() as u32;

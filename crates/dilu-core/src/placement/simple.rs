@@ -25,15 +25,9 @@ impl Placer for ExclusivePlacer {
             (g.is_idle() && req.gpu_mem_mib <= node.spec.gpu_mem_mib).then_some(0.0)
         });
         let (node, gpus) = found.ok_or_else(|| Unschedulable::NoRoom(describe(req)))?;
-        let mem = cluster.nodes()[node].spec.gpu_mem_mib;
-        let whole = InstanceRequest {
-            sm_request: SM_MILLI,
-            sm_limit: SM_MILLI,
-            gpu_mem_mib: mem,
-            ..req.clone()
-        };
-        let shares_for = if req.gpu_count == 0 { req } else { &whole };
-        Ok(Placement::uniform(node, shares_for, &gpus))
+        // The GPU is held whole (nothing else may join it), but it is charged what the instance really uses,
+        // so that fragmentation shows the share an exclusive GPU leaves unused.
+        Ok(Placement::uniform(node, req, &gpus))
     }
 }
 
