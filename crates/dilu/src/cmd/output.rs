@@ -64,6 +64,14 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Creates the parent folder of an output file if it does not exist yet.
+pub fn ensure_parent_dir(path: &std::path::Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Median of a sample (mean of the middle two for an even count); `NaN` when empty.
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

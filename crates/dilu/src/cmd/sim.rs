@@ -1,7 +1,7 @@
 //! `dilu sim …`: placement replays of the openb trace (FGD's experiment) and of Dilu's instance traces, and
 //! the instance-trace generator.
 
-use crate::cmd::output::{Format, SeedRange, median, parse_list, progress_bar};
+use crate::cmd::output::{Format, SeedRange, ensure_parent_dir, median, parse_list, progress_bar};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use dilu_core::PolicyName;
@@ -265,6 +265,7 @@ fn instances(a: InstancesArgs) -> Result<()> {
                 (o.policy.to_string(), pts)
             })
             .collect();
+        ensure_parent_dir(path)?;
         plot_lines(
             path,
             &format!("Active GPUs — {source}"),
@@ -329,10 +330,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let text = write_instance_trace(&events);
     match &a.out {
         Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
+            ensure_parent_dir(path)?;
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {} events to {}", events.len(), path.display());
         }
