@@ -43,6 +43,12 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
     let Some(alloc) = expected("fgd-expected/analysis_allo_discrete_default.csv", 5) else {
         return;
     };
+    let Some(frag) = expected("fgd-expected/analysis_frag_discrete_default.csv", 4) else {
+        return;
+    };
+    let Some(ratio) = expected("fgd-expected/analysis_frag_ratio_discrete_default.csv", 4) else {
+        return;
+    };
     let Some(nodes_path) =
         common::shared_data("alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")
     else {
@@ -58,6 +64,7 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
 
     let mut report = Vec::new();
     let mut exact_runs = 0;
+    let mut frag_exact_runs = 0;
     for policy in PolicyName::FGD_SIX {
         let label = policy.fgd_label().unwrap();
         let mut ours: HashMap<usize, Vec<f64>> = HashMap::new();
@@ -84,8 +91,14 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
                 ours.entry(k).or_default().push(100.0 - got);
                 theirs.entry(k).or_default().push(100.0 - published);
             }
-            if exact && policy != PolicyName::Random {
-                exact_runs += 1;
+            let key = (label.to_owned(), seed);
+            let frag_exact = (50..=130usize).all(|k| {
+                (run.columns.frag_total_pct[k].unwrap() - frag[&key][k]).abs() <= 0.1 + 1e-9
+                    && (run.columns.frag_ratio_pct[k].unwrap() - ratio[&key][k]).abs() <= 0.1 + 1e-9
+            });
+            if policy != PolicyName::Random {
+                exact_runs += usize::from(exact);
+                frag_exact_runs += usize::from(frag_exact);
             }
         }
         for (k, tolerance) in [(90usize, 1.0), (100, 0.7), (110, 1.0), (130, 1.0)] {
@@ -103,8 +116,15 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
     eprintln!(
         "deterministic (policy, seed) runs matching FGD per seed on every column 50..130: {exact_runs}/50"
     );
+    eprintln!(
+        "... of which fragment % and fragmentation ratio also match on every column: {frag_exact_runs}/50"
+    );
     assert!(
         exact_runs >= 45,
         "only {exact_runs}/50 deterministic runs match FGD per seed"
+    );
+    assert!(
+        frag_exact_runs >= 45,
+        "only {frag_exact_runs}/50 runs match FGD's fragmentation per seed"
     );
 }
