@@ -174,41 +174,19 @@ pub fn build_placer(
     cluster: &Cluster,
     config: &PlacerConfig,
 ) -> Result<Box<dyn Placer>, PlacerConfigError> {
+    let kube = |policy| -> Box<dyn Placer> {
+        Box::new(KubePlacer::new(policy, cluster, config.seed, None))
+    };
     Ok(match name {
         PolicyName::Dilu => Box::new(DiluPlacer::new(config.dilu)),
         PolicyName::Exclusive => Box::new(ExclusivePlacer),
         PolicyName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
         PolicyName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
-        PolicyName::Random => Box::new(KubePlacer::new(
-            KubePolicy::Random,
-            cluster,
-            config.seed,
-            None,
-        )),
-        PolicyName::DotProd => Box::new(KubePlacer::new(
-            KubePolicy::DotProd,
-            cluster,
-            config.seed,
-            None,
-        )),
-        PolicyName::Clustering => Box::new(KubePlacer::new(
-            KubePolicy::Clustering,
-            cluster,
-            config.seed,
-            None,
-        )),
-        PolicyName::Packing => Box::new(KubePlacer::new(
-            KubePolicy::Packing,
-            cluster,
-            config.seed,
-            None,
-        )),
-        PolicyName::BestFit => Box::new(KubePlacer::new(
-            KubePolicy::BestFit,
-            cluster,
-            config.seed,
-            None,
-        )),
+        PolicyName::Random => kube(KubePolicy::Random),
+        PolicyName::DotProd => kube(KubePolicy::DotProd),
+        PolicyName::Clustering => kube(KubePolicy::Clustering),
+        PolicyName::Packing => kube(KubePolicy::Packing),
+        PolicyName::BestFit => kube(KubePolicy::BestFit),
         PolicyName::Fgd => {
             let typical = config.typical_pods.as_ref().ok_or(PlacerConfigError {
                 policy: "fgd",
