@@ -4,6 +4,7 @@
 use crate::error::CoreError;
 use crate::request::{InstanceKind, InstanceRequest, SM_MILLI};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Static description of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +179,8 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// Live placements by instance id: the ledger that makes `release` exact.
+    live: HashMap<u64, Placement>,
     gpu_models: Vec<String>,
     sm_requested: u64,
     active_gpus: u32,
@@ -244,6 +247,7 @@ impl Cluster {
         }
         Ok(Cluster {
             nodes,
+            live: HashMap::new(),
             gpu_models,
             sm_requested: 0,
             active_gpus: 0,
@@ -316,6 +320,9 @@ impl Cluster {
     /// request (Σ ≤ 1000) and memory. Limits may over-commit; bounding them is the placer's policy. On error
     /// nothing changes.
     pub fn allocate(&mut self, p: &Placement) -> Result<(), CoreError> {
+        if self.live.contains_key(&p.instance) {
+            return Err(CoreError::DuplicateInstance(p.instance));
+        }
         let node = self
             .nodes
             .get(p.node)
@@ -384,61 +391,30 @@ impl Cluster {
             });
             self.sm_requested += u64::from(s.sm_request);
         }
+        self.live.insert(p.instance, p.clone());
         Ok(())
     }
 
-    /// Undoes a placement made by [`Cluster::allocate`], restoring the exact prior amounts. Releasing something
-    /// that is not allocated is an error and changes nothing.
+    /// Undoes a placement made by [`Cluster::allocate`], restoring the exact prior amounts. Only a placement
+    /// that is live, identical to what was allocated, can be released; anything else is an error and changes
+    /// nothing.
     pub fn release(&mut self, p: &Placement) -> Result<(), CoreError> {
-        let node = self
-            .nodes
-            .get(p.node)
-            .ok_or(CoreError::NoSuchNode(p.node))?;
-        let under = |resource: String, requested: u64, used: u64| CoreError::ReleaseUnderflow {
-            node: node.spec.name.clone(),
-            resource,
-            requested,
-            used,
-        };
-        if p.cpu_milli > node.cpu_used {
-            return Err(under("cpu_milli".into(), p.cpu_milli, node.cpu_used));
-        }
-        if p.mem_mib > node.mem_used {
-            return Err(under("mem_mib".into(), p.mem_mib, node.mem_used));
-        }
-        if node.pods == 0 {
-            return Err(under("pods".into(), 1, 0));
-        }
-        if let Some(tag) = p.affinity
-            && node.affinity.get(tag as usize).copied().unwrap_or(0) == 0
-        {
-            return Err(under(format!("affinity tag {tag}"), 1, 0));
-        }
-        for s in &p.shares {
-            let gpu = node
-                .gpus
-                .get(s.gpu as usize)
-                .ok_or_else(|| CoreError::BadGpu {
-                    node: node.spec.name.clone(),
-                    gpu: s.gpu,
-                    rule: "no such GPU",
-                })?;
-            if !gpu.residents.iter().any(|r| r.instance == p.instance) {
-                return Err(under(
-                    format!("gpu {} instance {}", s.gpu, p.instance),
-                    1,
-                    0,
-                ));
+        match self.live.get(&p.instance) {
+            Some(live) if live == p => {}
+            Some(_) => {
+                return Err(CoreError::NotAllocated {
+                    instance: p.instance,
+                    rule: "differs from the placement allocated under this id",
+                });
             }
-            if s.sm_request > gpu.sm_request || s.sm_limit > gpu.sm_limit || s.mem_mib > gpu.mem_mib
-            {
-                return Err(under(
-                    format!("gpu {} share", s.gpu),
-                    s.sm_request.into(),
-                    gpu.sm_request.into(),
-                ));
+            None => {
+                return Err(CoreError::NotAllocated {
+                    instance: p.instance,
+                    rule: "no live placement has this id",
+                });
             }
         }
+        self.live.remove(&p.instance);
         let node = &mut self.nodes[p.node];
         node.cpu_used -= p.cpu_milli;
         node.mem_used -= p.mem_mib;

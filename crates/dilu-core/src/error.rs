@@ -45,16 +45,17 @@ pub enum CoreError {
         /// Amount free.
         free: u64,
     },
-    /// Releasing more than is allocated: the placement was never applied or was released twice.
-    #[error("node '{node}': cannot release {resource}: {requested} released, only {used} in use")]
-    ReleaseUnderflow {
-        /// Node name.
-        node: String,
-        /// Which resource.
-        resource: String,
-        /// Amount to release.
-        requested: u64,
-        /// Amount in use.
-        used: u64,
+    /// An instance id that already has a live placement.
+    #[error(
+        "instance {0} already has a live placement; instance ids must be unique among live instances"
+    )]
+    DuplicateInstance(u64),
+    /// A release that does not match a live placement.
+    #[error("cannot release instance {instance}: {rule}")]
+    NotAllocated {
+        /// The instance id.
+        instance: u64,
+        /// What is wrong.
+        rule: &'static str,
     },
 }

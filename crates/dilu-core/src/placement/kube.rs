@@ -5,7 +5,7 @@
 //! Scores depend only on the node's state and the pod's shape, so they are cached per (shape, node) and
 //! recomputed only for nodes whose version changed. That is what makes one run take a second, not minutes.
 
-use crate::cluster::{Cluster, ModelMask, Node, Placement};
+use crate::cluster::{Cluster, GpuState, ModelMask, Node, Placement};
 use crate::frag::fgd::NodeFree;
 use crate::frag::{FragMemo, TypicalPods};
 use crate::gorand::GoRand;
@@ -96,15 +96,14 @@ impl KubePlacer {
             return Vec::new();
         }
         if !req.is_share() {
-            return lowest_index_fitting(node, req.sm_request, req.gpu_count);
+            return lowest_index_fitting(node, req);
         }
-        let m = req.sm_request;
         match self.policy {
             KubePolicy::Random => {
                 let mut chosen = None;
                 let mut count = 0;
                 for (i, g) in node.gpus.iter().enumerate() {
-                    if g.free_milli() >= m {
+                    if gpu_fits(node, g, req) {
                         count += 1;
                         if self.rng.intn(count) == 0 {
                             chosen = Some(i as u32);
@@ -117,7 +116,7 @@ impl KubePlacer {
                 Some(memo) => fgd_score(memo, node, req).1.into_iter().collect(),
                 None => Vec::new(),
             },
-            _ => best_fit_gpu(node, m).into_iter().collect(),
+            _ => best_fit_gpu(node, req).into_iter().collect(),
         }
     }
 }
@@ -221,33 +220,32 @@ pub(crate) fn feasible(node: &Node, req: &InstanceRequest, mask: ModelMask) -> b
     if node.gpus.is_empty() || !Cluster::model_allowed(mask, node) {
         return false;
     }
-    let fitting = node
-        .gpus
-        .iter()
-        .filter(|g| {
-            g.free_milli() >= req.sm_request && node.spec.gpu_mem_mib - g.mem_mib >= req.gpu_mem_mib
-        })
-        .count();
+    let fitting = node.gpus.iter().filter(|g| gpu_fits(node, g, req)).count();
     fitting >= req.gpu_count as usize
 }
 
-/// The `k` lowest-index GPUs with at least `milli` free (for whole GPUs: the lowest-index idle ones).
-fn lowest_index_fitting(node: &Node, milli: u32, k: u32) -> Vec<u32> {
+/// Whether one GPU of the node can take one GPU's worth of the request: SM share and GPU memory.
+fn gpu_fits(node: &Node, g: &GpuState, req: &InstanceRequest) -> bool {
+    g.free_milli() >= req.sm_request && node.spec.gpu_mem_mib - g.mem_mib >= req.gpu_mem_mib
+}
+
+/// The `gpu_count` lowest-index GPUs that fit (for whole GPUs: the lowest-index idle ones).
+fn lowest_index_fitting(node: &Node, req: &InstanceRequest) -> Vec<u32> {
     node.gpus
         .iter()
         .enumerate()
-        .filter(|(_, g)| g.free_milli() >= milli)
-        .take(k as usize)
+        .filter(|(_, g)| gpu_fits(node, g, req))
+        .take(req.gpu_count as usize)
         .map(|(i, _)| i as u32)
         .collect()
 }
 
 /// FGD's `best` GPU choice for a share pod: the fitting GPU with the least free share, lowest index on ties.
-fn best_fit_gpu(node: &Node, milli: u32) -> Option<u32> {
+fn best_fit_gpu(node: &Node, req: &InstanceRequest) -> Option<u32> {
     let mut best: Option<(u32, u32)> = None;
     for (i, g) in node.gpus.iter().enumerate() {
         let free = g.free_milli();
-        if free >= milli && best.is_none_or(|(bf, _)| free < bf) {
+        if gpu_fits(node, g, req) && best.is_none_or(|(bf, _)| free < bf) {
             best = Some((free, i as u32));
         }
     }
@@ -344,7 +342,7 @@ fn fgd_score(memo: &mut FragMemo, node: &Node, req: &InstanceRequest) -> (i64, O
     if req.is_share() {
         let mut best: Option<(i64, u32)> = None;
         for i in 0..free.len() {
-            if free[i] < req.sm_request {
+            if !gpu_fits(node, &node.gpus[i], req) {
                 continue;
             }
             free[i] -= req.sm_request;
@@ -369,7 +367,7 @@ fn fgd_score(memo: &mut FragMemo, node: &Node, req: &InstanceRequest) -> (i64, O
     order.sort();
     for &(f, i) in order
         .iter()
-        .filter(|(f, _)| *f >= req.sm_request)
+        .filter(|&&(_, i)| gpu_fits(node, &node.gpus[i], req))
         .take(req.gpu_count as usize)
     {
         free[i] = f - req.sm_request;
