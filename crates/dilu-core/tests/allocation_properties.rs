@@ -4,10 +4,12 @@
 //! After every step the capacity invariants hold and the cluster's state equals the sum of the live
 //! placements; releasing the latest placement restores the exact prior state; releasing everything, in any
 //! order, empties the cluster.
+mod common;
+use common::snap;
 
 use dilu_core::frag::TypicalPods;
 use dilu_core::{
-    Cluster, CoreError, GpuState, InstanceKind, InstanceRequest, Node, NodeSpec, Placement, Placer,
+    Cluster, CoreError, GpuState, InstanceKind, InstanceRequest, NodeSpec, Placement, Placer,
     PlacerConfig, PolicyName, Unschedulable, build_placer,
 };
 use proptest::prelude::*;
@@ -233,52 +235,6 @@ fn llm_scenario_strategy() -> impl Strategy<Value = Scenario> {
 // ---------------------------------------------------------------------------------------------------------------
 // State snapshots and invariants
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Affinity counts with trailing zeros removed (a count of 0 and a missing tag mean the same).
-fn affinity_counts(n: &Node) -> Vec<u32> {
-    let mut a = n.affinity.clone();
-    while a.last() == Some(&0) {
-        a.pop();
-    }
-    a
-}
-
-/// Everything about a node that allocation changes, except `version`.
-#[derive(Debug, Clone, PartialEq)]
-struct NodeSnap {
-    cpu_used: u64,
-    mem_used: u64,
-    pods: u32,
-    gpus: Vec<GpuState>,
-    affinity: Vec<u32>,
-    tie_rank: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Snap {
-    nodes: Vec<NodeSnap>,
-    sm_requested: u64,
-    active_gpus: u32,
-}
-
-fn snap(c: &Cluster) -> Snap {
-    Snap {
-        nodes: c
-            .nodes()
-            .iter()
-            .map(|n| NodeSnap {
-                cpu_used: n.cpu_used,
-                mem_used: n.mem_used,
-                pods: n.pods,
-                gpus: n.gpus.clone(),
-                affinity: affinity_counts(n),
-                tie_rank: n.tie_rank,
-            })
-            .collect(),
-        sm_requested: c.sm_requested(),
-        active_gpus: c.active_gpus(),
-    }
-}
 
 /// (a) capacity invariants and cluster totals; (b) with `dilu_limits`, Σ limit ≤ 1500 per GPU; and the state of
 /// every node equals the sum of the live placements on it.

@@ -1,11 +1,13 @@
 //! Hand-built scenarios for every placement policy (`PolicyName::ALL`), with hand-computed expectations for the
 //! policy-specific rules of `docs/fgd.md` §3–§5 and `docs/dilu.md` §4, plus the validation rules of
 //! `InstanceRequest::validate` and the checks of `Cluster::allocate` / `Cluster::release`.
+mod common;
+use common::snap;
 
 use dilu_core::frag::TypicalPods;
 use dilu_core::{
-    Cluster, CoreError, GpuShare, GpuState, InstanceKind, InstanceRequest, Node, NodeSpec,
-    Placement, Placer, PlacerConfig, PolicyName, Unschedulable, build_placer,
+    Cluster, CoreError, GpuShare, InstanceKind, InstanceRequest, NodeSpec, Placement, Placer,
+    PlacerConfig, PolicyName, Unschedulable, build_placer,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -167,54 +169,6 @@ fn place_and_allocate(
     c.allocate(&p)
         .unwrap_or_else(|e| panic!("{pol}: placement {p:?} was refused by the cluster: {e}"));
     p
-}
-
-/// Affinity counts with trailing zeros removed (a count of 0 and a missing tag mean the same).
-fn affinity_counts(n: &Node) -> Vec<u32> {
-    let mut a = n.affinity.clone();
-    while a.last() == Some(&0) {
-        a.pop();
-    }
-    a
-}
-
-/// Everything about a node that allocation changes, except `version`.
-#[derive(Debug, Clone, PartialEq)]
-struct NodeSnap {
-    name: String,
-    cpu_used: u64,
-    mem_used: u64,
-    pods: u32,
-    gpus: Vec<GpuState>,
-    affinity: Vec<u32>,
-    tie_rank: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Snap {
-    nodes: Vec<NodeSnap>,
-    sm_requested: u64,
-    active_gpus: u32,
-}
-
-fn snap(c: &Cluster) -> Snap {
-    Snap {
-        nodes: c
-            .nodes()
-            .iter()
-            .map(|n| NodeSnap {
-                name: n.spec.name.clone(),
-                cpu_used: n.cpu_used,
-                mem_used: n.mem_used,
-                pods: n.pods,
-                gpus: n.gpus.clone(),
-                affinity: affinity_counts(n),
-                tie_rank: n.tie_rank,
-            })
-            .collect(),
-        sm_requested: c.sm_requested(),
-        active_gpus: c.active_gpus(),
-    }
 }
 
 /// GPU indices of a placement, in order.
