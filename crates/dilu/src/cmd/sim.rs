@@ -217,7 +217,13 @@ fn print_placement_table(runs: &[(OpenbRun, f64)], policies: &[PolicyName], seed
 
 fn load_or_generate_trace(trace: Option<&PathBuf>) -> Result<(String, Vec<TraceEvent>)> {
     match trace {
-        Some(path) => Ok((path.display().to_string(), read_instance_trace(path)?)),
+        Some(path) => {
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            );
+            Ok((name, read_instance_trace(path)?))
+        }
         None => {
             let cfg = GenerateConfig {
                 instances: DEFAULT_INSTANCES,
