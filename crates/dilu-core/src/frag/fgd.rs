@@ -296,9 +296,4 @@ impl FgdFragTracker {
             100.0 * self.frag_total / self.idle_total as f64
         }
     }
-
-    /// The memo, shared with the FGD placer so both use one cache.
-    pub fn memo_mut(&mut self) -> &mut FragMemo {
-        &mut self.memo
-    }
 }

@@ -9,7 +9,7 @@ use crate::cluster::{Cluster, GpuState, ModelMask, Node, Placement};
 use crate::frag::fgd::NodeFree;
 use crate::frag::{FragMemo, TypicalPods};
 use crate::gorand::GoRand;
-use crate::placement::{Placer, Unschedulable};
+use crate::placement::{Placer, PolicyName, Unschedulable};
 use crate::request::{InstanceRequest, SM_MILLI};
 use std::collections::HashMap;
 
@@ -123,14 +123,15 @@ impl KubePlacer {
 
 impl Placer for KubePlacer {
     fn name(&self) -> &'static str {
-        match self.policy {
-            KubePolicy::Random => "random",
-            KubePolicy::DotProd => "dot-prod",
-            KubePolicy::Clustering => "clustering",
-            KubePolicy::Packing => "packing",
-            KubePolicy::BestFit => "best-fit",
-            KubePolicy::Fgd => "fgd",
-        }
+        let name = match self.policy {
+            KubePolicy::Random => PolicyName::Random,
+            KubePolicy::DotProd => PolicyName::DotProd,
+            KubePolicy::Clustering => PolicyName::Clustering,
+            KubePolicy::Packing => PolicyName::Packing,
+            KubePolicy::BestFit => PolicyName::BestFit,
+            KubePolicy::Fgd => PolicyName::Fgd,
+        };
+        name.as_str()
     }
 
     fn place(
