@@ -1,5 +1,5 @@
-//! `dilu`: the one binary of the Dilu platform. Today it runs the placement simulators and the trace generator;
-//! the platform's subcommands (`up`, `deploy`, `agent`, …) arrive with later work.
+//! `dilu`: the one binary of the Dilu platform. Today it runs the placement simulators, the trace generator and
+//! the profiler; the platform's subcommands (`up`, `deploy`, `agent`, …) arrive with later work.
 
 mod cmd;
 
@@ -21,11 +21,15 @@ enum Command {
         #[command(subcommand)]
         command: cmd::sim::SimCommand,
     },
+    /// Profile a function on a recorded table: batch size and SM share for an inference SLO (Hybrid Growth
+    /// Search), or the SM share of a training job (bisection).
+    Profile(cmd::profile::ProfileArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim { command } => cmd::sim::run(command),
+        Command::Profile(args) => cmd::profile::run(args),
     }
 }

@@ -1,0 +1,143 @@
+//! The training profiler (`docs/dilu.md` §3): bisection over SM shares that are multiples of 5% for the
+//! smallest share keeping at least `target` (default 98%) of the full-GPU throughput.
+//!
+//! The reference script never narrows its interval (a defect, §9). Here the interval really shrinks: share 0 is
+//! taken as failing (nothing runs) and 100% as succeeding (it *is* the full throughput); each step measures the
+//! multiple of 5 nearest below the midpoint, then `high = mid` on success, else `low = mid`, until
+//! `high − low ≤ 5`. The answer is `high`. For a monotone curve it is within 5 percentage points above the true
+//! smallest share reaching the target, after `1 + ⌈log2 20⌉ ≤ 6` measurements.
+
+use super::ProfileError;
+use serde::{Deserialize, Serialize};
+
+/// Dilu's default: keep 98% of the full-GPU training throughput.
+pub const DEFAULT_TRAINING_TARGET: f64 = 0.98;
+
+/// Granularity of the training search, percent.
+pub const TRAINING_SM_STEP: u32 = 5;
+
+/// What the training bisection found.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainingProfile {
+    /// The smallest multiple-of-5 share (percent) found to keep the target fraction of full throughput.
+    pub sm_request_pct: u32,
+    /// Distinct shares measured (100% included).
+    pub measured: usize,
+    /// Throughput at 100%.
+    pub full_throughput: f64,
+    /// Throughput at `sm_request_pct`.
+    pub throughput: f64,
+}
+
+/// Bisects for the smallest share (multiple of 5%) whose throughput, `measure(sm_pct)`, reaches `target` of
+/// the throughput at 100%. `target` must be within (0, 1]; the full-GPU throughput must be finite and > 0.
+pub fn bisect_training(
+    mut measure: impl FnMut(u32) -> f64,
+    target: f64,
+) -> Result<TrainingProfile, ProfileError> {
+    if !(target > 0.0 && target <= 1.0) {
+        return Err(ProfileError::Config {
+            field: "target",
+            value: target.to_string(),
+            rule: "must be within (0, 1]",
+        });
+    }
+    let full = measure(100);
+    if !(full.is_finite() && full > 0.0) {
+        return Err(ProfileError::BadMeasurement {
+            batch: 0,
+            sm_pct: 100,
+            field: "throughput",
+            value: full,
+        });
+    }
+    let goal = target * full;
+    let (mut low, mut high, mut at_high) = (0u32, 100u32, full);
+    let mut measured = 1;
+    while high - low > TRAINING_SM_STEP {
+        let mid = low + (high - low) / (2 * TRAINING_SM_STEP) * TRAINING_SM_STEP;
+        let thr = measure(mid);
+        measured += 1;
+        if thr >= goal {
+            high = mid;
+            at_high = thr;
+        } else {
+            low = mid;
+        }
+    }
+    Ok(TrainingProfile {
+        sm_request_pct: high,
+        measured,
+        full_throughput: full,
+        throughput: at_high,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The true smallest share (to 0.01%) at which `f` reaches `target · f(100)`.
+    fn true_knee(f: &dyn Fn(f64) -> f64, target: f64) -> f64 {
+        let goal = target * f(100.0);
+        (1..=10_000)
+            .map(|i| f64::from(i) / 100.0)
+            .find(|&s| f(s) >= goal)
+            .unwrap_or(100.0)
+    }
+
+    fn check(f: &dyn Fn(f64) -> f64, target: f64) -> Result<(), TestCaseError> {
+        let p = bisect_training(|s| f(f64::from(s)), target).unwrap();
+        let knee = true_knee(f, target);
+        prop_assert!(p.sm_request_pct % 5 == 0);
+        prop_assert!(
+            f64::from(p.sm_request_pct) >= knee - 0.01 && f64::from(p.sm_request_pct) <= knee + 5.0,
+            "found {} true {knee}",
+            p.sm_request_pct
+        );
+        prop_assert!(p.measured <= 6);
+        Ok(())
+    }
+
+    #[test]
+    fn narrows_and_counts() {
+        // Saturates at 40%.
+        let p = bisect_training(|s| f64::from(s.min(40)), 0.98).unwrap();
+        assert_eq!(p.sm_request_pct, 40);
+        // Measures 100, 50, 25, 35, 40: (0,100] → (0,50] → (25,50] → (35,50] → (35,40].
+        assert_eq!(p.measured, 5);
+        assert_eq!(p.full_throughput, 40.0);
+        let p = bisect_training(f64::from, 1.0).unwrap();
+        assert_eq!(p.sm_request_pct, 100);
+    }
+
+    #[test]
+    fn bad_inputs_are_typed_errors() {
+        assert!(matches!(
+            bisect_training(|_| 1.0, 0.0),
+            Err(ProfileError::Config {
+                field: "target",
+                ..
+            })
+        ));
+        assert!(matches!(
+            bisect_training(|_| f64::NAN, 0.98),
+            Err(ProfileError::BadMeasurement { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn power_knee_curves(knee in 1.0f64..=100.0, p in 0.2f64..4.0, target in 0.5f64..=1.0) {
+            let f = move |s: f64| (s / knee).min(1.0).powf(p);
+            check(&f, target)?;
+        }
+
+        #[test]
+        fn saturating_exponentials(k in 1.0f64..60.0, target in 0.5f64..0.99) {
+            let f = move |s: f64| 1.0 - (-s / k).exp();
+            check(&f, target)?;
+        }
+    }
+}
