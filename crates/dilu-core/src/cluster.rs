@@ -34,6 +34,8 @@ pub struct Resident {
     pub kind: InstanceKind,
     /// The function it belongs to, if any.
     pub service: Option<String>,
+    /// SM limit charged to this GPU, milli (for policies that group residents by their partition size).
+    pub sm_limit: u32,
 }
 
 /// What is allocated on one GPU.
@@ -388,6 +390,7 @@ impl Cluster {
                 instance: p.instance,
                 kind: p.kind,
                 service: p.service.clone(),
+                sm_limit: s.sm_limit,
             });
             self.sm_requested += u64::from(s.sm_request);
         }

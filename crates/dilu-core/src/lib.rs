@@ -7,8 +7,11 @@ pub mod cluster;
 pub mod error;
 pub mod frag;
 pub mod gorand;
+pub mod perf;
 pub mod placement;
+pub mod profiler;
 pub mod request;
+pub mod scaling;
 
 pub use cluster::{Cluster, GpuShare, GpuState, Node, NodeSpec, Placement};
 pub use error::CoreError;

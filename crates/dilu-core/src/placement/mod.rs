@@ -4,10 +4,12 @@
 mod dilu;
 mod gang;
 mod kube;
+mod serving;
 mod simple;
 
 pub use dilu::{DiluParams, DiluPlacer};
 pub use kube::{KubePlacer, KubePolicy};
+pub use serving::{HasPlacer, TgsPlacer};
 pub use simple::{ExclusivePlacer, InflessPlacer, InflessVariant};
 
 use crate::cluster::{Cluster, Placement};
