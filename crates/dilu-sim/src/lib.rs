@@ -9,3 +9,4 @@ pub mod plot;
 pub mod prng;
 pub mod pyliteral;
 pub mod report;
+pub mod serve;

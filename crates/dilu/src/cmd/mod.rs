@@ -1,4 +1,6 @@
 //! Subcommand implementations.
 
 pub mod output;
+pub mod profile;
+pub mod serve;
 pub mod sim;

@@ -31,6 +31,9 @@ pub enum SimCommand {
     Instances(InstancesArgs),
     /// Generate an instance trace with Dilu's published distribution.
     Generate(GenerateArgs),
+    /// Serving simulation: requests, SM sharing, vertical and horizontal scaling; compares policies on a
+    /// YAML scenario (see scenarios/README.md).
+    Serve(crate::cmd::serve::ServeArgs),
 }
 
 /// Arguments of `dilu sim placement`.
@@ -106,6 +109,7 @@ pub fn run(command: SimCommand) -> Result<()> {
         SimCommand::Placement(a) => placement(a),
         SimCommand::Instances(a) => instances(a),
         SimCommand::Generate(a) => generate(a),
+        SimCommand::Serve(a) => crate::cmd::serve::run(a),
     }
 }
 
