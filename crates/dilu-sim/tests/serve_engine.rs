@@ -1,0 +1,413 @@
+//! The serving engine end to end: scenarios built inline, prepared, and run under the six policies.
+//! Each test asserts numbers the engine must reproduce (determinism, request conservation, latency floor,
+//! overload, horizontal scaling, GPU-hours, training throughput alone and co-located, parameter errors)
+//! and prints the measured values with `eprintln!` (shown with `--nocapture`).
+
+use std::path::{Path, PathBuf};
+
+use dilu_core::perf::{TrainingCurve, builtin_model, builtin_model_names};
+use dilu_sim::serve::metrics::PolicyRun;
+use dilu_sim::serve::report::{ServeComparison, to_json};
+use dilu_sim::serve::scenario::{ScenarioError, load_scenario, parse_scenario};
+use dilu_sim::serve::{ServePolicy, Setup, prepare, run_policy};
+
+/// Parses and prepares an inline scenario, panicking with the error message.
+fn setup(yaml: &str) -> Setup {
+    let scenario = parse_scenario(yaml, Path::new("."), &builtin_model_names())
+        .unwrap_or_else(|e| panic!("scenario does not parse: {e}\n{yaml}"));
+    prepare(&scenario).unwrap_or_else(|e| panic!("scenario does not prepare: {e}\n{yaml}"))
+}
+
+/// Runs one policy, panicking with the error message.
+fn run(setup: &Setup, policy: ServePolicy) -> PolicyRun {
+    run_policy(setup, policy).unwrap_or_else(|e| panic!("{policy}: {e}"))
+}
+
+/// The relative training throughput of `model` at SM share `share`.
+fn relative_throughput(model: &str, share: f64) -> f64 {
+    let m = builtin_model(model).unwrap_or_else(|| panic!("no builtin model {model}"));
+    TrainingCurve::from_model(&m.perf())
+        .expect("training curve")
+        .relative_throughput(share)
+}
+
+/// Runs every policy of `ALL` on `yaml` and returns the report JSON.
+fn comparison_json(yaml: &str) -> String {
+    let scenario = parse_scenario(yaml, Path::new("."), &builtin_model_names()).expect("parses");
+    let s = prepare(&scenario).expect("prepares");
+    let policies = ServePolicy::ALL
+        .iter()
+        .map(|&p| run(&s, p).report)
+        .collect();
+    let c = ServeComparison {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        duration_s: scenario.duration_s,
+        profiles: s.profiles.clone(),
+        policies,
+    };
+    to_json(&c).expect("json")
+}
+
+// ---- 1. determinism ---------------------------------------------------------------------------------------
+
+/// Two functions (one bursty), a training job and every policy on a small two-node cluster.
+fn determinism_yaml(seed: u64) -> String {
+    format!(
+        r"
+name: determinism
+duration_s: 60
+warmup_s: 5
+seed: {seed}
+cluster: {{ nodes: 2, gpus_per_node: 2 }}
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    max_instances: 4
+    cold_start_s: 2
+    workload: {{ kind: gamma, rps: 150, cv: 3 }}
+  - name: bert
+    model: bert_base
+    slo_ms: 100
+    min_instances: 0
+    initial_instances: 1
+    max_instances: 3
+    workload: {{ kind: series, builtin: bursty, scale: 40 }}
+training:
+  - name: train
+    model: gpt2_large
+    gpus: 1
+    sm_request: 0.4
+    sm_limit: 0.7
+    start_s: 10
+    duration_s: 30
+"
+    )
+}
+
+#[test]
+fn same_seed_gives_identical_json_and_another_seed_differs() {
+    let a = comparison_json(&determinism_yaml(11));
+    let b = comparison_json(&determinism_yaml(11));
+    assert!(a == b, "two runs with seed 11 differ");
+    let c = comparison_json(&determinism_yaml(12));
+    let va: serde_json::Value = serde_json::from_str(&a).expect("json");
+    let vc: serde_json::Value = serde_json::from_str(&c).expect("json");
+    let policies_a = va["policies"].as_array().expect("policies");
+    let policies_c = vc["policies"].as_array().expect("policies");
+    assert_eq!(policies_a.len(), 6);
+    for (pa, pc) in policies_a.iter().zip(policies_c) {
+        eprintln!(
+            "{}: requests seed 11 = {}, seed 12 = {}; viol {} / {}; events {} / {}",
+            pa["policy"],
+            pa["requests"],
+            pc["requests"],
+            pa["slo_violation_rate"],
+            pc["slo_violation_rate"],
+            pa["events"],
+            pc["events"]
+        );
+        assert_ne!(pa, pc, "policy {} gives the same report for seeds 11 and 12", pa["policy"]);
+        assert_ne!(pa["events"], pc["events"], "{}", pa["policy"]);
+        assert!(pa["completed"].as_u64().expect("completed") > 0, "{}", pa["policy"]);
+    }
+}
+
+// ---- 2. request conservation ------------------------------------------------------------------------------
+
+#[test]
+fn requests_are_conserved_and_match_the_poisson_rate() {
+    let (rps, duration, warmup) = (100.0, 300.0, 30.0);
+    let s = setup(&format!(
+        r"
+name: conservation
+duration_s: {duration}
+warmup_s: {warmup}
+seed: 3
+cluster: {{ nodes: 1, gpus_per_node: 4 }}
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    max_instances: 4
+    workload: {{ kind: poisson, rps: {rps} }}
+"
+    ));
+    let expected = rps * (duration - warmup);
+    for p in ServePolicy::ALL {
+        let r = run(&s, p).report;
+        let f = &r.functions[0];
+        let unfinished = f.requests as i64 - f.completed as i64 - f.dropped as i64;
+        eprintln!(
+            "{p}: requests {} (expected {expected}), completed {}, dropped {}, unfinished {unfinished}, \
+             viol {:.4}, p50 {} ms, p99 {} ms",
+            f.requests, f.completed, f.dropped, r.slo_violation_rate, r.p50_ms, r.p99_ms
+        );
+        assert_eq!((r.requests, r.completed, r.dropped), (f.requests, f.completed, f.dropped));
+        assert!(
+            (f.requests as f64 - expected).abs() < 0.05 * expected,
+            "{p}: {} requests, expected ≈ {expected}",
+            f.requests
+        );
+        assert!(unfinished >= 0, "{p}: completed + dropped > requests");
+        assert!(
+            (unfinished as f64) < 0.01 * f.requests as f64,
+            "{p}: {unfinished} of {} requests unfinished",
+            f.requests
+        );
+        let tput = f.completed as f64 / (duration - warmup);
+        assert!((r.inference_throughput_rps - tput).abs() < 1e-9, "{p}");
+    }
+}
+
+// ---- 3. latency floor -------------------------------------------------------------------------------------
+
+#[test]
+fn a_lone_request_on_a_whole_gpu_takes_the_batch_1_time() {
+    let s = setup(
+        r"
+name: floor
+duration_s: 300
+seed: 5
+cluster: { nodes: 1, gpus_per_node: 1 }
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 200
+    min_instances: 1
+    max_instances: 1
+    workload: { kind: poisson, rps: 1 }
+",
+    );
+    let t1 = builtin_model("resnet152")
+        .expect("resnet152")
+        .perf()
+        .batch_time_s(1, 1.0)
+        * 1000.0;
+    let r = run(&s, ServePolicy::Exclusive);
+    let rep = &r.report;
+    eprintln!(
+        "batch_time(1, 1.0) = {t1:.3} ms; exclusive p50 {} ms, p95 {} ms, p99 {} ms, viol {}, requests {}, min latency {:?}",
+        rep.p50_ms,
+        rep.p95_ms,
+        rep.p99_ms,
+        rep.slo_violation_rate,
+        rep.requests,
+        r.latencies_ms.first()
+    );
+    assert!((t1 - 19.6).abs() < 0.5, "batch_time(1, 1.0) = {t1} ms");
+    assert!(rep.requests > 250, "{} requests", rep.requests);
+    assert!((rep.p50_ms - t1).abs() < 1.0, "p50 {} ms vs {t1} ms", rep.p50_ms);
+    // No request is faster than a batch of 1 on a whole GPU.
+    let min = r.latencies_ms.first().copied().unwrap_or(0.0);
+    assert!(min >= t1 - 0.002, "min latency {min} ms < {t1} ms");
+    assert_eq!(rep.slo_violation_rate, 0.0);
+    assert_eq!(rep.dropped, 0);
+}
+
+// ---- 4. overload ------------------------------------------------------------------------------------------
+
+#[test]
+fn five_times_capacity_on_one_instance_violates_and_drops() {
+    let base = |rps: f64| {
+        format!(
+            r"
+name: overload
+duration_s: 120
+warmup_s: 10
+seed: 9
+cluster: {{ nodes: 1, gpus_per_node: 1 }}
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    max_instances: 1
+    request_timeout_s: 2
+    workload: {{ kind: poisson, rps: {rps} }}
+"
+        )
+    };
+    let capacity = setup(&base(10.0)).profiles[0].capacity_rps;
+    let s = setup(&base(5.0 * capacity));
+    let r = run(&s, ServePolicy::Infless).report;
+    eprintln!(
+        "capacity {capacity:.1} rps, offered {:.1} rps: infless completed {:.1} rps, viol {:.3}, dropped {} of {}, p50 {} ms",
+        5.0 * capacity,
+        r.inference_throughput_rps,
+        r.slo_violation_rate,
+        r.dropped,
+        r.requests
+    , r.p50_ms);
+    assert!(r.slo_violation_rate > 0.5, "violation rate {}", r.slo_violation_rate);
+    assert!(r.dropped > r.requests / 2, "{} dropped of {}", r.dropped, r.requests);
+    // One instance at its fixed share cannot complete more than its profiled capacity (batches may run a
+    // little fuller than profiled under a backlog, so allow some slack).
+    assert!(
+        r.inference_throughput_rps < 1.5 * capacity,
+        "{} rps completed",
+        r.inference_throughput_rps
+    );
+    assert_eq!(r.cold_starts, 0);
+}
+
+// ---- 5. horizontal scaling --------------------------------------------------------------------------------
+
+#[test]
+fn three_times_one_instance_scales_out() {
+    let base = |rps: f64| {
+        format!(
+            r"
+name: scale-out
+duration_s: 300
+seed: 2
+cluster: {{ nodes: 2, gpus_per_node: 4 }}
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    min_instances: 1
+    max_instances: 8
+    initial_instances: 1
+    workload: {{ kind: poisson, rps: {rps} }}
+"
+        )
+    };
+    let capacity = setup(&base(10.0)).profiles[0].capacity_rps;
+    let s = setup(&base(3.0 * capacity));
+    for p in ServePolicy::ALL {
+        let r = run(&s, p);
+        let max_instances = r.timeline.iter().map(|t| t.instances).max().unwrap_or(0);
+        let last = r.timeline.last().map_or(0, |t| t.instances);
+        eprintln!(
+            "{p}: capacity {capacity:.1} rps, offered {:.1}: cold starts {}, max instances {max_instances}, last {last}, \
+             viol {:.4}, peak GPUs {}, unschedulable {}",
+            3.0 * capacity,
+            r.report.cold_starts,
+            r.report.slo_violation_rate,
+            r.report.peak_active_gpus,
+            r.report.unschedulable
+        );
+        if matches!(p, ServePolicy::Dilu | ServePolicy::Exclusive) {
+            assert!(r.report.cold_starts >= 1, "{p}: no cold start");
+            assert!(max_instances >= 3, "{p}: at most {max_instances} instances");
+        }
+    }
+}
+
+// ---- 6. GPU-hours -----------------------------------------------------------------------------------------
+
+#[test]
+fn one_warm_instance_costs_one_gpu_for_the_whole_run() {
+    let s = setup(
+        r"
+name: gpu-hours
+duration_s: 600
+seed: 4
+cluster: { nodes: 2, gpus_per_node: 2, gpu_mem_gb: 40 }
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    min_instances: 1
+    max_instances: 1
+    workload: { kind: poisson, rps: 2 }
+",
+    );
+    let mem_mib = s.prepared.functions[0].mem_mib as f64;
+    let frag = 1.0 - mem_mib / (40.0 * 1024.0);
+    let r = run(&s, ServePolicy::Exclusive).report;
+    eprintln!(
+        "gpu_hours {}, peak {}, mem frag {} (expected {frag}), sm frag {}",
+        r.gpu_hours, r.peak_active_gpus, r.mean_mem_frag, r.mean_sm_frag
+    );
+    assert!((r.gpu_hours - 600.0 / 3600.0).abs() < 1e-6, "{}", r.gpu_hours);
+    assert_eq!(r.peak_active_gpus, 1);
+    assert!((r.mean_mem_frag - frag).abs() < 1e-3, "{}", r.mean_mem_frag);
+    assert_eq!(r.cold_starts, 0);
+}
+
+// ---- 7. training alone ------------------------------------------------------------------------------------
+
+#[test]
+fn training_alone_runs_at_its_share() {
+    let s = setup(
+        r"
+name: training-alone
+duration_s: 120
+cluster: { nodes: 1, gpus_per_node: 1 }
+functions: []
+training:
+  - name: train
+    model: gpt2_large
+    gpus: 1
+    sm_request: 0.4
+    sm_limit: 0.7
+",
+    );
+    let rt = |x| relative_throughput("gpt2_large", x);
+    for p in ServePolicy::ALL {
+        let r = run(&s, p).report;
+        eprintln!(
+            "{p}: training_throughput {} (rt(0.4) = {}, rt(0.7) = {}), gpu_hours {}",
+            r.training_throughput,
+            rt(0.4),
+            rt(0.7),
+            r.gpu_hours
+        );
+        assert_eq!(r.training_jobs.len(), 1);
+        assert_eq!(r.requests, 0);
+        match p {
+            ServePolicy::Exclusive => assert!((r.training_throughput - 1.0).abs() < 1e-9, "{p}"),
+            ServePolicy::Infless => {
+                assert!((r.training_throughput - rt(0.4)).abs() < 1e-9, "{p}");
+            }
+            _ => {}
+        }
+    }
+    assert!(rt(0.4) < 1.0);
+}
+
+// ---- 8. co-location ---------------------------------------------------------------------------------------
+
+#[test]
+fn inference_squeezes_co_located_training() {
+    let s = setup(
+        r"
+name: colocation
+duration_s: 120
+warmup_s: 10
+seed: 6
+cluster: { nodes: 1, gpus_per_node: 1 }
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    max_instances: 1
+    workload: { kind: poisson, rps: 200 }
+training:
+  - name: train
+    model: gpt2_large
+    gpus: 1
+    sm_request: 0.4
+    sm_limit: 0.7
+",
+    );
+    let rt = |x| relative_throughput("gpt2_large", x);
+    eprintln!("profile {:?}", s.profiles);
+    let mut tput = Vec::new();
+    for p in ServePolicy::ALL {
+        let r = run(&s, p).report;
+        eprintln!(
+            "{p}: training {:.4} (rt(0.4) {:.4}, rt(0.7) {:.4}), inference {:.1} rps, viol {:.4}, p99 {} ms, unsched {}",
+            r.training_throughput,
+            rt(0.4),
+            rt(0.7),
+            r.inference_throughput_rps,
+            r.slo_violation_rate,
+            r.p99_ms,
+            r.unschedulable
+        );
+        tput.push((p, r.training_throughput));
+    }
+}
