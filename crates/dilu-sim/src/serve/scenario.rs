@@ -156,12 +156,12 @@ pub enum ScenarioError {
         source: std::io::Error,
     },
     /// An error inside the scenario file `path` ([`load_scenario`] wraps every other error in this).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     InFile {
         /// The scenario file.
         path: PathBuf,
         /// The error.
-        source: Box<ScenarioError>,
+        error: Box<ScenarioError>,
     },
     /// YAML syntax, a wrong type, a missing or unknown key (serde's message, with line and column when known).
     #[error("{}", if key.is_empty() { message.clone() } else { format!("{key}: {message}") })]
@@ -221,7 +221,7 @@ pub fn load_scenario(path: &Path, known_models: &[&str]) -> Result<Scenario, Sce
     };
     parse_scenario(&text, base_dir, known_models).map_err(|e| ScenarioError::InFile {
         path: path.to_owned(),
-        source: Box::new(e),
+        error: Box::new(e),
     })
 }
 
