@@ -35,7 +35,10 @@ fn heap_baseline(events: u64) -> f64 {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
-    let mut files = vec!["colocation-inference-training.yaml", "colocation-inference-inference.yaml"];
+    let mut files = vec![
+        "colocation-inference-training.yaml",
+        "colocation-inference-inference.yaml",
+    ];
     if !quick {
         files.push("cluster-20-node.yaml");
     }
