@@ -14,7 +14,7 @@ use crate::serve::batching::BatchingConfig;
 use crate::serve::metrics::{Collector, PolicyRun};
 use crate::serve::policy::{Bundle, InstanceQuota};
 use crate::serve::prepared::{PreparedFunction, PreparedScenario};
-use crate::serve::workload::ArrivalStream;
+use crate::serve::workload::{ArrivalStream, arrival_seed};
 use dilu_core::cluster::{Cluster, GpuShare, Placement};
 use dilu_core::request::{InstanceKind, InstanceRequest, SM_MILLI};
 use dilu_core::scaling::{
@@ -178,7 +178,7 @@ impl<'a> Engine<'a> {
             .map(|(i, (f, scaler))| Func {
                 arrivals: ArrivalStream::new(
                     &f.workload,
-                    sc.seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(i as u64 + 1)),
+                    arrival_seed(sc.seed, i),
                     sc.duration_ns as f64 / NS_PER_S,
                 ),
                 pending: VecDeque::new(),
