@@ -20,13 +20,13 @@ pub use has::{HasConfig, HasScaler, KalmanRps};
 pub use horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, QuotaChange, ScaleDecision};
 pub use kpa::{KpaConfig, KpaScaler};
 pub use lazy::{LazyConfig, LazyScaler, ScalerConfigError};
-pub use rckm::{Rckm, RckmConfig, RckmConfigError};
+pub use rckm::{Rckm, RckmConfig};
 pub use reactive::{InflessConfig, InflessScaler};
 pub use static_share::StaticShares;
-pub use tgs::{TgsConfig, TgsConfigError, TgsRate};
+pub use tgs::{TgsConfig, TgsRate};
 pub use vertical::{
-    Arbitration, Grant, ResidentClass, ResidentState, ShareMode, VerticalController, VerticalEvent,
-    arbitrate,
+    Arbitration, ControllerConfigError, Grant, ResidentClass, ResidentState, ShareMode,
+    VerticalController, VerticalEvent, arbitrate,
 };
 
 /// Nanoseconds per second, for converting the policies' second-based constants.

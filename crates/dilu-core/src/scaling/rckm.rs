@@ -13,7 +13,7 @@
 //! 1.3; after all inference has been idle for 600 ms training gets its limits back.
 
 use crate::scaling::vertical::{
-    Grant, ResidentClass, ResidentState, VerticalController, VerticalEvent,
+    ControllerConfigError, Grant, ResidentClass, ResidentState, VerticalController, VerticalEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,22 +57,17 @@ impl Default for RckmConfig {
     }
 }
 
-/// An RCKM setting that breaks a rule.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("rckm.{field} = {value}: {rule}")]
-pub struct RckmConfigError {
-    /// The setting.
-    pub field: &'static str,
-    /// Its value.
-    pub value: f64,
-    /// The rule it breaks.
-    pub rule: &'static str,
-}
-
 impl RckmConfig {
     /// Checks that every constant is usable.
-    pub fn validate(&self) -> Result<(), RckmConfigError> {
-        let err = |field, value, rule| Err(RckmConfigError { field, value, rule });
+    pub fn validate(&self) -> Result<(), ControllerConfigError> {
+        let err = |field, value, rule| {
+            Err(ControllerConfigError {
+                component: "rckm",
+                field,
+                value,
+                rule,
+            })
+        };
         if !(self.window_ms > 0.0 && self.window_ms.is_finite()) {
             return err("window_ms", self.window_ms, "must be a positive number");
         }

@@ -6,7 +6,7 @@
 //! in proportion to what they launch.
 
 use crate::scaling::vertical::{
-    Arbitration, Grant, ResidentState, VerticalController, VerticalEvent,
+    Arbitration, ControllerConfigError, Grant, ResidentState, VerticalController, VerticalEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,22 +38,17 @@ impl Default for TgsConfig {
     }
 }
 
-/// A TGS setting that breaks a rule.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("tgs.{field} = {value}: {rule}")]
-pub struct TgsConfigError {
-    /// The setting.
-    pub field: &'static str,
-    /// Its value.
-    pub value: f64,
-    /// The rule it breaks.
-    pub rule: &'static str,
-}
-
 impl TgsConfig {
     /// Checks that every constant is usable.
-    pub fn validate(&self) -> Result<(), TgsConfigError> {
-        let err = |field, value, rule| Err(TgsConfigError { field, value, rule });
+    pub fn validate(&self) -> Result<(), ControllerConfigError> {
+        let err = |field, value, rule| {
+            Err(ControllerConfigError {
+                component: "tgs",
+                field,
+                value,
+                rule,
+            })
+        };
         if !(self.period_ms > 0.0 && self.period_ms.is_finite()) {
             return err("period_ms", self.period_ms, "must be a positive number");
         }

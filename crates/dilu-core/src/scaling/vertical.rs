@@ -131,6 +131,20 @@ pub trait VerticalController: Send {
     }
 }
 
+/// A vertical controller's setting that breaks a rule (RCKM, TGS), printed as `component.field = value: rule`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{component}.{field} = {value}: {rule}")]
+pub struct ControllerConfigError {
+    /// The controller's name in scenario `parameters:`.
+    pub component: &'static str,
+    /// The setting.
+    pub field: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// The rule it breaks.
+    pub rule: &'static str,
+}
+
 /// Divides one GPU's SM time among its residents: `shares[i]` becomes resident `i`'s SM·time share (0 when
 /// idle). Under [`Arbitration::Guaranteed`] every busy resident first gets what it wants up to its
 /// guarantee (scaled down only if the guarantees alone exceed the GPU), and the rest of the GPU is split in

@@ -13,7 +13,7 @@
 use crate::serve::batching::BatchingConfig;
 use crate::serve::metrics::{Collector, PolicyRun};
 use crate::serve::policy::{Bundle, InstanceQuota};
-use crate::serve::prepared::{PreparedFunction, PreparedScenario};
+use crate::serve::prepared::PreparedScenario;
 use crate::serve::workload::{ArrivalStream, arrival_seed};
 use dilu_core::cluster::{Cluster, GpuShare, Placement};
 use dilu_core::request::{InstanceKind, InstanceRequest, SM_MILLI};
@@ -1043,9 +1043,4 @@ impl<'a> Engine<'a> {
             + self.quota_changes;
         self.metrics.finish(events, vertical, &training)
     }
-}
-
-/// Checks used by tests: whether `f`'s SLO is met by a latency.
-pub fn within_slo(f: &PreparedFunction, latency_ns: u64) -> bool {
-    latency_ns as f64 <= f.slo_s * NS_PER_S
 }

@@ -7,6 +7,7 @@ use crate::serve::prepared::{PreparedFunction, PreparedScenario, PreparedTrainin
 use crate::serve::scenario::Scenario;
 use dilu_core::cluster::NodeSpec;
 use dilu_core::perf::{ModelKind, TrainingCurve, builtin_model};
+use dilu_core::profiler::quota::LIMIT_KNEE_FRACTION;
 use dilu_core::profiler::{profile_builtin, profile_training};
 use dilu_core::request::InstanceKind;
 use serde::Serialize;
@@ -175,7 +176,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                 let best = perf.throughput(batch, 1.0);
                 let knee = (1..=10)
                     .map(|k| f64::from(k) / 10.0)
-                    .find(|&s| perf.throughput(batch, s) >= 0.95 * best)
+                    .find(|&s| perf.throughput(batch, s) >= LIMIT_KNEE_FRACTION * best)
                     .unwrap_or(1.0);
                 (
                     ProfiledQuota {
