@@ -1,0 +1,27 @@
+//! The quota channel between Dilu's node agent and one function instance.
+//!
+//! A channel is a small file (two 4 KiB pages) under a run directory the agent owns, mapped with `mmap` by the
+//! agent and by the instance's runtime — the CUDA interposer on GPU nodes, the worker's CPU-token runtime on
+//! the CPU device. Its layout ([`layout`]) is one `#[repr(C)]` ABI with a magic and a version:
+//! the agent writes the control page (budget per window, window length, epoch, memory cap, mode flags) and
+//! the instance writes the counter page (cost launched, launches, delays, bytes held and peak, refused
+//! allocations, last epoch seen). The instance maps the control page read-only.
+//!
+//! On top of the layout: [`AgentChannel`] and [`InstanceChannel`] (creating, validating and mapping the file),
+//! [`Gate`] (the token bucket that admits launches against the live budget) and [`memory`] (the cap ledger).
+//! Nothing here allocates or takes a lock on the launch hot path; see [`gate`] for the exact costs.
+
+pub mod channel;
+pub mod error;
+pub mod gate;
+pub mod layout;
+mod mapping;
+pub mod memory;
+
+pub use channel::{AgentChannel, ChannelSpec, InstanceChannel, Snapshot};
+pub use error::QuotaError;
+pub use gate::{Admission, Clock, Gate, SystemClock, monotonic_ns};
+pub use layout::{
+    COST_UNITS_PER_WAVE, ControlPage, CounterPage, DEFAULT_WINDOW_NS, DeviceKind, FILE_SIZE,
+    UNLIMITED, effective_window_ns, mode,
+};
