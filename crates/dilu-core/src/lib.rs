@@ -12,6 +12,7 @@ pub mod placement;
 pub mod profiler;
 pub mod request;
 pub mod scaling;
+pub mod units;
 
 pub use cluster::{Cluster, GpuShare, GpuState, Node, NodeSpec, Placement};
 pub use error::CoreError;
