@@ -1,5 +1,5 @@
 //! `dilu`: the one binary of the Dilu platform. Today it runs the placement simulators, the trace generator and
-//! the profiler; the platform's subcommands (`up`, `deploy`, `agent`, …) arrive with later work.
+//! the profiler, and manages quota channels; the platform's subcommands (`up`, `deploy`, `agent`, …) arrive with later work.
 
 mod cmd;
 
@@ -24,6 +24,12 @@ enum Command {
     /// Profile a function on a recorded table: batch size and SM share for an inference SLO (Hybrid Growth
     /// Search), or the SM share of a training job (bisection).
     Profile(cmd::profile::ProfileArgs),
+    /// Quota channels (the shared-memory files through which the agent budgets an instance): create, show,
+    /// set.
+    Quota {
+        #[command(subcommand)]
+        command: cmd::quota::QuotaCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -31,5 +37,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Sim { command } => cmd::sim::run(command),
         Command::Profile(args) => cmd::profile::run(args),
+        Command::Quota { command } => cmd::quota::run(command),
     }
 }

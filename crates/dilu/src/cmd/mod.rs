@@ -2,5 +2,6 @@
 
 pub mod output;
 pub mod profile;
+pub mod quota;
 pub mod serve;
 pub mod sim;
