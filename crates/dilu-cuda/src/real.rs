@@ -97,6 +97,7 @@ driver_table! {
     cuGetProcAddress_v2(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int);
     cuCtxGetCurrent(*mut CUcontext);
     cuCtxGetDevice(*mut CUdevice);
+    cuDeviceGetCount(*mut c_int);
     cuDeviceGetUuid(*mut [u8; 16], CUdevice);
     cuDeviceGetUuid_v2(*mut [u8; 16], CUdevice);
     cuDeviceGetAttribute(*mut c_int, c_int, CUdevice);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use dilu_quota::{Gate, InstanceChannel, layout::uuid_str};
 
@@ -67,6 +67,12 @@ pub(crate) struct Runtime {
     pub(crate) slots: Vec<Slot>,
     contexts: [CacheEntry; CONTEXT_CACHE],
     devices: [CacheEntry; DEVICE_CACHE],
+    /// When the process sees exactly one device (the agent sets `CUDA_VISIBLE_DEVICES` to one UUID), every
+    /// context is on it: its packed target, so launches need no driver call to find their channel.
+    /// 0 = not known (yet, or more than one device).
+    sole_device: AtomicU64,
+    /// Whether the device count has been asked (after `cuInit`, at the first resolution).
+    counted_devices: AtomicBool,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -106,6 +112,8 @@ impl Runtime {
             slots,
             contexts: [const { CacheEntry::new() }; CONTEXT_CACHE],
             devices: [const { CacheEntry::new() }; DEVICE_CACHE],
+            sole_device: AtomicU64::new(0),
+            counted_devices: AtomicBool::new(false),
         }
     }
 
@@ -137,6 +145,10 @@ impl Runtime {
         if self.slots.is_empty() {
             return None;
         }
+        let sole = self.sole_device.load(Ordering::Relaxed);
+        if sole != 0 {
+            return self.unpack(sole);
+        }
         let get_current = self.real.cuCtxGetCurrent?;
         let mut ctx: CUcontext = std::ptr::null_mut();
         // SAFETY: writes one handle we own.
@@ -155,7 +167,17 @@ impl Runtime {
         }
         let packed = self.device_packed(device);
         remember(&self.contexts, key, packed);
+        if !self.counted_devices.swap(true, Ordering::Relaxed) && self.device_count() == Some(1) {
+            self.sole_device.store(packed, Ordering::Relaxed);
+        }
         self.unpack(packed)
+    }
+
+    fn device_count(&self) -> Option<i32> {
+        let count_devices = self.real.cuDeviceGetCount?;
+        let mut count = 0;
+        // SAFETY: writes one int; a context exists, so the driver is initialised.
+        (unsafe { count_devices(&mut count) } == CUDA_SUCCESS).then_some(count)
     }
 
     /// The channel and cost multiplier for device ordinal `device`.

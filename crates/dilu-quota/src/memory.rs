@@ -35,7 +35,10 @@ pub fn reserve(control: &ControlPage, counters: &CounterPage, bytes: u64) -> Res
             requested: bytes,
         });
     }
-    counters.bytes_peak.fetch_max(held, Relaxed);
+    // A plain load first: the peak rarely moves, and an unconditional fetch_max is a locked loop every time.
+    if held > counters.bytes_peak.load(Relaxed) {
+        counters.bytes_peak.fetch_max(held, Relaxed);
+    }
     Ok(())
 }
 
