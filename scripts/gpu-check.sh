@@ -16,9 +16,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-6}
 if [ -z "${DILU_BIN:-}" ] || [ -z "${DILU_CUDA_LIB:-}" ]; then
-  cargo build --release -p dilu -p dilu-cuda >&2
+  cargo build --release -p dilu >&2
+  cargo build --profile interposer -p dilu-cuda >&2
   DILU_BIN=target/release/dilu
-  DILU_CUDA_LIB=$PWD/target/release/libdilu_cuda.so
+  DILU_CUDA_LIB=$PWD/target/interposer/libdilu_cuda.so
 fi
 nvidia-smi --query-gpu=name,uuid,memory.total --format=csv,noheader
 UUID=$(nvidia-smi --query-gpu=uuid --format=csv,noheader | head -1)
