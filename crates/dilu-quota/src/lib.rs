@@ -8,10 +8,12 @@
 //! allocations, last epoch seen). The instance maps the control page read-only.
 //!
 //! On top of the layout: [`AgentChannel`] and [`InstanceChannel`] (creating, validating and mapping the file),
-//! [`Gate`] (the token bucket that admits launches against the live budget) and [`memory`] (the cap ledger).
+//! [`Gate`] (the token bucket that admits launches against the live budget), [`memory`] (the cap ledger) and
+//! [`cpu`] (the CPU device's client: [`CpuQuota`] and [`ThreadMeter`] charge thread CPU time to the budget).
 //! Nothing here allocates or takes a lock on the launch hot path; see [`gate`] for the exact costs.
 
 pub mod channel;
+pub mod cpu;
 pub mod error;
 pub mod gate;
 pub mod layout;
@@ -19,6 +21,7 @@ mod mapping;
 pub mod memory;
 
 pub use channel::{AgentChannel, ChannelSpec, InstanceChannel, Snapshot};
+pub use cpu::{CpuQuota, QUOTA_FILE_ENV, ThreadMeter, thread_cpu_ns};
 pub use error::QuotaError;
 pub use gate::{Admission, Clock, Gate, SystemClock, monotonic_ns};
 pub use layout::{
