@@ -1,0 +1,769 @@
+//! The agent: devices, the instances it runs, their quota channels and the token manager, tied together and
+//! persisted so that a restarted agent re-adopts running instances instead of orphaning or killing them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, Snapshot, mode, monotonic_ns};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentConfig;
+use crate::device::{self, Device};
+use crate::instance::{InstanceSpec, Invalid, QuotaUpdate, RestartPolicy};
+use crate::state;
+use crate::supervisor::{self, Backoff, Exit, LaunchSpec, Process};
+use crate::ticker::{self, TickStats};
+use crate::tokens::{ResidentView, TokenError, TokenManager};
+
+/// Σ requests may exceed the device by this much (rounding) without counting as over-commit.
+const OVERCOMMIT_SLACK: f64 = 1e-9;
+/// How often the supervisor looks at processes.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(50);
+/// State file layout version.
+const STATE_VERSION: u32 = 1;
+
+/// Why an agent operation failed; the API maps each variant to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request is invalid (400).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// No such instance (404).
+    #[error("no instance {0}")]
+    NotFound(String),
+    /// Σ requests would exceed the device (409) unless the caller opts into over-commit.
+    #[error(
+        "quota.request = {request}: the requests on {device} would total {total:.3} of the device (over 1.0); \
+         lower it, free capacity, or opt into over-commit"
+    )]
+    OverCommit {
+        /// The device.
+        device: String,
+        /// The request asked for.
+        request: f64,
+        /// Σ requests with it.
+        total: f64,
+    },
+    /// A name already in use (409).
+    #[error("name = {0}: an instance with this name exists")]
+    Conflict(String),
+    /// Starting the process or writing files failed (500).
+    #[error("{context}: {reason}")]
+    Internal {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+fn internal(context: impl Into<String>) -> impl FnOnce(String) -> AgentError {
+    let context = context.into();
+    move |reason| AgentError::Internal { context, reason }
+}
+
+/// Life-cycle state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Started, not yet ready.
+    Starting,
+    /// Ready (health URL answered, or started without one).
+    Ready,
+    /// Exited and waiting for a restart.
+    Restarting,
+    /// Exited, not to be restarted.
+    Exited,
+}
+
+/// What the agent persists of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Instance id.
+    pub id: String,
+    /// How it was requested (the quota is kept current).
+    pub spec: InstanceSpec,
+    /// Its quota channel.
+    pub channel: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Process id of the running process.
+    pub pid: Option<u32>,
+    /// Start time of that process in clock ticks since boot (guards against pid reuse).
+    pub start_ticks: Option<u64>,
+    /// Life-cycle state.
+    pub status: Status,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<String>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// The persisted record.
+    #[serde(flatten)]
+    pub record: InstanceRecord,
+    /// Whether the process was started by an earlier agent run.
+    pub adopted: bool,
+    /// Budgeting state.
+    pub budgeting: Option<ResidentView>,
+    /// The channel's counters.
+    pub counters: Option<CountersView>,
+}
+
+/// The counters part of a channel snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct CountersView {
+    /// Cost used so far.
+    pub cost: u64,
+    /// Launches (GPU) or work units (CPU) charged.
+    pub launches: u64,
+    /// Launches that waited for budget.
+    pub launches_delayed: u64,
+    /// Time spent waiting, seconds.
+    pub delay_seconds: f64,
+    /// Bytes of device memory held.
+    pub memory_bytes: u64,
+    /// Peak bytes held.
+    pub memory_peak_bytes: u64,
+    /// Refused allocations.
+    pub alloc_failures: u64,
+}
+
+impl From<&Snapshot> for CountersView {
+    fn from(s: &Snapshot) -> Self {
+        Self {
+            cost: s.cost_launched,
+            launches: s.launches,
+            launches_delayed: s.launches_delayed,
+            delay_seconds: s.delay_ns as f64 / 1e9,
+            memory_bytes: s.bytes_allocated,
+            memory_peak_bytes: s.bytes_peak,
+            alloc_failures: s.alloc_failures,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    next_id: u64,
+    instances: Vec<InstanceRecord>,
+}
+
+struct Entry {
+    record: InstanceRecord,
+    process: Option<Process>,
+    backoff: Backoff,
+    started: Instant,
+    restart_at: Option<Instant>,
+}
+
+struct Instances {
+    map: BTreeMap<String, Entry>,
+    next_id: u64,
+}
+
+/// The node agent.
+pub struct Agent {
+    config: AgentConfig,
+    devices: Vec<Device>,
+    notes: Vec<String>,
+    tokens: Arc<Mutex<TokenManager>>,
+    instances: Mutex<Instances>,
+    tick_stats: Arc<TickStats>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    started: Instant,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Agent {
+    /// Discovers devices, re-adopts the instances of an earlier run, and starts the token and supervision
+    /// threads.
+    pub fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        for dir in [config.data_dir.clone(), config.run_dir(), config.log_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| internal(format!("creating {}", dir.display()))(e.to_string()))?;
+        }
+        restrict(&config.run_dir());
+        let (devices, notes) = device::discover(&config);
+        let tokens = TokenManager::new(&devices, config.window_ns, config.rckm).map_err(|e| {
+            AgentError::Internal {
+                context: "token manager".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let saved: Option<StateFile> = state::load(&config.state_path())
+            .map_err(|e| internal("reading the agent state")(e.to_string()))?;
+        let agent = Arc::new(Agent {
+            config,
+            devices,
+            notes,
+            tokens: Arc::new(Mutex::new(tokens)),
+            instances: Mutex::new(Instances {
+                map: BTreeMap::new(),
+                next_id: saved.as_ref().map_or(1, |s| s.next_id),
+            }),
+            tick_stats: Arc::new(TickStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        });
+        if let Some(saved) = saved {
+            agent.readopt(saved.instances);
+        }
+        let ticker = ticker::spawn(
+            agent.tokens.clone(),
+            agent.tick_stats.clone(),
+            agent.config.window_ns,
+            agent.stop.clone(),
+        )
+        .map_err(|e| internal("starting the token thread")(e.to_string()))?;
+        let weak = Arc::downgrade(&agent);
+        let stop = agent.stop.clone();
+        let supervisor = std::thread::Builder::new()
+            .name("dilu-supervisor".into())
+            .spawn(move || {
+                let mut round = 0u64;
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(SUPERVISE_EVERY);
+                    let Some(agent) = weak.upgrade() else { break };
+                    agent.supervise(round);
+                    round += 1;
+                }
+            })
+            .map_err(|e| internal("starting the supervisor thread")(e.to_string()))?;
+        lock(&agent.threads).extend([ticker, supervisor]);
+        agent.persist();
+        Ok(agent)
+    }
+
+    /// Re-adopts instances recorded by an earlier run: running processes keep running under their existing
+    /// channels (which kept their last budgets while no agent ran); dead ones follow their restart policy.
+    fn readopt(&self, records: Vec<InstanceRecord>) {
+        let mut instances = lock(&self.instances);
+        let mut tokens = lock(&self.tokens);
+        for mut record in records {
+            let channel = match AgentChannel::open(&record.channel) {
+                Ok(channel) => channel,
+                Err(error) => {
+                    eprintln!(
+                        "dilu agent: instance {}: channel unusable ({error}); recreating it",
+                        record.id
+                    );
+                    match self.new_channel(&tokens, &record.spec, &record.channel) {
+                        Ok(channel) => channel,
+                        Err(error) => {
+                            eprintln!("dilu agent: instance {}: {error}; dropping it", record.id);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let process = match (record.pid, record.start_ticks) {
+                (Some(pid), Some(ticks)) => supervisor::adopt(pid, ticks),
+                _ => None,
+            };
+            let restart_at = if process.is_none() && record.status != Status::Exited {
+                record.last_exit = Some("exited while the agent was down".into());
+                record.pid = None;
+                record.start_ticks = None;
+                if restarts(record.spec.restart, &Exit::Unknown) {
+                    record.status = Status::Restarting;
+                    Some(Instant::now())
+                } else {
+                    record.status = Status::Exited;
+                    None
+                }
+            } else {
+                None
+            };
+            if let Err(error) = tokens.add(
+                &record.spec.device,
+                &record.id,
+                record.spec.priority_class,
+                record.spec.quota,
+                channel,
+            ) {
+                eprintln!("dilu agent: instance {}: {error}; not budgeted", record.id);
+            }
+            instances.map.insert(
+                record.id.clone(),
+                Entry {
+                    record,
+                    process,
+                    backoff: Backoff::default(),
+                    started: Instant::now(),
+                    restart_at,
+                },
+            );
+        }
+    }
+
+    /// The devices of this node.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// Notes from device discovery (e.g. why NVML was not used).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Ticker statistics.
+    pub fn tick_stats(&self) -> &TickStats {
+        &self.tick_stats
+    }
+
+    /// Time since the agent started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Budgeting state of every device.
+    pub fn device_budgets(&self) -> Vec<crate::tokens::DeviceBudgetView> {
+        lock(&self.tokens).devices()
+    }
+
+    fn device(&self, uuid: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.uuid == uuid)
+    }
+
+    fn new_channel(
+        &self,
+        tokens: &TokenManager,
+        spec: &InstanceSpec,
+        path: &std::path::Path,
+    ) -> Result<AgentChannel, AgentError> {
+        let device = self.device(&spec.device).ok_or_else(|| {
+            Invalid::new(
+                "device",
+                &spec.device,
+                "no such device on this node; see GET /devices",
+            )
+        })?;
+        let channel_spec = ChannelSpec {
+            device_uuid: device.uuid.clone(),
+            device_kind: device.kind,
+            budget_per_window: tokens.initial_budget(&device.uuid, &spec.quota),
+            window_ns: self.config.window_ns,
+            mem_cap_bytes: spec.quota.memory_bytes.unwrap_or(dilu_quota::UNLIMITED),
+            mode: mode::ALL,
+            resident_threads: device.sm_count.map_or(0, |sms| u64::from(sms) * 2048),
+        };
+        AgentChannel::create(path, &channel_spec, 0o600).map_err(|e| {
+            internal(format!("creating quota channel {}", path.display()))(e.to_string())
+        })
+    }
+
+    fn check_capacity(
+        &self,
+        tokens: &TokenManager,
+        device: &str,
+        request: f64,
+        except: Option<&str>,
+        overcommit: bool,
+    ) -> Result<(), AgentError> {
+        let total = tokens.requested(device, except) + request;
+        if !overcommit && total > 1.0 + OVERCOMMIT_SLACK {
+            return Err(AgentError::OverCommit {
+                device: device.to_string(),
+                request,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    fn launch_spec(&self, record: &InstanceRecord) -> Result<LaunchSpec, AgentError> {
+        let spec = &record.spec;
+        let device = self
+            .device(&spec.device)
+            .ok_or_else(|| Invalid::new("device", &spec.device, "no such device on this node"))?;
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push((
+            "DILU_QUOTA_FILE".into(),
+            record.channel.display().to_string(),
+        ));
+        env.push(("DILU_INSTANCE_ID".into(), record.id.clone()));
+        env.push(("DILU_DEVICE".into(), device.uuid.clone()));
+        if device.kind == DeviceKind::Gpu {
+            let interposer = self.config.interposer.as_ref().ok_or_else(|| {
+                Invalid::new(
+                    "device",
+                    &device.uuid,
+                    "GPU instances need the interposer; start the agent with --interposer PATH",
+                )
+            })?;
+            env.push(("CUDA_VISIBLE_DEVICES".into(), device.uuid.clone()));
+            let preload = match spec.env.get("LD_PRELOAD") {
+                Some(theirs) if !theirs.is_empty() => format!("{}:{theirs}", interposer.display()),
+                _ => interposer.display().to_string(),
+            };
+            env.retain(|(k, _)| k != "LD_PRELOAD");
+            env.push(("LD_PRELOAD".into(), preload));
+        }
+        let (program, args) = spec
+            .command
+            .split_first()
+            .ok_or_else(|| Invalid::new("command", "[]", "must name a program"))?;
+        Ok(LaunchSpec {
+            program: program.clone(),
+            args: args.to_vec(),
+            env,
+            clear_env: false,
+            cwd: None,
+            log_path: record.log.clone(),
+        })
+    }
+
+    /// Starts an instance: validates it, creates its channel (0600), starts its process with the quota,
+    /// device and (on GPUs) interposer environment, and begins budgeting it.
+    pub fn create_instance(
+        &self,
+        spec: InstanceSpec,
+        overcommit: bool,
+    ) -> Result<InstanceView, AgentError> {
+        spec.validate()?;
+        let device = self
+            .device(&spec.device)
+            .ok_or_else(|| {
+                Invalid::new(
+                    "device",
+                    &spec.device,
+                    "no such device on this node; see GET /devices",
+                )
+            })?
+            .clone();
+        if device.kind == DeviceKind::Gpu && self.config.interposer.is_none() {
+            return Err(Invalid::new(
+                "device",
+                &device.uuid,
+                "GPU instances need the interposer; start the agent with --interposer PATH",
+            )
+            .into());
+        }
+        let mut instances = lock(&self.instances);
+        let id = match &spec.name {
+            Some(name) if instances.map.contains_key(name) => {
+                return Err(AgentError::Conflict(name.clone()));
+            }
+            Some(name) => name.clone(),
+            None => {
+                let id = format!("i-{:06}", instances.next_id);
+                instances.next_id += 1;
+                id
+            }
+        };
+        let channel_path = self.config.run_dir().join(format!("{id}.quota"));
+        let channel = {
+            let tokens = lock(&self.tokens);
+            self.check_capacity(&tokens, &device.uuid, spec.quota.request, None, overcommit)?;
+            self.new_channel(&tokens, &spec, &channel_path)?
+        };
+        let mut record = InstanceRecord {
+            id: id.clone(),
+            log: self.config.log_dir().join(format!("{id}.log")),
+            channel: channel_path.clone(),
+            spec,
+            pid: None,
+            start_ticks: None,
+            status: Status::Starting,
+            restarts: 0,
+            last_exit: None,
+        };
+        let launch = self.launch_spec(&record)?;
+        let process = match supervisor::spawn(&launch) {
+            Ok(process) => process,
+            Err(error) => {
+                let _ = std::fs::remove_file(&channel_path);
+                return Err(AgentError::Internal {
+                    context: format!("starting {:?}", record.spec.command),
+                    reason: error.to_string(),
+                });
+            }
+        };
+        record.pid = Some(process.pid());
+        record.start_ticks = Some(process.start_ticks());
+        if record.spec.health_url.is_none() {
+            record.status = Status::Ready;
+        }
+        lock(&self.tokens)
+            .add(
+                &record.spec.device,
+                &id,
+                record.spec.priority_class,
+                record.spec.quota,
+                channel,
+            )
+            .map_err(|e: TokenError| internal("budgeting the instance")(e.to_string()))?;
+        instances.map.insert(
+            id.clone(),
+            Entry {
+                record,
+                process: Some(process),
+                backoff: Backoff::default(),
+                started: Instant::now(),
+                restart_at: None,
+            },
+        );
+        drop(instances);
+        self.persist();
+        self.instance(&id)
+    }
+
+    /// Changes an instance's request, limit or memory cap; the new budgets are written at once.
+    pub fn update_quota(
+        &self,
+        id: &str,
+        update: QuotaUpdate,
+        overcommit: bool,
+    ) -> Result<InstanceView, AgentError> {
+        {
+            let mut instances = lock(&self.instances);
+            let entry = instances
+                .map
+                .get_mut(id)
+                .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+            let quota = entry.record.spec.quota.updated(&update);
+            quota.validate("quota")?;
+            let mut tokens = lock(&self.tokens);
+            self.check_capacity(
+                &tokens,
+                &entry.record.spec.device,
+                quota.request,
+                Some(id),
+                overcommit,
+            )?;
+            tokens.set_quota(id, quota, monotonic_ns());
+            entry.record.spec.quota = quota;
+        }
+        self.persist();
+        self.instance(id)
+    }
+
+    /// Stops an instance (SIGTERM, grace, SIGKILL), stops budgeting it and removes its channel.
+    pub fn delete_instance(&self, id: &str) -> Result<(), AgentError> {
+        let entry = lock(&self.instances)
+            .map
+            .remove(id)
+            .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+        if let Some(mut process) = entry.process {
+            process.stop(self.config.stop_grace);
+        }
+        lock(&self.tokens).remove(id);
+        let _ = std::fs::remove_file(&entry.record.channel);
+        self.persist();
+        Ok(())
+    }
+
+    /// One instance's view.
+    pub fn instance(&self, id: &str) -> Result<InstanceView, AgentError> {
+        let instances = lock(&self.instances);
+        let entry = instances
+            .map
+            .get(id)
+            .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+        Ok(self.view(entry))
+    }
+
+    /// Every instance's view.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let instances = lock(&self.instances);
+        instances.map.values().map(|e| self.view(e)).collect()
+    }
+
+    fn view(&self, entry: &Entry) -> InstanceView {
+        let tokens = lock(&self.tokens);
+        let budgeting = tokens
+            .residents()
+            .into_iter()
+            .find(|r| r.id == entry.record.id);
+        let counters = tokens
+            .snapshot(&entry.record.id)
+            .as_ref()
+            .map(CountersView::from);
+        InstanceView {
+            record: entry.record.clone(),
+            adopted: entry.process.as_ref().is_some_and(Process::is_adopted),
+            budgeting,
+            counters,
+        }
+    }
+
+    /// The tail of an instance's log.
+    pub fn logs(&self, id: &str, max_bytes: u64) -> Result<String, AgentError> {
+        let path = lock(&self.instances)
+            .map
+            .get(id)
+            .map(|e| e.record.log.clone())
+            .ok_or_else(|| AgentError::NotFound(id.to_string()))?;
+        supervisor::tail(&path, max_bytes)
+            .map_err(|e| internal(format!("reading {}", path.display()))(e.to_string()))
+    }
+
+    /// Every instance's channel snapshot and budgeting state, for metrics.
+    pub fn metric_rows(&self) -> Vec<(InstanceRecord, Option<ResidentView>, Option<Snapshot>)> {
+        let instances = lock(&self.instances);
+        let tokens = lock(&self.tokens);
+        let residents = tokens.residents();
+        instances
+            .map
+            .values()
+            .map(|e| {
+                let id = &e.record.id;
+                (
+                    e.record.clone(),
+                    residents.iter().find(|r| &r.id == id).cloned(),
+                    tokens.snapshot(id),
+                )
+            })
+            .collect()
+    }
+
+    /// One supervision round: reap exits, restart with back-off, probe readiness, bound logs.
+    fn supervise(&self, round: u64) {
+        let mut changed = false;
+        let mut probes = Vec::new();
+        {
+            let mut instances = lock(&self.instances);
+            let now = Instant::now();
+            for entry in instances.map.values_mut() {
+                if let Some(process) = entry.process.as_mut()
+                    && let Some(exit) = process.poll()
+                {
+                    entry.process = None;
+                    entry.record.pid = None;
+                    entry.record.start_ticks = None;
+                    entry.record.last_exit = Some(exit.to_string());
+                    if restarts(entry.record.spec.restart, &exit) {
+                        let delay = entry.backoff.next_delay(entry.started.elapsed());
+                        entry.restart_at = Some(now + delay);
+                        entry.record.status = Status::Restarting;
+                    } else {
+                        entry.record.status = Status::Exited;
+                    }
+                    changed = true;
+                }
+                if entry.process.is_none() && entry.restart_at.is_some_and(|at| at <= now) {
+                    entry.restart_at = None;
+                    match self
+                        .launch_spec(&entry.record)
+                        .map(|spec| supervisor::spawn(&spec))
+                    {
+                        Ok(Ok(process)) => {
+                            entry.record.pid = Some(process.pid());
+                            entry.record.start_ticks = Some(process.start_ticks());
+                            entry.record.restarts += 1;
+                            entry.record.status = if entry.record.spec.health_url.is_some() {
+                                Status::Starting
+                            } else {
+                                Status::Ready
+                            };
+                            entry.process = Some(process);
+                            entry.started = now;
+                        }
+                        Ok(Err(error)) => {
+                            entry.record.last_exit = Some(format!("restart failed: {error}"));
+                            entry.restart_at = Some(now + entry.backoff.next_delay(Duration::ZERO));
+                        }
+                        Err(error) => {
+                            entry.record.last_exit = Some(format!("restart failed: {error}"));
+                            entry.record.status = Status::Exited;
+                        }
+                    }
+                    changed = true;
+                }
+                if entry.record.status == Status::Starting
+                    && entry.process.is_some()
+                    && let Some(url) = &entry.record.spec.health_url
+                {
+                    probes.push((entry.record.id.clone(), url.clone()));
+                }
+                if round.is_multiple_of(20) {
+                    let _ = supervisor::rotate_log(&entry.record.log, self.config.log_max_bytes);
+                }
+            }
+        }
+        // Probe outside the lock: a slow instance must not stall the API.
+        let ready: Vec<String> = probes
+            .into_iter()
+            .filter(|(_, url)| supervisor::probe_http(url, Duration::from_millis(200)))
+            .map(|(id, _)| id)
+            .collect();
+        if !ready.is_empty() {
+            let mut instances = lock(&self.instances);
+            for id in ready {
+                if let Some(entry) = instances.map.get_mut(&id)
+                    && entry.record.status == Status::Starting
+                {
+                    entry.record.status = Status::Ready;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.persist();
+        }
+    }
+
+    /// Writes the state file; failures are reported and retried at the next change.
+    fn persist(&self) {
+        let instances = lock(&self.instances);
+        let file = StateFile {
+            version: STATE_VERSION,
+            next_id: instances.next_id,
+            instances: instances.map.values().map(|e| e.record.clone()).collect(),
+        };
+        if let Err(error) = state::save(&self.config.state_path(), &file) {
+            eprintln!("dilu agent: cannot write the state file: {error}");
+        }
+    }
+
+    /// Stops the agent's threads; instances keep running (with their last budgets) for the next agent to
+    /// adopt.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Relaxed);
+        let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+        self.persist();
+    }
+}
+
+/// Whether a process that ended with `exit` is restarted under `policy`.
+fn restarts(policy: RestartPolicy, exit: &Exit) -> bool {
+    match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !exit.success(),
+    }
+}
+
+/// Makes a directory private to the agent's user (quota channels are writable only by their owner).
+fn restrict(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}

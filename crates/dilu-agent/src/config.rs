@@ -1,0 +1,76 @@
+//! The agent's configuration (from `dilu agent` flags).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dilu_core::scaling::rckm::RckmConfig;
+
+/// A GPU declared on the command line rather than found through NVML: for nodes where NVML is not
+/// available to the agent, and for tests against the software CUDA driver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredGpu {
+    /// Device UUID (`GPU-…`).
+    pub uuid: String,
+    /// Cost units the device executes per window (its capacity for budgets); `None` = learn it.
+    pub capacity_per_window: Option<u64>,
+    /// Device memory in bytes, if known.
+    pub memory_bytes: u64,
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where the state file, quota channels (`run/`) and instance logs (`logs/`) live.
+    pub data_dir: PathBuf,
+    /// Token manager window (default 5 ms).
+    pub window_ns: u64,
+    /// Size of the CPU device in cores; `None` = every core of the machine; `Some(0.0)` = no CPU device.
+    pub cpu_cores: Option<f64>,
+    /// Whether to look for NVIDIA GPUs through NVML.
+    pub discover_gpus: bool,
+    /// GPUs declared by hand.
+    pub declared_gpus: Vec<DeclaredGpu>,
+    /// Capacity per window assumed for discovered GPUs; `None` = learn it from observed usage.
+    pub gpu_capacity_per_window: Option<u64>,
+    /// `libdilu_cuda.so`, preloaded into instances on GPU devices.
+    pub interposer: Option<PathBuf>,
+    /// Most bytes kept per instance log (the previous part is kept as `.1`).
+    pub log_max_bytes: u64,
+    /// How long a stopped instance gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// The vertical controller's constants.
+    pub rckm: RckmConfig,
+}
+
+impl AgentConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            window_ns: 5_000_000,
+            cpu_cores: None,
+            discover_gpus: true,
+            declared_gpus: Vec::new(),
+            gpu_capacity_per_window: None,
+            interposer: None,
+            log_max_bytes: 8 << 20,
+            stop_grace: Duration::from_secs(5),
+            rckm: RckmConfig::default(),
+        }
+    }
+
+    /// The agent's state file.
+    pub fn state_path(&self) -> PathBuf {
+        self.data_dir.join("agent-state.json")
+    }
+
+    /// Directory of quota channels.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    /// Directory of instance logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+}
