@@ -1,5 +1,7 @@
 //! Subcommand implementations.
 
+pub mod agent;
+pub mod burn;
 pub mod output;
 pub mod profile;
 pub mod quota;

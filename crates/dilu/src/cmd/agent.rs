@@ -1,0 +1,142 @@
+//! `dilu agent`: the node agent — devices, the token manager, instance supervision and the local API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dilu_agent::api::{self, Listen};
+use dilu_agent::config::DeclaredGpu;
+use dilu_agent::{Agent, AgentConfig};
+use dilu_core::units::parse_bytes;
+
+/// Arguments of `dilu agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory for the state file, quota channels and instance logs.
+    #[arg(long, default_value = "dilu-data/agent")]
+    data_dir: PathBuf,
+    /// Address of the local API (loopback by default; port 0 picks a free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:7071", conflicts_with = "unix_socket")]
+    listen: std::net::SocketAddr,
+    /// Serve the API on this Unix socket instead of TCP.
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
+    /// Token manager window in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    window_ms: f64,
+    /// Size of the CPU device in cores (default: all of them; 0 = no CPU device).
+    #[arg(long)]
+    cpu_cores: Option<f64>,
+    /// Do not look for GPUs through NVML.
+    #[arg(long)]
+    no_nvml: bool,
+    /// Declare a GPU by hand: UUID[,capacity=UNITS][,memory=SIZE] (capacity in cost units per window;
+    /// without it the capacity is learned). Repeatable.
+    #[arg(long = "gpu", value_parser = parse_gpu)]
+    gpus: Vec<DeclaredGpu>,
+    /// Capacity per window assumed for NVML-discovered GPUs (default: learned from usage).
+    #[arg(long)]
+    gpu_capacity: Option<u64>,
+    /// libdilu_cuda.so to preload into GPU instances.
+    #[arg(long)]
+    interposer: Option<PathBuf>,
+    /// Most bytes kept per instance log.
+    #[arg(long, default_value = "8MiB", value_parser = |s: &str| parse_bytes(s).map_err(|e| e.to_string()))]
+    log_max: u64,
+    /// Seconds a stopped instance gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 5.0)]
+    stop_grace_s: f64,
+}
+
+fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
+    let mut parts = text.split(',');
+    let uuid = parts.next().unwrap_or_default().trim().to_string();
+    if uuid.is_empty() {
+        return Err(format!(
+            "{text:?}: expected UUID[,capacity=UNITS][,memory=SIZE]"
+        ));
+    }
+    let mut gpu = DeclaredGpu {
+        uuid,
+        capacity_per_window: None,
+        memory_bytes: 0,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("capacity", v)) => {
+                gpu.capacity_per_window = Some(v.parse().map_err(|_| {
+                    format!("capacity = {v:?}: expected a whole number of cost units")
+                })?);
+            }
+            Some(("memory", v)) => {
+                gpu.memory_bytes = parse_bytes(v).map_err(|e| format!("memory: {e}"))?
+            }
+            _ => return Err(format!("{part:?}: expected capacity=UNITS or memory=SIZE")),
+        }
+    }
+    Ok(gpu)
+}
+
+/// Runs the agent until SIGTERM or SIGINT; instances keep running for the next agent to adopt.
+pub fn run(args: AgentArgs) -> Result<()> {
+    if !(args.window_ms >= 0.1 && args.window_ms <= 1000.0) {
+        bail!(
+            "--window-ms = {}: must be between 0.1 and 1000",
+            args.window_ms
+        );
+    }
+    let mut config = AgentConfig::new(args.data_dir.clone());
+    config.window_ns = (args.window_ms * 1e6).round() as u64;
+    config.cpu_cores = args.cpu_cores;
+    config.discover_gpus = !args.no_nvml;
+    config.declared_gpus = args.gpus;
+    config.gpu_capacity_per_window = args.gpu_capacity;
+    config.interposer = args
+        .interposer
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    config.log_max_bytes = args.log_max;
+    config.stop_grace = Duration::from_secs_f64(args.stop_grace_s.max(0.0));
+    let agent = Agent::start(config)
+        .with_context(|| format!("starting the agent in {}", args.data_dir.display()))?;
+    for note in agent.notes() {
+        eprintln!("dilu agent: {note}");
+    }
+    for device in agent.devices() {
+        eprintln!(
+            "dilu agent: device {} ({}, {})",
+            device.uuid,
+            device.name,
+            device.kind.name()
+        );
+    }
+    let listen = match args.unix_socket {
+        Some(path) => Listen::Unix(path),
+        None => Listen::Tcp(args.listen),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(api::serve(
+        agent.clone(),
+        listen,
+        |address| {
+            println!("dilu agent listening on {address}");
+        },
+        async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        },
+    ));
+    agent.shutdown();
+    served.context("serving the agent API")
+}

@@ -1,0 +1,173 @@
+//! A `dilu agent` process for end-to-end tests, and a small JSON-over-HTTP client for its API.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The `dilu` binary under test.
+pub fn dilu_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dilu")
+}
+
+/// A running agent; killed (SIGKILL) on drop, and every instance it recorded is killed too.
+pub struct AgentProc {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    client: reqwest::blocking::Client,
+}
+
+impl AgentProc {
+    /// Starts `dilu agent` on a free port with `data_dir` and extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> AgentProc {
+        let mut child = Command::new(dilu_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--no-nvml"])
+            .args(extra)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dilu agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("agent banner");
+        let url = line
+            .trim()
+            .strip_prefix("dilu agent listening on ")
+            .unwrap_or_else(|| panic!("unexpected agent banner {line:?}"))
+            .to_string();
+        AgentProc {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("agent request");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None)
+    }
+
+    /// The CPU device's UUID.
+    pub fn cpu_device(&self) -> String {
+        let (_, devices) = self.get("/devices");
+        devices["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .find(|d| d["device"]["kind"] == "cpu")
+            .expect("a CPU device")["device"]["uuid"]
+            .as_str()
+            .expect("uuid")
+            .to_string()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Pids of the instances in the agent's state file.
+    pub fn recorded_pids(data_dir: &Path) -> Vec<u32> {
+        let Ok(text) = std::fs::read_to_string(data_dir.join("agent-state.json")) else {
+            return Vec::new();
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        state["instances"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|i| i["pid"].as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in AgentProc::recorded_pids(&self.data_dir) {
+            // SAFETY: signalling a process group and a pid we started; failures (already gone) are fine.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The quota channel file of instance `id`.
+pub fn channel_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("run").join(format!("{id}.quota"))
+}
+
+/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
