@@ -2,10 +2,10 @@
 //! runs the vertical controller (`Rckm` from dilu-core, the code the simulator runs), arbitrates the device
 //! (requests guaranteed first, the rest by demand), and writes each instance's budget for the next window.
 //!
-//! How shares become budgets: a busy instance gets its arbitrated share of the device; an idle one gets its
-//! grant, capped by its limit, so it can start at once (the next window's arbitration then makes room).
-//! Inference counts as busy until RCKM releases the device after its idle period, so training recovers only
-//! then, as `dilu.md` §5 describes. A share
+//! How shares become budgets: an instance that claims the device gets its arbitrated share; one that does
+//! not (idle inference after RCKM released the device) gets its grant, capped by its limit, so it can start at
+//! once (the next window's arbitration then makes room). Training always claims; inference claims while busy
+//! and until RCKM releases the device after its idle period, so training recovers only then (`dilu.md` §5). A share
 //! of the whole device is written as "unlimited". A device's capacity in cost units per window is exact for the
 //! CPU device (cores × window) and declared or learned for GPUs: learned = the highest total usage seen in a
 //! window, decaying slowly, at least one full wave.
@@ -191,13 +191,15 @@ impl DeviceTokens {
                 ..*g
             })
             .collect();
-        // Until RCKM releases the device (inference idle for `idle_release_ms`), inference keeps its claim on
-        // the device as if busy, so training stays at `request × budget` through short gaps (`dilu.md` §5).
+        // Who claims the device this window: training always (it is elastic and takes what it is given, so its
+        // budget must not jump to its limit in a window it happened to be idle); inference while busy, and until
+        // RCKM releases the device (inference idle for `idle_release_ms`), so training stays at
+        // `request × budget` through short gaps and recovers only on release (`dilu.md` §5).
         let reserved = !self.controller.released();
         let busy: Vec<bool> = self
             .residents
             .iter()
-            .map(|r| r.busy || (reserved && r.class != PriorityClass::Training))
+            .map(|r| r.busy || r.class == PriorityClass::Training || reserved)
             .collect();
         let mut shares = vec![0.0; clamped.len()];
         arbitrate(self.controller.arbitration(), &clamped, &busy, &mut shares);

@@ -61,12 +61,13 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
             "instance {pid} must survive the agent's death"
         );
     }
-    // Fail-static: with no agent, the instance keeps its last budget (0.2 of a core).
-    let rate = cpu_rate(&channel, Duration::from_secs(2));
-    eprintln!("agent down: instance at {rate:.3} of a core (budget 0.2)");
+    // Fail-static: with no agent, the instance keeps its last budget (0.2 of a core): never more, and it keeps
+    // running (0.200 on an idle machine; a loaded CI machine may give it less CPU than its budget).
+    let down = cpu_rate(&channel, Duration::from_secs(2));
+    eprintln!("agent down: instance at {down:.3} of a core (budget 0.2)");
     assert!(
-        (rate / 0.2 - 1.0).abs() < 0.1,
-        "rate {rate} without an agent"
+        (0.2 * 0.5..=0.2 * 1.1).contains(&down),
+        "rate {down} without an agent"
     );
 
     let agent = AgentProc::start(dir.path(), &["--cpu-cores", "1"]);
@@ -98,8 +99,9 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
 
     // Budgets continue under the new agent, and it can still change them.
     let rate = cpu_rate(&channel, Duration::from_secs(1));
+    eprintln!("re-adopted: instance at {rate:.3} of a core (budget 0.2)");
     assert!(
-        (rate / 0.2 - 1.0).abs() < 0.1,
+        (0.2 * 0.5..=0.2 * 1.1).contains(&rate),
         "rate {rate} after re-adoption"
     );
     let (status, body) = agent.patch(
@@ -110,9 +112,10 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
     std::thread::sleep(Duration::from_millis(100));
     let rate = cpu_rate(&channel, Duration::from_secs(1));
     eprintln!("after re-adoption and a change to 0.5: {rate:.3} of a core");
+    assert!(rate <= 0.5 * 1.1, "rate {rate} after the change to 0.5");
     assert!(
-        (rate / 0.5 - 1.0).abs() < 0.1,
-        "rate {rate} after the change"
+        rate >= 0.45 || rate >= down * 1.5,
+        "rate {rate} after the change to 0.5 (was {down})"
     );
 
     for id in &ids {
