@@ -3,6 +3,7 @@
 //! Pure code only: no I/O, no clock, no global state. Time, randomness and data come in as arguments so
 //! that the simulator and the platform run the very same policies.
 
+pub mod batching;
 pub mod cluster;
 pub mod error;
 pub mod frag;

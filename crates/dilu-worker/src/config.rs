@@ -1,0 +1,177 @@
+//! What a worker serves and how it batches.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dilu_core::batching::BatchingConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::WorkerError;
+
+/// The default request body limit: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+/// A worker's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The name clients use in `/v2/models/{name}`.
+    pub model_name: String,
+    /// The model version reported in metadata and responses (`/v2/models/{name}/versions/{version}` too).
+    pub model_version: String,
+    /// The ONNX model file.
+    pub model_path: PathBuf,
+    /// The first input's shape, batch dimension first, when the model leaves dimensions open (or to override
+    /// the shape it declares).
+    pub input_shape: Option<Vec<usize>>,
+    /// Try to serve the model with a symbolic batch dimension so that requests can be concatenated into one
+    /// run; when the model does not support it (or this is false) requests of a batch run one by one.
+    pub dynamic_batch: bool,
+    /// Whether a batch of a batchable model runs as one concatenated run (`true`) or its requests one by one
+    /// (`false`); `None` (the default) measures at load which is faster. On the CPU one by one often is.
+    pub concat_batches: Option<bool>,
+    /// A batch closes once it holds this many requests.
+    pub max_batch: usize,
+    /// When set, every batch waits this long for its first request instead of the adaptive rule
+    /// (microseconds). Meant for tests and benchmarks.
+    pub fixed_wait_us: Option<u64>,
+    /// The adaptive wait's constants (`wait = ē / wait_divisor` when requests come faster than batches finish).
+    pub batching: BatchingConfig,
+    /// Requests with a larger body are refused with 413.
+    pub max_body_bytes: usize,
+    /// The CPU quota channel; `None` reads `DILU_QUOTA_FILE` (and runs unthrottled when that is unset).
+    pub quota_file: Option<PathBuf>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            model_name: String::new(),
+            model_version: "1".into(),
+            model_path: PathBuf::new(),
+            input_shape: None,
+            dynamic_batch: true,
+            concat_batches: None,
+            max_batch: 8,
+            fixed_wait_us: None,
+            batching: BatchingConfig::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            quota_file: None,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults for the model at `model_path`, served as `model_name`.
+    pub fn new(model_name: impl Into<String>, model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_name: model_name.into(),
+            model_path: model_path.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The fixed batching wait, if one is set.
+    pub fn fixed_wait(&self) -> Option<Duration> {
+        self.fixed_wait_us.map(Duration::from_micros)
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        let invalid =
+            |field, value: String, rule| Err(WorkerError::InvalidConfig { field, value, rule });
+        if self.model_name.is_empty()
+            || !self
+                .model_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return invalid(
+                "model_name",
+                format!("{:?}", self.model_name),
+                "must be non-empty ASCII letters, digits, '-', '_' or '.'",
+            );
+        }
+        if self.model_version.is_empty() || self.model_version.contains('/') {
+            return invalid(
+                "model_version",
+                format!("{:?}", self.model_version),
+                "must be non-empty and contain no '/'",
+            );
+        }
+        if self.model_path.as_os_str().is_empty() {
+            return invalid("model_path", "\"\"".into(), "must name an ONNX file");
+        }
+        if let Some(shape) = &self.input_shape
+            && (shape.is_empty() || shape.contains(&0))
+        {
+            return invalid(
+                "input_shape",
+                format!("{shape:?}"),
+                "must have at least one dimension (the batch), none of them 0",
+            );
+        }
+        if self.max_batch == 0 || self.max_batch > 4096 {
+            return invalid(
+                "max_batch",
+                self.max_batch.to_string(),
+                "must be in 1..=4096",
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid(
+                "max_body_bytes",
+                self.max_body_bytes.to_string(),
+                "must be at least 1024",
+            );
+        }
+        self.batching.validate().or_else(|e| {
+            invalid(
+                "batching",
+                e.to_string(),
+                "must be a valid batching setting",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_field() {
+        let ok = WorkerConfig::new("squeezenet", "/m.onnx");
+        assert!(ok.validate().is_ok());
+        let bad = WorkerConfig {
+            max_batch: 0,
+            ..ok.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_batch")
+        );
+        let bad = WorkerConfig {
+            model_name: "a/b".into(),
+            ..ok.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("model_name")
+        );
+        let bad = WorkerConfig {
+            input_shape: Some(vec![1, 0]),
+            ..ok
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("input_shape")
+        );
+    }
+}

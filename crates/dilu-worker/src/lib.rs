@@ -1,0 +1,25 @@
+//! Dilu's built-in worker: serves one ONNX model over the Open Inference Protocol v2 REST API (KServe v2 /
+//! Triton REST), with dynamic batching (`docs/dilu.md` §7) and CPU-time tokens drawn from the instance's quota
+//! channel.
+//!
+//! - [`config`]: what a worker serves and how it batches ([`WorkerConfig`]).
+//! - [`model`]: loading an ONNX model with `tract` and running batches on the CPU ([`Model`]).
+//! - [`protocol`]: the v2 JSON request and response bodies, and how tensors are checked.
+//! - [`batcher`]: the executor thread that forms batches, runs them and charges their CPU time.
+//! - [`metrics`]: the Prometheus counters behind `GET /metrics`.
+//! - [`server`]: the HTTP routes and [`serve`].
+
+#![warn(missing_docs)]
+
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod protocol;
+pub mod server;
+
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+pub use model::{Datatype, Model, TensorData, TensorSpec};
+pub use server::serve;

@@ -1,0 +1,209 @@
+//! The worker's Prometheus metrics (`GET /metrics`, text exposition format, names prefixed `dilu_worker_`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A histogram with fixed upper bounds; observations are stored in integer units (e.g. nanoseconds) and
+/// rendered after dividing by `scale`.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Histogram {
+    /// A histogram over `bounds` (in rendered units) whose raw observations are `scale` times those units.
+    pub fn new(bounds: &'static [f64], scale: f64) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    /// Records one observation of `raw` units.
+    pub fn observe(&self, raw: u64) {
+        let value = raw as f64 / self.scale;
+        if let Some(ix) = self.bounds.iter().position(|&b| value <= b) {
+            self.counts[ix].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(raw, Ordering::Relaxed);
+    }
+
+    /// The number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The sum of observations, in raw units.
+    pub fn sum_raw(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(out, "{name}_sum {}", self.sum_raw() as f64 / self.scale);
+        let _ = writeln!(out, "{name}_count {}", self.count());
+    }
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// Every metric the worker keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Inference requests received (`dilu_worker_requests_total`).
+    pub requests: AtomicU64,
+    /// Inference requests answered with an error, by class (`dilu_worker_request_errors_total{class}`):
+    /// client errors (4xx).
+    pub client_errors: AtomicU64,
+    /// Server errors (5xx).
+    pub server_errors: AtomicU64,
+    /// Batches run (`dilu_worker_batches_total`).
+    pub batches: AtomicU64,
+    /// Requests per batch (`dilu_worker_batch_size`).
+    pub batch_size: Histogram,
+    /// Model execution time per batch, in ns (`dilu_worker_inference_seconds`).
+    pub inference: Histogram,
+    /// Time from a request's arrival to its response, in ns (`dilu_worker_request_seconds`).
+    pub request_latency: Histogram,
+    /// Requests waiting for a batch (`dilu_worker_queue_depth`).
+    pub queue_depth: AtomicI64,
+    /// The current batching wait, in ns (`dilu_worker_batch_wait_seconds`).
+    pub batch_wait_ns: AtomicU64,
+    /// Time the executor waited for CPU budget, in ns (`dilu_worker_cpu_throttled_seconds_total`).
+    pub throttled_ns: AtomicU64,
+    /// CPU time the executor charged, in ns (`dilu_worker_cpu_seconds_total`).
+    pub cpu_ns: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_size: Histogram::new(BATCH_BOUNDS, 1.0),
+            inference: Histogram::new(LATENCY_BOUNDS, 1e9),
+            request_latency: Histogram::new(LATENCY_BOUNDS, 1e9),
+            queue_depth: AtomicI64::new(0),
+            batch_wait_ns: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "dilu_worker_requests_total",
+            "Inference requests received.",
+            load(&self.requests).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dilu_worker_request_errors_total Inference requests answered with an error.\n\
+             # TYPE dilu_worker_request_errors_total counter\n\
+             dilu_worker_request_errors_total{{class=\"client\"}} {}\n\
+             dilu_worker_request_errors_total{{class=\"server\"}} {}",
+            load(&self.client_errors),
+            load(&self.server_errors)
+        );
+        counter(
+            &mut out,
+            "dilu_worker_batches_total",
+            "Batches run.",
+            load(&self.batches).to_string(),
+        );
+        self.batch_size
+            .render(&mut out, "dilu_worker_batch_size", "Requests per batch.");
+        self.inference.render(
+            &mut out,
+            "dilu_worker_inference_seconds",
+            "Model execution time per batch.",
+        );
+        self.request_latency.render(
+            &mut out,
+            "dilu_worker_request_seconds",
+            "Time from an inference request's arrival to its response.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dilu_worker_queue_depth Requests waiting for a batch.\n\
+             # TYPE dilu_worker_queue_depth gauge\ndilu_worker_queue_depth {}",
+            self.queue_depth.load(Ordering::Relaxed).max(0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dilu_worker_batch_wait_seconds The current batching wait.\n\
+             # TYPE dilu_worker_batch_wait_seconds gauge\ndilu_worker_batch_wait_seconds {}",
+            load(&self.batch_wait_ns) as f64 / 1e9
+        );
+        counter(
+            &mut out,
+            "dilu_worker_cpu_throttled_seconds_total",
+            "Time the executor waited for CPU budget.",
+            (load(&self.throttled_ns) as f64 / 1e9).to_string(),
+        );
+        counter(
+            &mut out,
+            "dilu_worker_cpu_seconds_total",
+            "CPU time the executor thread used.",
+            (load(&self.cpu_ns) as f64 / 1e9).to_string(),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.batch_size.observe(1);
+        m.batch_size.observe(3);
+        m.batch_size.observe(3);
+        let text = m.render();
+        assert!(
+            text.contains("dilu_worker_batch_size_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dilu_worker_batch_size_bucket{le=\"4\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("dilu_worker_batch_size_sum 7"), "{text}");
+        assert!(text.contains("dilu_worker_batch_size_count 3"), "{text}");
+    }
+}

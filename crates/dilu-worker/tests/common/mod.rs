@@ -1,0 +1,137 @@
+//! Shared test helpers: the model cache (fetched once with `scripts/fetch-models.sh`) and an in-process
+//! worker on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dilu_worker::WorkerConfig;
+
+/// The model cache: `$DILU_MODEL_CACHE`, else `~/.cache/dilu/models`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DILU_MODEL_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/dilu/models")
+}
+
+/// SqueezeNet (ONNX's light test model: real architecture, constant weights) from the cache.
+pub fn squeezenet() -> Option<PathBuf> {
+    cached("onnx-light/light_squeezenet.onnx")
+}
+
+/// PaddleOCR's text-direction classifier (real weights) from the cache.
+pub fn ppocr_cls() -> Option<PathBuf> {
+    cached("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+}
+
+/// A model from the cache, fetching the cache once (under a file lock) when it is missing. `None` (after
+/// printing `SKIPPED: …`) when it cannot be had; panics instead under `CI=true`.
+pub fn cached(relative: &str) -> Option<PathBuf> {
+    let model = cache_dir().join(relative);
+    if model.is_file() {
+        return Some(model);
+    }
+    let lock_path = std::env::temp_dir().join("dilu-fetch-models.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("open the fetch lock");
+    // SAFETY: flock on a descriptor we own; the lock is released when `lock` is closed.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    if !model.is_file() {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-models.sh");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(cache_dir())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) || !model.is_file() {
+            let why = format!(
+                "SKIPPED: {} is missing and {} failed ({status:?})",
+                model.display(),
+                script.display()
+            );
+            eprintln!("\n==================== {why} ====================\n");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            return None;
+        }
+    }
+    drop(lock);
+    Some(model)
+}
+
+/// A worker serving in-process until dropped.
+pub struct Worker {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), dilu_worker::WorkerError>>>,
+}
+
+impl Worker {
+    /// Starts `config` on 127.0.0.1:0 and waits until it is ready.
+    pub fn start(config: WorkerConfig) -> Worker {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                dilu_worker::serve(config, listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let worker = Worker {
+            base,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        let client = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/v2/health/ready", worker.base))
+                .send()
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not become ready within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        worker
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Fetches small real ONNX models for the worker's tests and the quickstart into a local cache, from registry
+# packages (nothing is committed, nothing is downloaded at serving time). Idempotent: models already in the
+# cache are kept.
+#
+#   scripts/fetch-models.sh [CACHE_DIR]     (default: $DILU_MODEL_CACHE, else ~/.cache/dilu/models)
+#
+# Produces:
+#   CACHE_DIR/onnx-light/light_squeezenet.onnx   SqueezeNet 1.0 (ImageNet, 1x3x224x224 -> 1x1000x1x1)
+#   CACHE_DIR/onnx-light/light_resnet50.onnx     ResNet-50 (when the wheel ships it)
+#   CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx   PaddleOCR text-direction classifier (best effort)
+set -euo pipefail
+
+CACHE_DIR="${1:-${DILU_MODEL_CACHE:-$HOME/.cache/dilu/models}}"
+ONNX_VERSION="${ONNX_VERSION:-1.16.2}"
+RAPIDOCR_VERSION="${RAPIDOCR_VERSION:-1.3.24}"
+PIP="${PIP:-$(command -v pip3 || command -v pip || true)}"
+PYTHON="${PYTHON:-$(command -v python3 || true)}"
+
+if [[ -z "$PIP" || -z "$PYTHON" ]]; then
+    echo "fetch-models: needs pip and python3" >&2
+    exit 1
+fi
+
+mkdir -p "$CACHE_DIR/onnx-light" "$CACHE_DIR/ppocr"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# Copies the members of a wheel (a zip) whose paths end in the given names into a folder, atomically per file.
+extract() {
+    local wheel="$1" dest="$2"
+    shift 2
+    "$PYTHON" - "$wheel" "$dest" "$@" <<'PY'
+import os, sys, zipfile
+wheel, dest, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    for name in names:
+        hits = [m for m in z.namelist() if m.endswith("/" + name)]
+        if not hits:
+            print(f"fetch-models: {name} not in {os.path.basename(wheel)}", file=sys.stderr)
+            continue
+        target = os.path.join(dest, name)
+        with z.open(hits[0]) as src, open(target + ".part", "wb") as out:
+            out.write(src.read())
+        os.replace(target + ".part", target)
+        print(f"fetch-models: {target}")
+PY
+}
+
+if [[ ! -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx" ]]; then
+    "$PIP" download --quiet --no-deps "onnx==$ONNX_VERSION" -d "$tmp/onnx"
+    extract "$(ls "$tmp"/onnx/onnx-*.whl | head -n1)" "$CACHE_DIR/onnx-light" \
+        light_squeezenet.onnx light_resnet50.onnx
+fi
+test -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx"
+
+if [[ ! -s "$CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx" ]]; then
+    if "$PIP" download --quiet --no-deps "rapidocr-onnxruntime==$RAPIDOCR_VERSION" -d "$tmp/rapidocr"; then
+        extract "$(ls "$tmp"/rapidocr/rapidocr_onnxruntime-*.whl | head -n1)" "$CACHE_DIR/ppocr" \
+            ch_ppocr_mobile_v2.0_cls_infer.onnx || true
+    else
+        echo "fetch-models: rapidocr-onnxruntime unavailable; skipping the PaddleOCR classifier" >&2
+    fi
+fi
+
+echo "fetch-models: models in $CACHE_DIR"
