@@ -596,10 +596,7 @@ impl Agent {
 
     fn view(&self, entry: &Entry) -> InstanceView {
         let tokens = lock(&self.tokens);
-        let budgeting = tokens
-            .residents()
-            .into_iter()
-            .find(|r| r.id == entry.record.id);
+        let budgeting = tokens.resident(&entry.record.id);
         let counters = tokens
             .snapshot(&entry.record.id)
             .as_ref()
@@ -627,17 +624,12 @@ impl Agent {
     pub fn metric_rows(&self) -> Vec<(InstanceRecord, Option<ResidentView>, Option<Snapshot>)> {
         let instances = lock(&self.instances);
         let tokens = lock(&self.tokens);
-        let residents = tokens.residents();
         instances
             .map
             .values()
             .map(|e| {
                 let id = &e.record.id;
-                (
-                    e.record.clone(),
-                    residents.iter().find(|r| &r.id == id).cloned(),
-                    tokens.snapshot(id),
-                )
+                (e.record.clone(), tokens.resident(id), tokens.snapshot(id))
             })
             .collect()
     }

@@ -226,6 +226,19 @@ impl DeviceTokens {
     }
 }
 
+fn resident_view(d: &DeviceTokens, r: &Resident) -> ResidentView {
+    ResidentView {
+        id: r.id.clone(),
+        device: d.uuid.clone(),
+        class: r.class,
+        quota: r.quota,
+        share: r.share,
+        budget: (r.budget != UNLIMITED).then_some(r.budget),
+        usage_last_window: r.usage,
+        busy: r.busy,
+    }
+}
+
 /// The token manager of every device on the node.
 pub struct TokenManager {
     window_ns: u64,
@@ -381,19 +394,18 @@ impl TokenManager {
     pub fn residents(&self) -> Vec<ResidentView> {
         self.devices
             .iter()
-            .flat_map(|d| {
-                d.residents.iter().map(|r| ResidentView {
-                    id: r.id.clone(),
-                    device: d.uuid.clone(),
-                    class: r.class,
-                    quota: r.quota,
-                    share: r.share,
-                    budget: (r.budget != UNLIMITED).then_some(r.budget),
-                    usage_last_window: r.usage,
-                    busy: r.busy,
-                })
-            })
+            .flat_map(|d| d.residents.iter().map(move |r| resident_view(d, r)))
             .collect()
+    }
+
+    /// One instance's budgeting state.
+    pub fn resident(&self, id: &str) -> Option<ResidentView> {
+        self.devices.iter().find_map(|d| {
+            d.residents
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| resident_view(d, r))
+        })
     }
 
     /// Every device's budgeting state.
