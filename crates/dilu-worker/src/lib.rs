@@ -8,6 +8,8 @@
 //! - [`batcher`]: the executor thread that forms batches, runs them and charges their CPU time.
 //! - [`metrics`]: the Prometheus counters behind `GET /metrics`.
 //! - [`server`]: the HTTP routes and [`serve`].
+//! - [`training`]: training functions: an MLP trained with SGD under the same CPU-time tokens, served by
+//!   [`serve_training`].
 
 #![warn(missing_docs)]
 
@@ -18,8 +20,10 @@ pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod server;
+pub mod training;
 
 pub use config::WorkerConfig;
 pub use error::WorkerError;
 pub use model::{Datatype, Model, TensorData, TensorSpec};
 pub use server::serve;
+pub use training::{TrainingConfig, serve_training};
