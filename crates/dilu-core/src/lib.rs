@@ -11,6 +11,7 @@ pub mod gorand;
 pub mod perf;
 pub mod placement;
 pub mod profiler;
+pub mod prometheus;
 pub mod request;
 pub mod scaling;
 pub mod units;

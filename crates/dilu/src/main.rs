@@ -1,5 +1,5 @@
-//! `dilu`: the one binary of the Dilu platform. Today it runs the placement simulators, the trace generator and
-//! the profiler, and manages quota channels; the platform's subcommands (`up`, `deploy`, `agent`, …) arrive with later work.
+//! `dilu`: the one binary of the Dilu platform: the platform (`up`, `deploy`, `ls`, `status`, `invoke`,
+//! `delete`), its processes (`agent`, `worker`, `train`), the simulators and profiler, and quota channels.
 
 mod cmd;
 
@@ -35,6 +35,28 @@ enum Command {
     /// A CPU load for testing the agent: spins in units of work charged to a CPU quota channel, prints JSON
     /// progress lines, optionally serves GET /health.
     Burn(cmd::burn::BurnArgs),
+    /// Serve one ONNX model over the Open Inference Protocol v2 (the built-in worker) until SIGTERM/SIGINT.
+    Worker(cmd::worker::WorkerArgs),
+    /// A training function: trains an MLP on synthetic data under a CPU quota, serving /health, /status and
+    /// /metrics.
+    Train(cmd::train::TrainArgs),
+    /// The local model cache: fetch the example models and requests, list them, print a model's path.
+    Models {
+        #[command(subcommand)]
+        command: cmd::models::ModelsCommand,
+    },
+    /// Start the platform on this machine: control plane, gateway and a local node agent in one process.
+    Up(cmd::up::UpArgs),
+    /// Deploy a function from a spec file (create, or replace the spec of an existing function).
+    Deploy(cmd::client::DeployArgs),
+    /// List functions with their status, instances, quota and capacity.
+    Ls(cmd::client::ListArgs),
+    /// Show devices and, on each, the instances with their quotas, shares and usage.
+    Status(cmd::client::ListArgs),
+    /// Send one inference request (a v2 JSON body) to a function through the gateway.
+    Invoke(cmd::client::InvokeArgs),
+    /// Delete a function (its instances drain, then stop).
+    Delete(cmd::client::DeleteArgs),
 }
 
 fn main() -> Result<()> {
@@ -45,5 +67,14 @@ fn main() -> Result<()> {
         Command::Quota { command } => cmd::quota::run(command),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Burn(args) => cmd::burn::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Models { command } => cmd::models::run(command),
+        Command::Up(args) => cmd::up::run(args),
+        Command::Deploy(args) => cmd::client::deploy(args),
+        Command::Ls(args) => cmd::client::ls(args),
+        Command::Status(args) => cmd::client::status(args),
+        Command::Invoke(args) => cmd::client::invoke(args),
+        Command::Delete(args) => cmd::client::delete(args),
     }
 }

@@ -22,6 +22,13 @@ pub struct AgentArgs {
     /// Serve the API on this Unix socket instead of TCP.
     #[arg(long)]
     unix_socket: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node's devices and budgeting: shared by `dilu agent` and `dilu up` (which runs an agent inside).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
     /// Token manager window in milliseconds.
     #[arg(long, default_value_t = 5.0)]
     window_ms: f64,
@@ -47,6 +54,62 @@ pub struct AgentArgs {
     /// Seconds a stopped instance gets between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 5.0)]
     stop_grace_s: f64,
+}
+
+impl NodeArgs {
+    /// The agent configuration these flags describe, for an agent keeping its files in `data_dir`.
+    pub fn agent_config(&self, data_dir: PathBuf) -> Result<AgentConfig> {
+        if !(self.window_ms >= 0.1 && self.window_ms <= 1000.0) {
+            bail!(
+                "--window-ms = {}: must be between 0.1 and 1000",
+                self.window_ms
+            );
+        }
+        let mut config = AgentConfig::new(data_dir);
+        config.window_ns = (self.window_ms * 1e6).round() as u64;
+        config.cpu_cores = self.cpu_cores;
+        config.discover_gpus = !self.no_nvml;
+        config.declared_gpus = self.gpus.clone();
+        config.gpu_capacity_per_window = self.gpu_capacity;
+        config.interposer = self
+            .interposer
+            .clone()
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        config.log_max_bytes = self.log_max;
+        config.stop_grace = Duration::from_secs_f64(self.stop_grace_s.max(0.0));
+        Ok(config)
+    }
+}
+
+/// Starts an agent and reports its devices and discovery notes on stderr, prefixed with `who`.
+pub fn start_agent(config: AgentConfig, who: &str) -> Result<std::sync::Arc<Agent>> {
+    let data_dir = config.data_dir.clone();
+    let agent = Agent::start(config)
+        .with_context(|| format!("starting the agent in {}", data_dir.display()))?;
+    for note in agent.notes() {
+        eprintln!("{who}: {note}");
+    }
+    for device in agent.devices() {
+        eprintln!(
+            "{who}: device {} ({}, {})",
+            device.uuid,
+            device.name,
+            device.kind.name()
+        );
+    }
+    Ok(agent)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
@@ -80,36 +143,8 @@ fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
 
 /// Runs the agent until SIGTERM or SIGINT; instances keep running for the next agent to adopt.
 pub fn run(args: AgentArgs) -> Result<()> {
-    if !(args.window_ms >= 0.1 && args.window_ms <= 1000.0) {
-        bail!(
-            "--window-ms = {}: must be between 0.1 and 1000",
-            args.window_ms
-        );
-    }
-    let mut config = AgentConfig::new(args.data_dir.clone());
-    config.window_ns = (args.window_ms * 1e6).round() as u64;
-    config.cpu_cores = args.cpu_cores;
-    config.discover_gpus = !args.no_nvml;
-    config.declared_gpus = args.gpus;
-    config.gpu_capacity_per_window = args.gpu_capacity;
-    config.interposer = args
-        .interposer
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-    config.log_max_bytes = args.log_max;
-    config.stop_grace = Duration::from_secs_f64(args.stop_grace_s.max(0.0));
-    let agent = Agent::start(config)
-        .with_context(|| format!("starting the agent in {}", args.data_dir.display()))?;
-    for note in agent.notes() {
-        eprintln!("dilu agent: {note}");
-    }
-    for device in agent.devices() {
-        eprintln!(
-            "dilu agent: device {} ({}, {})",
-            device.uuid,
-            device.name,
-            device.kind.name()
-        );
-    }
+    let config = args.node.agent_config(args.data_dir.clone())?;
+    let agent = start_agent(config, "dilu agent")?;
     let listen = match args.unix_socket {
         Some(path) => Listen::Unix(path),
         None => Listen::Tcp(args.listen),
@@ -125,17 +160,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         |address| {
             println!("dilu agent listening on {address}");
         },
-        async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(signal) => signal,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        },
+        termination(),
     ));
     agent.shutdown();
     served.context("serving the agent API")

@@ -2,8 +2,13 @@
 
 pub mod agent;
 pub mod burn;
+pub mod client;
+pub mod models;
 pub mod output;
 pub mod profile;
 pub mod quota;
 pub mod serve;
 pub mod sim;
+pub mod train;
+pub mod up;
+pub mod worker;

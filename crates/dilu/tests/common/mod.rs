@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod platform;
+
 /// The `dilu` binary under test.
 pub fn dilu_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dilu")

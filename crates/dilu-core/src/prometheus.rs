@@ -1,0 +1,120 @@
+//! Writing the Prometheus text exposition format (version 0.0.4): metric families with `# HELP` and
+//! `# TYPE` once each, escaped label values, and numbers as Prometheus reads them. Pure string building, so
+//! every component (agent, worker, control plane, gateway) renders `/metrics` the same way.
+
+use std::fmt::Write;
+
+/// A metric family being written: `# HELP`, `# TYPE`, then its samples.
+pub struct Family<'a> {
+    out: &'a mut String,
+    name: &'a str,
+}
+
+impl<'a> Family<'a> {
+    /// Starts family `name` of `kind` (`counter`, `gauge`, `histogram`, …) with its help text.
+    pub fn new(out: &'a mut String, name: &'a str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Self { out, name }
+    }
+
+    /// One sample of the family.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let name = self.name;
+        self.sample_named(name, labels, value);
+    }
+
+    /// One sample under a derived name (`_bucket`, `_sum`, `_count` of a histogram).
+    pub fn sample_named(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.out, "{name}");
+        if !labels.is_empty() {
+            let _ = write!(self.out, "{{");
+            for (i, (k, v)) in labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(self.out, "{sep}{k}=\"{}\"", escape(v));
+            }
+            let _ = write!(self.out, "}}");
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    /// A histogram's samples from cumulative-by-construction bucket counts: `bounds[i]` is the upper bound of
+    /// `counts[i]` (non-cumulative counts; the `+Inf` bucket is `count`).
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+        count: u64,
+    ) {
+        let bucket = format!("{}_bucket", self.name);
+        let mut cumulative = 0u64;
+        for (bound, n) in bounds.iter().zip(counts) {
+            cumulative += n;
+            let le = number(*bound);
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample_named(&bucket, &with_le, cumulative as f64);
+        }
+        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+        with_le.push(("le", "+Inf"));
+        self.sample_named(&bucket, &with_le, count as f64);
+        let sum_name = format!("{}_sum", self.name);
+        self.sample_named(&sum_name, labels, sum);
+        let count_name = format!("{}_count", self.name);
+        self.sample_named(&count_name, labels, count as f64);
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+pub fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A sample value as Prometheus writes it: integers without a fraction, `+Inf`/`-Inf`/`NaN` spelled out.
+pub fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_escape_labels_and_write_histograms() {
+        let mut out = String::new();
+        let mut f = Family::new(&mut out, "x_total", "counter", "Things.");
+        f.sample(&[("a", "q\"\\\n")], 3.0);
+        let mut h = Family::new(&mut out, "lat_seconds", "histogram", "Latency.");
+        h.histogram(&[("f", "g")], &[0.1, 1.0], &[2, 1], 0.7, 4);
+        assert_eq!(
+            out,
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"q\\\"\\\\\\n\"} 3\n\
+             # HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\n\
+             lat_seconds_bucket{f=\"g\",le=\"0.1\"} 2\nlat_seconds_bucket{f=\"g\",le=\"1\"} 3\n\
+             lat_seconds_bucket{f=\"g\",le=\"+Inf\"} 4\nlat_seconds_sum{f=\"g\"} 0.7\nlat_seconds_count{f=\"g\"} 4\n"
+        );
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(0.25), "0.25");
+    }
+}

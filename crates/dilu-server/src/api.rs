@@ -1,0 +1,393 @@
+//! The control plane's REST API (`/v1`) and the one listener that also serves the gateway (`/v2`) and
+//! `GET /metrics`.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/functions` | deploy a spec (YAML, or JSON with `Content-Type: application/json`) → 201 |
+//! | GET | `/v1/functions`, `/v1/functions/{name}` | list, get |
+//! | PUT | `/v1/functions/{name}` | replace the spec (quota changes apply live) |
+//! | DELETE | `/v1/functions/{name}` | delete (instances drain, then stop) → 204 |
+//! | GET | `/v1/instances`, `/v1/nodes`, `/v1/devices` | what runs where, with quotas and usage |
+//! | GET | `/metrics`, `/health` | Prometheus metrics, liveness |
+//!
+//! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). Errors are JSON
+//! `{"error", "field", "value", "rule"}` (the last three when a field is at fault).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, extract::Request};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::platform::{Platform, PlatformError};
+use crate::spec::{SpecFormat, parse_spec};
+
+/// Largest spec document accepted.
+const MAX_SPEC_BYTES: usize = 1 << 20;
+
+struct ApiState {
+    platform: Arc<Platform>,
+    token: String,
+}
+
+/// An error response.
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(e: PlatformError) -> Self {
+        let status = match &e {
+            PlatformError::Invalid(_) => StatusCode::BAD_REQUEST,
+            PlatformError::NotFound(_) => StatusCode::NOT_FOUND,
+            PlatformError::Exists(_) => StatusCode::CONFLICT,
+            PlatformError::Store(_) | PlatformError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut body = json!({ "error": e.to_string() });
+        if let PlatformError::Invalid(s) = &e {
+            body["field"] = json!(s.field);
+            body["value"] = json!(s.value);
+            body["rule"] = json!(s.rule);
+        }
+        Self { status, body }
+    }
+}
+
+async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mutating = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if mutating && request.uri().path().starts_with("/v1/") {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({
+                    "error": "this endpoint changes state and needs the API token",
+                    "field": "Authorization",
+                    "value": if given.is_some() { "Bearer (wrong token)" } else { "(missing)" },
+                    "rule": "must be 'Bearer <token>' with the token dilu up printed (DILU_TOKEN)"
+                })),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares secrets without an early exit on the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<crate::spec::FunctionSpec, ApiError> {
+    if body.len() > MAX_SPEC_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a spec is at most {MAX_SPEC_BYTES} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the spec is not UTF-8: {e}"),
+        )
+    })?;
+    let format = SpecFormat::from_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    parse_spec(text, format).map_err(|e| PlatformError::Invalid(e).into())
+}
+
+async fn create(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let spec = spec_from(&headers, &body)?;
+    let view = st.platform.deploy(spec).await?;
+    Ok((StatusCode::CREATED, Json(to_value(&view))))
+}
+
+async fn replace(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let spec = spec_from(&headers, &body)?;
+    if spec.name != name {
+        return Err(PlatformError::Invalid(crate::spec::SpecError::new(
+            "name",
+            &spec.name,
+            format!(
+                "must match the function in the path ('{name}'); a rename is a delete and a deploy"
+            ),
+        ))
+        .into());
+    }
+    Ok(Json(to_value(&st.platform.update(spec).await?)))
+}
+
+async fn list(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({ "functions": to_value(&st.platform.functions()) }))
+}
+
+async fn get_one(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(to_value(&st.platform.function(&name)?)))
+}
+
+async fn remove(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.platform.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Instance id → function name, for the node views.
+fn owners(platform: &Platform) -> HashMap<String, String> {
+    platform
+        .functions()
+        .into_iter()
+        .flat_map(|f| {
+            let name = f.name;
+            f.instances.into_iter().map(move |i| (i.id, name.clone()))
+        })
+        .collect()
+}
+
+async fn instances(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    let node = Arc::clone(st.platform.node());
+    let views = tokio::task::spawn_blocking(move || node.instances())
+        .await
+        .unwrap_or_default();
+    let owners = owners(&st.platform);
+    let list: Vec<Value> = views
+        .iter()
+        .map(|v| {
+            let mut value = to_value(v);
+            value["function"] = json!(owners.get(&v.record.id));
+            value["node"] = json!(st.platform.node().name());
+            value
+        })
+        .collect();
+    Json(json!({ "instances": list }))
+}
+
+async fn nodes(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    let node = st.platform.node();
+    Json(json!({ "nodes": [{
+        "name": node.name(),
+        "devices": to_value(&node.devices()),
+        "instances": node.instances().len(),
+        "notes": node.notes(),
+        "placer": st.platform.placer(),
+    }]}))
+}
+
+/// Devices with their budgeting and, per instance, its function, quota, share this window and usage.
+pub fn devices_view(platform: &Platform) -> Value {
+    let node = platform.node();
+    let owners = owners(platform);
+    let budgets = node.device_budgets();
+    let views = node.instances();
+    let devices: Vec<Value> = node
+        .devices()
+        .iter()
+        .map(|d| {
+            let budget = budgets.iter().find(|b| b.device == d.uuid);
+            let capacity = budget.map(|b| b.capacity_per_window).unwrap_or(0).max(1) as f64;
+            let residents: Vec<Value> = views
+                .iter()
+                .filter(|v| v.record.spec.device == d.uuid)
+                .map(|v| {
+                    let b = v.budgeting.as_ref();
+                    json!({
+                        "id": v.record.id,
+                        "name": v.record.spec.name,
+                        "function": owners.get(&v.record.id),
+                        "status": v.record.status,
+                        "class": v.record.spec.priority_class,
+                        "quota": v.record.spec.quota,
+                        "share": b.map(|b| b.share),
+                        "budget": b.and_then(|b| b.budget),
+                        "usage": b.map(|b| b.usage_last_window as f64 / capacity),
+                        "busy": b.map(|b| b.busy),
+                    })
+                })
+                .collect();
+            json!({
+                "uuid": d.uuid,
+                "name": d.name,
+                "kind": d.kind.name(),
+                "node": node.name(),
+                "capacity_per_window": budget.map(|b| b.capacity_per_window),
+                "requested": budget.map(|b| b.requested),
+                "training_budget": budget.map(|b| b.training_budget),
+                "adjustments": budget.map(|b| b.adjustments),
+                "instances": residents,
+            })
+        })
+        .collect();
+    json!({ "devices": devices })
+}
+
+async fn devices(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    let platform = Arc::clone(&st.platform);
+    let view = tokio::task::spawn_blocking(move || devices_view(&platform))
+        .await
+        .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+    Json(view)
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let platform = Arc::clone(&st.platform);
+    let text = tokio::task::spawn_blocking(move || render_metrics(&platform))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Every metric of the process: control plane, gateway and node agent.
+pub fn render_metrics(platform: &Platform) -> String {
+    let functions = platform.functions();
+    let mut counts: Vec<(String, &'static str, usize)> = Vec::new();
+    for f in &functions {
+        let mut by_state: [(&'static str, usize); 4] = [
+            ("ready", 0),
+            ("starting", 0),
+            ("draining", 0),
+            ("profiling", 0),
+        ];
+        for i in &f.instances {
+            let state = if i.draining {
+                2
+            } else if i.profiling {
+                3
+            } else if i.ready {
+                0
+            } else {
+                1
+            };
+            by_state[state].1 += 1;
+        }
+        by_state[1].1 += f.starting as usize;
+        counts.extend(by_state.iter().map(|(s, n)| (f.name.clone(), *s, *n)));
+    }
+    let mut out = String::new();
+    platform
+        .metrics()
+        .render(&mut out, functions.len(), &counts);
+    platform.gateway().render_metrics(&mut out);
+    out.push_str(&platform.node().metrics());
+    out
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "uptime_seconds": st.platform.uptime().as_secs_f64(),
+        "functions": st.platform.functions().len(),
+    }))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint {method} {}", uri.path()),
+    )
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_else(|e| json!({ "error": e.to_string() }))
+}
+
+/// The whole HTTP surface: `/v1` (control), `/v2` (gateway), `/metrics`, `/health`.
+pub fn router(platform: Arc<Platform>, token: String) -> Router {
+    let gateway = platform.gateway().router();
+    let state = Arc::new(ApiState { platform, token });
+    let control = Router::new()
+        .route("/v1/functions", get(list).post(create))
+        .route(
+            "/v1/functions/{name}",
+            get(get_one).put(replace).delete(remove),
+        )
+        .route("/v1/instances", get(instances))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/devices", get(devices))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ))
+        .with_state(state);
+    gateway.merge(control)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    platform: Arc<Platform>,
+    token: String,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(platform, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

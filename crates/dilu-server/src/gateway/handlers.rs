@@ -1,0 +1,327 @@
+//! The HTTP face: the Open Inference Protocol v2 routes and what each one does.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::Gateway;
+use super::errors::GatewayError;
+use super::metrics::{CLIENT_CLOSED, FunctionMetrics};
+use super::proxy::{self, BodyError, ForwardError};
+use super::route::{self, FunctionState};
+
+/// Builds the gateway's router (state applied).
+pub(crate) fn router(gateway: &Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(healthy))
+        .route("/v2/health/ready", get(healthy))
+        .route("/v2/models/{function}", get(model_metadata))
+        .route("/v2/models/{function}/ready", get(model_ready))
+        .route("/v2/models/{function}/infer", post(infer))
+        .route(
+            "/v2/models/{function}/versions/{version}",
+            get(versioned_metadata),
+        )
+        .route(
+            "/v2/models/{function}/versions/{version}/ready",
+            get(versioned_ready),
+        )
+        .route(
+            "/v2/models/{function}/versions/{version}/infer",
+            post(versioned_infer),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::clone(gateway))
+}
+
+async fn server_metadata() -> Response {
+    let body = serde_json::json!({
+        "name": "dilu-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    });
+    axum::Json(body).into_response()
+}
+
+async fn healthy() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn infer(
+    State(gateway): State<Arc<Gateway>>,
+    Path(function): Path<String>,
+    request: Request,
+) -> Response {
+    serve_infer(&gateway, &function, request).await
+}
+
+async fn versioned_infer(
+    State(gateway): State<Arc<Gateway>>,
+    Path((function, _version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    serve_infer(&gateway, &function, request).await
+}
+
+async fn model_metadata(
+    State(gateway): State<Arc<Gateway>>,
+    Path(function): Path<String>,
+    uri: Uri,
+) -> Response {
+    serve_metadata(&gateway, &function, &uri).await
+}
+
+async fn versioned_metadata(
+    State(gateway): State<Arc<Gateway>>,
+    Path((function, _version)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    serve_metadata(&gateway, &function, &uri).await
+}
+
+async fn model_ready(
+    State(gateway): State<Arc<Gateway>>,
+    Path(function): Path<String>,
+) -> Response {
+    serve_ready(&gateway, &function)
+}
+
+async fn versioned_ready(
+    State(gateway): State<Arc<Gateway>>,
+    Path((function, _version)): Path<(String, String)>,
+) -> Response {
+    serve_ready(&gateway, &function)
+}
+
+/// Looks a function up, counting misses.
+fn known(gateway: &Gateway, function: &str) -> Result<Arc<FunctionState>, GatewayError> {
+    gateway.function(function).ok_or_else(|| {
+        gateway.unknown_function_requests.fetch_add(1, Relaxed);
+        GatewayError::UnknownFunction {
+            function: function.to_string(),
+        }
+    })
+}
+
+/// Records exactly one outcome per inference request; dropped unfinished, it records the client's departure.
+struct Outcome<'a> {
+    metrics: &'a FunctionMetrics,
+    start: Instant,
+    slo: Option<Duration>,
+    done: bool,
+}
+
+impl<'a> Outcome<'a> {
+    fn start(metrics: &'a FunctionMetrics, slo: Option<Duration>) -> Self {
+        metrics.arrivals.fetch_add(1, Relaxed);
+        Outcome {
+            metrics,
+            start: Instant::now(),
+            slo,
+            done: false,
+        }
+    }
+
+    fn finish(mut self, status: StatusCode) {
+        self.done = true;
+        self.metrics
+            .record(status.as_u16(), self.start.elapsed(), self.slo);
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .record(CLIENT_CLOSED, self.start.elapsed(), self.slo);
+        }
+    }
+}
+
+async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Response {
+    let state = match known(gateway, function) {
+        Ok(state) => state,
+        Err(e) => return e.into_response(),
+    };
+    let policy = state.policy();
+    let outcome = Outcome::start(&state.metrics, policy.slo);
+    let deadline = tokio::time::Instant::now() + policy.request_timeout;
+    let attempt = infer_within_deadline(gateway, &state, &policy, request);
+    let response = match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(_elapsed) => GatewayError::Timeout {
+            function: function.to_string(),
+            timeout: policy.request_timeout,
+        }
+        .into_response(),
+    };
+    outcome.finish(response.status());
+    response
+}
+
+async fn infer_within_deadline(
+    gateway: &Gateway,
+    state: &Arc<FunctionState>,
+    policy: &super::FunctionPolicy,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let limit = policy.max_body_bytes.min(gateway.config.max_body_bytes);
+    let body = proxy::read_body(body, &parts.headers, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => GatewayError::BodyTooLarge {
+                function: state.name.to_string(),
+                limit,
+            },
+            BodyError::Read(reason) => GatewayError::BadBody {
+                function: state.name.to_string(),
+                reason,
+            },
+        })?;
+    let client = gateway
+        .client
+        .as_ref()
+        .map_err(|e| GatewayError::Internal(e.clone()))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    // Cloning `Bytes` shares the buffer: the retry sends the very same bytes.
+    let send = |slot: &route::Slot| {
+        let base_url = Arc::clone(slot.base_url_arc());
+        let (headers, body) = (&parts.headers, body.clone());
+        async move { proxy::forward(client, Method::POST, &base_url, path, headers, Some(body)).await }
+    };
+
+    let slot = route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook).await?;
+    let first_error = match send(&slot).await {
+        Ok(response) => return Ok(response),
+        Err(ForwardError::Body(e)) => return Err(upstream_error(state, &[(slot.instance(), &e)])),
+        Err(ForwardError::Transport(e)) => e,
+    };
+    // The instance looks dead: keep new requests off it, free its slot, and retry once on another one.
+    state.mark_dead(slot.instance_id());
+    let first_instance = slot.instance().to_string();
+    drop(slot);
+    state.metrics.count_retry();
+    let slot = route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook).await?;
+    match send(&slot).await {
+        Ok(response) => Ok(response),
+        Err(ForwardError::Body(e)) => Err(upstream_error(
+            state,
+            &[(&first_instance, &first_error), (slot.instance(), &e)],
+        )),
+        Err(ForwardError::Transport(e)) => {
+            state.mark_dead(slot.instance_id());
+            Err(upstream_error(
+                state,
+                &[(&first_instance, &first_error), (slot.instance(), &e)],
+            ))
+        }
+    }
+}
+
+fn upstream_error(state: &FunctionState, attempts: &[(&str, &str)]) -> GatewayError {
+    let detail = attempts
+        .iter()
+        .enumerate()
+        .map(|(i, (instance, error))| {
+            format!("attempt {} on instance \"{instance}\": {error}", i + 1)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    GatewayError::Upstream {
+        function: state.name.to_string(),
+        detail,
+    }
+}
+
+async fn serve_metadata(gateway: &Gateway, function: &str, uri: &Uri) -> Response {
+    let state = match known(gateway, function) {
+        Ok(state) => state,
+        Err(e) => return e.into_response(),
+    };
+    let timeout = state.policy().request_timeout;
+    match tokio::time::timeout(timeout, metadata(gateway, &state, uri)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(_elapsed) => GatewayError::Timeout {
+            function: function.to_string(),
+            timeout,
+        }
+        .into_response(),
+    }
+}
+
+/// Proxies a metadata request to one ready instance (no slot taken, no waiting), trying a second on a
+/// transport failure.
+async fn metadata(
+    gateway: &Gateway,
+    state: &Arc<FunctionState>,
+    uri: &Uri,
+) -> Result<Response, GatewayError> {
+    let client = gateway
+        .client
+        .as_ref()
+        .map_err(|e| GatewayError::Internal(e.clone()))?;
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let no_headers = HeaderMap::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut except = None;
+    for _attempt in 0..2 {
+        let Some(grant) = state.any_ready(except) else {
+            break;
+        };
+        match proxy::forward(
+            client,
+            Method::GET,
+            grant.base_url(),
+            path,
+            &no_headers,
+            None,
+        )
+        .await
+        {
+            Ok(response) => return Ok(response),
+            Err(ForwardError::Body(e)) => {
+                failures.push((grant.instance().to_string(), e));
+                break;
+            }
+            Err(ForwardError::Transport(e)) => {
+                state.mark_dead(grant.instance_id());
+                failures.push((grant.instance().to_string(), e));
+                except = Some(grant.instance_id());
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Err(GatewayError::NotReady {
+            function: state.name.to_string(),
+        });
+    }
+    let attempts: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|(i, e)| (i.as_str(), e.as_str()))
+        .collect();
+    Err(upstream_error(state, &attempts))
+}
+
+fn serve_ready(gateway: &Gateway, function: &str) -> Response {
+    match known(gateway, function) {
+        Ok(state) if state.has_ready() => StatusCode::OK.into_response(),
+        Ok(state) => GatewayError::NotReady {
+            function: state.name.to_string(),
+        }
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,310 @@
+//! Per-function counters (lock-free atomics, created once per function) and their Prometheus text exposition.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram's buckets, in seconds (1 ms to 30 s).
+pub(crate) const BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The same bounds in nanoseconds, for the hot path.
+const BUCKETS_NS: [u64; 14] = {
+    let mut out = [0u64; 14];
+    let mut i = 0;
+    while i < 14 {
+        out[i] = (BUCKETS_S[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// Status code recorded when the client went away before its response was ready (nginx's convention).
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// One function's counters. Everything is an atomic so recording a request takes no lock and no allocation.
+pub(crate) struct FunctionMetrics {
+    /// The function name, already escaped for a Prometheus label value.
+    label: String,
+    /// Responses by status code (index = code, 0..600).
+    codes: Box<[AtomicU64]>,
+    /// Latency histogram, per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_S.len() + 1],
+    sum_ns: AtomicU64,
+    slo_violations: AtomicU64,
+    retries: AtomicU64,
+    cold_start_waits: AtomicU64,
+    /// Window counters, reset by `take_window`.
+    pub(crate) arrivals: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+}
+
+impl FunctionMetrics {
+    pub(crate) fn new(function: &str) -> Self {
+        FunctionMetrics {
+            label: escape_label(function),
+            codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            buckets: Default::default(),
+            sum_ns: AtomicU64::new(0),
+            slo_violations: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            cold_start_waits: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one answered (or abandoned) inference request.
+    pub(crate) fn record(&self, code: u16, latency: Duration, slo: Option<Duration>) {
+        if let Some(counter) = self.codes.get(usize::from(code)) {
+            counter.fetch_add(1, Relaxed);
+        }
+        if (200..300).contains(&code) {
+            self.completed.fetch_add(1, Relaxed);
+        } else {
+            self.failed.fetch_add(1, Relaxed);
+        }
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(BUCKETS_NS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+        if slo.is_some_and(|slo| latency > slo) {
+            self.slo_violations.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn count_cold_start_wait(&self) {
+        self.cold_start_waits.fetch_add(1, Relaxed);
+    }
+
+    /// Mean latency of the requests seen so far, if any.
+    pub(crate) fn mean_latency(&self) -> Option<Duration> {
+        let count: u64 = self.buckets.iter().map(|b| b.load(Relaxed)).sum();
+        (count > 0).then(|| Duration::from_nanos(self.sum_ns.load(Relaxed) / count))
+    }
+}
+
+/// One gauge family: name, help, and how to read it from a snapshot.
+type GaugeFamily = (&'static str, &'static str, fn(&Snapshot<'_>) -> usize);
+
+/// One per-function counter family: name, help, and the counter.
+type CounterFamily = (
+    &'static str,
+    &'static str,
+    fn(&FunctionMetrics) -> &AtomicU64,
+);
+
+/// A function's metrics plus the gauges read from its routing state at render time.
+pub(crate) struct Snapshot<'a> {
+    pub(crate) metrics: &'a FunctionMetrics,
+    pub(crate) queue_depth: usize,
+    pub(crate) outstanding: usize,
+    pub(crate) instances_ready: usize,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP dilu_gateway_{name} {help}\n# TYPE dilu_gateway_{name} {kind}"
+    );
+}
+
+/// Appends the Prometheus text exposition of every family (HELP/TYPE once each) for `functions`.
+pub(crate) fn render(out: &mut String, functions: &[Snapshot<'_>], unknown_function_requests: u64) {
+    family(
+        out,
+        "requests_total",
+        "counter",
+        "Inference requests answered, by function and HTTP status code (499: client went away).",
+    );
+    for f in functions {
+        for (code, counter) in f.metrics.codes.iter().enumerate() {
+            let n = counter.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "dilu_gateway_requests_total{{function=\"{}\",code=\"{code}\"}} {n}",
+                    f.metrics.label
+                );
+            }
+        }
+    }
+    family(
+        out,
+        "request_duration_seconds",
+        "histogram",
+        "Gateway latency of inference requests, from arrival to response.",
+    );
+    for f in functions {
+        let m = f.metrics;
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS_S.iter().enumerate() {
+            cumulative += m.buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "dilu_gateway_request_duration_seconds_bucket{{function=\"{}\",le=\"{bound}\"}} {cumulative}",
+                m.label
+            );
+        }
+        cumulative += m.buckets[BUCKETS_S.len()].load(Relaxed);
+        let sum = m.sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "dilu_gateway_request_duration_seconds_bucket{{function=\"{}\",le=\"+Inf\"}} {cumulative}",
+            m.label
+        );
+        let _ = writeln!(
+            out,
+            "dilu_gateway_request_duration_seconds_sum{{function=\"{}\"}} {sum}",
+            m.label
+        );
+        let _ = writeln!(
+            out,
+            "dilu_gateway_request_duration_seconds_count{{function=\"{}\"}} {cumulative}",
+            m.label
+        );
+    }
+    let gauges: [GaugeFamily; 3] = [
+        (
+            "queue_depth",
+            "Requests waiting for an instance slot.",
+            |f| f.queue_depth,
+        ),
+        ("outstanding", "Requests being served by instances.", |f| {
+            f.outstanding
+        }),
+        (
+            "instances_ready",
+            "Instances that receive new requests (listed and not marked dead).",
+            |f| f.instances_ready,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(out, name, "gauge", help);
+        for f in functions {
+            let _ = writeln!(
+                out,
+                "dilu_gateway_{name}{{function=\"{}\"}} {}",
+                f.metrics.label,
+                value(f)
+            );
+        }
+    }
+    let counters: [CounterFamily; 3] = [
+        (
+            "slo_violations_total",
+            "Inference requests whose latency exceeded the function's SLO.",
+            |m| &m.slo_violations,
+        ),
+        (
+            "retries_total",
+            "Requests retried on another instance after a transport failure.",
+            |m| &m.retries,
+        ),
+        (
+            "cold_start_waits_total",
+            "Requests that had to wait because the function had no ready instance.",
+            |m| &m.cold_start_waits,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        family(out, name, "counter", help);
+        for f in functions {
+            let _ = writeln!(
+                out,
+                "dilu_gateway_{name}{{function=\"{}\"}} {}",
+                f.metrics.label,
+                counter(f.metrics).load(Relaxed)
+            );
+        }
+    }
+    family(
+        out,
+        "unknown_function_requests_total",
+        "counter",
+        "Requests for functions not deployed on this gateway.",
+    );
+    let _ = writeln!(
+        out,
+        "dilu_gateway_unknown_function_requests_total {unknown_function_requests}"
+    );
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+pub(crate) fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_outcomes() {
+        let m = FunctionMetrics::new("f");
+        m.record(
+            200,
+            Duration::from_micros(500),
+            Some(Duration::from_millis(1)),
+        );
+        m.record(
+            200,
+            Duration::from_millis(3),
+            Some(Duration::from_millis(1)),
+        );
+        m.record(503, Duration::from_secs(40), None);
+        assert_eq!(m.completed.load(Relaxed), 2);
+        assert_eq!(m.failed.load(Relaxed), 1);
+        assert_eq!(m.slo_violations.load(Relaxed), 1);
+        let mut out = String::new();
+        render(
+            &mut out,
+            &[Snapshot {
+                metrics: &m,
+                queue_depth: 1,
+                outstanding: 2,
+                instances_ready: 3,
+            }],
+            0,
+        );
+        assert!(out.contains(
+            "dilu_gateway_request_duration_seconds_bucket{function=\"f\",le=\"0.001\"} 1\n"
+        ));
+        assert!(out.contains(
+            "dilu_gateway_request_duration_seconds_bucket{function=\"f\",le=\"0.005\"} 2\n"
+        ));
+        assert!(out.contains(
+            "dilu_gateway_request_duration_seconds_bucket{function=\"f\",le=\"30\"} 2\n"
+        ));
+        assert!(out.contains(
+            "dilu_gateway_request_duration_seconds_bucket{function=\"f\",le=\"+Inf\"} 3\n"
+        ));
+        assert!(out.contains("dilu_gateway_requests_total{function=\"f\",code=\"503\"} 1\n"));
+        assert!(out.contains("dilu_gateway_outstanding{function=\"f\"} 2\n"));
+    }
+}

@@ -1,0 +1,362 @@
+//! The embedded store: functions (spec, profile) and the instances the control plane started, in one SQLite
+//! file, so a restarted `dilu up` restores what was deployed. Writes are transactions in WAL mode; a crash
+//! loses at most the write in progress.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::FunctionSpec;
+
+/// Schema version kept in `PRAGMA user_version`; a newer file is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document no longer parses.
+    #[error("store: row {key}: {reason}")]
+    Corrupt {
+        /// Which row.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file was written by a newer Dilu.
+    #[error(
+        "store: schema version {found} is newer than this build's {SCHEMA_VERSION}; upgrade dilu"
+    )]
+    TooNew {
+        /// The version found.
+        found: i64,
+    },
+}
+
+/// What profiling (or calibration) found for a function: the quota and batch it runs with and the capacity
+/// the horizontal scaler counts on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Guaranteed share.
+    pub request: f64,
+    /// Burst limit.
+    pub limit: f64,
+    /// Batch size the worker forms.
+    pub batch: u32,
+    /// Requests per second one instance serves at `request`.
+    pub capacity_rps: f64,
+    /// Latency measured at the chosen point, seconds (inference).
+    pub latency_s: Option<f64>,
+    /// How it was obtained: `spec` (given), `hgs` (profiled), `calibrated` (quota given, capacity measured).
+    pub source: String,
+    /// Points measured on a live instance.
+    pub measurements: u32,
+    /// Wall time the profiling took, seconds.
+    pub seconds: f64,
+}
+
+/// A function as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredFunction {
+    /// The spec as deployed.
+    pub spec: FunctionSpec,
+    /// Its profile, once known.
+    pub profile: Option<Profile>,
+    /// Bumped on every update.
+    pub generation: u64,
+    /// Unix time of creation, seconds.
+    pub created_unix: u64,
+}
+
+/// An instance the control plane started, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredInstance {
+    /// The agent's instance id.
+    pub id: String,
+    /// Its function.
+    pub function: String,
+    /// Node name.
+    pub node: String,
+    /// Device UUID.
+    pub device: String,
+    /// Port its server listens on (loopback).
+    pub port: u16,
+    /// Whether it was started to profile (and is not yet serving).
+    pub profiling: bool,
+}
+
+/// The store.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version });
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS functions (
+                 name TEXT PRIMARY KEY,
+                 spec TEXT NOT NULL,
+                 profile TEXT,
+                 generation INTEGER NOT NULL,
+                 created_unix INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS instances (
+                 id TEXT PRIMARY KEY,
+                 function TEXT NOT NULL,
+                 node TEXT NOT NULL,
+                 device TEXT NOT NULL,
+                 port INTEGER NOT NULL,
+                 profiling INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE INDEX IF NOT EXISTS instances_by_function ON instances(function);",
+        )?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts a new function; `false` when the name is taken.
+    pub fn insert_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
+        let text = to_json(spec)?;
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO functions (name, spec, profile, generation, created_unix)
+             VALUES (?1, ?2, NULL, 1, ?3)",
+            params![spec.name, text, unix_now() as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Replaces a function's spec and clears its profile (a new spec may need new profiling); `false` when
+    /// there is no such function.
+    pub fn update_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
+        let text = to_json(spec)?;
+        let n = self.conn().execute(
+            "UPDATE functions SET spec = ?2, profile = NULL, generation = generation + 1 WHERE name = ?1",
+            params![spec.name, text],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Stores a function's profile.
+    pub fn set_profile(&self, name: &str, profile: &Profile) -> Result<(), StoreError> {
+        let text = to_json(profile)?;
+        self.conn().execute(
+            "UPDATE functions SET profile = ?2 WHERE name = ?1",
+            params![name, text],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a function and its instance rows; `false` when there was none.
+    pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM instances WHERE function = ?1", params![name])?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// One function.
+    pub fn function(&self, name: &str) -> Result<Option<StoredFunction>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT name, spec, profile, generation, created_unix FROM functions WHERE name = ?1",
+                params![name],
+                function_row,
+            )
+            .optional()?;
+        row.map(parse_function).transpose()
+    }
+
+    /// Every function, by name.
+    pub fn functions(&self) -> Result<Vec<StoredFunction>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, spec, profile, generation, created_unix FROM functions ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], function_row)?;
+        rows.map(|r| parse_function(r?)).collect()
+    }
+
+    /// Records an instance.
+    pub fn insert_instance(&self, instance: &StoredInstance) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO instances (id, function, node, device, port, profiling)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                instance.id,
+                instance.function,
+                instance.node,
+                instance.device,
+                instance.port,
+                instance.profiling
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an instance as serving (no longer profiling).
+    pub fn set_serving(&self, id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE instances SET profiling = 0 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets an instance.
+    pub fn delete_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM instances WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every instance, in creation order of ids.
+    pub fn instances(&self) -> Result<Vec<StoredInstance>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, function, node, device, port, profiling FROM instances ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredInstance {
+                id: r.get(0)?,
+                function: r.get(1)?,
+                node: r.get(2)?,
+                device: r.get(3)?,
+                port: r.get(4)?,
+                profiling: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+type FunctionRow = (String, String, Option<String>, i64, i64);
+
+fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn parse_function(row: FunctionRow) -> Result<StoredFunction, StoreError> {
+    let (name, spec, profile, generation, created) = row;
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        key: format!("functions/{name}"),
+        reason: e.to_string(),
+    };
+    Ok(StoredFunction {
+        spec: serde_json::from_str(&spec).map_err(corrupt)?,
+        profile: profile
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .map_err(corrupt)?,
+        generation: generation.max(0) as u64,
+        created_unix: created.max(0) as u64,
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        key: "(new row)".into(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{SpecFormat, parse_spec};
+
+    fn spec(name: &str) -> FunctionSpec {
+        parse_spec(
+            &format!("name: {name}\nmodel: {{path: /m.onnx}}\nslo_ms: 50\n"),
+            SpecFormat::Yaml,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn functions_and_instances_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dilu.db");
+        {
+            let store = Store::open(&path).unwrap();
+            assert!(store.insert_function(&spec("a")).unwrap());
+            assert!(!store.insert_function(&spec("a")).unwrap(), "name taken");
+            assert!(store.insert_function(&spec("b")).unwrap());
+            let profile = Profile {
+                request: 0.2,
+                limit: 0.5,
+                batch: 4,
+                capacity_rps: 120.0,
+                latency_s: Some(0.03),
+                source: "hgs".into(),
+                measurements: 6,
+                seconds: 9.5,
+            };
+            store.set_profile("a", &profile).unwrap();
+            store
+                .insert_instance(&StoredInstance {
+                    id: "i-1".into(),
+                    function: "a".into(),
+                    node: "local".into(),
+                    device: "CPU-1".into(),
+                    port: 4000,
+                    profiling: true,
+                })
+                .unwrap();
+            store.set_serving("i-1").unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let all = store.functions().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].profile.as_ref().unwrap().batch, 4);
+        let inst = store.instances().unwrap();
+        assert_eq!(inst.len(), 1);
+        assert!(!inst[0].profiling);
+        let mut changed = spec("a");
+        changed.slo_ms = Some(80.0);
+        assert!(store.update_function(&changed).unwrap());
+        let a = store.function("a").unwrap().unwrap();
+        assert_eq!((a.generation, a.profile.is_none()), (2, true));
+        assert!(store.delete_function("a").unwrap());
+        assert!(store.instances().unwrap().is_empty());
+        assert!(!store.delete_function("a").unwrap());
+        assert!(store.function("a").unwrap().is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! The platform end to end on the CPU device, with real processes and real HTTP: two inference functions
+//! and a training job share the device. A load step on one function makes the token manager give it its
+//! burst limit within 100 ms (vertical), and — sustained — makes the lazy scaler add one instance
+//! (horizontal); no request fails while the load stays under capacity; the training job slows during the
+//! burst and recovers after it.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::platform::{UpProc, ensure_models, ready_instances};
+use serde_json::Value;
+
+/// Open-loop load: request `i` is sent at `start + i / rps` whatever happened to the earlier ones.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, body: Vec<u8>, rps: f64, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let body = Arc::new(body);
+        let start = Instant::now();
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, next, sent, failures, body, url) = (
+                    stop.clone(),
+                    next.clone(),
+                    sent.clone(),
+                    failures.clone(),
+                    body.clone(),
+                    url.clone(),
+                );
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(i as f64 / rps);
+                        while Instant::now() < due {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(
+                                (due - Instant::now()).min(Duration::from_millis(20)),
+                            );
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let result = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.as_ref().clone())
+                            .send();
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match result {
+                            Ok(r) if r.status().is_success() => {
+                                let _ = r.bytes();
+                            }
+                            Ok(r) => failures.lock().unwrap().push(format!(
+                                "{}: {}",
+                                r.status(),
+                                r.text().unwrap_or_default()
+                            )),
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failures,
+            threads: handles,
+        }
+    }
+
+    /// Stops the load; returns (requests sent, failures).
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.sent.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// The trainer's iteration count.
+fn iterations(client: &reqwest::blocking::Client, trainer: &str) -> u64 {
+    let v: Value = client
+        .get(format!("{trainer}/status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["iterations"].as_u64().expect("iterations")
+}
+
+/// Training iterations per second over `window`.
+fn training_rate(client: &reqwest::blocking::Client, trainer: &str, window: Duration) -> f64 {
+    let (a, t0) = (iterations(client, trainer), Instant::now());
+    std::thread::sleep(window);
+    let (b, t1) = (iterations(client, trainer), Instant::now());
+    (b - a) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// The share of the device the token manager gives `function`'s first instance this window.
+fn share_of(up: &UpProc, function: &str) -> Option<(f64, f64, f64)> {
+    let (_, devices) = up.get("/v1/devices");
+    devices["devices"]
+        .as_array()?
+        .iter()
+        .flat_map(|d| d["instances"].as_array().cloned().unwrap_or_default())
+        .find(|i| i["function"] == function)
+        .map(|i| {
+            (
+                i["share"].as_f64().unwrap_or(0.0),
+                i["quota"]["request"].as_f64().unwrap_or(0.0),
+                i["quota"]["limit"].as_f64().unwrap_or(0.0),
+            )
+        })
+}
+
+#[test]
+fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recovers() {
+    let Some(cache) = ensure_models() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let up = UpProc::start(dir.path(), &["--cpu-cores", "2"]);
+    let ocr = cache.join("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    let squeezenet = cache.join("onnx-light/light_squeezenet.onnx");
+    let specs = [
+        format!(
+            "name: burst\nmodel: {{path: {}, input_shape: [1, 3, 48, 192], max_batch: 4}}\nslo_ms: 200\n\
+             quota: {{request: 0.1, limit: 0.35}}\n\
+             scaling: {{min_instances: 1, max_instances: 2, lazy: {{window: 8, out_votes: 4, in_votes: 8}}}}\n",
+            ocr.display()
+        ),
+        format!(
+            "name: steady\nmodel: {{path: {}, max_batch: 2}}\nslo_ms: 2000\n\
+             quota: {{request: 0.15, limit: 0.25}}\nscaling: {{min_instances: 1, max_instances: 1, capacity_rps: 3}}\n",
+            squeezenet.display()
+        ),
+        "name: train\nkind: training\nquota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 1, max_instances: 1}\n"
+            .to_string(),
+    ];
+    for spec in &specs {
+        let (s, b) = up.deploy_yaml(spec);
+        assert_eq!(s, 201, "{b}");
+    }
+    let burst = up.wait_running("burst", 1, Duration::from_secs(120));
+    up.wait_running("steady", 1, Duration::from_secs(120));
+    let train = up.wait_running("train", 0, Duration::from_secs(120));
+    let capacity = burst["profile"]["capacity_rps"].as_f64().unwrap();
+    assert_eq!(burst["profile"]["source"], "calibrated");
+    assert!(capacity > 1.0, "calibrated capacity {capacity}");
+    let trainer = train["instances"][0]["url"].as_str().unwrap().to_string();
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The trainer must be up before its rate is read.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{trainer}/status")).send().is_err() {
+        assert!(Instant::now() < deadline, "trainer never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let upright = std::fs::read(cache.join("inputs/text-upright.json")).unwrap();
+    let sq_input = std::fs::read(cache.join("inputs/squeezenet.json")).unwrap();
+    let infer = |f: &str| format!("{}/v2/models/{f}/infer", up.url);
+
+    // Baseline: the steady function at 1 request/s, the burst function idle.
+    let steady = Load::start(infer("steady"), sq_input, 1.0, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let baseline = training_rate(&client, &trainer, Duration::from_secs(3));
+    let (idle_share, request, limit) = share_of(&up, "burst").expect("burst instance");
+    assert!(
+        idle_share < limit - 0.05,
+        "idle burst instance holds {idle_share} of its limit {limit}"
+    );
+
+    // The step: 1.6× the calibrated capacity, far below what the instance serves at its limit.
+    let rate = 1.6 * capacity;
+    let step_start = Instant::now();
+    let load = Load::start(infer("burst"), upright.clone(), rate, 16);
+    let mut reaction = None;
+    while step_start.elapsed() < Duration::from_secs(2) {
+        if let Some((share, _, _)) = share_of(&up, "burst")
+            && share >= limit - 1e-6
+        {
+            reaction = Some(step_start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let reaction = reaction.expect("the burst instance never reached its limit");
+    let during = training_rate(&client, &trainer, Duration::from_secs(3));
+
+    // Sustained: one more instance within the lazy window (8 s, 4 votes) plus its start.
+    let mut scaled_at = None;
+    while step_start.elapsed() < Duration::from_secs(30) {
+        let (_, view) = up.get("/v1/functions/burst");
+        if ready_instances(&view) >= 2 {
+            scaled_at = Some(step_start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let scaled_at = scaled_at.expect("no horizontal scale-out under a sustained step");
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, failures) = load.finish();
+
+    // After the burst: training gets its share back.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = training_rate(&client, &trainer, Duration::from_secs(3));
+    let (steady_sent, steady_failures) = steady.finish();
+
+    let (_, view) = up.get("/v1/functions/burst");
+    let instances = view["instances"].as_array().unwrap().len();
+    let metrics = client
+        .get(format!("{}/metrics", up.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let outs: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("dilu_control_scaling_actions_total")
+                && l.contains("function=\"burst\"")
+                && l.contains("direction=\"out\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+
+    println!(
+        "calibrated capacity of burst at request {request}: {capacity:.1} req/s; step to {rate:.1} req/s"
+    );
+    println!(
+        "vertical: the burst instance reached its limit {limit} {:.1} ms after the step (idle share {idle_share:.3})",
+        reaction.as_secs_f64() * 1000.0
+    );
+    println!(
+        "horizontal: 2 ready instances {:.1} s after the step; scale-out actions {outs}",
+        scaled_at.as_secs_f64()
+    );
+    println!(
+        "training: {baseline:.1} it/s before, {during:.1} it/s during the burst ({:.0}%), {after:.1} it/s after ({:.0}%)",
+        100.0 * during / baseline,
+        100.0 * after / baseline
+    );
+    println!(
+        "requests: burst {sent} sent, {} failed; steady {steady_sent} sent, {} failed",
+        failures.len(),
+        steady_failures.len()
+    );
+
+    assert!(
+        failures.is_empty(),
+        "burst requests failed: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        steady_failures.is_empty(),
+        "steady requests failed: {steady_failures:?}"
+    );
+    assert!(
+        reaction < Duration::from_millis(100),
+        "vertical reaction took {reaction:?}"
+    );
+    assert_eq!(outs, 1.0, "exactly one scale-out: {instances} instances");
+    assert_eq!(instances, 2);
+    assert!(
+        during < 0.8 * baseline,
+        "training did not yield: {baseline} → {during}"
+    );
+    assert!(
+        after > 0.8 * baseline,
+        "training did not recover: {baseline} → {after}"
+    );
+}
