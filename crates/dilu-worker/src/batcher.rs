@@ -4,8 +4,9 @@
 //! A batch closes when it holds `max_batch` requests or when its first request has waited `wait`
 //! (`docs/dilu.md` §7). Once a second `wait` is re-derived from the arrival rate and the mean batch execution
 //! time ē ([`BatchingConfig::wait_ns`]): 0 when ē < 1/RPS, else ē/6. Requests already queued when the thread
-//! becomes free join the batch even when `wait` is 0. After every batch the thread's CPU time is charged to
-//! the quota ([`CpuQuota::charge`]), which waits for budget before the next batch.
+//! becomes free join the batch even when `wait` is 0. A batch pays half its expected CPU time before it runs
+//! (as a GPU kernel is charged at launch, so the token manager sees the instance busy as soon as work starts)
+//! and the rest of the thread's measured CPU time after it ([`CpuQuota::charge`], which waits for budget).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -117,6 +118,9 @@ pub fn channel() -> (Sender<Job>, Receiver<Job>) {
     std::sync::mpsc::channel()
 }
 
+/// The least a batch pays up front (1 µs): enough for the token manager to see the instance busy.
+const UPFRONT_MIN_NS: f64 = 1_000.0;
+
 fn run(
     model: &Model,
     jobs: &Receiver<Job>,
@@ -126,6 +130,8 @@ fn run(
 ) {
     let arrivals = || metrics.requests.load(Ordering::Relaxed);
     let mut meter = ThreadMeter::start();
+    // Mean CPU time of one sample, learned from the batches run so far (for the up-front charge).
+    let mut cpu_per_sample_ns = 0.0f64;
     let mut estimator = WaitEstimator::new(settings, Instant::now(), arrivals());
     let max_batch = settings.max_batch.max(1);
     let dequeued = |job: Job, batch: &mut Vec<Job>| {
@@ -166,6 +172,18 @@ fn run(
         if batch.is_empty() {
             continue;
         }
+        // Like a kernel launch on a GPU, a batch pays part of its expected cost before it runs: the token
+        // manager then sees the instance busy in the window the work starts, not only after it ends.
+        let upfront = if quota.is_some() {
+            ((cpu_per_sample_ns * batch.len() as f64) / 2.0).max(UPFRONT_MIN_NS) as u64
+        } else {
+            0
+        };
+        if let Some(quota) = quota
+            && let Admission::Delayed(ns) = quota.charge(upfront)
+        {
+            metrics.throttled_ns.fetch_add(ns, Ordering::Relaxed);
+        }
         let samples: Vec<&Sample> = batch.iter().map(|j| &j.sample).collect();
         let start = Instant::now();
         // A panic inside the model fails this batch's requests, not the executor.
@@ -173,6 +191,7 @@ fn run(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run_batch(&samples)))
                 .unwrap_or_else(|_| Err(WorkerError::Inference("the model panicked".into())));
         let exec = start.elapsed();
+        let samples_len = batch.len().max(1);
         estimator.record_batch(exec);
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         metrics.batch_size.observe(batch.len() as u64);
@@ -192,8 +211,14 @@ fn run(
         }
         let used = meter.take();
         metrics.cpu_ns.fetch_add(used, Ordering::Relaxed);
+        let per_sample = used as f64 / samples_len as f64;
+        cpu_per_sample_ns = if cpu_per_sample_ns == 0.0 {
+            per_sample
+        } else {
+            0.8 * cpu_per_sample_ns + 0.2 * per_sample
+        };
         if let Some(quota) = quota
-            && let Admission::Delayed(ns) = quota.charge(used)
+            && let Admission::Delayed(ns) = quota.charge(used.saturating_sub(upfront))
         {
             metrics.throttled_ns.fetch_add(ns, Ordering::Relaxed);
         }
