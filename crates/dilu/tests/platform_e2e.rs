@@ -287,6 +287,9 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
         100.0 * after / baseline
     );
     println!(
+        "burst instances: {instances} at the end of the step, {instances_after} 11 s after it (lazy scale-in)"
+    );
+    println!(
         "requests: burst {sent} sent, {} failed; steady {steady_sent} sent, {} failed",
         failures.len(),
         steady_failures.len()
