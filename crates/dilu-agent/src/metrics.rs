@@ -1,62 +1,12 @@
 //! `GET /metrics`: the agent's state in the Prometheus text exposition format (checked by
 //! `promtool check metrics` in the tests).
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+
+use dilu_core::prometheus::Family;
 
 use crate::agent::{Agent, Status};
 use crate::ticker::LATENESS_BUCKETS_S;
-
-/// A metric family being written: `# HELP`, `# TYPE`, then samples.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Self { out, name }
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        self.sample_named(self.name, labels, value);
-    }
-
-    fn sample_named(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let _ = write!(self.out, "{name}");
-        if !labels.is_empty() {
-            let rendered: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let _ = write!(self.out, "{{{}}}", rendered.join(","));
-        }
-        let _ = writeln!(self.out, " {}", number(value));
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn number(value: f64) -> String {
-    if value.is_infinite() {
-        if value > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{}", value as i64)
-    } else {
-        format!("{value}")
-    }
-}
 
 /// Renders every metric of `agent`.
 pub fn render(agent: &Agent) -> String {
@@ -242,32 +192,24 @@ pub fn render(agent: &Agent) -> String {
         "Windows skipped because a tick ran more than a window late.",
     )
     .sample(&[], stats.skipped_windows.load(Relaxed) as f64);
-    let mut f = Family::new(
+    let cumulative: Vec<u64> = stats
+        .lateness_buckets
+        .iter()
+        .map(|n| n.load(Relaxed))
+        .collect();
+    Family::new(
         &mut out,
         "dilu_agent_tick_lateness_seconds",
         "histogram",
         "How late ticks started after their window boundary.",
-    );
-    for (bound, count) in LATENESS_BUCKETS_S.iter().zip(&stats.lateness_buckets) {
-        let le = bound.to_string();
-        f.sample_named(
-            "dilu_agent_tick_lateness_seconds_bucket",
-            &[("le", &le)],
-            count.load(Relaxed) as f64,
-        );
-    }
-    let ticks = stats.ticks.load(Relaxed) as f64;
-    f.sample_named(
-        "dilu_agent_tick_lateness_seconds_bucket",
-        &[("le", "+Inf")],
-        ticks,
-    );
-    f.sample_named(
-        "dilu_agent_tick_lateness_seconds_sum",
+    )
+    .histogram_cumulative(
         &[],
+        &LATENESS_BUCKETS_S,
+        &cumulative,
         stats.lateness_ns_sum.load(Relaxed) as f64 / 1e9,
+        stats.ticks.load(Relaxed),
     );
-    f.sample_named("dilu_agent_tick_lateness_seconds_count", &[], ticks);
     Family::new(
         &mut out,
         "dilu_agent_tick_busy_seconds_total",

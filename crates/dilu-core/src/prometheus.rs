@@ -42,8 +42,8 @@ impl<'a> Family<'a> {
         let _ = writeln!(self.out, " {}", number(value));
     }
 
-    /// A histogram's samples from cumulative-by-construction bucket counts: `bounds[i]` is the upper bound of
-    /// `counts[i]` (non-cumulative counts; the `+Inf` bucket is `count`).
+    /// A histogram's samples from per-bucket counts: `bounds[i]` is the upper bound of `counts[i]`
+    /// (non-cumulative counts, summed up here; the `+Inf` bucket is `count`).
     pub fn histogram(
         &mut self,
         labels: &[(&str, &str)],
@@ -52,14 +52,32 @@ impl<'a> Family<'a> {
         sum: f64,
         count: u64,
     ) {
+        let cumulative: Vec<u64> = counts
+            .iter()
+            .scan(0u64, |total, n| {
+                *total += n;
+                Some(*total)
+            })
+            .collect();
+        self.histogram_cumulative(labels, bounds, &cumulative, sum, count);
+    }
+
+    /// A histogram's samples from counts that are already cumulative: `cumulative[i]` observations were at
+    /// most `bounds[i]` (the `+Inf` bucket is `count`).
+    pub fn histogram_cumulative(
+        &mut self,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        cumulative: &[u64],
+        sum: f64,
+        count: u64,
+    ) {
         let bucket = format!("{}_bucket", self.name);
-        let mut cumulative = 0u64;
-        for (bound, n) in bounds.iter().zip(counts) {
-            cumulative += n;
+        for (bound, n) in bounds.iter().zip(cumulative) {
             let le = number(*bound);
             let mut with_le: Vec<(&str, &str)> = labels.to_vec();
             with_le.push(("le", &le));
-            self.sample_named(&bucket, &with_le, cumulative as f64);
+            self.sample_named(&bucket, &with_le, *n as f64);
         }
         let mut with_le: Vec<(&str, &str)> = labels.to_vec();
         with_le.push(("le", "+Inf"));
@@ -116,5 +134,31 @@ mod tests {
         );
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(0.25), "0.25");
+    }
+
+    #[test]
+    fn cumulative_histograms_match_per_bucket_ones() {
+        let bounds = [0.00005, 1.0, 30.0];
+        let mut per_bucket = String::new();
+        let mut h = Family::new(&mut per_bucket, "h", "histogram", "H.");
+        h.histogram(&[], &bounds, &[2, 0, 3], 1.5, 6);
+        let mut cumulative = String::new();
+        let mut h = Family::new(&mut cumulative, "h", "histogram", "H.");
+        h.histogram_cumulative(&[], &bounds, &[2, 2, 5], 1.5, 6);
+        assert_eq!(per_bucket, cumulative);
+        assert_eq!(
+            cumulative,
+            "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"0.00005\"} 2\nh_bucket{le=\"1\"} 2\n\
+             h_bucket{le=\"30\"} 5\nh_bucket{le=\"+Inf\"} 6\nh_sum 1.5\nh_count 6\n"
+        );
+    }
+
+    #[test]
+    fn numbers_match_display_for_finite_values() {
+        for v in [0.0, 1.0, 7.0, 0.001, 2.5e-7, 123_456_789.25, 1e20, -3.0] {
+            assert_eq!(number(v), v.to_string(), "{v}");
+        }
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
     }
 }

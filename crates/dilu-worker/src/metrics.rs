@@ -1,7 +1,8 @@
 //! The worker's Prometheus metrics (`GET /metrics`, text exposition format, names prefixed `dilu_worker_`).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use dilu_core::prometheus::Family;
 
 /// A histogram with fixed upper bounds; observations are stored in integer units (e.g. nanoseconds) and
 /// rendered after dividing by `scale`.
@@ -47,15 +48,18 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count());
-        let _ = writeln!(out, "{name}_sum {}", self.sum_raw() as f64 / self.scale);
-        let _ = writeln!(out, "{name}_count {}", self.count());
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        Family::new(out, name, "histogram", help).histogram(
+            &[],
+            self.bounds,
+            &counts,
+            self.sum_raw() as f64 / self.scale,
+            self.count(),
+        );
     }
 }
 
@@ -116,33 +120,29 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+        let counter = |out: &mut String, name: &str, help: &str, value: f64| {
+            Family::new(out, name, "counter", help).sample(&[], value);
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(
             &mut out,
             "dilu_worker_requests_total",
             "Inference requests received.",
-            load(&self.requests).to_string(),
+            load(&self.requests) as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP dilu_worker_request_errors_total Inference requests answered with an error.\n\
-             # TYPE dilu_worker_request_errors_total counter\n\
-             dilu_worker_request_errors_total{{class=\"client\"}} {}\n\
-             dilu_worker_request_errors_total{{class=\"server\"}} {}",
-            load(&self.client_errors),
-            load(&self.server_errors)
+        let mut errors = Family::new(
+            &mut out,
+            "dilu_worker_request_errors_total",
+            "counter",
+            "Inference requests answered with an error.",
         );
+        errors.sample(&[("class", "client")], load(&self.client_errors) as f64);
+        errors.sample(&[("class", "server")], load(&self.server_errors) as f64);
         counter(
             &mut out,
             "dilu_worker_batches_total",
             "Batches run.",
-            load(&self.batches).to_string(),
+            load(&self.batches) as f64,
         );
         self.batch_size
             .render(&mut out, "dilu_worker_batch_size", "Requests per batch.");
@@ -156,29 +156,31 @@ impl Metrics {
             "dilu_worker_request_seconds",
             "Time from an inference request's arrival to its response.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP dilu_worker_queue_depth Requests waiting for a batch.\n\
-             # TYPE dilu_worker_queue_depth gauge\ndilu_worker_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed).max(0)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP dilu_worker_batch_wait_seconds The current batching wait.\n\
-             # TYPE dilu_worker_batch_wait_seconds gauge\ndilu_worker_batch_wait_seconds {}",
-            load(&self.batch_wait_ns) as f64 / 1e9
-        );
+        Family::new(
+            &mut out,
+            "dilu_worker_queue_depth",
+            "gauge",
+            "Requests waiting for a batch.",
+        )
+        .sample(&[], self.queue_depth.load(Ordering::Relaxed).max(0) as f64);
+        Family::new(
+            &mut out,
+            "dilu_worker_batch_wait_seconds",
+            "gauge",
+            "The current batching wait.",
+        )
+        .sample(&[], load(&self.batch_wait_ns) as f64 / 1e9);
         counter(
             &mut out,
             "dilu_worker_cpu_throttled_seconds_total",
             "Time the executor waited for CPU budget.",
-            (load(&self.throttled_ns) as f64 / 1e9).to_string(),
+            load(&self.throttled_ns) as f64 / 1e9,
         );
         counter(
             &mut out,
             "dilu_worker_cpu_seconds_total",
             "CPU time the executor thread used.",
-            (load(&self.cpu_ns) as f64 / 1e9).to_string(),
+            load(&self.cpu_ns) as f64 / 1e9,
         );
         out
     }

@@ -1,8 +1,9 @@
 //! Per-function counters (lock-free atomics, created once per function) and their Prometheus text exposition.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use dilu_core::prometheus::Family;
 
 /// Upper bounds of the latency histogram's buckets, in seconds (1 ms to 30 s).
 pub(crate) const BUCKETS_S: [f64; 14] = [
@@ -25,8 +26,8 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 /// One function's counters. Everything is an atomic so recording a request takes no lock and no allocation.
 pub(crate) struct FunctionMetrics {
-    /// The function name, already escaped for a Prometheus label value.
-    label: String,
+    /// The function name (its `function` label).
+    function: String,
     /// Responses by status code (index = code, 0..600).
     codes: Box<[AtomicU64]>,
     /// Latency histogram, per bucket (not cumulative); the last one is `+Inf`.
@@ -44,7 +45,7 @@ pub(crate) struct FunctionMetrics {
 impl FunctionMetrics {
     pub(crate) fn new(function: &str) -> Self {
         FunctionMetrics {
-            label: escape_label(function),
+            function: function.to_string(),
             codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
             buckets: Default::default(),
             sum_ns: AtomicU64::new(0),
@@ -112,19 +113,11 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) instances_ready: usize,
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    // Writing to a String cannot fail.
-    let _ = writeln!(
-        out,
-        "# HELP dilu_gateway_{name} {help}\n# TYPE dilu_gateway_{name} {kind}"
-    );
-}
-
 /// Appends the Prometheus text exposition of every family (HELP/TYPE once each) for `functions`.
 pub(crate) fn render(out: &mut String, functions: &[Snapshot<'_>], unknown_function_requests: u64) {
-    family(
+    let mut family = Family::new(
         out,
-        "requests_total",
+        "dilu_gateway_requests_total",
         "counter",
         "Inference requests answered, by function and HTTP status code (499: client went away).",
     );
@@ -132,127 +125,83 @@ pub(crate) fn render(out: &mut String, functions: &[Snapshot<'_>], unknown_funct
         for (code, counter) in f.metrics.codes.iter().enumerate() {
             let n = counter.load(Relaxed);
             if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "dilu_gateway_requests_total{{function=\"{}\",code=\"{code}\"}} {n}",
-                    f.metrics.label
-                );
+                let code = code.to_string();
+                let labels = [("function", f.metrics.function.as_str()), ("code", &code)];
+                family.sample(&labels, n as f64);
             }
         }
     }
-    family(
+    let mut family = Family::new(
         out,
-        "request_duration_seconds",
+        "dilu_gateway_request_duration_seconds",
         "histogram",
         "Gateway latency of inference requests, from arrival to response.",
     );
     for f in functions {
         let m = f.metrics;
-        let mut cumulative = 0u64;
-        for (i, bound) in BUCKETS_S.iter().enumerate() {
-            cumulative += m.buckets[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "dilu_gateway_request_duration_seconds_bucket{{function=\"{}\",le=\"{bound}\"}} {cumulative}",
-                m.label
-            );
-        }
-        cumulative += m.buckets[BUCKETS_S.len()].load(Relaxed);
-        let sum = m.sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "dilu_gateway_request_duration_seconds_bucket{{function=\"{}\",le=\"+Inf\"}} {cumulative}",
-            m.label
-        );
-        let _ = writeln!(
-            out,
-            "dilu_gateway_request_duration_seconds_sum{{function=\"{}\"}} {sum}",
-            m.label
-        );
-        let _ = writeln!(
-            out,
-            "dilu_gateway_request_duration_seconds_count{{function=\"{}\"}} {cumulative}",
-            m.label
+        let counts: Vec<u64> = m.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        family.histogram(
+            &[("function", &m.function)],
+            &BUCKETS_S,
+            &counts[..BUCKETS_S.len()],
+            m.sum_ns.load(Relaxed) as f64 / 1e9,
+            counts.iter().sum(),
         );
     }
     let gauges: [GaugeFamily; 3] = [
         (
-            "queue_depth",
+            "dilu_gateway_queue_depth",
             "Requests waiting for an instance slot.",
             |f| f.queue_depth,
         ),
-        ("outstanding", "Requests being served by instances.", |f| {
-            f.outstanding
-        }),
         (
-            "instances_ready",
+            "dilu_gateway_outstanding",
+            "Requests being served by instances.",
+            |f| f.outstanding,
+        ),
+        (
+            "dilu_gateway_instances_ready",
             "Instances that receive new requests (listed and not marked dead).",
             |f| f.instances_ready,
         ),
     ];
     for (name, help, value) in gauges {
-        family(out, name, "gauge", help);
+        let mut family = Family::new(out, name, "gauge", help);
         for f in functions {
-            let _ = writeln!(
-                out,
-                "dilu_gateway_{name}{{function=\"{}\"}} {}",
-                f.metrics.label,
-                value(f)
-            );
+            family.sample(&[("function", &f.metrics.function)], value(f) as f64);
         }
     }
     let counters: [CounterFamily; 3] = [
         (
-            "slo_violations_total",
+            "dilu_gateway_slo_violations_total",
             "Inference requests whose latency exceeded the function's SLO.",
             |m| &m.slo_violations,
         ),
         (
-            "retries_total",
+            "dilu_gateway_retries_total",
             "Requests retried on another instance after a transport failure.",
             |m| &m.retries,
         ),
         (
-            "cold_start_waits_total",
+            "dilu_gateway_cold_start_waits_total",
             "Requests that had to wait because the function had no ready instance.",
             |m| &m.cold_start_waits,
         ),
     ];
     for (name, help, counter) in counters {
-        family(out, name, "counter", help);
+        let mut family = Family::new(out, name, "counter", help);
         for f in functions {
-            let _ = writeln!(
-                out,
-                "dilu_gateway_{name}{{function=\"{}\"}} {}",
-                f.metrics.label,
-                counter(f.metrics).load(Relaxed)
-            );
+            let n = counter(f.metrics).load(Relaxed);
+            family.sample(&[("function", &f.metrics.function)], n as f64);
         }
     }
-    family(
+    Family::new(
         out,
-        "unknown_function_requests_total",
+        "dilu_gateway_unknown_function_requests_total",
         "counter",
         "Requests for functions not deployed on this gateway.",
-    );
-    let _ = writeln!(
-        out,
-        "dilu_gateway_unknown_function_requests_total {unknown_function_requests}"
-    );
-}
-
-/// Escapes a Prometheus label value (backslash, double quote, newline).
-pub(crate) fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
+    )
+    .sample(&[], unknown_function_requests as f64);
 }
 
 #[cfg(test)]
@@ -261,7 +210,20 @@ mod tests {
 
     #[test]
     fn labels_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let m = FunctionMetrics::new("a\"b\\c\nd");
+        m.count_retry();
+        let mut out = String::new();
+        let snapshot = Snapshot {
+            metrics: &m,
+            queue_depth: 0,
+            outstanding: 0,
+            instances_ready: 0,
+        };
+        render(&mut out, &[snapshot], 0);
+        assert!(
+            out.contains("dilu_gateway_retries_total{function=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -28,7 +28,6 @@ pub mod data;
 pub mod mlp;
 pub mod trainer;
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -40,6 +39,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use dilu_core::prometheus::Family;
 use dilu_quota::CpuQuota;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -155,17 +155,6 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// A sample value in the exposition format (`NaN`, `+Inf`, `-Inf` for the non-finite ones).
-fn sample(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        value.to_string()
-    }
-}
-
 /// The Prometheus text exposition of `status` (metric names `dilu_training_*`).
 pub fn render_metrics(status: &TrainingStatus) -> String {
     let metrics: [(&str, &str, &str, f64); 12] = [
@@ -244,18 +233,15 @@ pub fn render_metrics(status: &TrainingStatus) -> String {
     ];
     let mut out = String::new();
     for (name, kind, help, value) in metrics {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-            sample(value)
-        );
+        Family::new(&mut out, name, kind, help).sample(&[], value);
     }
-    let _ = writeln!(
-        out,
-        "# HELP dilu_training_finished Whether the training loop has stopped.\n\
-         # TYPE dilu_training_finished gauge\ndilu_training_finished {}",
-        u8::from(status.finished)
-    );
+    Family::new(
+        &mut out,
+        "dilu_training_finished",
+        "gauge",
+        "Whether the training loop has stopped.",
+    )
+    .sample(&[], f64::from(u8::from(status.finished)));
     out
 }
 
