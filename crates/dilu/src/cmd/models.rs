@@ -53,6 +53,11 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         relative: "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx",
         about: "PaddleOCR text-direction classifier (real weights), input x [N,3,48,192], classes 0/180",
     },
+    KnownModel {
+        name: "relu",
+        relative: "onnx-light/relu.onnx",
+        about: "ONNX node test test_relu (one Relu), input x [3,4,5] FP32; the gateway benchmark's trivial model",
+    },
 ];
 
 /// `dilu models` subcommands.
@@ -65,7 +70,7 @@ pub enum ModelsCommand {
     Inputs(InputsArgs),
     /// List the files in the cache with their sizes.
     List(CacheArgs),
-    /// Print the path of a known model (squeezenet, resnet50, ppocr-cls) in the cache.
+    /// Print the path of a known model (squeezenet, resnet50, ppocr-cls, relu) in the cache.
     Path(PathArgs),
 }
 
@@ -91,7 +96,7 @@ pub struct InputsArgs {
 /// Arguments of `dilu models path`.
 #[derive(Debug, Args)]
 pub struct PathArgs {
-    /// squeezenet, resnet50 or ppocr-cls.
+    /// squeezenet, resnet50, ppocr-cls or relu.
     name: String,
     /// The model cache [default: $DILU_MODEL_CACHE, else ~/.cache/dilu/models].
     #[arg(long)]
