@@ -252,10 +252,13 @@ impl Measure for LiveInference<'_> {
 }
 
 /// Profiles an inference instance: Hybrid Growth Search for the SLO, then the limit knee and capacity.
+/// `max_pct` is the most of the device one instance can use (100 on a GPU; on the CPU device a worker runs
+/// its model on one thread, so one core's share): the limit knee is searched below it.
 pub fn profile_inference(
     measure: &mut LiveInference<'_>,
     slo_ms: f64,
     max_batch: u32,
+    max_pct: u32,
 ) -> Result<Profile, ProfilingError> {
     let started = Instant::now();
     let mut cfg = HgsConfig::new(slo_ms / 1000.0);
@@ -268,9 +271,11 @@ pub fn profile_inference(
         });
     }
     // The limit knee: the smallest share (on the search's grid) whose throughput at the chosen batch reaches
-    // 95% of the whole device's, found by bisection between the request and 100%.
+    // 95% of the most the instance can use, found by bisection between the request and that share.
+    let step = cfg.sm_step.max(1);
+    let top = max_pct.clamp(result.sm_pct, 100);
     let full = measure
-        .measure(result.batch, 100)
+        .measure(result.batch, top)
         .map_err(|e| measure.explain(e))?;
     let best = measure
         .points()
@@ -279,8 +284,7 @@ pub fn profile_inference(
         .map(|p| p.2.throughput)
         .fold(full.throughput, f64::max);
     let target = LIMIT_KNEE_FRACTION * best;
-    let step = cfg.sm_step.max(1);
-    let (mut low, mut high) = (result.sm_pct, 100u32);
+    let (mut low, mut high) = (result.sm_pct, top);
     if result.throughput >= target {
         high = low;
     }

@@ -148,7 +148,13 @@ impl Drop for Outcome<'_> {
 async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Response {
     let state = match known(gateway, function) {
         Ok(state) => state,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            // Read the body (within the global limit) before answering, so a client still sending it gets
+            // the 404 instead of a connection reset.
+            let (parts, body) = request.into_parts();
+            let _ = proxy::read_body(body, &parts.headers, gateway.config.max_body_bytes).await;
+            return e.into_response();
+        }
     };
     let policy = state.policy();
     let outcome = Outcome::start(&state.metrics, policy.slo);

@@ -45,10 +45,11 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(&mut body, declared).await;
         return Err(BodyError::TooLarge);
     }
-    let mut body = body;
     // The common case is one frame: keep it without copying; only a second frame starts a buffer.
     let mut first: Option<Bytes> = None;
     let mut buffer: Option<BytesMut> = None;
@@ -60,6 +61,7 @@ pub(crate) async fn read_body(
         };
         len += data.len();
         if len > limit {
+            drain(&mut body, declared).await;
             return Err(BodyError::TooLarge);
         }
         match (&mut buffer, first.take()) {
@@ -80,6 +82,26 @@ pub(crate) async fn read_body(
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
     })
+}
+
+/// Most of a refused body read and thrown away so that the client, still sending, gets the error response
+/// rather than a reset connection; larger bodies are cut off.
+const DRAIN_MAX: u64 = 8 << 20;
+
+/// Reads and discards the rest of a refused body when it is small enough (see [`DRAIN_MAX`]).
+async fn drain(body: &mut Body, declared: Option<u64>) {
+    if declared.is_some_and(|len| len > DRAIN_MAX) {
+        return;
+    }
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > DRAIN_MAX {
+                return;
+            }
+        }
+    }
 }
 
 /// How a forward failed.

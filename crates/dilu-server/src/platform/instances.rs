@@ -353,6 +353,28 @@ impl Platform {
         self.record_start(name, &result);
     }
 
+    /// The most of its device one instance can use, in percent (rounded up to 10): the whole of a GPU; one
+    /// core's share of the CPU device, since a worker runs its model on one thread.
+    fn usable_pct(&self, id: &str) -> u32 {
+        let device = self
+            .node
+            .instances()
+            .into_iter()
+            .find(|v| v.record.id == id)
+            .map(|v| v.record.spec.device);
+        let cores = device.and_then(|uuid| {
+            self.node
+                .devices()
+                .into_iter()
+                .find(|d| d.uuid == uuid && d.kind == dilu_quota::DeviceKind::Cpu)
+                .and_then(|d| d.cores)
+        });
+        match cores {
+            Some(c) if c > 1.0 => (((100.0 / c) / 10.0).ceil() as u32 * 10).clamp(10, 100),
+            _ => 100,
+        }
+    }
+
     fn set_phase(&self, name: &str, phase: Phase) {
         if let Some(f) = lock(&self.functions).get_mut(name) {
             f.phase = phase;
@@ -485,6 +507,7 @@ impl Platform {
             .and_then(|f| f.instances.iter().find(|i| i.id == id).map(|i| i.port))
             .ok_or_else(|| PlatformError::Internal(format!("instance {id} vanished")))?;
         let base_url = format!("http://127.0.0.1:{port}");
+        let max_pct = self.usable_pct(id);
         let node = Arc::clone(&self.node);
         let target = id.to_string();
         let settings = self.config.profiling;
@@ -519,6 +542,7 @@ impl Platform {
                                     &mut measure,
                                     spec.slo_ms.unwrap_or(1000.0),
                                     model.max_batch,
+                                    max_pct,
                                 ),
                             })
                     }

@@ -225,6 +225,12 @@ fn wait_running(s: &ServerArgs, name: &str, timeout: Duration) -> Result<()> {
                 view["status"]["reason"].as_str().unwrap_or("?")
             );
         }
+        if let Some(error) = view["last_error"].as_str()
+            && error.contains("unschedulable")
+            && ready == 0
+        {
+            bail!("function {name} cannot start an instance: {error}");
+        }
         if phase == "running" && (ready as u64 >= min.min(1)) {
             println!("function {name} is running with {ready} ready instance(s)");
             return Ok(());
@@ -234,7 +240,11 @@ fn wait_running(s: &ServerArgs, name: &str, timeout: Duration) -> Result<()> {
             last = phase;
         }
         if Instant::now() >= deadline {
-            bail!("function {name} was not running within {timeout:?} (last phase: {last})");
+            bail!(
+                "function {name} was not running within {timeout:?} (phase {last}, instances {}, last error {})",
+                view["instances"],
+                view["last_error"]
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
