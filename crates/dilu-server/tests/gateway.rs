@@ -845,7 +845,10 @@ async fn health_readiness_and_metadata() {
     let server: serde_json::Value = get("/v2").await.unwrap().json().await.unwrap();
     assert_eq!(server["name"], "dilu-gateway");
     assert_eq!(server["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(server["extensions"], serde_json::json!([]));
+    assert_eq!(
+        server["extensions"],
+        serde_json::json!(["binary_tensor_data"])
+    );
 
     let response = get("/v2/models/f/ready").await.unwrap();
     assert_eq!(response.status(), 503);

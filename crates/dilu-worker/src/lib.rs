@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod batcher;
+pub mod binary;
 pub mod config;
 pub mod error;
 pub mod metrics;

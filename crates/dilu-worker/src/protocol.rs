@@ -1,9 +1,11 @@
 //! The Open Inference Protocol v2 JSON bodies (KServe v2 / Triton REST) and how a request's tensors are checked
-//! against the model.
+//! against the model. Tensors may travel as JSON arrays or, with the binary tensor data extension
+//! ([`crate::binary`]), as raw bytes after the JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::binary;
 use crate::model::{Datatype, Model, OutputTensor, Sample, TensorData, TensorSpec};
 
 /// `POST /v2/models/{name}/infer` request body.
@@ -12,7 +14,8 @@ pub struct InferRequest {
     /// An identifier echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
-    /// Request parameters (accepted and ignored).
+    /// Request parameters; `binary_data_output: true` asks for every output as binary data. Others are
+    /// accepted and ignored.
     #[serde(default)]
     pub parameters: Option<Value>,
     /// The input tensors.
@@ -31,11 +34,12 @@ pub struct RequestInput {
     pub shape: Vec<i64>,
     /// Its element type (`"FP32"`, …).
     pub datatype: String,
-    /// Tensor parameters (accepted and ignored; the binary extension is not supported).
+    /// Tensor parameters; `binary_data_size` says the elements are that many bytes of the body's binary part.
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// Its elements, row-major: a flat array or nested arrays.
-    pub data: Value,
+    /// Its elements, row-major: a flat array or nested arrays (absent when sent as binary data).
+    #[serde(default)]
+    pub data: Option<Value>,
 }
 
 /// One requested output.
@@ -43,7 +47,8 @@ pub struct RequestInput {
 pub struct RequestOutput {
     /// The output's name.
     pub name: String,
-    /// Output parameters (accepted and ignored).
+    /// Output parameters; `binary_data` (a boolean) says whether to return it as binary data.
+    /// `classification` is refused: the worker does not implement that extension.
     #[serde(default)]
     pub parameters: Option<Value>,
 }
@@ -72,8 +77,12 @@ pub struct ResponseOutput {
     pub shape: Vec<usize>,
     /// Its element type.
     pub datatype: Datatype,
-    /// Its elements, flat and row-major.
-    pub data: TensorData,
+    /// `{"binary_data_size": n}` when its elements are in the body's binary part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Its elements, flat and row-major (absent when returned as binary data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TensorData>,
 }
 
 /// `GET /v2/models/{name}` response body.
@@ -102,23 +111,91 @@ pub struct ServerMetadata {
     pub extensions: Vec<&'static str>,
 }
 
-/// A checked request: the sample to run and the outputs to return (indices into [`Model::outputs`]).
+/// One output a request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WantedOutput {
+    /// Its index in [`Model::outputs`].
+    pub index: usize,
+    /// Whether to return it as binary data rather than a JSON array.
+    pub binary: bool,
+}
+
+/// A checked request: the sample to run and the outputs to return.
 #[derive(Debug, Clone)]
 pub struct CheckedRequest {
     /// The request's tensors in model input order.
     pub sample: Sample,
-    /// The outputs to return, by index.
-    pub outputs: Vec<usize>,
+    /// The outputs to return, in the order asked.
+    pub outputs: Vec<WantedOutput>,
+}
+
+/// Reads an optional boolean parameter `key` of `params`; anything but a boolean is an error naming `owner`.
+fn bool_param(params: Option<&Value>, key: &str, owner: &str) -> Result<Option<bool>, String> {
+    match params.and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!(
+            "{owner} has parameter {key} = {other}: it must be true or false"
+        )),
+    }
+}
+
+/// Splits `binary` into each request input's bytes, in request order: `Some` for an input that gives
+/// `parameters.binary_data_size`, `None` for one that gives JSON `data`. Every byte must be claimed.
+fn binary_slices<'a>(
+    inputs: &[RequestInput],
+    binary: &'a [u8],
+) -> Result<Vec<Option<&'a [u8]>>, String> {
+    let mut offset = 0usize;
+    let mut slices = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let name = &input.name;
+        let size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                format!("input '{name}' has binary_data_size = {v}: it must be a non-negative integer")
+            })?),
+        };
+        match (size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "input '{name}' gives both data and binary_data_size: it must give one"
+                ));
+            }
+            (None, None) => return Err(format!("input '{name}' has no data")),
+            (None, Some(_)) => slices.push(None),
+            (Some(n), None) => {
+                let end = offset.checked_add(n).filter(|&e| e <= binary.len()).ok_or_else(|| {
+                    format!(
+                        "input '{name}' has binary_data_size = {n} but only {} bytes of binary data remain",
+                        binary.len() - offset
+                    )
+                })?;
+                slices.push(Some(&binary[offset..end]));
+                offset = end;
+            }
+        }
+    }
+    if offset != binary.len() {
+        return Err(format!(
+            "the body has {} bytes of binary data but the inputs' binary_data_size add up to {offset}",
+            binary.len()
+        ));
+    }
+    Ok(slices)
 }
 
 /// Checks a request against the model: every model input present once and nothing else, each with the
 /// model's datatype, a shape matching the model's (except a dynamic batch dimension, which must agree across
-/// inputs), and as many elements as its shape holds. Errors name the tensor and the rule.
+/// inputs), and as many elements as its shape holds, given as JSON or as `binary` bytes (the body's part after
+/// the JSON header; empty without the binary extension). Errors name the tensor and the rule.
 pub fn check_request(
     model: &Model,
     request: InferRequest,
+    binary: &[u8],
     max_batch_items: usize,
 ) -> Result<CheckedRequest, String> {
+    let slices = binary_slices(&request.inputs, binary)?;
     for input in &request.inputs {
         if !model.inputs().iter().any(|s| s.name == input.name) {
             let names: Vec<&str> = model.inputs().iter().map(|s| s.name.as_str()).collect();
@@ -140,11 +217,12 @@ pub fn check_request(
     let mut batch: Option<usize> = None;
     let mut tensors = Vec::with_capacity(model.inputs().len());
     for (ix, spec) in model.inputs().iter().enumerate() {
-        let input = request
+        let position = request
             .inputs
             .iter()
-            .find(|i| i.name == spec.name)
+            .position(|i| i.name == spec.name)
             .ok_or_else(|| format!("input '{}' is missing", spec.name))?;
+        let input = &request.inputs[position];
         let name = &spec.name;
         if input.datatype != spec.datatype.as_str() {
             return Err(format!(
@@ -190,8 +268,17 @@ pub fn check_request(
         }
         batch = Some(n);
         let expected = n * model.item_len(ix);
-        let (data, found) = flatten(&input.data, spec.datatype, expected)
-            .map_err(|e| format!("input '{name}': {e}"))?;
+        let (data, found) = match (slices[position], &input.data) {
+            (Some(bytes), _) => {
+                let data = binary::decode(bytes, spec.datatype)
+                    .map_err(|e| format!("input '{name}': {e}"))?;
+                let found = data.len();
+                (data, found)
+            }
+            (None, Some(json)) => flatten(json, spec.datatype, expected)
+                .map_err(|e| format!("input '{name}': {e}"))?,
+            (None, None) => return Err(format!("input '{name}' has no data")),
+        };
         if found != expected {
             return Err(format!(
                 "input '{name}' has {found} elements but its shape {:?} holds {expected}",
@@ -200,12 +287,23 @@ pub fn check_request(
         }
         tensors.push(data);
     }
+    let all_binary = bool_param(
+        request.parameters.as_ref(),
+        "binary_data_output",
+        "the request",
+    )?
+    .unwrap_or(false);
     let outputs = match &request.outputs {
-        None => (0..model.outputs().len()).collect(),
+        None => (0..model.outputs().len())
+            .map(|index| WantedOutput {
+                index,
+                binary: all_binary,
+            })
+            .collect(),
         Some(wanted) => wanted
             .iter()
             .map(|w| {
-                model
+                let index = model
                     .outputs()
                     .iter()
                     .position(|s| s.name == w.name)
@@ -216,7 +314,16 @@ pub fn check_request(
                             "unknown output '{}': the model's outputs are {names:?}",
                             w.name
                         )
-                    })
+                    })?;
+                let owner = format!("output '{}'", w.name);
+                let params = w.parameters.as_ref();
+                if params.and_then(|p| p.get("classification")).is_some() {
+                    return Err(format!(
+                        "{owner} asks for classification: the worker does not implement the classification extension"
+                    ));
+                }
+                let binary = bool_param(params, "binary_data", &owner)?.unwrap_or(all_binary);
+                Ok(WantedOutput { index, binary })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -274,33 +381,55 @@ fn push_leaf(out: &mut TensorData, v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the response for a request from its outputs.
+/// A response ready to send: its JSON header and, when any output is binary, the bytes that follow it.
+#[derive(Debug, Clone)]
+pub struct BuiltResponse {
+    /// The JSON part.
+    pub json: InferResponse,
+    /// The binary part, outputs in response order (`None` when no output was asked for as binary).
+    pub binary: Option<Vec<u8>>,
+}
+
+/// Builds the response for a request from its outputs: JSON arrays, or binary data for the outputs asked for
+/// that way.
 pub fn response(
     model: &Model,
     model_name: &str,
     model_version: &str,
     id: Option<String>,
-    wanted: &[usize],
+    wanted: &[WantedOutput],
     outputs: Vec<OutputTensor>,
-) -> InferResponse {
+) -> BuiltResponse {
     let mut outputs: Vec<Option<OutputTensor>> = outputs.into_iter().map(Some).collect();
-    InferResponse {
-        model_name: model_name.to_string(),
-        model_version: Some(model_version.to_string()),
-        id,
-        outputs: wanted
-            .iter()
-            .filter_map(|&ix| {
-                let t = outputs.get_mut(ix)?.take()?;
-                let spec = model.outputs().get(ix)?;
-                Some(ResponseOutput {
-                    name: spec.name.clone(),
-                    shape: t.shape,
-                    datatype: spec.datatype,
-                    data: t.data,
-                })
+    let mut binary: Option<Vec<u8>> = None;
+    let outputs = wanted
+        .iter()
+        .filter_map(|w| {
+            let t = outputs.get_mut(w.index)?.take()?;
+            let spec = model.outputs().get(w.index)?;
+            let (parameters, data) = if w.binary {
+                let size = binary::encode(&t.data, binary.get_or_insert_with(Vec::new));
+                (Some(serde_json::json!({ "binary_data_size": size })), None)
+            } else {
+                (None, Some(t.data))
+            };
+            Some(ResponseOutput {
+                name: spec.name.clone(),
+                shape: t.shape,
+                datatype: spec.datatype,
+                parameters,
+                data,
             })
-            .collect(),
+        })
+        .collect();
+    BuiltResponse {
+        json: InferResponse {
+            model_name: model_name.to_string(),
+            model_version: Some(model_version.to_string()),
+            id,
+            outputs,
+        },
+        binary,
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Routes (KServe v2 / Triton REST): `GET /v2`, `GET /v2/health/live`, `GET /v2/health/ready`,
 //! `GET /v2/models/{name}[/versions/{version}]`, `GET /v2/models/{name}[/versions/{version}]/ready`,
-//! `POST /v2/models/{name}[/versions/{version}]/infer`, and `GET /metrics`. Every error is a JSON body
-//! `{"error": "..."}`: 400 for a malformed request, 404 for an unknown model or route, 413 for a body over
-//! the limit, 503 while the model is loading, 500 when a batch fails.
+//! `POST /v2/models/{name}[/versions/{version}]/infer` (JSON tensors or the binary tensor data extension), and
+//! `GET /metrics`. Every error is a JSON body `{"error": "..."}`: 400 for a malformed request, 404 for an
+//! unknown model or route, 413 for a body over the limit, 415 for a compressed body, 503 while the model is
+//! loading, 500 when a batch fails.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dilu_quota::CpuQuota;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::batcher::{self, BatchSettings, Job};
+use crate::binary;
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::metrics::Metrics;
@@ -105,7 +107,7 @@ async fn server_metadata() -> axum::Json<ServerMetadata> {
     axum::Json(ServerMetadata {
         name: "dilu-worker",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: Vec::new(),
+        extensions: vec!["binary_tensor_data"],
     })
 }
 
@@ -158,28 +160,31 @@ async fn model_ready_version(
 async fn infer(
     State(st): Shared,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_counted(&st, &name, None, body).await
+    infer_counted(&st, &name, None, &headers, body).await
 }
 
 async fn infer_version(
     State(st): Shared,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_counted(&st, &name, Some(&version), body).await
+    infer_counted(&st, &name, Some(&version), &headers, body).await
 }
 
 async fn infer_counted(
     st: &AppState,
     name: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let start = Instant::now();
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    match infer_inner(st, name, version, body).await {
+    match infer_inner(st, name, version, headers, body).await {
         Ok(response) => {
             st.metrics
                 .request_latency
@@ -198,10 +203,62 @@ async fn infer_counted(
     }
 }
 
+/// The body's JSON header and binary part (see [`binary`]), refusing a compressed body.
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    if let Some(coding) = headers.get(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("(not text)");
+        if !coding.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "header Content-Encoding is '{coding}': the worker accepts only uncompressed bodies"
+                ),
+            ));
+        }
+    }
+    let header_len = match headers.get(binary::HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "header Inference-Header-Content-Length is not text: it must be a non-negative integer",
+            )
+        })?),
+    };
+    binary::split(body, header_len).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))
+}
+
+/// Serializes a built response: plain JSON, or JSON followed by the binary part with its length header.
+fn encode_response(built: protocol::BuiltResponse) -> Result<Response, ApiError> {
+    let Some(binary_part) = built.binary else {
+        return Ok(axum::Json(built.json).into_response());
+    };
+    let mut body = serde_json::to_vec(&built.json).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not encode the response: {e}"),
+        )
+    })?;
+    let json_len = body.len();
+    body.extend_from_slice(&binary_part);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                HeaderName::from_static(binary::HEADER),
+                json_len.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 async fn infer_inner(
     st: &AppState,
     name: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ready = st.model(name, version)?;
@@ -214,14 +271,15 @@ async fn infer_inner(
         };
         ApiError::new(status, message)
     })?;
-    let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+    let (json, binary_part) = split_body(headers, &body)?;
+    let request: InferRequest = serde_json::from_slice(json).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("malformed inference request: {e}"),
         )
     })?;
     let id = request.id.clone();
-    let checked = protocol::check_request(&ready.model, request, MAX_REQUEST_BATCH)
+    let checked = protocol::check_request(&ready.model, request, binary_part, MAX_REQUEST_BATCH)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let (reply, outputs) = oneshot::channel();
     st.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -246,15 +304,14 @@ async fn infer_inner(
             )
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let response = protocol::response(
+    encode_response(protocol::response(
         &ready.model,
         &st.name,
         &st.version,
         id,
         &checked.outputs,
         outputs,
-    );
-    Ok(axum::Json(response).into_response())
+    ))
 }
 
 async fn metrics(State(st): Shared) -> Response {

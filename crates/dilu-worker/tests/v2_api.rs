@@ -535,3 +535,186 @@ fn a_fixed_batch_model_runs_a_batch_one_by_one() {
             .contains("model expects [1,")
     );
 }
+
+/// Posts a binary-extension body: `json` followed by `binary`, with the header giving the JSON's length.
+fn post_binary(
+    client: &Client,
+    w: &Worker,
+    json: &Value,
+    binary: &[u8],
+) -> reqwest::blocking::Response {
+    let header = serde_json::to_vec(json).unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(binary);
+    client
+        .post(w.url(&format!("/v2/models/{NAME}/infer")))
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", header.len().to_string())
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn binary_tensors_in_and_out_match_the_json_answer() {
+    let Some(w) = start(|_| {}) else { return };
+    let client = Client::new();
+    let meta = metadata(&client, &w);
+    let (name, shape) = input_of(&meta, 2);
+    let output = meta["outputs"][0]["name"].as_str().unwrap().to_string();
+    let n: usize = shape.iter().product();
+    let data = pattern(n, 3);
+    let (status, reference) = infer(&client, &w, &request(&name, &shape, data.clone()));
+    assert_eq!(status, 200, "{reference}");
+    let expected = output_data(&reference);
+
+    // Binary input, binary output asked per output.
+    let header = json!({"id": "b", "inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+        "parameters": {"binary_data_size": n * 4}}],
+        "outputs": [{"name": output, "parameters": {"binary_data": true}}]});
+    let r = post_binary(&client, &w, &header, &le_bytes(&data));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    let json_len: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r.bytes().unwrap();
+    let head: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+    let out = &head["outputs"][0];
+    assert_eq!(head["id"], "b");
+    assert!(
+        out.get("data").is_none(),
+        "binary output has no data: {head}"
+    );
+    let size = out["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+    assert_eq!(size, expected.len() * 4);
+    assert_eq!(body.len(), json_len + size);
+    let got: Vec<f32> = body[json_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // Same model, same input: bit-identical to the JSON path's answer (which is printed exactly as an f32).
+    assert_eq!(got, expected);
+    assert_eq!(out["shape"], reference["outputs"][0]["shape"]);
+
+    // Binary input, JSON output (no output parameters): a plain JSON response.
+    let header = json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+        "parameters": {"binary_data_size": n * 4}}]});
+    let r = post_binary(&client, &w, &header, &le_bytes(&data));
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("inference-header-content-length").is_none());
+    let plain: Value = r.json().unwrap();
+    assert_eq!(output_data(&plain), expected);
+
+    // JSON input, every output binary through the request parameter.
+    let mut body = request(&name, &shape, data.clone());
+    body["parameters"] = json!({"binary_data_output": true});
+    let r = client
+        .post(w.url(&format!("/v2/models/{NAME}/infer")))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("inference-header-content-length").is_some());
+}
+
+#[test]
+fn bad_binary_requests_are_refused_naming_the_rule() {
+    let Some(w) = start(|_| {}) else { return };
+    let client = Client::new();
+    let meta = metadata(&client, &w);
+    let (name, shape) = input_of(&meta, 1);
+    let n: usize = shape.iter().product();
+    let bytes = le_bytes(&vec![0.5; n]);
+    let input = |params: Value| json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "parameters": params}]});
+    let cases: Vec<(&str, Value, Vec<u8>, &str)> = vec![
+        (
+            "size past the end",
+            input(json!({"binary_data_size": n * 4 + 4})),
+            bytes.clone(),
+            "bytes of binary data remain",
+        ),
+        (
+            "bytes left over",
+            input(json!({"binary_data_size": n * 4 - 4})),
+            bytes.clone(),
+            "add up to",
+        ),
+        (
+            "negative size",
+            input(json!({"binary_data_size": -4})),
+            bytes.clone(),
+            "non-negative integer",
+        ),
+        (
+            "partial element",
+            input(json!({"binary_data_size": 6})),
+            bytes[..6].to_vec(),
+            "whole number",
+        ),
+        (
+            "both data and binary",
+            json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                "parameters": {"binary_data_size": n * 4}, "data": vec![0.5; n]}]}),
+            bytes.clone(),
+            "both data and binary_data_size",
+        ),
+        (
+            "output binary_data not a bool",
+            json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                "parameters": {"binary_data_size": n * 4}}],
+                "outputs": [{"name": meta["outputs"][0]["name"], "parameters": {"binary_data": "yes"}}]}),
+            bytes.clone(),
+            "must be true or false",
+        ),
+        (
+            "classification",
+            json!({"inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                "parameters": {"binary_data_size": n * 4}}],
+                "outputs": [{"name": meta["outputs"][0]["name"], "parameters": {"classification": 3}}]}),
+            bytes.clone(),
+            "classification extension",
+        ),
+    ];
+    for (case, head, binary, needle) in cases {
+        let r = post_binary(&client, &w, &head, &binary);
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        assert_eq!(status, 400, "{case}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{case}: {error:?} lacks {needle:?}");
+    }
+    let url = w.url(&format!("/v2/models/{NAME}/infer"));
+    // A header length past the body.
+    let r = client
+        .post(&url)
+        .header("inference-header-content-length", "999999")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Inference-Header-Content-Length"),
+        "{body}"
+    );
+    // A compressed body is refused, not misread.
+    let r = client
+        .post(&url)
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0, 0])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: Value = r.json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("gzip"), "{body}");
+}

@@ -45,7 +45,7 @@ async fn server_metadata() -> Response {
     let body = serde_json::json!({
         "name": "dilu-gateway",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     });
     axum::Json(body).into_response()
 }

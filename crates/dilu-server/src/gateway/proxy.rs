@@ -129,6 +129,7 @@ pub(crate) async fn forward(
     let mut request = client.request(method, url);
     for name in [
         &header::CONTENT_TYPE,
+        &header::CONTENT_ENCODING,
         &header::ACCEPT,
         &INFERENCE_HEADER_CONTENT_LENGTH,
     ] {
@@ -145,7 +146,11 @@ pub(crate) async fn forward(
         .map_err(|e| ForwardError::Transport(error_chain(&e)))?;
     let status = upstream.status();
     let mut relayed = HeaderMap::new();
-    for name in [&header::CONTENT_TYPE, &INFERENCE_HEADER_CONTENT_LENGTH] {
+    for name in [
+        &header::CONTENT_TYPE,
+        &header::CONTENT_ENCODING,
+        &INFERENCE_HEADER_CONTENT_LENGTH,
+    ] {
         if let Some(value) = upstream.headers().get(name) {
             relayed.insert(name, value.clone());
         }
