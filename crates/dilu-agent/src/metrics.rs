@@ -71,7 +71,7 @@ pub fn render(agent: &Agent) -> String {
         Option<&crate::tokens::ResidentView>,
         Option<&dilu_quota::Snapshot>,
     ) -> Option<f64>;
-    let families: [(&str, &str, &str, Getter); 14] = [
+    let families: [(&str, &str, &str, Getter); 15] = [
         (
             "dilu_agent_instance_up",
             "gauge",
@@ -119,6 +119,12 @@ pub fn render(agent: &Agent) -> String {
             "gauge",
             "Cost units used in the last window.",
             |_, v, _| v.map(|v| v.usage_last_window as f64),
+        ),
+        (
+            "dilu_agent_instance_usage_avg_units",
+            "gauge",
+            "Cost units used per window, averaged over about a second.",
+            |_, v, _| v.map(|v| v.usage_avg_per_window),
         ),
         (
             "dilu_agent_instance_cost_units_total",

@@ -24,6 +24,10 @@ use crate::instance::{PriorityClass, Quota};
 const WHOLE_DEVICE: f64 = 0.999;
 /// Per-window decay of a learned GPU capacity, so a capacity seen once fades over minutes.
 const CAPACITY_DECAY: f64 = 0.99995;
+/// Time constant of the smoothed usage shown to operators. One window's usage is a noisy snapshot: a work unit is
+/// charged whole in the window it lands in, so a single window can read well above the share that bounds the
+/// instance over time.
+const USAGE_AVERAGE_NS: f64 = 1e9;
 
 /// Why the manager refused a change.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,7 @@ struct Resident {
     channel: AgentChannel,
     last_cost: u64,
     usage: u64,
+    usage_avg: f64,
     busy: bool,
     busy_since_ns: u64,
     share: f64,
@@ -83,6 +88,8 @@ pub struct ResidentView {
     pub budget: Option<u64>,
     /// Cost used in the last window.
     pub usage_last_window: u64,
+    /// Cost used per window, averaged exponentially over about a second: what the instance really draws.
+    pub usage_avg_per_window: f64,
     /// Whether it used the device in the last window.
     pub busy: bool,
 }
@@ -150,6 +157,8 @@ impl DeviceTokens {
                 .load(std::sync::atomic::Ordering::Relaxed);
             r.usage = cost.wrapping_sub(r.last_cost);
             r.last_cost = cost;
+            let alpha = (window_ns as f64 / USAGE_AVERAGE_NS).min(1.0);
+            r.usage_avg += (r.usage as f64 - r.usage_avg) * alpha;
             total = total.saturating_add(r.usage);
             let busy = r.usage > 0;
             if busy && !r.busy {
@@ -235,6 +244,7 @@ fn resident_view(d: &DeviceTokens, r: &Resident) -> ResidentView {
         share: r.share,
         budget: (r.budget != UNLIMITED).then_some(r.budget),
         usage_last_window: r.usage,
+        usage_avg_per_window: r.usage_avg,
         busy: r.busy,
     }
 }
@@ -325,6 +335,7 @@ impl TokenManager {
             channel,
             last_cost,
             usage: 0,
+            usage_avg: 0.0,
             busy: false,
             busy_since_ns: 0,
             share: 0.0,
@@ -438,5 +449,63 @@ impl TokenManager {
             .flat_map(|d| &d.residents)
             .find(|r| r.id == id)
             .map(|r| r.channel.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use dilu_quota::{ChannelSpec, InstanceChannel};
+
+    use super::*;
+    use crate::config::AgentConfig;
+    use crate::device::discover;
+
+    const WINDOW_NS: u64 = 5_000_000;
+
+    #[test]
+    fn smoothed_usage_follows_the_mean_while_one_window_jumps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(dir.path().to_path_buf());
+        config.discover_gpus = false;
+        config.cpu_cores = Some(1.0);
+        let (devices, _) = discover(&config);
+        let device = devices[0].uuid.clone();
+        let mut manager = TokenManager::new(&devices, WINDOW_NS, config.rckm).unwrap();
+        let path = dir.path().join("t.quota");
+        let channel = AgentChannel::create(&path, &ChannelSpec::default(), 0o600).unwrap();
+        let quota = Quota {
+            request: 0.2,
+            limit: 0.4,
+            memory_bytes: None,
+        };
+        manager
+            .add(&device, "t", PriorityClass::Training, quota, channel)
+            .unwrap();
+        let instance = InstanceChannel::open(&path).unwrap();
+        // A work unit of 3 ms charged whole every other window: 0.3 of a 5 ms core on average, but 0.6 in the
+        // windows it lands in.
+        let mut now = 0;
+        for round in 0..2_000u64 {
+            if round % 2 == 0 {
+                instance
+                    .counters()
+                    .cost_launched
+                    .fetch_add(3_000_000, Relaxed);
+            }
+            now += WINDOW_NS;
+            manager.tick(now);
+        }
+        let view = manager.resident("t").unwrap();
+        let capacity = manager.devices()[0].capacity_per_window as f64;
+        assert_eq!(
+            capacity, WINDOW_NS as f64,
+            "one core, in nanoseconds per window"
+        );
+        let mean = view.usage_avg_per_window / capacity;
+        assert!((mean - 0.3).abs() < 0.01, "smoothed usage {mean}");
+        // The last window (an odd round) saw nothing; the one before saw 0.6.
+        assert_eq!(view.usage_last_window, 0);
     }
 }

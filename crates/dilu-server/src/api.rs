@@ -258,7 +258,8 @@ pub fn devices_view(platform: &Platform) -> Value {
                         "quota": v.record.spec.quota,
                         "share": b.map(|b| b.share),
                         "budget": b.and_then(|b| b.budget),
-                        "usage": b.map(|b| b.usage_last_window as f64 / capacity),
+                        "usage": b.map(|b| b.usage_avg_per_window / capacity),
+                        "usage_last_window": b.map(|b| b.usage_last_window as f64 / capacity),
                         "busy": b.map(|b| b.busy),
                     })
                 })

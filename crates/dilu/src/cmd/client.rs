@@ -309,7 +309,8 @@ pub fn ls(args: ListArgs) -> Result<()> {
     Ok(())
 }
 
-/// `dilu status`: devices, and on each the instances with their quota, share this window and usage.
+/// `dilu status`: devices, and on each the instances with their quota, share this window and usage (averaged over
+/// about a second).
 pub fn status(args: ListArgs) -> Result<()> {
     let v = args.server.get("/v1/devices")?;
     if args.json {
