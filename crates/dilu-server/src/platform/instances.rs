@@ -116,8 +116,16 @@ impl Platform {
         let seq = self.next_seq();
         let key = format!("{name}-{seq}");
         let ask = ask_of(&spec, profile.as_ref(), profiling);
-        let device = lock(&self.scheduler)
-            .place(&key, name, &ask)
+        let placed = lock(&self.scheduler).place(&key, name, &ask);
+        let placed = match placed {
+            // No room beside the instances an update is replacing: retire them first (recreate instead of
+            // roll), then place again.
+            Err(_) if self.retire_outdated(name).await > 0 => {
+                lock(&self.scheduler).place(&key, name, &ask)
+            }
+            other => other,
+        };
+        let device = placed
             .map_err(|e| PlatformError::Internal(format!("placing an instance of {name}: {e}")))?;
         let port = match free_port() {
             Ok(p) => p,
@@ -179,6 +187,8 @@ impl Platform {
                 ready: false,
                 draining: false,
                 profiling,
+                outdated: false,
+                reported_exit: None,
             }),
             None => {
                 // Deleted while starting: stop what was started.
@@ -232,7 +242,7 @@ impl Platform {
         }
     }
 
-    fn node_log(&self, id: &str) -> String {
+    pub(crate) fn node_log(&self, id: &str) -> String {
         let log = self.node.logs(id, 600).unwrap_or_default();
         log.trim().replace('\n', " | ")
     }
@@ -265,6 +275,28 @@ impl Platform {
         if let Some(f) = lock(&self.functions).get_mut(name) {
             f.instances.retain(|i| i.id != inst.id);
         }
+    }
+
+    /// Drains and stops every instance of `name` left from an earlier generation; returns how many it stopped.
+    pub(crate) async fn retire_outdated(self: &Arc<Self>, name: &str) -> usize {
+        let ids: Vec<String> = {
+            let mut functions = lock(&self.functions);
+            let Some(f) = functions.get_mut(name) else {
+                return 0;
+            };
+            f.instances
+                .iter_mut()
+                .filter(|i| i.outdated && !i.draining)
+                .map(|i| {
+                    i.draining = true;
+                    i.id.clone()
+                })
+                .collect()
+        };
+        for id in &ids {
+            self.stop_instance(name, id).await;
+        }
+        ids.len()
     }
 
     /// Stops an instance on the node and forgets it everywhere.

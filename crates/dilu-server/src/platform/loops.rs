@@ -55,7 +55,13 @@ impl Platform {
             .iter()
             .map(|v| (v.record.id.as_str(), v.record.status))
             .collect();
+        let exits: HashMap<&str, &str> = views
+            .iter()
+            .filter_map(|v| Some((v.record.id.as_str(), v.record.last_exit.as_deref()?)))
+            .collect();
+        let mut crashed = Vec::new();
         let mut gone = Vec::new();
+        let mut rolled = Vec::new();
         let names: Vec<String> = {
             let mut functions = lock(&self.functions);
             for (name, f) in functions.iter_mut() {
@@ -69,12 +75,47 @@ impl Platform {
                         }
                         _ => inst.ready = false,
                     }
+                    let exit = exits.get(inst.id.as_str()).copied();
+                    if let Some(exit) = exit
+                        && inst.reported_exit.as_deref() != Some(exit)
+                    {
+                        inst.reported_exit = Some(exit.to_string());
+                        crashed.push((name.clone(), inst.id.clone(), exit.to_string()));
+                    }
+                }
+                // A rolling update finishes once a current instance serves (or at once for a function that
+                // may scale to zero: its requests cold-start a current one).
+                let current_serves = f
+                    .instances
+                    .iter()
+                    .any(|i| i.ready && !i.draining && !i.profiling && !i.outdated);
+                let may_be_empty = f.phase == Phase::Running && f.spec.scaling.min_instances == 0;
+                if (current_serves || may_be_empty)
+                    && f.instances.iter().any(|i| i.outdated && !i.draining)
+                {
+                    rolled.push(name.clone());
                 }
             }
             functions.keys().cloned().collect()
         };
         for name in &names {
             self.sync_endpoints(name);
+        }
+        // An instance that exits (a model that will not load, a crash) is restarted by the agent; say why in
+        // the function's view, once per exit report.
+        for (name, id, exit) in crashed {
+            let message = format!(
+                "instance {id} exited ({exit}); its log ends: {}",
+                self.node_log(&id)
+            );
+            eprintln!("dilu: {name}: {message}");
+            if let Some(f) = lock(&self.functions).get_mut(&name) {
+                f.last_error = Some(message);
+            }
+        }
+        for name in rolled {
+            let p = Arc::clone(self);
+            tokio::spawn(async move { p.retire_outdated(&name).await });
         }
         for (name, inst) in gone {
             self.metrics.instance_lost(&name);
@@ -135,8 +176,11 @@ impl Platform {
                     continue;
                 }
                 f.last_decision = now;
-                let live: Vec<&super::InstanceRuntime> =
-                    f.instances.iter().filter(|i| !i.draining).collect();
+                let live: Vec<&super::InstanceRuntime> = f
+                    .instances
+                    .iter()
+                    .filter(|i| !i.draining && !i.outdated)
+                    .collect();
                 let capacity = f.profile.as_ref().map(|p| p.capacity_rps).unwrap_or(0.0);
                 let mut loads: Vec<InstanceLoad> = live
                     .iter()

@@ -113,6 +113,11 @@ pub(crate) struct InstanceRuntime {
     pub draining: bool,
     /// Started to profile; serves once the profile is applied.
     pub profiling: bool,
+    /// Runs the model of an earlier generation: it keeps serving through an update until an instance of the
+    /// current generation is ready, then drains (a rolling replacement), and the scaler does not count it.
+    pub outdated: bool,
+    /// The node's last exit report for it that the function's `last_error` already carries.
+    pub reported_exit: Option<String>,
 }
 
 impl InstanceRuntime {
@@ -337,6 +342,8 @@ impl Platform {
                 ready: false,
                 draining: false,
                 profiling: false,
+                outdated: false,
+                reported_exit: None,
             });
         }
         let pending: Vec<String> = functions
@@ -396,7 +403,7 @@ impl Platform {
     ) -> Result<FunctionView, PlatformError> {
         self.check_on_node(&spec)?;
         let name = spec.name.clone();
-        let (old, victims) = {
+        let (old, replace, victims) = {
             let mut functions = lock(&self.functions);
             let f = functions
                 .get_mut(&name)
@@ -406,6 +413,9 @@ impl Platform {
                 || old.model != spec.model
                 || old.training != spec.training
                 || (old.quota.is_some() && spec.quota.is_none());
+            // Same kind: roll (old instances serve until a new one is ready). A new kind cannot share the
+            // function's route with the old instances, so they stop at once.
+            let roll = replace && old.kind == spec.kind;
             if !self.store.update_function(&spec)? {
                 return Err(PlatformError::NotFound(name));
             }
@@ -415,19 +425,24 @@ impl Platform {
             let victims: Vec<String> = if replace {
                 f.profile = None;
                 f.phase = Phase::Starting;
-                f.instances.iter_mut().for_each(|i| i.draining = true);
-                f.instances.iter().map(|i| i.id.clone()).collect()
+                if roll {
+                    f.instances.iter_mut().for_each(|i| i.outdated = true);
+                    Vec::new()
+                } else {
+                    f.instances.iter_mut().for_each(|i| i.draining = true);
+                    f.instances.iter().map(|i| i.id.clone()).collect()
+                }
             } else {
                 Vec::new()
             };
-            (old, victims)
+            (old, replace, victims)
         };
         if spec.kind == FunctionKind::Inference {
             self.gateway.upsert_function(&name, policy_of(&spec));
         } else if old.kind == FunctionKind::Inference {
             self.gateway.remove_function(&name);
         }
-        if !victims.is_empty() {
+        if replace {
             for id in victims {
                 let p = Arc::clone(self);
                 let n = name.clone();

@@ -21,6 +21,8 @@ pub struct InstanceSummary {
     pub draining: bool,
     /// Being profiled.
     pub profiling: bool,
+    /// Left from an earlier generation: serves until a current instance is ready, then drains.
+    pub outdated: bool,
 }
 
 /// A function as the API shows it.
@@ -66,6 +68,7 @@ pub(super) fn function_view(name: &str, f: &FunctionRuntime) -> FunctionView {
                 ready: i.ready,
                 draining: i.draining,
                 profiling: i.profiling,
+                outdated: i.outdated,
             })
             .collect(),
         starting: f.starting,

@@ -208,13 +208,18 @@ impl UpProc {
     }
 }
 
-/// Ready, serving instances in a function view.
+/// Ready, serving instances of the current generation in a function view.
 pub fn ready_instances(view: &Value) -> usize {
     view["instances"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter(|i| i["ready"] == true && i["profiling"] == false && i["draining"] == false)
+                .filter(|i| {
+                    i["ready"] == true
+                        && i["profiling"] == false
+                        && i["draining"] == false
+                        && i["outdated"] != true
+                })
                 .count()
         })
         .unwrap_or(0)
