@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::spec::FunctionSpec;
 
 /// Schema version kept in `PRAGMA user_version`; a newer file is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `instances.model_key`.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,9 @@ pub struct StoredInstance {
     pub port: u16,
     /// Whether it was started to profile (and is not yet serving).
     pub profiling: bool,
+    /// What it runs (kind, model, training settings) in a comparable form, so a restart can tell an instance
+    /// left from an earlier generation; `None` for instances recorded before schema version 2.
+    pub model_key: Option<String>,
 }
 
 /// The store.
@@ -135,10 +139,18 @@ impl Store {
                  node TEXT NOT NULL,
                  device TEXT NOT NULL,
                  port INTEGER NOT NULL,
-                 profiling INTEGER NOT NULL DEFAULT 0
+                 profiling INTEGER NOT NULL DEFAULT 0,
+                 model_key TEXT
              );
              CREATE INDEX IF NOT EXISTS instances_by_function ON instances(function);",
         )?;
+        // A version-1 file has the table without the column.
+        let has_model_key = conn
+            .prepare("SELECT 1 FROM pragma_table_info('instances') WHERE name = 'model_key'")?
+            .exists([])?;
+        if !has_model_key {
+            conn.execute_batch("ALTER TABLE instances ADD COLUMN model_key TEXT")?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -217,15 +229,16 @@ impl Store {
     /// Records an instance.
     pub fn insert_instance(&self, instance: &StoredInstance) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO instances (id, function, node, device, port, profiling)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO instances (id, function, node, device, port, profiling, model_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 instance.id,
                 instance.function,
                 instance.node,
                 instance.device,
                 instance.port,
-                instance.profiling
+                instance.profiling,
+                instance.model_key
             ],
         )?;
         Ok(())
@@ -251,7 +264,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<StoredInstance>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id, function, node, device, port, profiling FROM instances ORDER BY rowid",
+            "SELECT id, function, node, device, port, profiling, model_key FROM instances ORDER BY rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(StoredInstance {
@@ -261,6 +274,7 @@ impl Store {
                 device: r.get(3)?,
                 port: r.get(4)?,
                 profiling: r.get(5)?,
+                model_key: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -338,6 +352,7 @@ mod tests {
                     device: "CPU-1".into(),
                     port: 4000,
                     profiling: true,
+                    model_key: Some("k1".into()),
                 })
                 .unwrap();
             store.set_serving("i-1").unwrap();
@@ -349,6 +364,7 @@ mod tests {
         let inst = store.instances().unwrap();
         assert_eq!(inst.len(), 1);
         assert!(!inst[0].profiling);
+        assert_eq!(inst[0].model_key.as_deref(), Some("k1"));
         let mut changed = spec("a");
         changed.slo_ms = Some(80.0);
         assert!(store.update_function(&changed).unwrap());
@@ -358,5 +374,34 @@ mod tests {
         assert!(store.instances().unwrap().is_empty());
         assert!(!store.delete_function("a").unwrap());
         assert!(store.function("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_version_1_file_gains_the_model_key_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dilu.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE functions (name TEXT PRIMARY KEY, spec TEXT NOT NULL, profile TEXT,
+                     generation INTEGER NOT NULL, created_unix INTEGER NOT NULL);
+                 CREATE TABLE instances (id TEXT PRIMARY KEY, function TEXT NOT NULL, node TEXT NOT NULL,
+                     device TEXT NOT NULL, port INTEGER NOT NULL, profiling INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO instances VALUES ('i-1', 'a', 'local', 'CPU-1', 4000, 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let inst = store.instances().unwrap();
+        assert_eq!(inst.len(), 1);
+        assert_eq!(
+            (inst[0].id.as_str(), inst[0].model_key.as_deref()),
+            ("i-1", None)
+        );
+        drop(store);
+        // Opening again (now version 2) changes nothing.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.instances().unwrap().len(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! Updating a function's model under load is a rolling replacement: the old instance serves until a new one
 //! is ready, then drains, so no request fails. An update to a model that cannot load leaves the old instance
-//! serving and says why in the function's view.
+//! serving and says why in the function's view, also across a restart of `dilu up`; with no room for old and
+//! new together, the old instances are retired first.
 
 mod common;
 
@@ -125,7 +126,7 @@ fn a_model_update_rolls_without_failing_a_request() {
     std::fs::write(&broken, b"this is not an ONNX model").unwrap();
     let upright = std::fs::read(cache.join("inputs/text-upright.json")).unwrap();
 
-    let up = UpProc::start(&dir.path().join("data"), &["--cpu-cores", "2"]);
+    let mut up = UpProc::start(&dir.path().join("data"), &["--cpu-cores", "2"]);
     let (s, b) = up.deploy_yaml(&spec(&original));
     assert_eq!(s, 201, "{b}");
     let before = up.wait_running("ocr", 1, Duration::from_secs(60));
@@ -203,6 +204,26 @@ fn a_model_update_rolls_without_failing_a_request() {
     println!(
         "bad update: {sent} requests, 0 failed; the old instance still serves; last error: {error}"
     );
+
+    // Killed in the middle of that roll: the next start adopts the old instance, still outdated and serving.
+    up.kill9();
+    let up = UpProc::start(&dir.path().join("data"), &["--cpu-cores", "2"]);
+    let adopted = common::wait_for(Duration::from_secs(30), || {
+        let (_, v) = up.get("/v1/functions/ocr");
+        let kept = v["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == serving_id.as_str() && i["ready"] == true)?
+            .clone();
+        Some(kept)
+    })
+    .expect("the old instance is adopted after the restart");
+    assert_eq!(adopted["outdated"], true, "{adopted}");
+    let (s, r) = up.infer(
+        "ocr",
+        &std::fs::read(cache.join("inputs/text-upright.json")).unwrap(),
+    );
+    assert_eq!((s, argmax(&output_data(&r))), (200, 0), "{r}");
 
     // A fixed model that needs more of the device than is left beside the old instances: they are retired
     // first (recreate), and the function serves again from one new instance.

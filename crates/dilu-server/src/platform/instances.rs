@@ -175,6 +175,7 @@ impl Platform {
             device: device.clone(),
             port,
             profiling,
+            model_key: Some(super::model_key(&spec)),
         })?;
         let mut functions = lock(&self.functions);
         match functions.get_mut(name) {

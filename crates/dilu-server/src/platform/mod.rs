@@ -170,6 +170,12 @@ fn scaler_of(spec: &FunctionSpec) -> Result<LazyScaler, PlatformError> {
     })
 }
 
+/// What an instance of `spec` runs (kind, model, training settings) as a comparable string: instances whose
+/// key differs from their function's current one are left from an earlier generation.
+pub(crate) fn model_key(spec: &FunctionSpec) -> String {
+    serde_json::json!([spec.kind.as_str(), spec.model, spec.training]).to_string()
+}
+
 /// The gateway policy a spec asks for.
 pub(crate) fn policy_of(spec: &FunctionSpec) -> FunctionPolicy {
     let g = &spec.gateway;
@@ -342,7 +348,12 @@ impl Platform {
                 ready: false,
                 draining: false,
                 profiling: false,
-                outdated: false,
+                // Killed mid-roll: the instances of the earlier generation go on serving until a current
+                // one is ready, as they would have without the restart.
+                outdated: inst
+                    .model_key
+                    .as_deref()
+                    .is_some_and(|k| k != model_key(&f.spec)),
                 reported_exit: None,
             });
         }
