@@ -1,9 +1,12 @@
 //! Training functions: the loss really falls, the loop is served over HTTP, and a CPU quota channel slows it
 //! down the way it slows the inference executor.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::Served;
 use dilu_quota::{AgentChannel, ChannelSpec, DEFAULT_WINDOW_NS, DeviceKind};
 use dilu_worker::training::{Trainer, TrainingConfig};
 use reqwest::blocking::Client;
@@ -25,52 +28,24 @@ fn small() -> TrainingConfig {
 }
 
 /// `serve_training` on 127.0.0.1:0 in its own runtime, until dropped (or until it finishes by itself).
-struct Training {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), dilu_worker::WorkerError>>>,
-}
+struct Training(Served);
 
 impl Training {
     fn start(config: TrainingConfig) -> Training {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        Training(Served::spawn(
+            1,
+            "/health",
+            Duration::from_secs(30),
+            move |listener, stopped| {
                 dilu_worker::serve_training(config, listener, async move {
                     let _ = stopped.await;
                 })
-                .await
-            })
-        });
-        let training = Training {
-            base,
-            stop: Some(stop),
-            thread: Some(thread),
-        };
-        let client = Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !client
-            .get(training.url("/health"))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(Instant::now() < deadline, "not healthy within 30 s");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        training
+            },
+        ))
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.0.url(path)
     }
 
     fn status(&self) -> Value {
@@ -83,22 +58,8 @@ impl Training {
     }
 
     /// Stops serving and returns what `serve_training` returned.
-    fn stop(mut self) -> Result<(), dilu_worker::WorkerError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Training {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    fn stop(self) -> Result<(), dilu_worker::WorkerError> {
+        self.0.stop()
     }
 }
 

@@ -143,6 +143,30 @@ pub(crate) struct FunctionRuntime {
     pub last_error: Option<String>,
 }
 
+impl FunctionRuntime {
+    /// A function with no instances yet, as deployed or as restored from the store.
+    fn new(
+        spec: FunctionSpec,
+        profile: Option<Profile>,
+        phase: Phase,
+        generation: u64,
+    ) -> Result<Self, PlatformError> {
+        Ok(FunctionRuntime {
+            scaler: scaler_of(&spec)?,
+            spec,
+            profile,
+            phase,
+            generation,
+            instances: Vec::new(),
+            starting: 0,
+            last_decision: Instant::now(),
+            last_endpoints: Vec::new(),
+            last_rps: 0.0,
+            last_error: None,
+        })
+    }
+}
+
 /// The control plane.
 pub struct Platform {
     config: PlatformConfig,
@@ -299,19 +323,7 @@ impl Platform {
             };
             functions.insert(
                 spec.name.clone(),
-                FunctionRuntime {
-                    scaler: scaler_of(&spec)?,
-                    spec,
-                    profile,
-                    phase,
-                    generation,
-                    instances: Vec::new(),
-                    starting: 0,
-                    last_decision: Instant::now(),
-                    last_endpoints: Vec::new(),
-                    last_rps: 0.0,
-                    last_error: None,
-                },
+                FunctionRuntime::new(spec, profile, phase, generation)?,
             );
         }
         let mut max_seq = 0;
@@ -385,19 +397,7 @@ impl Platform {
         }
         lock(&self.functions).insert(
             name.clone(),
-            FunctionRuntime {
-                scaler: scaler_of(&spec)?,
-                spec,
-                profile: None,
-                phase: Phase::Starting,
-                generation: 1,
-                instances: Vec::new(),
-                starting: 0,
-                last_decision: Instant::now(),
-                last_endpoints: Vec::new(),
-                last_rps: 0.0,
-                last_error: None,
-            },
+            FunctionRuntime::new(spec, None, Phase::Starting, 1)?,
         );
         self.metrics.deployed();
         let p = Arc::clone(self);

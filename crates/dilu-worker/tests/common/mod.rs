@@ -66,66 +66,92 @@ pub fn cached(relative: &str) -> Option<PathBuf> {
     Some(model)
 }
 
-/// A worker serving in-process until dropped.
-pub struct Worker {
+/// A server (worker or trainer) running in-process on 127.0.0.1:0 in its own tokio runtime until dropped.
+pub struct Served {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), dilu_worker::WorkerError>>>,
 }
 
-impl Worker {
-    /// Starts `config` on 127.0.0.1:0 and waits until it is ready.
-    pub fn start(config: WorkerConfig) -> Worker {
+/// The built-in worker, served in-process.
+pub type Worker = Served;
+
+impl Served {
+    /// Starts `serve(listener, shutdown)` on a runtime of `worker_threads` threads and waits until `GET
+    /// health` answers 200 (panics after `timeout`).
+    pub fn spawn<F, Fut>(worker_threads: usize, health: &str, timeout: Duration, serve: F) -> Served
+    where
+        F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<(), dilu_worker::WorkerError>>,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(worker_threads)
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                dilu_worker::serve(config, listener, async move {
-                    let _ = stopped.await;
-                })
-                .await
+                serve(listener, stopped).await
             })
         });
-        let worker = Worker {
+        let served = Served {
             base,
             stop: Some(stop),
             thread: Some(thread),
         };
         let client = reqwest::blocking::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = client
-                .get(format!("{}/v2/health/ready", worker.base))
-                .send()
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                break;
-            }
+        let deadline = Instant::now() + timeout;
+        while !client
+            .get(served.url(health))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
             assert!(
                 Instant::now() < deadline,
-                "the worker did not become ready within 60 s"
+                "{health} did not answer 200 within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        worker
+        served
+    }
+
+    /// Starts the worker for `config` and waits until it is ready.
+    pub fn start(config: WorkerConfig) -> Worker {
+        Served::spawn(
+            2,
+            "/v2/health/ready",
+            Duration::from_secs(60),
+            move |listener, stopped| {
+                dilu_worker::serve(config, listener, async move {
+                    let _ = stopped.await;
+                })
+            },
+        )
     }
 
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// Stops serving and returns what the server returned.
+    pub fn stop(mut self) -> Result<(), dilu_worker::WorkerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread.take().unwrap().join().unwrap()
+    }
 }
 
-impl Drop for Worker {
+impl Drop for Served {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -9,10 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dilu_quota::{CpuQuota, QUOTA_FILE_ENV};
 use dilu_worker::{TrainingConfig, WorkerError};
 
-use super::worker::{bind_and_announce, runtime, termination};
+use super::worker::{bind_and_announce, check_quota_channel, runtime, termination};
 
 /// Arguments of `dilu train`; unset model flags keep [`TrainingConfig`]'s defaults.
 #[derive(Debug, Args)]
@@ -101,26 +100,7 @@ fn config(args: &TrainArgs) -> Result<TrainingConfig> {
             other => return Err(other).context("checking the training settings"),
         }
     }
-    match &args.quota_file {
-        Some(path) => {
-            CpuQuota::open(path).with_context(|| format!("--quota-file {}", path.display()))?;
-        }
-        None => {
-            if CpuQuota::from_env()
-                .with_context(|| {
-                    format!(
-                        "{QUOTA_FILE_ENV}={}",
-                        std::env::var(QUOTA_FILE_ENV).unwrap_or_default()
-                    )
-                })?
-                .is_none()
-            {
-                eprintln!(
-                    "dilu train: no CPU quota (neither --quota-file nor {QUOTA_FILE_ENV}): running unthrottled"
-                );
-            }
-        }
-    }
+    check_quota_channel(args.quota_file.as_deref(), "dilu train")?;
     Ok(config)
 }
 

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -115,8 +115,15 @@ fn config(args: &WorkerArgs) -> Result<WorkerConfig> {
             args.model.display()
         );
     }
-    // Opened once here so that a bad channel is reported before serving, naming where it came from.
-    match &args.quota_file {
+    check_quota_channel(args.quota_file.as_deref(), "dilu worker")?;
+    Ok(config)
+}
+
+/// Opens the CPU quota channel once (from `--quota-file`, else `$DILU_QUOTA_FILE`) so that a bad channel is
+/// reported before serving, naming where it came from; says so on stderr when there is none. `program` names
+/// the command in that message.
+pub(crate) fn check_quota_channel(quota_file: Option<&Path>, program: &str) -> Result<()> {
+    match quota_file {
         Some(path) => {
             CpuQuota::open(path).with_context(|| format!("--quota-file {}", path.display()))?;
         }
@@ -131,12 +138,12 @@ fn config(args: &WorkerArgs) -> Result<WorkerConfig> {
                 .is_none()
             {
                 eprintln!(
-                    "dilu worker: no CPU quota (neither --quota-file nor {QUOTA_FILE_ENV}): running unthrottled"
+                    "{program}: no CPU quota (neither --quota-file nor {QUOTA_FILE_ENV}): running unthrottled"
                 );
             }
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside the
