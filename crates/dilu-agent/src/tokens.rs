@@ -54,7 +54,10 @@ struct Resident {
     usage: u64,
     usage_avg: f64,
     busy: bool,
+    /// Start of the current burst, backdated one window (its work began somewhere in the window before).
     busy_since_ns: u64,
+    /// The tick that first counted the current burst and rewrote the budgets for it.
+    busy_seen_ns: u64,
     share: f64,
     budget: u64,
 }
@@ -92,6 +95,10 @@ pub struct ResidentView {
     pub usage_avg_per_window: f64,
     /// Whether it used the device in the last window.
     pub busy: bool,
+    /// While busy: when the token manager first counted this burst and rewrote the device's budgets for it, on
+    /// the node's `CLOCK_MONOTONIC` in nanoseconds, so a client on the node can time the vertical reaction to its
+    /// own requests without the delay of polling. `None` while idle.
+    pub busy_since_ns: Option<u64>,
 }
 
 /// What the API shows of one device's budgeting.
@@ -163,6 +170,7 @@ impl DeviceTokens {
             let busy = r.usage > 0;
             if busy && !r.busy {
                 r.busy_since_ns = now_ns.saturating_sub(window_ns);
+                r.busy_seen_ns = now_ns;
                 events.push(VerticalEvent::BusyStart { index });
             } else if !busy && r.busy {
                 events.push(VerticalEvent::BusyEnd {
@@ -246,6 +254,7 @@ fn resident_view(d: &DeviceTokens, r: &Resident) -> ResidentView {
         usage_last_window: r.usage,
         usage_avg_per_window: r.usage_avg,
         busy: r.busy,
+        busy_since_ns: r.busy.then_some(r.busy_seen_ns),
     }
 }
 
@@ -338,6 +347,7 @@ impl TokenManager {
             usage_avg: 0.0,
             busy: false,
             busy_since_ns: 0,
+            busy_seen_ns: 0,
             share: 0.0,
             budget,
         });
@@ -464,8 +474,12 @@ mod tests {
 
     const WINDOW_NS: u64 = 5_000_000;
 
-    #[test]
-    fn smoothed_usage_follows_the_mean_while_one_window_jumps() {
+    /// A manager for one CPU core with one resident `id` of `class`; returns the manager, the instance's end of
+    /// its channel, and the directory that holds the channel.
+    fn one_resident(
+        id: &str,
+        class: PriorityClass,
+    ) -> (TokenManager, InstanceChannel, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::new(dir.path().to_path_buf());
         config.discover_gpus = false;
@@ -473,17 +487,47 @@ mod tests {
         let (devices, _) = discover(&config);
         let device = devices[0].uuid.clone();
         let mut manager = TokenManager::new(&devices, WINDOW_NS, config.rckm).unwrap();
-        let path = dir.path().join("t.quota");
+        let path = dir.path().join(format!("{id}.quota"));
         let channel = AgentChannel::create(&path, &ChannelSpec::default(), 0o600).unwrap();
         let quota = Quota {
             request: 0.2,
             limit: 0.4,
             memory_bytes: None,
         };
-        manager
-            .add(&device, "t", PriorityClass::Training, quota, channel)
-            .unwrap();
+        manager.add(&device, id, class, quota, channel).unwrap();
         let instance = InstanceChannel::open(&path).unwrap();
+        (manager, instance, dir)
+    }
+
+    #[test]
+    fn busy_since_is_the_tick_that_counted_the_burst() {
+        let (mut manager, instance, _dir) = one_resident("i", PriorityClass::Inference);
+        let work = |units| instance.counters().cost_launched.fetch_add(units, Relaxed);
+        manager.tick(WINDOW_NS);
+        assert_eq!(manager.resident("i").unwrap().busy_since_ns, None);
+        work(1_000);
+        manager.tick(2 * WINDOW_NS);
+        for tick in 3..6 {
+            work(1_000);
+            manager.tick(tick * WINDOW_NS);
+            let view = manager.resident("i").unwrap();
+            assert!(view.busy);
+            assert_eq!(view.busy_since_ns, Some(2 * WINDOW_NS), "tick {tick}");
+        }
+        manager.tick(6 * WINDOW_NS);
+        assert_eq!(manager.resident("i").unwrap().busy_since_ns, None);
+        work(1_000);
+        manager.tick(7 * WINDOW_NS);
+        assert_eq!(
+            manager.resident("i").unwrap().busy_since_ns,
+            Some(7 * WINDOW_NS),
+            "a new burst is counted anew"
+        );
+    }
+
+    #[test]
+    fn smoothed_usage_follows_the_mean_while_one_window_jumps() {
+        let (mut manager, instance, _dir) = one_resident("t", PriorityClass::Training);
         // A work unit of 3 ms charged whole every other window: 0.3 of a 5 ms core on average, but 0.6 in the
         // windows it lands in.
         let mut now = 0;

@@ -261,6 +261,7 @@ pub fn devices_view(platform: &Platform) -> Value {
                         "usage": b.map(|b| b.usage_avg_per_window / capacity),
                         "usage_last_window": b.map(|b| b.usage_last_window as f64 / capacity),
                         "busy": b.map(|b| b.busy),
+                        "busy_since_ns": b.and_then(|b| b.busy_since_ns),
                     })
                 })
                 .collect();
