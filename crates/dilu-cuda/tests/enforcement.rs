@@ -52,31 +52,55 @@ fn budgets_of_30_and_70_percent_split_launch_throughput_3_to_7() {
         launches_a.iter().chain(&launches_b).all(|c| c.rc == 0),
         "no launch fails"
     );
-    // Compare over the time both ran, skipping the first 300 ms (start-up and the first window's burst).
+    // Compare over the time both ran, skipping the first 300 ms (start-up and the first window's burst), in
+    // 50 ms buckets (ten windows). The split is the median of the buckets' A:B ratios: on a shared machine one
+    // process can be descheduled for a few windows and lose budget it cannot take back, which skews a single
+    // ratio over the whole run (by up to 6 % on a loaded CI machine) but only a few buckets.
     let first = launches_a[0].t_ns.max(launches_b[0].t_ns) + 300_000_000;
     let last = launches_a
         .last()
         .unwrap()
         .t_ns
         .min(launches_b.last().unwrap().t_ns);
-    let threads = |calls: &[&dilu_cuda_testkit::DriverCall]| -> u64 {
-        calls
-            .iter()
-            .filter(|c| (first..last).contains(&c.t_ns))
-            .map(|c| c.field_u64("threads").unwrap())
-            .sum()
+    const BUCKET_NS: u64 = 50_000_000;
+    let buckets = ((last - first) / BUCKET_NS) as usize;
+    let per_bucket = |calls: &[&dilu_cuda_testkit::DriverCall]| -> Vec<u64> {
+        let mut threads = vec![0u64; buckets];
+        for c in calls.iter().filter(|c| c.t_ns >= first) {
+            if let Some(slot) = threads.get_mut(((c.t_ns - first) / BUCKET_NS) as usize) {
+                *slot += c.field_u64("threads").unwrap();
+            }
+        }
+        threads
     };
-    let (ta, tb) = (threads(&launches_a), threads(&launches_b));
-    let ratio = ta as f64 / tb as f64;
+    let (ta, tb) = (per_bucket(&launches_a), per_bucket(&launches_b));
+    assert!(buckets >= 40, "only {buckets} buckets of overlap");
+    let mut ratios: Vec<f64> = ta
+        .iter()
+        .zip(&tb)
+        .map(|(&a, &b)| a as f64 / b.max(1) as f64)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let overall = ta.iter().sum::<u64>() as f64 / tb.iter().sum::<u64>() as f64;
     let target = 3.0 / 7.0;
+    let error = |r: f64| (r / target - 1.0) * 100.0;
     eprintln!(
-        "30/70: A {ta} threads, B {tb} threads over {:.2} s; A:B = {ratio:.4} (target {target:.4}, error {:+.2} %)",
-        (last - first) as f64 / 1e9,
-        (ratio / target - 1.0) * 100.0
+        "30/70 over {buckets} buckets of 50 ms: median A:B = {median:.4} (target {target:.4}, error {:+.2} %; \
+         quartiles {:.4}..{:.4}); whole run A:B = {overall:.4} ({:+.2} %)",
+        error(median),
+        ratios[ratios.len() / 4],
+        ratios[ratios.len() * 3 / 4],
+        error(overall),
     );
     assert!(
-        (ratio / target - 1.0).abs() <= 0.05,
-        "A:B = {ratio}, want 3:7 ± 5 %"
+        error(median).abs() <= 5.0,
+        "median A:B = {median}, want 3:7 ± 5 %"
+    );
+    // Even with stalls, the whole run stays near the split (it is 1:1 without enforcement).
+    assert!(
+        error(overall).abs() <= 15.0,
+        "whole-run A:B = {overall}, want 3:7 ± 15 %"
     );
     // Both were held back by their budgets, and neither lost a launch.
     assert!(channel_a.snapshot().launches_delayed > 0);
