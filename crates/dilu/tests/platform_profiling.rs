@@ -1,0 +1,75 @@
+//! A training function deployed without a quota is profiled live by bisection: the platform runs the real
+//! trainer at shares of the device, measures its iterations per second at each, and takes the smallest share
+//! that keeps 98 % of its whole-device rate as its request (limit: the whole device), as `dilu.md` §3 says.
+//!
+//! The built-in trainer is single-threaded, so on a CPU device of two cores it can use at most half of the
+//! device: the bisection must land near 0.5, well away from both the whole device and a small share.
+
+mod common;
+
+use std::time::Duration;
+
+use common::platform::UpProc;
+use serde_json::Value;
+
+/// The instance quota `/v1/devices` shows for `function`'s first instance: (request, limit).
+fn instance_quota(devices: &Value, function: &str) -> Option<(f64, f64)> {
+    devices["devices"]
+        .as_array()?
+        .iter()
+        .flat_map(|d| d["instances"].as_array().cloned().unwrap_or_default())
+        .find(|i| i["function"] == function)
+        .map(|i| {
+            (
+                i["quota"]["request"].as_f64().unwrap_or(f64::NAN),
+                i["quota"]["limit"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+}
+
+#[test]
+fn training_without_a_quota_is_profiled_by_bisection_to_what_one_thread_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = UpProc::start(dir.path(), &["--cpu-cores", "2"]);
+    let (status, body) = up.deploy_yaml(
+        "name: train\nkind: training\ntraining: {hidden: 128, layers: 2, batch: 32}\n\
+         scaling: {min_instances: 1, max_instances: 1}\n",
+    );
+    assert_eq!(status, 201, "{body}");
+    let view = up.wait_running("train", 0, Duration::from_secs(120));
+    let profile = &view["profile"];
+    println!("training profile: {profile}");
+    assert_eq!(profile["source"], "bisection", "{view:#}");
+    let request = profile["request"].as_f64().expect("request");
+    let limit = profile["limit"].as_f64().expect("limit");
+    let measurements = profile["measurements"].as_u64().expect("measurements");
+    let rate = profile["capacity_rps"].as_f64().expect("iterations/s");
+    // Whole device, then halving in 5 % steps from [0, 100]: six points.
+    assert_eq!(measurements, 6, "{profile}");
+    assert_eq!(limit, 1.0, "training may burst to the whole device");
+    assert!(
+        (0.4..=0.7).contains(&request),
+        "one thread of a 2-core device needs about half of it, got request {request}"
+    );
+    assert!(rate > 10.0, "iterations/s at the request: {rate}");
+
+    // The profile is what the running instance is budgeted with.
+    let (_, devices) = up.get("/v1/devices");
+    let (instance_request, instance_limit) =
+        instance_quota(&devices, "train").expect("a train instance on a device");
+    assert_eq!((instance_request, instance_limit), (request, limit));
+    // And the trainer keeps training at it.
+    let url = view["instances"][0]["url"].as_str().expect("trainer url");
+    let iterations = |client: &reqwest::blocking::Client| -> u64 {
+        let status: Value = client
+            .get(format!("{url}/status"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        status["iterations"].as_u64().expect("iterations")
+    };
+    let first = iterations(up.client());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(iterations(up.client()) > first, "the trainer is running");
+}
