@@ -24,6 +24,12 @@
 //! same outside load) and reports the median over the rounds: on a shared machine a burst of other work that
 //! hits a few segments moves the pooled p99s but hardly this.
 //!
+//! A second table looks from the inside: the gateway's `dilu_gateway_own_time_seconds` histogram (each
+//! request's time in the gateway's handler less its wait for an instance slot and the forwarded call) over the
+//! same rounds. It covers reading the body, routing and answering; the forwarded call (the HTTP client's work,
+//! the second loopback hop and the worker) and the time before the handler runs are outside it, so the
+//! end-to-end comparison stays the measure of what the gateway adds.
+//!
 //! Run: `cargo bench -p dilu-server --bench gateway_overhead`
 
 use std::net::SocketAddr;
@@ -201,6 +207,7 @@ fn main() -> BenchResult<()> {
         let mut direct = Samples::default();
         let mut via = Samples::default();
         let mut round_added_p99 = Vec::new();
+        let own_before = own_time_buckets(&gateway);
         for round in 0..ROUNDS {
             let order = if round % 2 == 0 {
                 [Target::Direct, Target::Gateway]
@@ -222,7 +229,8 @@ fn main() -> BenchResult<()> {
             }
             round_added_p99.push(micros(round_p99[1]) - micros(round_p99[0]));
         }
-        rows.push((rate, direct, via, median(&mut round_added_p99)));
+        let own = (own_time_buckets(&gateway), own_before);
+        rows.push((rate, direct, via, median(&mut round_added_p99), own));
     }
     let load_after = load_average();
     let steal = match (cpu_before, cpu_times()) {
@@ -240,7 +248,9 @@ fn main() -> BenchResult<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut verdict = None;
-    for (rate, mut direct, mut via, round_added) in rows {
+    let mut own_rows = Vec::new();
+    for (rate, mut direct, mut via, round_added, (own_after, own_before)) in rows {
+        own_rows.push((rate, own_after, own_before));
         let (d50, d99) = percentiles(&mut direct.latencies);
         let (g50, g99) = percentiles(&mut via.latencies);
         println!(
@@ -263,6 +273,24 @@ fn main() -> BenchResult<()> {
                 direct.failures + via.failures,
             ));
         }
+    }
+    println!();
+    println!(
+        "The gateway's own handling per request, from its `dilu_gateway_own_time_seconds` histogram over the \
+         same rounds (time in its handler less the wait for an instance slot and the forwarded call, which holds \
+         the HTTP client's work and the second hop; percentiles are the histogram's bucket bounds, so \"≤\"):\n"
+    );
+    println!("| rate (req/s) | requests | own p50 | own p99 | own mean |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (rate, after, before) in own_rows {
+        let own = after.since(&before);
+        println!(
+            "| {rate} | {:.0} | {} | {} | {:.0} µs |",
+            own.count(),
+            own.quantile(0.5),
+            own.quantile(0.99),
+            own.mean_s() * 1e6
+        );
     }
     println!();
     if let Some((added, round_added, failures)) = verdict {
@@ -321,6 +349,79 @@ fn main() -> BenchResult<()> {
 }
 
 /// A multi-thread tokio runtime with one worker thread named `name` (and timers and I/O enabled).
+/// The gateway's own-time histogram for the bench's function, as its `/metrics` text shows it.
+struct OwnTime {
+    /// `(le, cumulative count)` per bucket, `+Inf` last.
+    buckets: Vec<(f64, f64)>,
+    sum_s: f64,
+}
+
+/// Reads the gateway's own-time histogram from its Prometheus text.
+fn own_time_buckets(gateway: &Gateway) -> OwnTime {
+    let mut text = String::new();
+    gateway.render_metrics(&mut text);
+    let labels = format!("{{function=\"{MODEL}\"");
+    let mut own = OwnTime {
+        buckets: Vec::new(),
+        sum_s: 0.0,
+    };
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(f64::NAN);
+        if let Some(rest) = series.strip_prefix("dilu_gateway_own_time_seconds_bucket")
+            && let Some(le) = rest
+                .strip_prefix(labels.as_str())
+                .and_then(|r| r.strip_prefix(",le=\""))
+                .and_then(|r| r.strip_suffix("\"}"))
+        {
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            own.buckets.push((le, value));
+        } else if series == format!("dilu_gateway_own_time_seconds_sum{labels}}}") {
+            own.sum_s = value;
+        }
+    }
+    own
+}
+
+impl OwnTime {
+    /// What was observed after `earlier` was read.
+    fn since(&self, earlier: &OwnTime) -> OwnTime {
+        OwnTime {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(&(le, now), &(_, then))| (le, now - then))
+                .collect(),
+            sum_s: self.sum_s - earlier.sum_s,
+        }
+    }
+
+    fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |&(_, n)| n)
+    }
+
+    fn mean_s(&self) -> f64 {
+        self.sum_s / self.count().max(1.0)
+    }
+
+    /// The bound of the first bucket holding the `q` quantile.
+    fn quantile(&self, q: f64) -> String {
+        let goal = q * self.count();
+        match self.buckets.iter().find(|&&(_, n)| n >= goal) {
+            Some(&(le, _)) if le.is_finite() => format!("≤ {:.0} µs", le * 1e6),
+            Some(_) => "> 100 ms".to_string(),
+            None => "n/a".to_string(),
+        }
+    }
+}
+
 fn runtime(name: &str) -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

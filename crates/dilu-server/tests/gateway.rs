@@ -453,6 +453,34 @@ async fn full_queue_answers_429_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_time_leaves_out_the_waits_for_a_slot_and_for_the_instance() {
+    let (fake, addr) = fake_worker().await;
+    fake.set_delay(Duration::from_millis(300));
+    let p = FunctionPolicy {
+        max_outstanding_per_instance: 1,
+        ..policy()
+    };
+    let h = Harness::with_function(p, vec![endpoint("f-0", addr)]).await;
+    // The second request waits about 300 ms for the slot, then both wait 300 ms for the instance.
+    let (a, b) = tokio::join!(h.infer("f", "{}").send(), h.infer("f", "{}").send());
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
+    let latency = h.metric("dilu_gateway_request_duration_seconds_sum{function=\"f\"}");
+    let own = h.metric("dilu_gateway_own_time_seconds_sum{function=\"f\"}");
+    assert_eq!(
+        h.metric("dilu_gateway_own_time_seconds_count{function=\"f\"}"),
+        2.0
+    );
+    assert!(latency >= 0.9, "latencies add up to {latency} s");
+    // What is left is reading, routing and relaying: a small part of what the requests waited for.
+    assert!(own < 0.1 * latency, "own time {own} s of {latency} s");
+    assert_eq!(
+        h.metric("dilu_gateway_own_time_seconds_bucket{function=\"f\",le=\"0.1\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_served_in_arrival_order() {
     let (fake, addr) = fake_worker().await;
     fake.set_delay(Duration::from_millis(50));
@@ -888,6 +916,7 @@ async fn metrics_expose_every_family_in_valid_text_format() {
     for family in [
         "requests_total",
         "request_duration_seconds",
+        "own_time_seconds",
         "queue_depth",
         "outstanding",
         "slo_violations_total",

@@ -1,6 +1,8 @@
 //! The HTTP face: the Open Inference Protocol v2 routes and what each one does.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -129,10 +131,14 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn finish(mut self, status: StatusCode) {
+    /// Records the response's status and latency, and the gateway's own part of it: the latency less
+    /// `elsewhere` (time spent waiting for an instance slot and for the instances' answers).
+    fn finish(mut self, status: StatusCode, elsewhere: Duration) {
         self.done = true;
+        let latency = self.start.elapsed();
+        self.metrics.record(status.as_u16(), latency, self.slo);
         self.metrics
-            .record(status.as_u16(), self.start.elapsed(), self.slo);
+            .record_own_time(latency.saturating_sub(elsewhere));
     }
 }
 
@@ -159,7 +165,8 @@ async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Res
     let policy = state.policy();
     let outcome = Outcome::start(&state.metrics, policy.slo);
     let deadline = tokio::time::Instant::now() + policy.request_timeout;
-    let attempt = infer_within_deadline(gateway, &state, &policy, request);
+    let elsewhere_ns = AtomicU64::new(0);
+    let attempt = infer_within_deadline(gateway, &state, &policy, request, &elsewhere_ns);
     let response = match tokio::time::timeout_at(deadline, attempt).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => e.into_response(),
@@ -169,8 +176,18 @@ async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Res
         }
         .into_response(),
     };
-    outcome.finish(response.status());
+    let elsewhere = Duration::from_nanos(elsewhere_ns.load(Relaxed));
+    outcome.finish(response.status(), elsewhere);
     response
+}
+
+/// Runs `work`, adding the time it took to `elsewhere_ns`: what the gateway waits on rather than does.
+async fn away<T>(elsewhere_ns: &AtomicU64, work: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = work.await;
+    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    elsewhere_ns.fetch_add(ns, Relaxed);
+    out
 }
 
 async fn infer_within_deadline(
@@ -178,6 +195,7 @@ async fn infer_within_deadline(
     state: &Arc<FunctionState>,
     policy: &super::FunctionPolicy,
     request: Request,
+    elsewhere_ns: &AtomicU64,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let limit = policy.max_body_bytes.min(gateway.config.max_body_bytes);
@@ -205,10 +223,19 @@ async fn infer_within_deadline(
     let send = |slot: &route::Slot| {
         let base_url = Arc::clone(slot.base_url_arc());
         let (headers, body) = (&parts.headers, body.clone());
-        async move { proxy::forward(client, Method::POST, &base_url, path, headers, Some(body)).await }
+        async move {
+            let call = proxy::forward(client, Method::POST, &base_url, path, headers, Some(body));
+            away(elsewhere_ns, call).await
+        }
+    };
+    let acquire = || {
+        away(
+            elsewhere_ns,
+            route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook),
+        )
     };
 
-    let slot = route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook).await?;
+    let slot = acquire().await?;
     let first_error = match send(&slot).await {
         Ok(response) => return Ok(response),
         Err(ForwardError::Body(e)) => return Err(upstream_error(state, &[(slot.instance(), &e)])),
@@ -219,7 +246,7 @@ async fn infer_within_deadline(
     let first_instance = slot.instance().to_string();
     drop(slot);
     state.metrics.count_retry();
-    let slot = route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook).await?;
+    let slot = acquire().await?;
     match send(&slot).await {
         Ok(response) => Ok(response),
         Err(ForwardError::Body(e)) => Err(upstream_error(

@@ -10,16 +10,68 @@ pub(crate) const BUCKETS_S: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The same bounds in nanoseconds, for the hot path.
-const BUCKETS_NS: [u64; 14] = {
-    let mut out = [0u64; 14];
-    let mut i = 0;
-    while i < 14 {
-        out[i] = (BUCKETS_S[i] * 1e9) as u64;
-        i += 1;
+/// Upper bounds of the gateway's own-time histogram's buckets, in seconds (10 µs to 100 ms): the gateway's
+/// share of a request is measured in microseconds, so the latency buckets would put all of it in the first one.
+pub(crate) const OWN_BUCKETS_S: [f64; 13] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1,
+];
+
+/// A histogram of durations that records without a lock or an allocation: one atomic per bucket (not
+/// cumulative; the last one is `+Inf`) and the sum.
+pub(crate) struct AtomicHistogram<const N: usize> {
+    bounds_s: &'static [f64; N],
+    /// `bounds_s` in nanoseconds, for the hot path.
+    bounds_ns: [u64; N],
+    /// `N + 1` buckets.
+    counts: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl<const N: usize> AtomicHistogram<N> {
+    pub(crate) fn new(bounds_s: &'static [f64; N]) -> Self {
+        AtomicHistogram {
+            bounds_s,
+            bounds_ns: bounds_s.map(|b| (b * 1e9) as u64),
+            counts: (0..=N).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
     }
-    out
-};
+
+    pub(crate) fn observe(&self, value: Duration) {
+        let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = self
+            .bounds_ns
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(N);
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Observations so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Mean of the observations so far, if any.
+    pub(crate) fn mean(&self) -> Option<Duration> {
+        let count = self.count();
+        (count > 0).then(|| Duration::from_nanos(self.sum_ns.load(Relaxed) / count))
+    }
+
+    /// Appends this histogram's samples to `family` with `labels`.
+    fn render(&self, family: &mut Family<'_>, labels: &[(&str, &str)]) {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        family.histogram(
+            labels,
+            self.bounds_s,
+            &counts[..N],
+            self.sum_ns.load(Relaxed) as f64 / 1e9,
+            counts.iter().sum(),
+        );
+    }
+}
 
 /// Status code recorded when the client went away before its response was ready (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
@@ -30,9 +82,10 @@ pub(crate) struct FunctionMetrics {
     function: String,
     /// Responses by status code (index = code, 0..600).
     codes: Box<[AtomicU64]>,
-    /// Latency histogram, per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; BUCKETS_S.len() + 1],
-    sum_ns: AtomicU64,
+    /// Latency from arrival to response.
+    latency: AtomicHistogram<{ BUCKETS_S.len() }>,
+    /// The gateway's own handling: latency less the wait for an instance slot and the forwarded calls.
+    own_time: AtomicHistogram<{ OWN_BUCKETS_S.len() }>,
     slo_violations: AtomicU64,
     retries: AtomicU64,
     cold_start_waits: AtomicU64,
@@ -47,8 +100,8 @@ impl FunctionMetrics {
         FunctionMetrics {
             function: function.to_string(),
             codes: (0..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: Default::default(),
-            sum_ns: AtomicU64::new(0),
+            latency: AtomicHistogram::new(&BUCKETS_S),
+            own_time: AtomicHistogram::new(&OWN_BUCKETS_S),
             slo_violations: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             cold_start_waits: AtomicU64::new(0),
@@ -68,16 +121,15 @@ impl FunctionMetrics {
         } else {
             self.failed.fetch_add(1, Relaxed);
         }
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_NS
-            .iter()
-            .position(|&bound| ns <= bound)
-            .unwrap_or(BUCKETS_NS.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
+        self.latency.observe(latency);
         if slo.is_some_and(|slo| latency > slo) {
             self.slo_violations.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Records the gateway's own part of one answered request (see [`FunctionMetrics::own_time`]).
+    pub(crate) fn record_own_time(&self, own: Duration) {
+        self.own_time.observe(own);
     }
 
     pub(crate) fn count_retry(&self) {
@@ -90,8 +142,7 @@ impl FunctionMetrics {
 
     /// Mean latency of the requests seen so far, if any.
     pub(crate) fn mean_latency(&self) -> Option<Duration> {
-        let count: u64 = self.buckets.iter().map(|b| b.load(Relaxed)).sum();
-        (count > 0).then(|| Duration::from_nanos(self.sum_ns.load(Relaxed) / count))
+        self.latency.mean()
     }
 }
 
@@ -138,15 +189,22 @@ pub(crate) fn render(out: &mut String, functions: &[Snapshot<'_>], unknown_funct
         "Gateway latency of inference requests, from arrival to response.",
     );
     for f in functions {
-        let m = f.metrics;
-        let counts: Vec<u64> = m.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        family.histogram(
-            &[("function", &m.function)],
-            &BUCKETS_S,
-            &counts[..BUCKETS_S.len()],
-            m.sum_ns.load(Relaxed) as f64 / 1e9,
-            counts.iter().sum(),
-        );
+        f.metrics
+            .latency
+            .render(&mut family, &[("function", &f.metrics.function)]);
+    }
+    let mut family = Family::new(
+        out,
+        "dilu_gateway_own_time_seconds",
+        "histogram",
+        "Time an inference request spent in the gateway's own handling: its latency less the wait for an \
+         instance slot and the forwarded call to the instance (that call, which includes the HTTP client's work, \
+         is the instance's share). What is left is reading the body, routing and answering.",
+    );
+    for f in functions {
+        f.metrics
+            .own_time
+            .render(&mut family, &[("function", &f.metrics.function)]);
     }
     let gauges: [GaugeFamily; 3] = [
         (
@@ -268,5 +326,28 @@ mod tests {
         ));
         assert!(out.contains("dilu_gateway_requests_total{function=\"f\",code=\"503\"} 1\n"));
         assert!(out.contains("dilu_gateway_outstanding{function=\"f\"} 2\n"));
+        // The own-time histogram has its own, finer buckets.
+        m.record_own_time(Duration::from_micros(30));
+        let mut out = String::new();
+        render(
+            &mut out,
+            &[Snapshot {
+                metrics: &m,
+                queue_depth: 0,
+                outstanding: 0,
+                instances_ready: 0,
+            }],
+            0,
+        );
+        assert!(
+            out.contains(
+                "dilu_gateway_own_time_seconds_bucket{function=\"f\",le=\"0.000025\"} 0\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("dilu_gateway_own_time_seconds_bucket{function=\"f\",le=\"0.00005\"} 1\n")
+        );
+        assert!(out.contains("dilu_gateway_own_time_seconds_count{function=\"f\"} 1\n"));
     }
 }
