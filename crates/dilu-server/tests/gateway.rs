@@ -751,6 +751,11 @@ async fn request_timeout_answers_504_and_frees_the_slot() {
     assert_eq!(h.gateway.outstanding("f"), vec![("f-0".to_string(), 0)]);
     let w = h.window();
     assert_eq!((w.arrivals, w.completed, w.failed), (1, 0, 1));
+    // The 200 ms went to waiting for the instance, not to the gateway, though the deadline cut the wait short.
+    assert_eq!(
+        h.metric("dilu_gateway_own_time_seconds_bucket{function=\"f\",le=\"0.1\"}"),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,13 +181,26 @@ async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Res
     response
 }
 
-/// Runs `work`, adding the time it took to `elsewhere_ns`: what the gateway waits on rather than does.
+/// Runs `work`, adding the time it took to `elsewhere_ns`: what the gateway waits on rather than does. The time
+/// is added even when the request's deadline cancels `work` midway, so a timed-out request is not counted as
+/// the gateway's own time.
 async fn away<T>(elsewhere_ns: &AtomicU64, work: impl Future<Output = T>) -> T {
-    let start = Instant::now();
-    let out = work.await;
-    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    elsewhere_ns.fetch_add(ns, Relaxed);
-    out
+    /// Adds the time since `start` to `sink` when dropped, whether `work` finished or was cancelled.
+    struct Stopwatch<'a> {
+        start: Instant,
+        sink: &'a AtomicU64,
+    }
+    impl Drop for Stopwatch<'_> {
+        fn drop(&mut self) {
+            let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.sink.fetch_add(ns, Relaxed);
+        }
+    }
+    let _stopwatch = Stopwatch {
+        start: Instant::now(),
+        sink: elsewhere_ns,
+    };
+    work.await
 }
 
 async fn infer_within_deadline(
