@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::platform::{UpProc, ensure_models, ready_instances};
+use common::platform::{UpProc, ensure_models, ready_instances, trainer_iterations};
 use dilu_quota::monotonic_ns;
 use serde_json::Value;
 
@@ -106,26 +106,15 @@ impl Load {
     }
 }
 
-/// The trainer's iteration count.
-fn iterations(client: &reqwest::blocking::Client, trainer: &str) -> u64 {
-    let v: Value = client
-        .get(format!("{trainer}/status"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    v["iterations"].as_u64().expect("iterations")
-}
-
 /// Training iterations per second: the median of `seconds` one-second samples. The trainer shares two cores
 /// with the platform, its workers and this test, so a single sample can lose a tenth of its second to a stall;
 /// the median ignores such a second where a mean over the whole span would carry it.
 fn training_rate(client: &reqwest::blocking::Client, trainer: &str, seconds: usize) -> f64 {
     let mut rates: Vec<f64> = Vec::with_capacity(seconds);
-    let (mut last, mut t_last) = (iterations(client, trainer), Instant::now());
+    let (mut last, mut t_last) = (trainer_iterations(client, trainer), Instant::now());
     for _ in 0..seconds {
         std::thread::sleep(Duration::from_secs(1));
-        let (now, t_now) = (iterations(client, trainer), Instant::now());
+        let (now, t_now) = (trainer_iterations(client, trainer), Instant::now());
         rates.push((now - last) as f64 / (t_now - t_last).as_secs_f64());
         (last, t_last) = (now, t_now);
     }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::platform::UpProc;
+use common::platform::{UpProc, trainer_iterations};
 use serde_json::Value;
 
 /// The instance quota `/v1/devices` shows for `function`'s first instance: (request, limit).
@@ -60,16 +60,10 @@ fn training_without_a_quota_is_profiled_by_bisection_to_what_one_thread_can_use(
     assert_eq!((instance_request, instance_limit), (request, limit));
     // And the trainer keeps training at it.
     let url = view["instances"][0]["url"].as_str().expect("trainer url");
-    let iterations = |client: &reqwest::blocking::Client| -> u64 {
-        let status: Value = client
-            .get(format!("{url}/status"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        status["iterations"].as_u64().expect("iterations")
-    };
-    let first = iterations(up.client());
+    let first = trainer_iterations(up.client(), url);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(iterations(up.client()) > first, "the trainer is running");
+    assert!(
+        trainer_iterations(up.client(), url) > first,
+        "the trainer is running"
+    );
 }

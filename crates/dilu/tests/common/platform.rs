@@ -255,3 +255,14 @@ pub fn output_data(response: &Value) -> Vec<f64> {
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default()
 }
+
+/// A trainer's iteration count, from its `GET /status`.
+pub fn trainer_iterations(client: &reqwest::blocking::Client, trainer_url: &str) -> u64 {
+    let status: Value = client
+        .get(format!("{trainer_url}/status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    status["iterations"].as_u64().expect("iterations")
+}
