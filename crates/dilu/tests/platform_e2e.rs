@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::platform::{UpProc, ensure_models, ready_instances, trainer_iterations};
+use common::platform::{
+    UpProc, device_instance, ensure_models, ready_instances, trainer_iterations,
+};
 use dilu_quota::monotonic_ns;
 use serde_json::Value;
 
@@ -134,18 +136,13 @@ struct Budgeting {
 
 /// The budgeting of `function`'s first instance.
 fn budgeting_of(devices: &Value, function: &str) -> Option<Budgeting> {
-    devices["devices"]
-        .as_array()?
-        .iter()
-        .flat_map(|d| d["instances"].as_array().cloned().unwrap_or_default())
-        .find(|i| i["function"] == function)
-        .map(|i| Budgeting {
-            share: i["share"].as_f64().unwrap_or(0.0),
-            busy: i["busy"].as_bool().unwrap_or(false),
-            busy_since_ns: i["busy_since_ns"].as_u64(),
-            request: i["quota"]["request"].as_f64().unwrap_or(0.0),
-            limit: i["quota"]["limit"].as_f64().unwrap_or(0.0),
-        })
+    device_instance(devices, function).map(|i| Budgeting {
+        share: i["share"].as_f64().unwrap_or(0.0),
+        busy: i["busy"].as_bool().unwrap_or(false),
+        busy_since_ns: i["busy_since_ns"].as_u64(),
+        request: i["quota"]["request"].as_f64().unwrap_or(0.0),
+        limit: i["quota"]["limit"].as_f64().unwrap_or(0.0),
+    })
 }
 
 #[test]

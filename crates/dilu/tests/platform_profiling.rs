@@ -9,22 +9,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::platform::{UpProc, trainer_iterations};
+use common::platform::{UpProc, device_instance, trainer_iterations};
 use serde_json::Value;
 
 /// The instance quota `/v1/devices` shows for `function`'s first instance: (request, limit).
 fn instance_quota(devices: &Value, function: &str) -> Option<(f64, f64)> {
-    devices["devices"]
-        .as_array()?
-        .iter()
-        .flat_map(|d| d["instances"].as_array().cloned().unwrap_or_default())
-        .find(|i| i["function"] == function)
-        .map(|i| {
-            (
-                i["quota"]["request"].as_f64().unwrap_or(f64::NAN),
-                i["quota"]["limit"].as_f64().unwrap_or(f64::NAN),
-            )
-        })
+    device_instance(devices, function).map(|i| {
+        (
+            i["quota"]["request"].as_f64().unwrap_or(f64::NAN),
+            i["quota"]["limit"].as_f64().unwrap_or(f64::NAN),
+        )
+    })
 }
 
 #[test]

@@ -266,3 +266,12 @@ pub fn trainer_iterations(client: &reqwest::blocking::Client, trainer_url: &str)
         .unwrap();
     status["iterations"].as_u64().expect("iterations")
 }
+
+/// `function`'s first instance in a `/v1/devices` view, on whichever device it runs.
+pub fn device_instance(devices: &Value, function: &str) -> Option<Value> {
+    devices["devices"]
+        .as_array()?
+        .iter()
+        .flat_map(|d| d["instances"].as_array().cloned().unwrap_or_default())
+        .find(|i| i["function"] == function)
+}
