@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use dilu_agent::config::AgentConfig;
 use dilu_agent::device::discover;
-use dilu_agent::instance::{PriorityClass, Quota};
+use dilu_api::Quota;
+use dilu_core::InstanceKind;
 use dilu_agent::ticker::{raise_priority, sleep_until};
 use dilu_agent::tokens::TokenManager;
 use dilu_quota::{AgentChannel, ChannelSpec, InstanceChannel, monotonic_ns};
@@ -44,22 +45,22 @@ fn main() {
     );
     let mut baseline = None;
     for n in [1usize, 10, 100] {
-        let mut manager = TokenManager::new(&devices, WINDOW_NS, config.rckm).expect("manager");
+        let mut manager = TokenManager::new(&devices, WINDOW_NS, &config.policy).expect("manager");
         let mut instances = Vec::new();
         for i in 0..n {
             let path = dir.path().join(format!("{n}-{i}.quota"));
             let channel =
                 AgentChannel::create(&path, &ChannelSpec::default(), 0o600).expect("channel");
             let class = if i % 2 == 0 {
-                PriorityClass::Inference
+                InstanceKind::Inference
             } else {
-                PriorityClass::Training
+                InstanceKind::Training
             };
             let share = 1.0 / n as f64;
             let quota = Quota {
                 request: share * 0.5,
                 limit: share,
-                memory_bytes: None,
+                memory: None,
             };
             manager
                 .add(&device, &format!("i{i}"), class, quota, channel)

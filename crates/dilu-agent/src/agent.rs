@@ -4,20 +4,26 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use dilu_api::QuotaUpdate;
+use dilu_api::agent::{
+    Budgeting, Counters, Device, DeviceBudget, InstancePhase, InstanceSpec, InstanceStatus,
+    RestartPolicy,
+};
+use dilu_core::FieldError;
+use dilu_core::sync::lock;
 use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, Snapshot, mode, monotonic_ns};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AgentConfig;
-use crate::device::{self, Device};
-use crate::instance::{InstanceSpec, Invalid, QuotaUpdate, RestartPolicy};
+use crate::device;
 use crate::state;
 use crate::supervisor::{self, Backoff, Exit, LaunchSpec, Process};
 use crate::ticker::{self, TickStats};
-use crate::tokens::{ResidentView, TokenError, TokenManager};
+use crate::tokens::{TokenError, TokenManager};
 
 /// Σ requests may exceed the device by this much (rounding) without counting as over-commit.
 const OVERCOMMIT_SLACK: f64 = 1e-9;
@@ -31,7 +37,7 @@ const STATE_VERSION: u32 = 1;
 pub enum AgentError {
     /// The request is invalid (400).
     #[error(transparent)]
-    Invalid(#[from] Invalid),
+    Invalid(#[from] FieldError),
     /// No such instance (404).
     #[error("no instance {0}")]
     NotFound(String),
@@ -66,20 +72,6 @@ fn internal(context: impl Into<String>) -> impl FnOnce(String) -> AgentError {
     move |reason| AgentError::Internal { context, reason }
 }
 
-/// Life-cycle state of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Started, not yet ready.
-    Starting,
-    /// Ready (health URL answered, or started without one).
-    Ready,
-    /// Exited and waiting for a restart.
-    Restarting,
-    /// Exited, not to be restarted.
-    Exited,
-}
-
 /// What the agent persists of an instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceRecord {
@@ -96,57 +88,23 @@ pub struct InstanceRecord {
     /// Start time of that process in clock ticks since boot (guards against pid reuse).
     pub start_ticks: Option<u64>,
     /// Life-cycle state.
-    pub status: Status,
+    pub status: InstancePhase,
     /// Restarts so far.
     pub restarts: u32,
     /// How the last process ended.
     pub last_exit: Option<String>,
 }
 
-/// An instance as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceView {
-    /// The persisted record.
-    #[serde(flatten)]
-    pub record: InstanceRecord,
-    /// Whether the process was started by an earlier agent run.
-    pub adopted: bool,
-    /// Budgeting state.
-    pub budgeting: Option<ResidentView>,
-    /// The channel's counters.
-    pub counters: Option<CountersView>,
-}
-
-/// The counters part of a channel snapshot.
-#[derive(Debug, Clone, Serialize)]
-pub struct CountersView {
-    /// Cost used so far.
-    pub cost: u64,
-    /// Launches (GPU) or work units (CPU) charged.
-    pub launches: u64,
-    /// Launches that waited for budget.
-    pub launches_delayed: u64,
-    /// Time spent waiting, seconds.
-    pub delay_seconds: f64,
-    /// Bytes of device memory held.
-    pub memory_bytes: u64,
-    /// Peak bytes held.
-    pub memory_peak_bytes: u64,
-    /// Refused allocations.
-    pub alloc_failures: u64,
-}
-
-impl From<&Snapshot> for CountersView {
-    fn from(s: &Snapshot) -> Self {
-        Self {
-            cost: s.cost_launched,
-            launches: s.launches,
-            launches_delayed: s.launches_delayed,
-            delay_seconds: s.delay_ns as f64 / 1e9,
-            memory_bytes: s.bytes_allocated,
-            memory_peak_bytes: s.bytes_peak,
-            alloc_failures: s.alloc_failures,
-        }
+/// The counters of a channel snapshot, as reports show them.
+fn counters(s: &Snapshot) -> Counters {
+    Counters {
+        cost: s.cost_launched,
+        launches: s.launches,
+        launches_delayed: s.launches_delayed,
+        delay_seconds: s.delay_ns as f64 / 1e9,
+        memory_bytes: s.bytes_allocated,
+        memory_peak_bytes: s.bytes_peak,
+        alloc_failures: s.alloc_failures,
     }
 }
 
@@ -183,12 +141,6 @@ pub struct Agent {
     started: Instant,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Agent {
     /// Discovers devices, re-adopts the instances of an earlier run, and starts the token and supervision
     /// threads.
@@ -199,7 +151,7 @@ impl Agent {
         }
         restrict(&config.run_dir());
         let (devices, notes) = device::discover(&config);
-        let tokens = TokenManager::new(&devices, config.window_ns, config.rckm).map_err(|e| {
+        let tokens = TokenManager::new(&devices, config.window_ns, &config.policy).map_err(|e| {
             AgentError::Internal {
                 context: "token manager".into(),
                 reason: e.to_string(),
@@ -276,15 +228,15 @@ impl Agent {
                 (Some(pid), Some(ticks)) => supervisor::adopt(pid, ticks),
                 _ => None,
             };
-            let restart_at = if process.is_none() && record.status != Status::Exited {
+            let restart_at = if process.is_none() && record.status != InstancePhase::Exited {
                 record.last_exit = Some("exited while the agent was down".into());
                 record.pid = None;
                 record.start_ticks = None;
                 if restarts(record.spec.restart, &Exit::Unknown) {
-                    record.status = Status::Restarting;
+                    record.status = InstancePhase::Restarting;
                     Some(Instant::now())
                 } else {
-                    record.status = Status::Exited;
+                    record.status = InstancePhase::Exited;
                     None
                 }
             } else {
@@ -293,7 +245,7 @@ impl Agent {
             if let Err(error) = tokens.add(
                 &record.spec.device,
                 &record.id,
-                record.spec.priority_class,
+                record.spec.kind,
                 record.spec.quota,
                 channel,
             ) {
@@ -338,7 +290,7 @@ impl Agent {
     }
 
     /// Budgeting state of every device.
-    pub fn device_budgets(&self) -> Vec<crate::tokens::DeviceBudgetView> {
+    pub fn device_budgets(&self) -> Vec<DeviceBudget> {
         lock(&self.tokens).devices()
     }
 
@@ -353,7 +305,7 @@ impl Agent {
         path: &std::path::Path,
     ) -> Result<AgentChannel, AgentError> {
         let device = self.device(&spec.device).ok_or_else(|| {
-            Invalid::new(
+            FieldError::new(
                 "device",
                 &spec.device,
                 "no such device on this node; see GET /devices",
@@ -364,7 +316,7 @@ impl Agent {
             device_kind: device.kind,
             budget_per_window: tokens.initial_budget(&device.uuid, &spec.quota),
             window_ns: self.config.window_ns,
-            mem_cap_bytes: spec.quota.memory_bytes.unwrap_or(dilu_quota::UNLIMITED),
+            mem_cap_bytes: spec.quota.memory.unwrap_or(dilu_quota::UNLIMITED),
             mode: mode::ALL,
             resident_threads: device.sm_count.map_or(0, |sms| u64::from(sms) * 2048),
         };
@@ -396,7 +348,7 @@ impl Agent {
         let spec = &record.spec;
         let device = self
             .device(&spec.device)
-            .ok_or_else(|| Invalid::new("device", &spec.device, "no such device on this node"))?;
+            .ok_or_else(|| FieldError::new("device", &spec.device, "no such device on this node"))?;
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()
@@ -410,7 +362,7 @@ impl Agent {
         env.push(("DILU_DEVICE".into(), device.uuid.clone()));
         if device.kind == DeviceKind::Gpu {
             let interposer = self.config.interposer.as_ref().ok_or_else(|| {
-                Invalid::new(
+                FieldError::new(
                     "device",
                     &device.uuid,
                     "GPU instances need the interposer; start the agent with --interposer PATH",
@@ -427,7 +379,7 @@ impl Agent {
         let (program, args) = spec
             .command
             .split_first()
-            .ok_or_else(|| Invalid::new("command", "[]", "must name a program"))?;
+            .ok_or_else(|| FieldError::new("command", "[]", "must name a program"))?;
         Ok(LaunchSpec {
             program: program.clone(),
             args: args.to_vec(),
@@ -444,12 +396,12 @@ impl Agent {
         &self,
         spec: InstanceSpec,
         overcommit: bool,
-    ) -> Result<InstanceView, AgentError> {
+    ) -> Result<InstanceStatus, AgentError> {
         spec.validate()?;
         let device = self
             .device(&spec.device)
             .ok_or_else(|| {
-                Invalid::new(
+                FieldError::new(
                     "device",
                     &spec.device,
                     "no such device on this node; see GET /devices",
@@ -457,7 +409,7 @@ impl Agent {
             })?
             .clone();
         if device.kind == DeviceKind::Gpu && self.config.interposer.is_none() {
-            return Err(Invalid::new(
+            return Err(FieldError::new(
                 "device",
                 &device.uuid,
                 "GPU instances need the interposer; start the agent with --interposer PATH",
@@ -489,7 +441,7 @@ impl Agent {
             spec,
             pid: None,
             start_ticks: None,
-            status: Status::Starting,
+            status: InstancePhase::Starting,
             restarts: 0,
             last_exit: None,
         };
@@ -507,13 +459,13 @@ impl Agent {
         record.pid = Some(process.pid());
         record.start_ticks = Some(process.start_ticks());
         if record.spec.health_url.is_none() {
-            record.status = Status::Ready;
+            record.status = InstancePhase::Ready;
         }
         lock(&self.tokens)
             .add(
                 &record.spec.device,
                 &id,
-                record.spec.priority_class,
+                record.spec.kind,
                 record.spec.quota,
                 channel,
             )
@@ -539,7 +491,7 @@ impl Agent {
         id: &str,
         update: QuotaUpdate,
         overcommit: bool,
-    ) -> Result<InstanceView, AgentError> {
+    ) -> Result<InstanceStatus, AgentError> {
         {
             let mut instances = lock(&self.instances);
             let entry = instances
@@ -579,7 +531,7 @@ impl Agent {
     }
 
     /// One instance's view.
-    pub fn instance(&self, id: &str) -> Result<InstanceView, AgentError> {
+    pub fn instance(&self, id: &str) -> Result<InstanceStatus, AgentError> {
         let instances = lock(&self.instances);
         let entry = instances
             .map
@@ -589,23 +541,27 @@ impl Agent {
     }
 
     /// Every instance's view.
-    pub fn instances(&self) -> Vec<InstanceView> {
+    pub fn instances(&self) -> Vec<InstanceStatus> {
         let instances = lock(&self.instances);
         instances.map.values().map(|e| self.view(e)).collect()
     }
 
-    fn view(&self, entry: &Entry) -> InstanceView {
+    fn view(&self, entry: &Entry) -> InstanceStatus {
         let tokens = lock(&self.tokens);
-        let budgeting = tokens.resident(&entry.record.id);
-        let counters = tokens
-            .snapshot(&entry.record.id)
-            .as_ref()
-            .map(CountersView::from);
-        InstanceView {
-            record: entry.record.clone(),
+        let r = &entry.record;
+        InstanceStatus {
+            id: r.id.clone(),
+            name: r.spec.name.clone(),
+            device: r.spec.device.clone(),
+            kind: r.spec.kind,
+            quota: r.spec.quota,
+            labels: r.spec.labels.clone(),
+            status: r.status,
+            restarts: r.restarts,
+            last_exit: r.last_exit.clone(),
             adopted: entry.process.as_ref().is_some_and(Process::is_adopted),
-            budgeting,
-            counters,
+            budgeting: tokens.resident(&r.id),
+            counters: tokens.snapshot(&r.id).as_ref().map(counters),
         }
     }
 
@@ -621,7 +577,7 @@ impl Agent {
     }
 
     /// Every instance's channel snapshot and budgeting state, for metrics.
-    pub fn metric_rows(&self) -> Vec<(InstanceRecord, Option<ResidentView>, Option<Snapshot>)> {
+    pub fn metric_rows(&self) -> Vec<(InstanceRecord, Option<Budgeting>, Option<Snapshot>)> {
         let instances = lock(&self.instances);
         let tokens = lock(&self.tokens);
         instances
@@ -652,9 +608,9 @@ impl Agent {
                     if restarts(entry.record.spec.restart, &exit) {
                         let delay = entry.backoff.next_delay(entry.started.elapsed());
                         entry.restart_at = Some(now + delay);
-                        entry.record.status = Status::Restarting;
+                        entry.record.status = InstancePhase::Restarting;
                     } else {
-                        entry.record.status = Status::Exited;
+                        entry.record.status = InstancePhase::Exited;
                     }
                     changed = true;
                 }
@@ -669,9 +625,9 @@ impl Agent {
                             entry.record.start_ticks = Some(process.start_ticks());
                             entry.record.restarts += 1;
                             entry.record.status = if entry.record.spec.health_url.is_some() {
-                                Status::Starting
+                                InstancePhase::Starting
                             } else {
-                                Status::Ready
+                                InstancePhase::Ready
                             };
                             entry.process = Some(process);
                             entry.started = now;
@@ -682,12 +638,12 @@ impl Agent {
                         }
                         Err(error) => {
                             entry.record.last_exit = Some(format!("restart failed: {error}"));
-                            entry.record.status = Status::Exited;
+                            entry.record.status = InstancePhase::Exited;
                         }
                     }
                     changed = true;
                 }
-                if entry.record.status == Status::Starting
+                if entry.record.status == InstancePhase::Starting
                     && entry.process.is_some()
                     && let Some(url) = &entry.record.spec.health_url
                 {
@@ -708,9 +664,9 @@ impl Agent {
             let mut instances = lock(&self.instances);
             for id in ready {
                 if let Some(entry) = instances.map.get_mut(&id)
-                    && entry.record.status == Status::Starting
+                    && entry.record.status == InstancePhase::Starting
                 {
-                    entry.record.status = Status::Ready;
+                    entry.record.status = InstancePhase::Ready;
                     changed = true;
                 }
             }

@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::agent::{Agent, AgentError};
-use crate::instance::{InstanceSpec, QuotaUpdate};
+use dilu_api::QuotaUpdate;
+use dilu_api::agent::InstanceSpec;
 
 /// Where the API listens.
 #[derive(Debug, Clone)]
@@ -117,18 +118,16 @@ async fn devices(State(agent): State<Arc<Agent>>) -> Response {
         .iter()
         .map(|d| {
             let budget = budgets.iter().find(|b| b.device == d.uuid);
-            let on_device: Vec<&crate::agent::InstanceView> = instances
-                .iter()
-                .filter(|i| i.record.spec.device == d.uuid)
-                .collect();
+            let on_device: Vec<&dilu_api::agent::InstanceStatus> =
+                instances.iter().filter(|i| i.device == d.uuid).collect();
             json!({
                 "device": d,
                 "budgeting": budget,
                 "instances": on_device.iter().map(|i| json!({
-                    "id": i.record.id,
-                    "class": i.record.spec.priority_class,
-                    "status": i.record.status,
-                    "quota": i.record.spec.quota,
+                    "id": i.id,
+                    "kind": i.kind,
+                    "status": i.status,
+                    "quota": i.quota,
                     "budgeting": i.budgeting,
                     "counters": i.counters,
                 })).collect::<Vec<_>>(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dilu_core::scaling::rckm::RckmConfig;
+use dilu_core::policy::{Policy, PolicyName};
 
 /// A GPU declared on the command line rather than found through NVML: for nodes where NVML is not
 /// available to the agent, and for tests against the software CUDA driver.
@@ -24,8 +24,12 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Token manager window (default 5 ms).
     pub window_ns: u64,
-    /// Size of the CPU device in cores; `None` = every core of the machine; `Some(0.0)` = no CPU device.
+    /// Cores offered as CPU devices; `None` = every core of the machine; `Some(0.0)` = no CPU device.
     pub cpu_cores: Option<f64>,
+    /// How many CPU devices those cores are split into (each gets `cpu_cores / cpu_devices`): a machine without
+    /// a GPU then looks like a node with that many devices, which policies that give instances whole devices
+    /// (`exclusive`, `tgs`) need.
+    pub cpu_devices: u32,
     /// Whether to look for NVIDIA GPUs through NVML.
     pub discover_gpus: bool,
     /// GPUs declared by hand.
@@ -38,8 +42,8 @@ pub struct AgentConfig {
     pub log_max_bytes: u64,
     /// How long a stopped instance gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
-    /// The vertical controller's constants.
-    pub rckm: RckmConfig,
+    /// The policy whose vertical controller divides each device (and its constants).
+    pub policy: Policy,
 }
 
 impl AgentConfig {
@@ -49,13 +53,14 @@ impl AgentConfig {
             data_dir,
             window_ns: 5_000_000,
             cpu_cores: None,
+            cpu_devices: 1,
             discover_gpus: true,
             declared_gpus: Vec::new(),
             gpu_capacity_per_window: None,
             interposer: None,
             log_max_bytes: 8 << 20,
             stop_grace: Duration::from_secs(5),
-            rckm: RckmConfig::default(),
+            policy: Policy::named(PolicyName::Dilu),
         }
     }
 

@@ -1,38 +1,12 @@
-//! The node's devices: NVIDIA GPUs (NVML, or declared), and the CPU device that lets the whole platform run
-//! on machines without a GPU. Devices are keyed by UUID; the CPU device's is derived from the machine id, so
-//! it stays the same across agent restarts.
+//! The node's devices: NVIDIA GPUs (NVML, or declared), and CPU devices that let the whole platform run on
+//! machines without a GPU. Devices are keyed by UUID; a CPU device's is derived from the machine id (and its
+//! index), so it stays the same across agent restarts.
 
+use dilu_api::agent::Device;
 use dilu_quota::DeviceKind;
-use serde::Serialize;
 
 use crate::config::AgentConfig;
 use crate::nvml;
-
-/// One device the agent budgets.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Device {
-    /// Stable identifier (`GPU-…`, or `CPU-…` for the CPU device).
-    pub uuid: String,
-    /// Human-readable name.
-    pub name: String,
-    /// GPU or CPU.
-    #[serde(serialize_with = "kind_name")]
-    pub kind: DeviceKind,
-    /// Memory in bytes (0 if unknown).
-    pub memory_bytes: u64,
-    /// Streaming multiprocessors (GPUs), if known.
-    pub sm_count: Option<u32>,
-    /// Cores (CPU device).
-    pub cores: Option<f64>,
-    /// Cost units per window the device executes at full load; `None` = learned from usage (GPUs).
-    pub capacity_per_window: Option<u64>,
-    /// Where the device came from: `nvml`, `declared` or `cpu`.
-    pub source: &'static str,
-}
-
-fn kind_name<S: serde::Serializer>(kind: &DeviceKind, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(kind.name())
-}
 
 /// Finds the node's devices. NVML absent or without GPUs is normal; an NVML failure is reported in the
 /// returned notes and discovery continues with the other sources.
@@ -54,7 +28,7 @@ pub fn discover(config: &AgentConfig) -> (Vec<Device>, Vec<String>) {
                     sm_count: gpu.sm_count,
                     cores: None,
                     capacity_per_window: config.gpu_capacity_per_window,
-                    source: "nvml",
+                    source: "nvml".into(),
                 }));
             }
             Err(error) => notes.push(format!("NVML: {error}")),
@@ -76,33 +50,46 @@ pub fn discover(config: &AgentConfig) -> (Vec<Device>, Vec<String>) {
             sm_count: None,
             cores: None,
             capacity_per_window: gpu.capacity_per_window.or(config.gpu_capacity_per_window),
-            source: "declared",
+            source: "declared".into(),
         });
     }
     let cores = config
         .cpu_cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64));
+    let count = config.cpu_devices.max(1);
     if cores > 0.0 {
-        devices.push(Device {
-            uuid: cpu_device_id(),
-            name: format!("CPU ({cores} cores)"),
-            kind: DeviceKind::Cpu,
-            memory_bytes: 0,
-            sm_count: None,
-            cores: Some(cores),
-            // A core runs one nanosecond of CPU time per nanosecond.
-            capacity_per_window: Some((cores * window_ns as f64).round() as u64),
-            source: "cpu",
-        });
+        let each = cores / f64::from(count);
+        for index in 0..count {
+            devices.push(Device {
+                uuid: cpu_device_id(index),
+                name: if count == 1 {
+                    format!("CPU ({cores} cores)")
+                } else {
+                    format!("CPU {index} ({each} of {cores} cores)")
+                },
+                kind: DeviceKind::Cpu,
+                memory_bytes: 0,
+                sm_count: None,
+                cores: Some(each),
+                // A core runs one nanosecond of CPU time per nanosecond.
+                capacity_per_window: Some((each * window_ns as f64).round() as u64),
+                source: "cpu".into(),
+            });
+        }
     }
     (devices, notes)
 }
 
-/// `CPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` from the machine id (or host name), stable across restarts.
-pub fn cpu_device_id() -> String {
-    let seed = std::fs::read_to_string("/etc/machine-id")
+/// `CPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` from the machine id (or host name) and the device's index,
+/// stable across restarts; device 0 keeps the id a single CPU device always had.
+pub fn cpu_device_id(index: u32) -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id")
         .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
         .unwrap_or_else(|_| "dilu".into());
+    let seed = match index {
+        0 => machine.trim().to_string(),
+        i => format!("{}/cpu{i}", machine.trim()),
+    };
     // Two FNV-1a passes with different offsets give 128 bits; this is an identifier, not a secret.
     let fnv = |offset: u64| {
         seed.trim().bytes().fold(offset, |h, b| {
@@ -126,8 +113,10 @@ mod tests {
 
     #[test]
     fn the_cpu_device_has_a_stable_uuid_shaped_id_and_exact_capacity() {
-        assert_eq!(cpu_device_id(), cpu_device_id());
-        assert_eq!(cpu_device_id().len(), 40);
+        assert_eq!(cpu_device_id(0), cpu_device_id(0));
+        assert_eq!(cpu_device_id(0).len(), 40);
+        assert_ne!(cpu_device_id(0), cpu_device_id(1));
+        assert_eq!(cpu_device_id(1).len(), 40);
         let mut config = AgentConfig::new("/tmp/x".into());
         config.discover_gpus = false;
         config.cpu_cores = Some(1.5);
@@ -135,6 +124,11 @@ mod tests {
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].kind, DeviceKind::Cpu);
         assert_eq!(devices[0].capacity_per_window, Some(7_500_000));
+        config.cpu_devices = 3;
+        config.cpu_cores = Some(1.5);
+        let (devices, _) = discover(&config);
+        assert_eq!(devices.len(), 3);
+        assert_eq!(devices[2].capacity_per_window, Some(2_500_000));
         config.cpu_cores = Some(0.0);
         assert!(discover(&config).0.is_empty());
     }

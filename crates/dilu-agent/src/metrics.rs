@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use dilu_core::prometheus::Family;
 
-use crate::agent::{Agent, Status};
+use dilu_api::agent::{Budgeting, InstancePhase};
+
+use crate::agent::Agent;
 use crate::ticker::LATENESS_BUCKETS_S;
 
 /// Renders every metric of `agent`.
@@ -25,7 +27,7 @@ pub fn render(agent: &Agent) -> String {
                 ("device", &d.uuid),
                 ("kind", d.kind.name()),
                 ("name", &d.name),
-                ("source", d.source),
+                ("source", &d.source),
             ],
             1.0,
         );
@@ -52,7 +54,7 @@ pub fn render(agent: &Agent) -> String {
         &mut out,
         "dilu_agent_device_training_budget_ratio",
         "gauge",
-        "RCKM's training budget multiplier per device (training gets request times this while inference is busy).",
+        "The vertical controller's training budget multiplier per device (RCKM: training gets request times this while inference is busy; 1 for controllers without one).",
     );
     for b in &budgets {
         f.sample(&[("device", &b.device)], b.training_budget);
@@ -63,12 +65,12 @@ pub fn render(agent: &Agent) -> String {
         vec![
             ("instance", r.id.clone()),
             ("device", r.spec.device.clone()),
-            ("class", r.spec.priority_class.name().to_string()),
+            ("kind", r.spec.kind.as_str().to_string()),
         ]
     };
     type Getter = fn(
         &crate::agent::InstanceRecord,
-        Option<&crate::tokens::ResidentView>,
+        Option<&Budgeting>,
         Option<&dilu_quota::Snapshot>,
     ) -> Option<f64>;
     let families: [(&str, &str, &str, Getter); 15] = [
@@ -82,7 +84,7 @@ pub fn render(agent: &Agent) -> String {
             "dilu_agent_instance_ready",
             "gauge",
             "1 when the instance is ready.",
-            |r, _, _| Some(if r.status == Status::Ready { 1.0 } else { 0.0 }),
+            |r, _, _| Some(if r.status == InstancePhase::Ready { 1.0 } else { 0.0 }),
         ),
         (
             "dilu_agent_instance_restarts_total",

@@ -1,24 +1,20 @@
 //! The per-device token manager: every window it reads each instance's counters from its quota channel,
-//! runs the vertical controller (`Rckm` from dilu-core, the code the simulator runs), arbitrates the device
-//! (requests guaranteed first, the rest by demand), and writes each instance's budget for the next window.
+//! runs the policy's vertical controller (from the `dilu-core` registry: the code the simulator runs), turns
+//! its grants into shares with the registry's grant → share rule (`dilu_core::scaling::share`, the rule the
+//! simulator applies), and writes each instance's budget for the next window (`docs/policies.md`).
 //!
-//! How shares become budgets: an instance that claims the device gets its arbitrated share; one that does
-//! not (idle inference after RCKM released the device) gets its grant, capped by its limit, so it can start at
-//! once (the next window's arbitration then makes room). Training always claims; inference claims while busy
-//! and until RCKM releases the device after its idle period, so training recovers only then (`dilu.md` §5). A share
-//! of the whole device is written as "unlimited". A device's capacity in cost units per window is exact for the
-//! CPU device (cores × window) and declared or learned for GPUs: learned = the highest total usage seen in a
-//! window, decaying slowly, at least one full wave.
+//! A share of the whole device is written as "unlimited". A device's capacity in cost units per window is
+//! exact for CPU devices (cores × window) and declared or learned for GPUs: learned = the highest total usage
+//! seen in a window, decaying slowly, at least one full wave.
 
-use dilu_core::scaling::rckm::{Rckm, RckmConfig};
-use dilu_core::scaling::vertical::{
-    ControllerConfigError, Grant, ResidentState, VerticalController, VerticalEvent, arbitrate,
-};
+use dilu_api::Quota;
+use dilu_api::agent::{Budgeting, Device, DeviceBudget};
+use dilu_core::InstanceKind;
+use dilu_core::policy::Policy;
+use dilu_core::scaling::share::device_shares;
+use dilu_core::scaling::vertical::{Grant, ResidentState, VerticalController, VerticalEvent};
+use dilu_core::FieldError;
 use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, DeviceKind, UNLIMITED};
-use serde::Serialize;
-
-use crate::device::Device;
-use crate::instance::{PriorityClass, Quota};
 
 /// A share at least this close to the whole device is written as an unlimited budget.
 const WHOLE_DEVICE: f64 = 0.999;
@@ -40,14 +36,14 @@ pub enum TokenError {
     Duplicate(String),
     /// The controller's configuration is invalid.
     #[error(transparent)]
-    Config(#[from] ControllerConfigError),
+    Config(#[from] FieldError),
 }
 
 /// One instance as the token manager sees it.
 struct Resident {
     key: u64,
     id: String,
-    class: PriorityClass,
+    kind: InstanceKind,
     quota: Quota,
     channel: AgentChannel,
     last_cost: u64,
@@ -68,54 +64,10 @@ struct DeviceTokens {
     kind: DeviceKind,
     fixed_capacity: Option<u64>,
     learned_capacity: f64,
-    controller: Rckm,
+    controller: Box<dyn VerticalController>,
     residents: Vec<Resident>,
     grants: Vec<Grant>,
     changed: bool,
-}
-
-/// What the API and metrics show of one instance.
-#[derive(Debug, Clone, Serialize)]
-pub struct ResidentView {
-    /// Instance id.
-    pub id: String,
-    /// Device UUID.
-    pub device: String,
-    /// Priority class.
-    pub class: PriorityClass,
-    /// Its quota.
-    pub quota: Quota,
-    /// Share of the device it may use this window.
-    pub share: f64,
-    /// Budget written for this window (cost units; `None` = unlimited).
-    pub budget: Option<u64>,
-    /// Cost used in the last window.
-    pub usage_last_window: u64,
-    /// Cost used per window, averaged exponentially over about a second: what the instance really draws.
-    pub usage_avg_per_window: f64,
-    /// Whether it used the device in the last window.
-    pub busy: bool,
-    /// While busy: when the token manager first counted this burst and rewrote the device's budgets for it, on
-    /// the node's `CLOCK_MONOTONIC` in nanoseconds, so a client on the node can time the vertical reaction to its
-    /// own requests without the delay of polling. `None` while idle.
-    pub busy_since_ns: Option<u64>,
-}
-
-/// What the API shows of one device's budgeting.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceBudgetView {
-    /// Device UUID.
-    pub device: String,
-    /// Capacity in cost units per window used for budgets.
-    pub capacity_per_window: u64,
-    /// Whether the capacity is learned from usage.
-    pub capacity_learned: bool,
-    /// Σ requests of its instances.
-    pub requested: f64,
-    /// RCKM's training budget multiplier.
-    pub training_budget: f64,
-    /// RCKM adjustments so far.
-    pub adjustments: u64,
 }
 
 impl DeviceTokens {
@@ -129,7 +81,7 @@ impl DeviceTokens {
             .iter()
             .map(|r| ResidentState {
                 id: r.key,
-                class: r.class.resident_class(),
+                kind: r.kind,
                 sm_request: r.quota.request,
                 sm_limit: r.quota.limit,
                 time_quota: 1.0,
@@ -196,39 +148,23 @@ impl DeviceTokens {
         self.write_budgets(now_ns);
     }
 
-    /// Arbitrates and writes each resident's budget for the next window.
+    /// Divides the device with the grant → share rule and writes each resident's budget for the next window.
     fn write_budgets(&mut self, now_ns: u64) {
-        let clamped: Vec<Grant> = self
-            .grants
-            .iter()
-            .zip(&self.residents)
-            .map(|(g, r)| Grant {
-                partition: g.partition.min(r.quota.limit),
-                guaranteed: g.guaranteed.min(r.quota.limit),
-                ..*g
-            })
-            .collect();
-        // Who claims the device this window: training always (it is elastic and takes what it is given, so its
-        // budget must not jump to its limit in a window it happened to be idle); inference while busy, and until
-        // RCKM releases the device (inference idle for `idle_release_ms`), so training stays at
-        // `request × budget` through short gaps and recovers only on release (`dilu.md` §5).
-        let reserved = !self.controller.released();
-        let busy: Vec<bool> = self
-            .residents
-            .iter()
-            .map(|r| r.busy || r.class == PriorityClass::Training || reserved)
-            .collect();
-        let mut shares = vec![0.0; clamped.len()];
-        arbitrate(self.controller.arbitration(), &clamped, &busy, &mut shares);
+        let states = self.states();
+        let busy: Vec<bool> = self.residents.iter().map(|r| r.busy).collect();
+        let mut shares = vec![0.0; self.residents.len()];
+        let mut claims = vec![false; self.residents.len()];
+        device_shares(
+            self.controller.as_ref(),
+            &states,
+            &self.grants,
+            &busy,
+            &mut shares,
+            &mut claims,
+        );
         let capacity = self.capacity();
-        for (((r, grant), share), counted) in self
-            .residents
-            .iter_mut()
-            .zip(&clamped)
-            .zip(shares)
-            .zip(busy)
-        {
-            r.share = if counted { share } else { grant.demand() };
+        for (r, share) in self.residents.iter_mut().zip(shares) {
+            r.share = share;
             let budget = if r.share >= WHOLE_DEVICE {
                 UNLIMITED
             } else {
@@ -243,12 +179,8 @@ impl DeviceTokens {
     }
 }
 
-fn resident_view(d: &DeviceTokens, r: &Resident) -> ResidentView {
-    ResidentView {
-        id: r.id.clone(),
-        device: d.uuid.clone(),
-        class: r.class,
-        quota: r.quota,
+fn budgeting(r: &Resident) -> Budgeting {
+    Budgeting {
         share: r.share,
         budget: (r.budget != UNLIMITED).then_some(r.budget),
         usage_last_window: r.usage,
@@ -266,11 +198,12 @@ pub struct TokenManager {
 }
 
 impl TokenManager {
-    /// A manager for `devices`, each with its own RCKM controller.
-    pub fn new(devices: &[Device], window_ns: u64, rckm: RckmConfig) -> Result<Self, TokenError> {
-        let mut rckm = rckm;
-        rckm.window_ms = window_ns as f64 / 1e6;
-        rckm.validate()?;
+    /// A manager for `devices`, each with its own vertical controller from `policy`, whose windows are set to
+    /// `window_ns`.
+    pub fn new(devices: &[Device], window_ns: u64, policy: &Policy) -> Result<Self, TokenError> {
+        let mut parameters = policy.parameters().clone();
+        parameters.rckm.window_ms = window_ns as f64 / 1e6;
+        let policy = Policy::new(policy.name(), parameters)?;
         Ok(Self {
             window_ns,
             devices: devices
@@ -280,7 +213,7 @@ impl TokenManager {
                     kind: d.kind,
                     fixed_capacity: d.capacity_per_window,
                     learned_capacity: 0.0,
-                    controller: Rckm::new(rckm),
+                    controller: policy.vertical(),
                     residents: Vec::new(),
                     grants: Vec::new(),
                     changed: false,
@@ -313,7 +246,7 @@ impl TokenManager {
         &mut self,
         device: &str,
         id: &str,
-        class: PriorityClass,
+        kind: InstanceKind,
         quota: Quota,
         channel: AgentChannel,
     ) -> Result<(), TokenError> {
@@ -335,11 +268,11 @@ impl TokenManager {
             .control()
             .budget_per_window
             .load(std::sync::atomic::Ordering::Relaxed);
-        channel.set_mem_cap(quota.memory_bytes.unwrap_or(UNLIMITED));
+        channel.set_mem_cap(quota.memory.unwrap_or(UNLIMITED));
         d.residents.push(Resident {
             key,
             id: id.to_string(),
-            class,
+            kind,
             quota,
             channel,
             last_cost,
@@ -372,8 +305,7 @@ impl TokenManager {
         for d in &mut self.devices {
             if let Some(r) = d.residents.iter_mut().find(|r| r.id == id) {
                 r.quota = quota;
-                r.channel
-                    .set_mem_cap(quota.memory_bytes.unwrap_or(UNLIMITED));
+                r.channel.set_mem_cap(quota.memory.unwrap_or(UNLIMITED));
                 d.resync(now_ns);
                 d.write_budgets(now_ns);
                 return true;
@@ -411,34 +343,26 @@ impl TokenManager {
         self.len() == 0
     }
 
-    /// Every instance's budgeting state.
-    pub fn residents(&self) -> Vec<ResidentView> {
+    /// One instance's budgeting state.
+    pub fn resident(&self, id: &str) -> Option<Budgeting> {
         self.devices
             .iter()
-            .flat_map(|d| d.residents.iter().map(move |r| resident_view(d, r)))
-            .collect()
-    }
-
-    /// One instance's budgeting state.
-    pub fn resident(&self, id: &str) -> Option<ResidentView> {
-        self.devices.iter().find_map(|d| {
-            d.residents
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| resident_view(d, r))
-        })
+            .flat_map(|d| &d.residents)
+            .find(|r| r.id == id)
+            .map(budgeting)
     }
 
     /// Every device's budgeting state.
-    pub fn devices(&self) -> Vec<DeviceBudgetView> {
+    pub fn devices(&self) -> Vec<DeviceBudget> {
         self.devices
             .iter()
-            .map(|d| DeviceBudgetView {
+            .map(|d| DeviceBudget {
                 device: d.uuid.clone(),
+                controller: d.controller.name().to_string(),
                 capacity_per_window: d.capacity(),
                 capacity_learned: d.fixed_capacity.is_none(),
                 requested: d.residents.iter().map(|r| r.quota.request).sum(),
-                training_budget: d.controller.budget(),
+                training_budget: d.controller.training_budget().unwrap_or(1.0),
                 adjustments: d.controller.adjustments(),
             })
             .collect()
@@ -478,7 +402,7 @@ mod tests {
     /// its channel, and the directory that holds the channel.
     fn one_resident(
         id: &str,
-        class: PriorityClass,
+        kind: InstanceKind,
     ) -> (TokenManager, InstanceChannel, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::new(dir.path().to_path_buf());
@@ -486,22 +410,22 @@ mod tests {
         config.cpu_cores = Some(1.0);
         let (devices, _) = discover(&config);
         let device = devices[0].uuid.clone();
-        let mut manager = TokenManager::new(&devices, WINDOW_NS, config.rckm).unwrap();
+        let mut manager = TokenManager::new(&devices, WINDOW_NS, &config.policy).unwrap();
         let path = dir.path().join(format!("{id}.quota"));
         let channel = AgentChannel::create(&path, &ChannelSpec::default(), 0o600).unwrap();
         let quota = Quota {
             request: 0.2,
             limit: 0.4,
-            memory_bytes: None,
+            memory: None,
         };
-        manager.add(&device, id, class, quota, channel).unwrap();
+        manager.add(&device, id, kind, quota, channel).unwrap();
         let instance = InstanceChannel::open(&path).unwrap();
         (manager, instance, dir)
     }
 
     #[test]
     fn busy_since_is_the_tick_that_counted_the_burst() {
-        let (mut manager, instance, _dir) = one_resident("i", PriorityClass::Inference);
+        let (mut manager, instance, _dir) = one_resident("i", InstanceKind::Inference);
         let work = |units| instance.counters().cost_launched.fetch_add(units, Relaxed);
         manager.tick(WINDOW_NS);
         assert_eq!(manager.resident("i").unwrap().busy_since_ns, None);
@@ -527,7 +451,7 @@ mod tests {
 
     #[test]
     fn smoothed_usage_follows_the_mean_while_one_window_jumps() {
-        let (mut manager, instance, _dir) = one_resident("t", PriorityClass::Training);
+        let (mut manager, instance, _dir) = one_resident("t", InstanceKind::Training);
         // A work unit of 3 ms charged whole every other window: 0.3 of a 5 ms core on average, but 0.6 in the
         // windows it lands in.
         let mut now = 0;

@@ -4,6 +4,7 @@
 //! is due (ē < 1/RPS), otherwise ē/6 (ē/8 for LLMs). Every policy gets the same batcher, so that differences
 //! come from resourcing.
 
+use crate::error::FieldError;
 use crate::request::InstanceKind;
 use serde::{Deserialize, Serialize};
 
@@ -26,31 +27,19 @@ impl Default for BatchingConfig {
     }
 }
 
-/// A batching setting that breaks a rule.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("batching.{field} = {value}: {rule}")]
-pub struct BatchingConfigError {
-    /// The setting.
-    pub field: &'static str,
-    /// Its value.
-    pub value: f64,
-    /// The rule it breaks.
-    pub rule: &'static str,
-}
-
 impl BatchingConfig {
     /// Checks the divisors.
-    pub fn validate(&self) -> Result<(), BatchingConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         for (field, value) in [
             ("wait_divisor", self.wait_divisor),
             ("llm_wait_divisor", self.llm_wait_divisor),
         ] {
             if !(value >= 1.0 && value.is_finite()) {
-                return Err(BatchingConfigError {
-                    field,
+                return Err(FieldError::new(
+                    format!("batching.{field}"),
                     value,
-                    rule: "must be a number ≥ 1",
-                });
+                    "must be a number ≥ 1",
+                ));
             }
         }
         Ok(())

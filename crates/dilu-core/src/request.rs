@@ -1,6 +1,7 @@
 //! What an instance asks for: its kind, GPU count, per-GPU SM request/limit and memory, CPU and host memory,
 //! and the GPU models it accepts.
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -22,6 +23,11 @@ pub enum InstanceKind {
 }
 
 impl InstanceKind {
+    /// Latency-critical inference of either kind (served before training on a shared device).
+    pub fn is_inference(self) -> bool {
+        matches!(self, InstanceKind::Inference | InstanceKind::LlmInference)
+    }
+
     /// The name used in traces and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,18 +43,6 @@ impl fmt::Display for InstanceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// A request that breaks one of the rules in [`InstanceRequest::validate`]; names the field, value and rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field '{field}' = {value}: {rule}")]
-pub struct RequestError {
-    /// The offending field.
-    pub field: &'static str,
-    /// Its value, as written.
-    pub value: String,
-    /// The rule it breaks.
-    pub rule: &'static str,
 }
 
 /// The resources one instance asks for. Per-GPU quantities apply to each of its `gpu_count` GPUs.
@@ -92,8 +86,8 @@ impl InstanceRequest {
 
     /// Checks the invariants every accepted request holds: a GPU instance asks for a share in
     /// (0, 1000] milli per GPU with request ≤ limit ≤ 1000; a CPU-only instance asks for no GPU resources.
-    pub fn validate(&self) -> Result<(), RequestError> {
-        let err = |field, value: String, rule| Err(RequestError { field, value, rule });
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field: &str, value: String, rule: &str| Err(FieldError::new(field, value, rule));
         if self.gpu_count == 0 {
             if self.sm_request != 0 {
                 return err(

@@ -1,5 +1,5 @@
 //! Property tests of the cluster model under every placement policy: random clusters, random request pools and
-//! random sequences of placements and releases driven by policies drawn from `PolicyName::ALL`.
+//! random sequences of placements and releases driven by policies drawn from `PlacerName::ALL`.
 //!
 //! After every step the capacity invariants hold and the cluster's state equals the sum of the live
 //! placements; releasing the latest placement restores the exact prior state; releasing everything, in any
@@ -10,7 +10,7 @@ use common::snap;
 use dilu_core::frag::TypicalPods;
 use dilu_core::{
     Cluster, CoreError, GpuState, InstanceKind, InstanceRequest, NodeSpec, Placement, Placer,
-    PlacerConfig, PolicyName, Unschedulable, build_placer,
+    PlacerConfig, PlacerName, Unschedulable, build_placer,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -320,7 +320,7 @@ fn check_invariants(
 /// split, at least one), the node's model among the allowed types, CPU and memory as asked.
 fn check_placement(
     c: &Cluster,
-    pol: PolicyName,
+    pol: PlacerName,
     req: &InstanceRequest,
     p: &Placement,
 ) -> Result<(), TestCaseError> {
@@ -336,7 +336,7 @@ fn check_placement(
         gpus.iter().all(|&g| (g as usize) < node.gpus.len()),
         "{pol}: GPU index out of range"
     );
-    if pol == PolicyName::Dilu && req.kind == InstanceKind::LlmInference && req.gpu_count == 1 {
+    if pol == PlacerName::Dilu && req.kind == InstanceKind::LlmInference && req.gpu_count == 1 {
         prop_assert!(!p.shares.is_empty(), "{pol}: LLM without GPUs");
     } else {
         prop_assert_eq!(
@@ -375,18 +375,18 @@ struct Checks {
     strict_allocate: bool,
 }
 
-fn is_fgd_family(p: PolicyName) -> bool {
-    PolicyName::FGD_SIX.contains(&p)
+fn is_fgd_family(p: PlacerName) -> bool {
+    PlacerName::FGD_SIX.contains(&p)
 }
 
 /// The known bug of `placement_policies::every_policy_chooses_a_gpu_with_enough_memory`: an FGD-family placer
 /// chose a GPU without the GPU memory the request needs.
-fn is_known_gpu_memory_bug(pol: PolicyName, e: &CoreError) -> bool {
+fn is_known_gpu_memory_bug(pol: PlacerName, e: &CoreError) -> bool {
     matches!(e, CoreError::OverCapacity { resource, .. }
         if is_fgd_family(pol) && resource.starts_with("gpu ") && resource.ends_with(" mem_mib"))
 }
 
-fn run(scn: &Scenario, policies: &[PolicyName], checks: Checks) -> Result<(), TestCaseError> {
+fn run(scn: &Scenario, policies: &[PlacerName], checks: Checks) -> Result<(), TestCaseError> {
     let mut cluster = Cluster::new(scn.specs.clone()).expect("generated cluster is valid");
     cluster.set_tie_ranks(&scn.tie_ranks);
     for r in &scn.requests {
@@ -397,10 +397,10 @@ fn run(scn: &Scenario, policies: &[PolicyName], checks: Checks) -> Result<(), Te
         typical_pods: Some(TypicalPods::from_requests(scn.requests.iter(), 95.0)),
         ..Default::default()
     };
-    let build = |p: PolicyName, c: &Cluster| -> Box<dyn Placer> {
+    let build = |p: PlacerName, c: &Cluster| -> Box<dyn Placer> {
         build_placer(p, c, &cfg).unwrap_or_else(|e| panic!("{p}: {e}"))
     };
-    let mut placers: Vec<(PolicyName, Box<dyn Placer>)> =
+    let mut placers: Vec<(PlacerName, Box<dyn Placer>)> =
         policies.iter().map(|&p| (p, build(p, &cluster))).collect();
     let mut live: Vec<Placement> = Vec::new();
     let mut next_id = 1u64;
@@ -420,7 +420,7 @@ fn run(scn: &Scenario, policies: &[PolicyName], checks: Checks) -> Result<(), Te
                     "{}: place changed the cluster",
                     at
                 );
-                if checks.fresh_agrees && pol != PolicyName::Random {
+                if checks.fresh_agrees && pol != PlacerName::Random {
                     let fresh = build(pol, &cluster).place(&cluster, req);
                     prop_assert_eq!(&answer, &fresh, "{}: long-lived vs fresh placer", at);
                 }
@@ -519,38 +519,38 @@ proptest! {
     /// (a) Capacity invariants, cluster totals and node = Σ live placements hold after every step, any policy.
     #[test]
     fn capacity_invariants_hold_after_every_step(scn in scenario_strategy()) {
-        run(&scn, &PolicyName::ALL, Checks::default())?;
+        run(&scn, &PlacerName::ALL, Checks::default())?;
     }
 
     /// (b) When Dilu alone places, Σ limit never exceeds γ·1000 = 1500 on any GPU.
     #[test]
     fn dilu_never_overcommits_limits_beyond_gamma(scn in scenario_strategy()) {
-        run(&scn, &[PolicyName::Dilu], Checks { dilu_limits: true, drain: true, ..Checks::default() })?;
+        run(&scn, &[PlacerName::Dilu], Checks { dilu_limits: true, drain: true, ..Checks::default() })?;
     }
 
     /// (b, c, d) Dilu's LLM memory-split placements keep Σlimit ≤ 1500 and release back to the exact prior state.
     #[test]
     fn dilu_llm_memory_split_keeps_invariants(scn in llm_scenario_strategy()) {
         let checks = Checks { dilu_limits: true, restore_latest: true, drain: true, ..Checks::default() };
-        run(&scn, &[PolicyName::Dilu], checks)?;
+        run(&scn, &[PlacerName::Dilu], checks)?;
     }
 
     /// (c) Releasing the most recent placement restores the exact prior state (all node fields but `version`).
     #[test]
     fn releasing_the_latest_placement_restores_the_prior_state(scn in scenario_strategy()) {
-        run(&scn, &PolicyName::ALL, Checks { restore_latest: true, ..Checks::default() })?;
+        run(&scn, &PlacerName::ALL, Checks { restore_latest: true, ..Checks::default() })?;
     }
 
     /// (d) Releasing every live placement in random order returns every node to empty and the totals to 0.
     #[test]
     fn releasing_everything_in_any_order_empties_the_cluster(scn in scenario_strategy()) {
-        run(&scn, &PolicyName::ALL, Checks { drain: true, ..Checks::default() })?;
+        run(&scn, &PlacerName::ALL, Checks { drain: true, ..Checks::default() })?;
     }
 
     /// A long-lived placer (with its score cache) answers as a freshly built one, for every deterministic policy.
     #[test]
     fn cached_placers_agree_with_fresh_ones(scn in scenario_strategy()) {
-        run(&scn, &PolicyName::ALL, Checks { fresh_agrees: true, ..Checks::default() })?;
+        run(&scn, &PlacerName::ALL, Checks { fresh_agrees: true, ..Checks::default() })?;
     }
 }
 
@@ -560,6 +560,6 @@ proptest! {
     /// Every placement any policy returns is accepted by `Cluster::allocate`.
     #[test]
     fn every_placement_is_accepted_by_the_cluster(scn in scenario_strategy()) {
-        run(&scn, &PolicyName::ALL, Checks { strict_allocate: true, ..Checks::default() })?;
+        run(&scn, &PlacerName::ALL, Checks { strict_allocate: true, ..Checks::default() })?;
     }
 }

@@ -1,4 +1,4 @@
-//! Hand-built scenarios for every placement policy (`PolicyName::ALL`), with hand-computed expectations for the
+//! Hand-built scenarios for every placement policy (`PlacerName::ALL`), with hand-computed expectations for the
 //! policy-specific rules of `docs/fgd.md` §3–§5 and `docs/dilu.md` §4, plus the validation rules of
 //! `InstanceRequest::validate` and the checks of `Cluster::allocate` / `Cluster::release`.
 mod common;
@@ -7,7 +7,7 @@ use common::snap;
 use dilu_core::frag::TypicalPods;
 use dilu_core::{
     Cluster, CoreError, GpuShare, InstanceKind, InstanceRequest, NodeSpec, Placement, Placer,
-    PlacerConfig, PolicyName, Unschedulable, build_placer,
+    PlacerConfig, PlacerName, Unschedulable, build_placer,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -41,12 +41,12 @@ fn cluster(specs: Vec<NodeSpec>) -> Cluster {
 }
 
 /// Whether the policy is one of the six of FGD's simulator (node score + tie rank + GPU choice).
-fn fgd_family(p: PolicyName) -> bool {
-    PolicyName::FGD_SIX.contains(&p)
+fn fgd_family(p: PlacerName) -> bool {
+    PlacerName::FGD_SIX.contains(&p)
 }
 
 /// The kind used for a single-GPU request under a policy.
-fn single_kind(p: PolicyName) -> InstanceKind {
+fn single_kind(p: PlacerName) -> InstanceKind {
     if fgd_family(p) {
         InstanceKind::Pod
     } else {
@@ -55,7 +55,7 @@ fn single_kind(p: PolicyName) -> InstanceKind {
 }
 
 /// The kind used for a multi-GPU (gang) request under a policy.
-fn gang_kind(p: PolicyName) -> InstanceKind {
+fn gang_kind(p: PlacerName) -> InstanceKind {
     if fgd_family(p) {
         InstanceKind::Pod
     } else {
@@ -87,18 +87,18 @@ fn gpu_req(
 }
 
 /// A single-GPU share request for a policy (request = limit).
-fn share(p: PolicyName, sm: u32, gpu_mem_mib: u64) -> InstanceRequest {
+fn share(p: PlacerName, sm: u32, gpu_mem_mib: u64) -> InstanceRequest {
     gpu_req(single_kind(p), 1, sm, sm, gpu_mem_mib)
 }
 
 /// A gang of `k` whole GPUs for a policy.
-fn whole(p: PolicyName, k: u32) -> InstanceRequest {
+fn whole(p: PlacerName, k: u32) -> InstanceRequest {
     gpu_req(gang_kind(p), k, 1000, 1000, 1000)
 }
 
 /// A placer for `p`; FGD's typical pods are built from `typical` (the other policies ignore them).
 fn placer_seeded(
-    p: PolicyName,
+    p: PlacerName,
     c: &Cluster,
     typical: &[InstanceRequest],
     seed: i64,
@@ -111,7 +111,7 @@ fn placer_seeded(
     build_placer(p, c, &config).unwrap_or_else(|e| panic!("{p}: cannot build placer: {e}"))
 }
 
-fn placer(p: PolicyName, c: &Cluster, typical: &[InstanceRequest]) -> Box<dyn Placer> {
+fn placer(p: PlacerName, c: &Cluster, typical: &[InstanceRequest]) -> Box<dyn Placer> {
     placer_seeded(p, c, typical, 7)
 }
 
@@ -156,7 +156,7 @@ fn occupy(c: &mut Cluster, id: u64, node: usize, gpus: &[u32], sm: u32, lim: u32
 
 /// Places `req` with `p` and allocates the result under `id`, asserting both succeed.
 fn place_and_allocate(
-    pol: PolicyName,
+    pol: PlacerName,
     placer: &mut dyn Placer,
     c: &mut Cluster,
     req: &InstanceRequest,
@@ -177,7 +177,7 @@ fn gpus_of(p: &Placement) -> Vec<u32> {
 }
 
 /// Asserts that a policy refuses `req` on `c` and leaves the cluster as it was.
-fn assert_refused(pol: PolicyName, c: &Cluster, req: &InstanceRequest, what: &str) {
+fn assert_refused(pol: PlacerName, c: &Cluster, req: &InstanceRequest, what: &str) {
     let before = snap(c);
     let mut pl = placer(pol, c, std::slice::from_ref(req));
     let got = pl.place(c, req);
@@ -206,7 +206,7 @@ fn every_policy_refuses_when_no_gpu_has_room() {
     // Idle GPUs, but fewer than asked for.
     let too_few = cluster(vec![node("g", "V100", 2, 16_000), cpu_node("c")]);
 
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         let cases: [(&Cluster, InstanceRequest, &str); 3] = [
             (&sm_full, share(pol, 100, 1000), "SM full"),
             (&mem_full, share(pol, 100, 1000), "GPU memory full"),
@@ -233,7 +233,7 @@ fn gpu_type_constraint_is_respected() {
         node("t4", "T4", 4, 16_000),
         node("v2", "V100", 4, 16_000),
     ]);
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         for types in [vec!["T4"], vec!["A100", "T4"]] {
             let types: Vec<String> = types.into_iter().map(String::from).collect();
             for mut req in [share(pol, 200, 1000), whole(pol, 2)] {
@@ -264,7 +264,7 @@ fn gpu_type_constraint_is_respected() {
         let before = snap(&base);
         let mut pl = placer(pol, &base, std::slice::from_ref(&req));
         let got = pl.place(&base, &req);
-        if fgd_family(pol) || pol == PolicyName::Dilu {
+        if fgd_family(pol) || pol == PlacerName::Dilu {
             assert_eq!(
                 got,
                 Err(Unschedulable::NoAllowedGpuModel("A100".into())),
@@ -304,7 +304,7 @@ fn multi_gpu_requests_take_distinct_gpus_of_one_node() {
     occupy(&mut split, 1, 0, &[0], 1000, 1000, 1000);
     occupy(&mut split, 2, 1, &[1], 1000, 1000, 1000);
 
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         for (base, k, node, gpus) in [(&two, 2, 0, vec![0, 3]), (&four, 4, 1, vec![0, 1, 2, 3])] {
             let mut c = base.clone();
             let req = whole(pol, k);
@@ -349,11 +349,11 @@ fn exact_fit_is_accepted_and_one_unit_more_is_refused() {
     small.cpu_milli = 4000;
     let small = cluster(vec![small]);
 
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         // SM: 600 fills the GPU, 601 does not fit.
         let fits = share(pol, 600, 1000);
         let over = share(pol, 601, 1000);
-        if pol == PolicyName::Exclusive {
+        if pol == PlacerName::Exclusive {
             assert_refused(pol, &sm, &fits, "share of a busy GPU");
         } else {
             let mut c = sm.clone();
@@ -408,7 +408,7 @@ fn release_restores_the_state_before_allocation() {
     cpu_pod.instance = 3;
     base.allocate(&cpu_pod).expect("cpu pod");
 
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         let mut svc = share(pol, 250, 3000);
         svc.service = Some("svc".into());
         svc.sm_limit = 400;
@@ -462,7 +462,7 @@ fn release_restores_the_state_before_allocation() {
 fn cpu_only_requests_get_no_gpu_shares() {
     let mut base = cluster(vec![node("g", "V100", 4, 16_000), cpu_node("c")]);
     occupy(&mut base, 1, 0, &[1], 300, 300, 1000);
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         let req = InstanceRequest::cpu_only(single_kind(pol), 2000, 4000);
         let mut c = base.clone();
         let before = snap(&c);
@@ -516,8 +516,8 @@ fn best_fit_picks_the_tighter_node_and_gpu() {
     ]);
     occupy(&mut c, 1, 1, &[1, 2, 3], 1000, 1000, 1000);
     occupy(&mut c, 2, 1, &[5], 300, 300, 1000);
-    let req = share(PolicyName::BestFit, 500, 1000);
-    let mut pl = placer(PolicyName::BestFit, &c, &[]);
+    let req = share(PlacerName::BestFit, 500, 1000);
+    let mut pl = placer(PlacerName::BestFit, &c, &[]);
     let p = pl.place(&c, &req).expect("best-fit places");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![5]), "best-fit");
 }
@@ -537,14 +537,14 @@ fn packing_prefers_shared_gpus_then_used_nodes() {
     ]);
     occupy(&mut c, 1, 1, &[1], 300, 300, 1000);
     occupy(&mut c, 2, 2, &[0], 1000, 1000, 1000);
-    let req = share(PolicyName::Packing, 200, 1000);
-    let mut pl = placer(PolicyName::Packing, &c, &[]);
+    let req = share(PlacerName::Packing, 200, 1000);
+    let mut pl = placer(PlacerName::Packing, &c, &[]);
     let p = pl.place(&c, &req).expect("packing places");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![1]), "packing, share pod");
 
     // Whole GPU: node 0 → 29, node 1 → f = 1 → 49, node 2 → 49. The tie between 1 and 2 goes to the lower tie
     // rank (node 1); the lowest-index idle GPU there is GPU 0.
-    let req = whole(PolicyName::Packing, 1);
+    let req = whole(PlacerName::Packing, 1);
     let p = pl.place(&c, &req).expect("packing places");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![0]), "packing, whole GPU");
 }
@@ -565,13 +565,13 @@ fn clustering_prefers_nodes_with_the_same_affinity_class() {
     ]);
     occupy(&mut c, 1, 1, &[0], 300, 300, 1000);
     occupy(&mut c, 2, 2, &[0], 1000, 1000, 1000);
-    let mut pl = placer(PolicyName::Clustering, &c, &[]);
+    let mut pl = placer(PlacerName::Clustering, &c, &[]);
     let p = pl
-        .place(&c, &share(PolicyName::Clustering, 500, 1000))
+        .place(&c, &share(PlacerName::Clustering, 500, 1000))
         .expect("clustering places");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![0]), "clustering, share pod");
     let p = pl
-        .place(&c, &whole(PolicyName::Clustering, 1))
+        .place(&c, &whole(PlacerName::Clustering, 1))
         .expect("clustering places");
     assert_eq!((p.node, gpus_of(&p)), (2, vec![1]), "clustering, whole pod");
 }
@@ -604,7 +604,7 @@ fn fgd_picks_the_placement_that_grows_fragmentation_least() {
         node("b", "V100", 2, 16_000),
     ]);
     occupy(&mut c, 1, 1, &[0], 500, 500, 0);
-    let mut pl = placer(PolicyName::Fgd, &c, &typical);
+    let mut pl = placer(PlacerName::Fgd, &c, &typical);
     let req = gpu_req(InstanceKind::Pod, 1, 500, 500, 0);
     let p = pl.place(&c, &req).expect("fgd places");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![0]), "fgd");
@@ -621,11 +621,11 @@ fn fgd_avoids_a_gpu_choice_that_strands_a_fragment() {
     let mut c = cluster(vec![node("a", "V100", 2, 16_000)]);
     occupy(&mut c, 1, 0, &[0], 300, 300, 0);
     let req = gpu_req(InstanceKind::Pod, 1, 400, 400, 0);
-    let p = placer(PolicyName::Fgd, &c, &typical)
+    let p = placer(PlacerName::Fgd, &c, &typical)
         .place(&c, &req)
         .expect("fgd places");
     assert_eq!((p.node, gpus_of(&p)), (0, vec![1]), "fgd");
-    let p = placer(PolicyName::BestFit, &c, &typical)
+    let p = placer(PlacerName::BestFit, &c, &typical)
         .place(&c, &req)
         .expect("best-fit places");
     assert_eq!((p.node, gpus_of(&p)), (0, vec![0]), "best-fit");
@@ -639,9 +639,9 @@ fn fgd_family_ties_go_to_the_lowest_tie_rank() {
         node("b", "V100", 4, 16_000),
         node("c", "V100", 4, 16_000),
     ];
-    for pol in PolicyName::FGD_SIX
+    for pol in PlacerName::FGD_SIX
         .into_iter()
-        .filter(|&p| p != PolicyName::Random)
+        .filter(|&p| p != PlacerName::Random)
     {
         let reqs = [
             share(pol, 300, 1000),
@@ -671,13 +671,13 @@ fn random_is_deterministic_for_a_seed() {
     let specs: Vec<NodeSpec> = (0..4)
         .map(|i| node(&format!("n{i}"), "V100", 2, 16_000))
         .collect();
-    let req = share(PolicyName::Random, 300, 1000);
+    let req = share(PlacerName::Random, 300, 1000);
     let run = |seed: i64| -> Vec<(usize, Vec<u32>)> {
         let mut c = cluster(specs.clone());
-        let mut pl = placer_seeded(PolicyName::Random, &c, &[], seed);
+        let mut pl = placer_seeded(PlacerName::Random, &c, &[], seed);
         (0..20)
             .map(|i| {
-                let p = place_and_allocate(PolicyName::Random, pl.as_mut(), &mut c, &req, i);
+                let p = place_and_allocate(PlacerName::Random, pl.as_mut(), &mut c, &req, i);
                 (p.node, gpus_of(&p))
             })
             .collect()
@@ -698,16 +698,16 @@ fn dilu_bounds_limit_overcommit_by_gamma() {
     let mut c = cluster(vec![node("g", "V100", 1, 16_000)]);
     occupy(&mut c, 1, 0, &[0], 300, 1000, 1000);
     let over = gpu_req(InstanceKind::Inference, 1, 300, 600, 1000);
-    assert_refused(PolicyName::Dilu, &c, &over, "Σlimit 1600");
+    assert_refused(PlacerName::Dilu, &c, &over, "Σlimit 1600");
     let fits = gpu_req(InstanceKind::Inference, 1, 300, 500, 1000);
-    let mut pl = placer(PolicyName::Dilu, &c, &[]);
-    place_and_allocate(PolicyName::Dilu, pl.as_mut(), &mut c, &fits, 2);
+    let mut pl = placer(PlacerName::Dilu, &c, &[]);
+    place_and_allocate(PlacerName::Dilu, pl.as_mut(), &mut c, &fits, 2);
     assert_eq!(c.nodes()[0].gpus[0].sm_limit, 1500, "dilu: Σlimit");
     // INFless-r ignores limits and would take the request refused by Dilu.
     let mut c2 = cluster(vec![node("g", "V100", 1, 16_000)]);
     occupy(&mut c2, 1, 0, &[0], 300, 1000, 1000);
     assert!(
-        placer(PolicyName::InflessR, &c2, &[])
+        placer(PlacerName::InflessR, &c2, &[])
             .place(&c2, &over)
             .is_ok(),
         "infless-r refuses a limit over-commit"
@@ -721,7 +721,7 @@ fn dilu_prefers_an_active_gpu_over_an_idle_one() {
     let mut c = cluster(vec![node("g", "V100", 2, 16_000)]);
     occupy(&mut c, 1, 0, &[1], 200, 200, 1000);
     let req = gpu_req(InstanceKind::Inference, 1, 300, 300, 1000);
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &req)
         .expect("placed");
     assert_eq!((p.node, gpus_of(&p)), (0, vec![1]), "dilu, same node");
@@ -734,7 +734,7 @@ fn dilu_prefers_an_active_gpu_over_an_idle_one() {
     ]);
     occupy(&mut c, 1, 1, &[0], 100, 100, 1000);
     let req = gpu_req(InstanceKind::Inference, 1, 300, 300, 16_000);
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &req)
         .expect("placed");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![0]), "dilu, across nodes");
@@ -751,7 +751,7 @@ fn dilu_best_fit_in_two_dimensions() {
     occupy(&mut c, 1, 0, &[0], 500, 500, 1000);
     occupy(&mut c, 2, 0, &[1], 300, 300, 10_000);
     let req = gpu_req(InstanceKind::Inference, 1, 200, 200, 4000);
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &req)
         .expect("placed");
     assert_eq!(gpus_of(&p), vec![1], "dilu 2D best fit");
@@ -768,14 +768,14 @@ fn dilu_training_gang_stays_on_one_node() {
     let blocker = occupy_with(&mut c, 2, 1, &[1], 1000, 1000, 1000, None);
     let gang = gpu_req(InstanceKind::Training, 2, 500, 800, 4000);
     let before = snap(&c);
-    let got = placer(PolicyName::Dilu, &c, &[]).place(&c, &gang);
+    let got = placer(PlacerName::Dilu, &c, &[]).place(&c, &gang);
     assert!(
         matches!(got, Err(Unschedulable::NoRoom(_))),
         "dilu: gang split over nodes: {got:?}"
     );
     assert_eq!(snap(&c), before, "dilu: cluster changed");
     c.release(&blocker).expect("release blocker");
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &gang)
         .expect("gang fits on node 1");
     assert_eq!((p.node, gpus_of(&p)), (1, vec![0, 1]), "dilu gang");
@@ -794,7 +794,7 @@ fn dilu_llm_worst_fit_then_memory_split() {
     occupy(&mut c, 1, 0, &[0], 200, 200, 10_000);
     occupy(&mut c, 2, 0, &[1], 200, 200, 4000);
     let llm = gpu_req(InstanceKind::LlmInference, 1, 300, 400, 6000);
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &llm)
         .expect("placed");
     assert_eq!(gpus_of(&p), vec![1], "dilu LLM worst fit");
@@ -806,8 +806,8 @@ fn dilu_llm_worst_fit_then_memory_split() {
     occupy(&mut c, 2, 0, &[1], 200, 200, 10_000);
     let before = snap(&c);
     let llm = gpu_req(InstanceKind::LlmInference, 1, 300, 400, 9000);
-    let mut pl = placer(PolicyName::Dilu, &c, &[]);
-    let p = place_and_allocate(PolicyName::Dilu, pl.as_mut(), &mut c, &llm, 3);
+    let mut pl = placer(PlacerName::Dilu, &c, &[]);
+    let p = place_and_allocate(PlacerName::Dilu, pl.as_mut(), &mut c, &llm, 3);
     assert_eq!(
         p.shares,
         vec![
@@ -835,13 +835,13 @@ fn dilu_llm_worst_fit_then_memory_split() {
 #[test]
 fn exclusive_never_shares_a_gpu() {
     let mut c = cluster(vec![node("g", "V100", 2, 16_000)]);
-    let req = share(PolicyName::Exclusive, 100, 1000);
-    let mut pl = placer(PolicyName::Exclusive, &c, &[]);
-    let a = place_and_allocate(PolicyName::Exclusive, pl.as_mut(), &mut c, &req, 1);
-    let b = place_and_allocate(PolicyName::Exclusive, pl.as_mut(), &mut c, &req, 2);
+    let req = share(PlacerName::Exclusive, 100, 1000);
+    let mut pl = placer(PlacerName::Exclusive, &c, &[]);
+    let a = place_and_allocate(PlacerName::Exclusive, pl.as_mut(), &mut c, &req, 1);
+    let b = place_and_allocate(PlacerName::Exclusive, pl.as_mut(), &mut c, &req, 2);
     assert_ne!(gpus_of(&a), gpus_of(&b), "exclusive: shared GPU");
     assert_refused(
-        PolicyName::Exclusive,
+        PlacerName::Exclusive,
         &c,
         &req,
         "third instance on two GPUs",
@@ -856,15 +856,15 @@ fn infless_l_refuses_what_infless_r_accepts() {
     occupy(&mut base, 1, 0, &[0], 600, 600, 1000);
     let req = gpu_req(InstanceKind::Inference, 1, 300, 500, 1000);
     assert_refused(
-        PolicyName::InflessL,
+        PlacerName::InflessL,
         &base,
         &req,
         "limit above the free share",
     );
 
     let mut c = base.clone();
-    let mut pl = placer(PolicyName::InflessR, &c, &[]);
-    let p = place_and_allocate(PolicyName::InflessR, pl.as_mut(), &mut c, &req, 2);
+    let mut pl = placer(PlacerName::InflessR, &c, &[]);
+    let p = place_and_allocate(PlacerName::InflessR, pl.as_mut(), &mut c, &req, 2);
     assert_eq!(
         p.shares[0].sm_request, 300,
         "infless-r reserves the request"
@@ -873,8 +873,8 @@ fn infless_l_refuses_what_infless_r_accepts() {
 
     let fits = gpu_req(InstanceKind::Inference, 1, 300, 400, 1000);
     let mut c = base.clone();
-    let mut pl = placer(PolicyName::InflessL, &c, &[]);
-    let p = place_and_allocate(PolicyName::InflessL, pl.as_mut(), &mut c, &fits, 2);
+    let mut pl = placer(PlacerName::InflessL, &c, &[]);
+    let p = place_and_allocate(PlacerName::InflessL, pl.as_mut(), &mut c, &fits, 2);
     assert_eq!(p.shares[0].sm_request, 400, "infless-l reserves the limit");
     assert_eq!(c.nodes()[0].gpus[0].sm_request, 1000);
 }
@@ -888,11 +888,11 @@ fn infless_best_fits_on_sm_only() {
     occupy(&mut c, 1, 0, &[0], 500, 500, 1000);
     occupy(&mut c, 2, 0, &[1], 200, 200, 14_000);
     let req = gpu_req(InstanceKind::Inference, 1, 300, 300, 1000);
-    for pol in [PolicyName::InflessL, PolicyName::InflessR] {
+    for pol in [PlacerName::InflessL, PlacerName::InflessR] {
         let p = placer(pol, &c, &[]).place(&c, &req).expect("placed");
         assert_eq!(gpus_of(&p), vec![0], "{pol}");
     }
-    let p = placer(PolicyName::Dilu, &c, &[])
+    let p = placer(PlacerName::Dilu, &c, &[])
         .place(&c, &req)
         .expect("placed");
     assert_eq!(gpus_of(&p), vec![1], "dilu");
@@ -912,7 +912,7 @@ fn every_policy_chooses_a_gpu_with_enough_memory() {
     let mut gang = cluster(vec![node("g", "V100", 3, 16_000)]);
     occupy(&mut gang, 1, 0, &[0], 400, 400, 16_000);
     let mut failures = Vec::new();
-    for pol in PolicyName::ALL {
+    for pol in PlacerName::ALL {
         let cases = [
             (&base, share(pol, 300, 8000), vec![1]),
             (
@@ -1012,7 +1012,7 @@ fn base_gpu_request() -> InstanceRequest {
     }
 }
 
-fn field_of(r: &InstanceRequest) -> Option<&'static str> {
+fn field_of(r: &InstanceRequest) -> Option<String> {
     r.validate().err().map(|e| e.field)
 }
 
@@ -1054,7 +1054,7 @@ fn validate_rejects_request_above_limit() {
         sm_limit: 400,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_limit"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_limit"));
 }
 
 /// `validate` rejects a limit (or request) above one GPU, naming the field.
@@ -1064,13 +1064,13 @@ fn validate_rejects_more_than_one_gpu() {
         sm_limit: 1001,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_limit"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_limit"));
     let r = InstanceRequest {
         sm_request: 1001,
         sm_limit: 1001,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_request"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_request"));
 }
 
 /// `validate` rejects a GPU request with a zero SM request, naming `sm_request`.
@@ -1081,13 +1081,13 @@ fn validate_rejects_zero_request_with_gpus() {
         sm_limit: 0,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_request"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_request"));
     let r = InstanceRequest {
         sm_request: 0,
         sm_limit: 500,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_request"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_request"));
 }
 
 /// `validate` rejects GPU fields on a CPU-only request, naming each one.
@@ -1099,17 +1099,17 @@ fn validate_rejects_gpu_fields_on_cpu_only_requests() {
         sm_limit: 100,
         ..cpu.clone()
     };
-    assert_eq!(field_of(&r), Some("sm_request"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_request"));
     let r = InstanceRequest {
         sm_limit: 100,
         ..cpu.clone()
     };
-    assert_eq!(field_of(&r), Some("sm_limit"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_limit"));
     let r = InstanceRequest {
         gpu_mem_mib: 100,
         ..cpu
     };
-    assert_eq!(field_of(&r), Some("gpu_mem_mib"));
+    assert_eq!(field_of(&r).as_deref(), Some("gpu_mem_mib"));
 }
 
 /// `validate` rejects a multi-GPU pod that does not take whole GPUs, naming `sm_request`.
@@ -1122,7 +1122,7 @@ fn validate_rejects_partial_multi_gpu_pods() {
         sm_limit: 1000,
         ..base_gpu_request()
     };
-    assert_eq!(field_of(&r), Some("sm_request"));
+    assert_eq!(field_of(&r).as_deref(), Some("sm_request"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

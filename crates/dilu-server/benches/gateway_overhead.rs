@@ -41,7 +41,7 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use dilu_server::gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig};
+use dilu_gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig};
 use dilu_worker::WorkerConfig;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -169,7 +169,7 @@ fn main() -> BenchResult<()> {
         MODEL,
         vec![Endpoint {
             instance: format!("{MODEL}-0"),
-            base_url: direct_base.clone(),
+            url: direct_base.clone(),
         }],
     );
     let gateway_addr = gateway_rt.block_on(serve(gateway.router()))?;

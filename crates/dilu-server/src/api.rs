@@ -8,12 +8,13 @@
 //! | PUT | `/v1/functions/{name}` | replace the spec (quota changes apply live) |
 //! | DELETE | `/v1/functions/{name}` | delete (instances drain, then stop) → 204 |
 //! | GET | `/v1/instances`, `/v1/nodes`, `/v1/devices` | what runs where, with quotas and usage |
+//! | GET | `/v1/policy` | the policy and the components it selects |
 //! | GET | `/metrics`, `/health` | Prometheus metrics, liveness |
 //!
 //! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). Errors are JSON
 //! `{"error", "field", "value", "rule"}` (the last three when a field is at fault).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -28,8 +29,10 @@ use axum::{Json, extract::Request};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::platform::{Platform, PlatformError};
-use crate::spec::{SpecFormat, parse_spec};
+use dilu_api::{FieldError, FunctionSpec, SpecFormat, parse_spec};
+use dilu_control::ControlError;
+
+use crate::platform::Platform;
 
 /// Largest spec document accepted.
 const MAX_SPEC_BYTES: usize = 1 << 20;
@@ -60,23 +63,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<PlatformError> for ApiError {
-    fn from(e: PlatformError) -> Self {
-        let status = match &e {
-            PlatformError::Invalid(_) => StatusCode::BAD_REQUEST,
-            PlatformError::NotFound(_) => StatusCode::NOT_FOUND,
-            PlatformError::Exists(_) => StatusCode::CONFLICT,
-            PlatformError::Store(_) | PlatformError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status =
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = json!({ "error": e.to_string() });
-        if let PlatformError::Invalid(s) = &e {
-            body["field"] = json!(s.field);
-            body["value"] = json!(s.value);
-            body["rule"] = json!(s.rule);
+        if let Some(f) = e.field() {
+            body["field"] = json!(f.field);
+            body["value"] = json!(f.value);
+            body["rule"] = json!(f.rule);
         }
         Self { status, body }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ControlError::Invalid(e).into()
     }
 }
 
@@ -121,7 +124,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<crate::spec::FunctionSpec, ApiError> {
+fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<FunctionSpec, ApiError> {
     if body.len() > MAX_SPEC_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -139,7 +142,7 @@ fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<crate::spec::FunctionS
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    parse_spec(text, format).map_err(|e| PlatformError::Invalid(e).into())
+    parse_spec(text, format).map_err(ApiError::from)
 }
 
 async fn create(
@@ -148,7 +151,7 @@ async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = spec_from(&headers, &body)?;
-    let view = st.platform.deploy(spec).await?;
+    let view = st.platform.controller().deploy(spec)?;
     Ok((StatusCode::CREATED, Json(to_value(&view))))
 }
 
@@ -160,61 +163,49 @@ async fn replace(
 ) -> Result<Json<Value>, ApiError> {
     let spec = spec_from(&headers, &body)?;
     if spec.name != name {
-        return Err(PlatformError::Invalid(crate::spec::SpecError::new(
+        return Err(FieldError::new(
             "name",
             &spec.name,
             format!(
                 "must match the function in the path ('{name}'); a rename is a delete and a deploy"
             ),
-        ))
+        )
         .into());
     }
-    Ok(Json(to_value(&st.platform.update(spec).await?)))
+    Ok(Json(to_value(&st.platform.controller().update(spec)?)))
 }
 
 async fn list(State(st): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({ "functions": to_value(&st.platform.functions()) }))
+    Json(json!({ "functions": to_value(&st.platform.controller().functions()) }))
 }
 
 async fn get_one(
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(to_value(&st.platform.function(&name)?)))
+    Ok(Json(to_value(&st.platform.controller().function(&name)?)))
 }
 
 async fn remove(
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.platform.delete(&name).await?;
+    st.platform.controller().delete(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Instance id → function name, for the node views.
-fn owners(platform: &Platform) -> HashMap<String, String> {
-    platform
-        .functions()
-        .into_iter()
-        .flat_map(|f| {
-            let name = f.name;
-            f.instances.into_iter().map(move |i| (i.id, name.clone()))
-        })
-        .collect()
-}
-
 async fn instances(State(st): State<Arc<ApiState>>) -> Json<Value> {
-    let node = Arc::clone(st.platform.node());
-    let views = tokio::task::spawn_blocking(move || node.instances())
-        .await
-        .unwrap_or_default();
-    let owners = owners(&st.platform);
-    let list: Vec<Value> = views
+    let owners = st.platform.controller().owners();
+    let node = st.platform.backend().node().to_string();
+    let list: Vec<Value> = st
+        .platform
+        .agent()
+        .instances()
         .iter()
-        .map(|v| {
-            let mut value = to_value(v);
-            value["function"] = json!(owners.get(&v.record.id));
-            value["node"] = json!(st.platform.node().name());
+        .map(|i| {
+            let mut value = to_value(i);
+            value["function"] = json!(owners.get(&i.id));
+            value["node"] = json!(node);
             value
         })
         .collect();
@@ -222,40 +213,80 @@ async fn instances(State(st): State<Arc<ApiState>>) -> Json<Value> {
 }
 
 async fn nodes(State(st): State<Arc<ApiState>>) -> Json<Value> {
-    let node = st.platform.node();
+    let agent = st.platform.agent();
+    let controller = st.platform.controller();
     Json(json!({ "nodes": [{
-        "name": node.name(),
-        "devices": to_value(&node.devices()),
-        "instances": node.instances().len(),
-        "notes": node.notes(),
-        "placer": st.platform.placer(),
+        "name": st.platform.backend().node(),
+        "devices": to_value(&agent.devices()),
+        "instances": agent.instances().len(),
+        "notes": agent.notes(),
+        "placer": controller.placer_name().unwrap_or(controller.policy().placer().name()),
+        "policy": controller.policy().name().as_str(),
     }]}))
+}
+
+async fn policy(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    Json(policy_view(&st.platform))
+}
+
+/// The policy and the components that run, each named by the object that runs it: the ledger's placer, each
+/// device's vertical controller, each function's horizontal scaler.
+pub fn policy_view(platform: &Platform) -> Value {
+    let controller = platform.controller();
+    let components = controller.policy().components();
+    let vertical: BTreeMap<String, String> = platform
+        .agent()
+        .device_budgets()
+        .into_iter()
+        .map(|b| (b.device, b.controller))
+        .collect();
+    let horizontal: BTreeMap<String, &'static str> = controller
+        .functions()
+        .into_iter()
+        .map(|f| (f.name, f.scaler))
+        .collect();
+    json!({
+        "policy": components.policy,
+        "components": to_value(&components),
+        "running": {
+            "placer": controller.placer_name(),
+            "vertical": vertical,
+            "horizontal": horizontal,
+        },
+    })
 }
 
 /// Devices with their budgeting and, per instance, its function, quota, share this window and usage.
 pub fn devices_view(platform: &Platform) -> Value {
-    let node = platform.node();
-    let owners = owners(platform);
-    let budgets = node.device_budgets();
-    let views = node.instances();
-    let devices: Vec<Value> = node
+    let agent = platform.agent();
+    let node = platform.backend().node();
+    let owners = platform.controller().owners();
+    let booked: BTreeMap<String, f64> = platform
+        .controller()
+        .booked()
+        .into_iter()
+        .map(|(at, r)| (at.device, r))
+        .collect();
+    let budgets = agent.device_budgets();
+    let instances = agent.instances();
+    let devices: Vec<Value> = agent
         .devices()
         .iter()
         .map(|d| {
             let budget = budgets.iter().find(|b| b.device == d.uuid);
             let capacity = budget.map(|b| b.capacity_per_window).unwrap_or(0).max(1) as f64;
-            let residents: Vec<Value> = views
+            let residents: Vec<Value> = instances
                 .iter()
-                .filter(|v| v.record.spec.device == d.uuid)
-                .map(|v| {
-                    let b = v.budgeting.as_ref();
+                .filter(|i| i.device == d.uuid)
+                .map(|i| {
+                    let b = i.budgeting.as_ref();
                     json!({
-                        "id": v.record.id,
-                        "name": v.record.spec.name,
-                        "function": owners.get(&v.record.id),
-                        "status": v.record.status,
-                        "class": v.record.spec.priority_class,
-                        "quota": v.record.spec.quota,
+                        "id": i.id,
+                        "name": i.name,
+                        "function": owners.get(&i.id),
+                        "status": i.status,
+                        "kind": i.kind,
+                        "quota": i.quota,
                         "share": b.map(|b| b.share),
                         "budget": b.and_then(|b| b.budget),
                         "usage": b.map(|b| b.usage_avg_per_window / capacity),
@@ -269,9 +300,11 @@ pub fn devices_view(platform: &Platform) -> Value {
                 "uuid": d.uuid,
                 "name": d.name,
                 "kind": d.kind.name(),
-                "node": node.name(),
+                "node": node,
+                "controller": budget.map(|b| b.controller.clone()),
                 "capacity_per_window": budget.map(|b| b.capacity_per_window),
                 "requested": budget.map(|b| b.requested),
+                "booked": booked.get(&d.uuid),
                 "training_budget": budget.map(|b| b.training_budget),
                 "adjustments": budget.map(|b| b.adjustments),
                 "instances": residents,
@@ -306,36 +339,15 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 
 /// Every metric of the process: control plane, gateway and node agent.
 pub fn render_metrics(platform: &Platform) -> String {
-    let functions = platform.functions();
-    let mut counts: Vec<(String, &'static str, usize)> = Vec::new();
-    for f in &functions {
-        let mut by_state: [(&'static str, usize); 4] = [
-            ("ready", 0),
-            ("starting", 0),
-            ("draining", 0),
-            ("profiling", 0),
-        ];
-        for i in &f.instances {
-            let state = if i.draining {
-                2
-            } else if i.profiling {
-                3
-            } else if i.ready {
-                0
-            } else {
-                1
-            };
-            by_state[state].1 += 1;
-        }
-        by_state[1].1 += f.starting as usize;
-        counts.extend(by_state.iter().map(|(s, n)| (f.name.clone(), *s, *n)));
-    }
+    let controller = platform.controller();
     let mut out = String::new();
-    platform
-        .metrics()
-        .render(&mut out, functions.len(), &counts);
+    controller.metrics().render(
+        &mut out,
+        controller.functions().len(),
+        &controller.instance_counts(),
+    );
     platform.gateway().render_metrics(&mut out);
-    out.push_str(&platform.node().metrics());
+    out.push_str(&dilu_agent::metrics::render(platform.agent()));
     out
 }
 
@@ -343,7 +355,7 @@ async fn health(State(st): State<Arc<ApiState>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "uptime_seconds": st.platform.uptime().as_secs_f64(),
-        "functions": st.platform.functions().len(),
+        "functions": st.platform.controller().functions().len(),
     }))
 }
 
@@ -371,6 +383,7 @@ pub fn router(platform: Arc<Platform>, token: String) -> Router {
         .route("/v1/instances", get(instances))
         .route("/v1/nodes", get(nodes))
         .route("/v1/devices", get(devices))
+        .route("/v1/policy", get(policy))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(not_found)

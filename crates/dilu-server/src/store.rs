@@ -1,6 +1,9 @@
-//! The embedded store: functions (spec, profile) and the instances the control plane started, in one SQLite
-//! file, so a restarted `dilu up` restores what was deployed. Writes are transactions in WAL mode; a crash
-//! loses at most the write in progress.
+//! The embedded store: functions (spec, generation, profile) in one SQLite file, so a restarted `dilu up`
+//! restores what was deployed; it is `dilu up`'s [`FunctionStore`]. Writes are transactions in WAL mode; a
+//! crash loses at most the write in progress.
+//!
+//! Instances are not stored: the agent keeps them with the labels that say whose they are. The `instances`
+//! table of schema versions 1 and 2 is still read, so instances started by an older `dilu up` are adopted.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -8,7 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::FunctionSpec;
+use dilu_api::{FunctionSpec, Profile};
+use dilu_control::store::{FunctionStore, StoreError as ControlStoreError, StoredFunction};
 
 /// Schema version kept in `PRAGMA user_version`; a newer file is refused rather than misread.
 /// Version 2 added `instances.model_key`.
@@ -38,42 +42,7 @@ pub enum StoreError {
     },
 }
 
-/// What profiling (or calibration) found for a function: the quota and batch it runs with and the capacity
-/// the horizontal scaler counts on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Profile {
-    /// Guaranteed share.
-    pub request: f64,
-    /// Burst limit.
-    pub limit: f64,
-    /// Batch size the worker forms.
-    pub batch: u32,
-    /// Requests per second one instance serves at `request`.
-    pub capacity_rps: f64,
-    /// Latency measured at the chosen point, seconds (inference).
-    pub latency_s: Option<f64>,
-    /// How it was obtained: `spec` (given), `hgs` (profiled), `calibrated` (quota given, capacity measured).
-    pub source: String,
-    /// Points measured on a live instance.
-    pub measurements: u32,
-    /// Wall time the profiling took, seconds.
-    pub seconds: f64,
-}
-
-/// A function as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredFunction {
-    /// The spec as deployed.
-    pub spec: FunctionSpec,
-    /// Its profile, once known.
-    pub profile: Option<Profile>,
-    /// Bumped on every update.
-    pub generation: u64,
-    /// Unix time of creation, seconds.
-    pub created_unix: u64,
-}
-
-/// An instance the control plane started, as stored.
+/// An instance recorded by a `dilu up` from before instances carried labels (schema versions 1 and 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredInstance {
     /// The agent's instance id.
@@ -172,20 +141,38 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Replaces a function's spec and clears its profile (a new spec may need new profiling); `false` when
+    /// Replaces a function's spec and profile and bumps its generation; the new generation, `None` when
     /// there is no such function.
-    pub fn update_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
+    pub fn update_function(
+        &self,
+        spec: &FunctionSpec,
+        profile: Option<&Profile>,
+    ) -> Result<Option<u64>, StoreError> {
         let text = to_json(spec)?;
-        let n = self.conn().execute(
-            "UPDATE functions SET spec = ?2, profile = NULL, generation = generation + 1 WHERE name = ?1",
-            params![spec.name, text],
+        let profile = profile.map(to_json).transpose()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE functions SET spec = ?2, profile = ?3, generation = generation + 1 WHERE name = ?1",
+            params![spec.name, text, profile],
         )?;
-        Ok(n == 1)
+        let generation = if n == 1 {
+            let g: i64 = tx.query_row(
+                "SELECT generation FROM functions WHERE name = ?1",
+                params![spec.name],
+                |r| r.get(0),
+            )?;
+            Some(g.max(0) as u64)
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(generation)
     }
 
-    /// Stores a function's profile.
-    pub fn set_profile(&self, name: &str, profile: &Profile) -> Result<(), StoreError> {
-        let text = to_json(profile)?;
+    /// Stores (or clears) a function's profile.
+    pub fn set_profile(&self, name: &str, profile: Option<&Profile>) -> Result<(), StoreError> {
+        let text = profile.map(to_json).transpose()?;
         self.conn().execute(
             "UPDATE functions SET profile = ?2 WHERE name = ?1",
             params![name, text],
@@ -226,7 +213,7 @@ impl Store {
         rows.map(|r| parse_function(r?)).collect()
     }
 
-    /// Records an instance.
+    /// Records an instance (the layout of schema versions 1 and 2; kept for reading their files).
     pub fn insert_instance(&self, instance: &StoredInstance) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO instances (id, function, node, device, port, profiling, model_key)
@@ -240,15 +227,6 @@ impl Store {
                 instance.profiling,
                 instance.model_key
             ],
-        )?;
-        Ok(())
-    }
-
-    /// Marks an instance as serving (no longer profiling).
-    pub fn set_serving(&self, id: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE instances SET profiling = 0 WHERE id = ?1",
-            params![id],
         )?;
         Ok(())
     }
@@ -288,7 +266,7 @@ fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRow> {
 }
 
 fn parse_function(row: FunctionRow) -> Result<StoredFunction, StoreError> {
-    let (name, spec, profile, generation, created) = row;
+    let (name, spec, profile, generation, _created) = row;
     let corrupt = |e: serde_json::Error| StoreError::Corrupt {
         key: format!("functions/{name}"),
         reason: e.to_string(),
@@ -300,7 +278,6 @@ fn parse_function(row: FunctionRow) -> Result<StoredFunction, StoreError> {
             .transpose()
             .map_err(corrupt)?,
         generation: generation.max(0) as u64,
-        created_unix: created.max(0) as u64,
     })
 }
 
@@ -311,10 +288,40 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     })
 }
 
+fn control(e: StoreError) -> ControlStoreError {
+    ControlStoreError(e.to_string())
+}
+
+impl FunctionStore for Store {
+    fn functions(&self) -> Result<Vec<StoredFunction>, ControlStoreError> {
+        Store::functions(self).map_err(control)
+    }
+
+    fn insert(&self, spec: &FunctionSpec) -> Result<bool, ControlStoreError> {
+        self.insert_function(spec).map_err(control)
+    }
+
+    fn update(
+        &self,
+        spec: &FunctionSpec,
+        profile: Option<&Profile>,
+    ) -> Result<Option<u64>, ControlStoreError> {
+        self.update_function(spec, profile).map_err(control)
+    }
+
+    fn set_profile(&self, name: &str, profile: Option<&Profile>) -> Result<(), ControlStoreError> {
+        Store::set_profile(self, name, profile).map_err(control)
+    }
+
+    fn delete(&self, name: &str) -> Result<bool, ControlStoreError> {
+        self.delete_function(name).map_err(control)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{SpecFormat, parse_spec};
+    use dilu_api::{SpecFormat, parse_spec};
 
     fn spec(name: &str) -> FunctionSpec {
         parse_spec(
@@ -338,12 +345,13 @@ mod tests {
                 limit: 0.5,
                 batch: 4,
                 capacity_rps: 120.0,
+                capacity_full_rps: None,
                 latency_s: Some(0.03),
                 source: "hgs".into(),
                 measurements: 6,
                 seconds: 9.5,
             };
-            store.set_profile("a", &profile).unwrap();
+            store.set_profile("a", Some(&profile)).unwrap();
             store
                 .insert_instance(&StoredInstance {
                     id: "i-1".into(),
@@ -351,11 +359,10 @@ mod tests {
                     node: "local".into(),
                     device: "CPU-1".into(),
                     port: 4000,
-                    profiling: true,
+                    profiling: false,
                     model_key: Some("k1".into()),
                 })
                 .unwrap();
-            store.set_serving("i-1").unwrap();
         }
         let store = Store::open(&path).unwrap();
         let all = store.functions().unwrap();
@@ -367,9 +374,10 @@ mod tests {
         assert_eq!(inst[0].model_key.as_deref(), Some("k1"));
         let mut changed = spec("a");
         changed.slo_ms = Some(80.0);
-        assert!(store.update_function(&changed).unwrap());
+        assert_eq!(store.update_function(&changed, None).unwrap(), Some(2));
         let a = store.function("a").unwrap().unwrap();
         assert_eq!((a.generation, a.profile.is_none()), (2, true));
+        assert_eq!(store.update_function(&spec("zz"), None).unwrap(), None);
         assert!(store.delete_function("a").unwrap());
         assert!(store.instances().unwrap().is_empty());
         assert!(!store.delete_function("a").unwrap());

@@ -4,7 +4,7 @@
 //!
 //! Rerun: `cargo bench -p dilu-sim --bench placement`
 
-use dilu_core::PolicyName;
+use dilu_core::PlacerName;
 use dilu_sim::generate::{GenerateConfig, generate_instance_trace};
 use dilu_sim::instance_replay::{ReplayCluster, replay_instances};
 use dilu_sim::openb::{read_openb_nodes, read_openb_pods};
@@ -47,10 +47,10 @@ fn main() {
             "policy", "wall_s", "arrivals", "placements/s", "vs_random"
         );
         let mut baseline = None;
-        let order = [PolicyName::Random].into_iter().chain(
-            PolicyName::ALL
+        let order = [PlacerName::Random].into_iter().chain(
+            PlacerName::ALL
                 .into_iter()
-                .filter(|p| *p != PolicyName::Random),
+                .filter(|p| *p != PlacerName::Random),
         );
         for policy in order {
             let config = OpenbRunConfig {
@@ -92,10 +92,10 @@ fn main() {
     );
     let mut baseline = None;
     for policy in [
-        PolicyName::Dilu,
-        PolicyName::Exclusive,
-        PolicyName::InflessL,
-        PolicyName::InflessR,
+        PlacerName::Dilu,
+        PlacerName::Exclusive,
+        PlacerName::InflessL,
+        PlacerName::InflessR,
     ] {
         let (wall, _) = best_of(|| {
             replay_instances(&events, ReplayCluster::default(), policy).expect("replay")

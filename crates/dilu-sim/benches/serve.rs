@@ -6,7 +6,7 @@
 
 use dilu_core::perf::builtin_model_names;
 use dilu_sim::serve::scenario::load_scenario;
-use dilu_sim::serve::{ServePolicy, prepare, run_policy};
+use dilu_sim::serve::{PolicyName, prepare, run_policy};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hint::black_box;
@@ -66,7 +66,7 @@ fn main() {
         };
         let mut total_wall = 0.0;
         let mut total_events = 0u64;
-        for policy in ServePolicy::ALL {
+        for policy in PolicyName::ALL {
             let started = Instant::now();
             let run = match run_policy(&setup, policy) {
                 Ok(r) => r,

@@ -6,7 +6,7 @@ use crate::instance_trace::{InstanceType, TraceAction, TraceEvent};
 use dilu_core::frag::DiluFragTracker;
 use dilu_core::placement::{PlacerConfig, PlacerConfigError};
 use dilu_core::{
-    Cluster, CoreError, InstanceKind, InstanceRequest, NodeSpec, Placement, PolicyName,
+    Cluster, CoreError, InstanceKind, InstanceRequest, NodeSpec, Placement, PlacerName,
     build_placer,
 };
 use serde::Serialize;
@@ -83,7 +83,7 @@ pub struct ActiveSample {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayOutcome {
     /// The policy.
-    pub policy: PolicyName,
+    pub policy: PlacerName,
     /// Most GPUs active at once (the cost).
     pub peak_active_gpus: u32,
     /// When the peak was first reached, seconds since the first event.
@@ -134,7 +134,7 @@ pub fn trace_request(inst: &crate::instance_trace::TraceInstance) -> InstanceReq
 pub fn replay_instances(
     events: &[TraceEvent],
     cluster_shape: ReplayCluster,
-    policy: PolicyName,
+    policy: PlacerName,
 ) -> Result<ReplayOutcome, ReplayError> {
     let mut cluster = Cluster::new(cluster_shape.node_specs())?;
     let mut placer = build_placer(policy, &cluster, &PlacerConfig::default())?;

@@ -279,9 +279,9 @@ fn pods_from_table(t: Table) -> Result<Vec<PodRecord>, OpenbError> {
             let column = if e.field.starts_with("sm_") {
                 "gpu_milli"
             } else {
-                e.field
+                e.field.as_str()
             };
-            t.error(row.line, column, &e.value, e.rule)
+            t.error(row.line, column, &e.value, e.rule.clone())
         })?;
         pods.push(PodRecord {
             name,

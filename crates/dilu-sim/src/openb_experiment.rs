@@ -8,7 +8,7 @@ use crate::report::{PlacementColumns, PlacementPoint};
 use dilu_core::frag::{FgdFragTracker, TypicalPods};
 use dilu_core::gorand::GoRand;
 use dilu_core::placement::{PlacerConfig, PlacerConfigError};
-use dilu_core::{Cluster, CoreError, NodeSpec, PolicyName, build_placer};
+use dilu_core::{Cluster, CoreError, NodeSpec, PlacerName, build_placer};
 
 /// FGD keeps the most popular pod shapes covering this share of pods as its typical pods.
 pub const TYPICAL_POD_THRESHOLD_PCT: f64 = 95.0;
@@ -42,7 +42,7 @@ pub enum ExperimentError {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpenbRunConfig {
     /// Placement policy.
-    pub policy: PolicyName,
+    pub policy: PlacerName,
     /// Seed of Go's `math/rand` (FGD uses 42..51).
     pub seed: i64,
     /// Target requested GPU as a multiple of cluster GPU capacity (FGD uses 1.3).

@@ -3,7 +3,7 @@
 
 mod common;
 
-use dilu_core::PolicyName;
+use dilu_core::PlacerName;
 use dilu_sim::csv::parse_csv;
 use dilu_sim::openb::{read_openb_nodes, read_openb_pods};
 use dilu_sim::openb_experiment::{OpenbRunConfig, run_openb};
@@ -65,7 +65,7 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
     let mut report = Vec::new();
     let mut exact_runs = 0;
     let mut frag_exact_runs = 0;
-    for policy in PolicyName::FGD_SIX {
+    for policy in PlacerName::FGD_SIX {
         let label = policy.fgd_label().unwrap();
         let mut ours: HashMap<usize, Vec<f64>> = HashMap::new();
         let mut theirs: HashMap<usize, Vec<f64>> = HashMap::new();
@@ -96,7 +96,7 @@ fn six_policies_match_fgd_medians_and_deterministic_ones_match_per_seed() {
                 (run.columns.frag_total_pct[k].unwrap() - frag[&key][k]).abs() <= 0.1 + 1e-9
                     && (run.columns.frag_ratio_pct[k].unwrap() - ratio[&key][k]).abs() <= 0.1 + 1e-9
             });
-            if policy != PolicyName::Random {
+            if policy != PlacerName::Random {
                 exact_runs += usize::from(exact);
                 frag_exact_runs += usize::from(frag_exact);
             }

@@ -3,16 +3,16 @@
 
 mod common;
 
-use dilu_core::PolicyName;
+use dilu_core::PlacerName;
 use dilu_sim::generate::{GenerateConfig, generate_instance_trace};
 use dilu_sim::instance_replay::{ReplayCluster, ReplayOutcome, replay_instances};
 use dilu_sim::instance_trace::{TraceAction, TraceEvent, read_instance_trace};
 
-const FOUR: [PolicyName; 4] = [
-    PolicyName::Dilu,
-    PolicyName::Exclusive,
-    PolicyName::InflessL,
-    PolicyName::InflessR,
+const FOUR: [PlacerName; 4] = [
+    PlacerName::Dilu,
+    PlacerName::Exclusive,
+    PlacerName::InflessL,
+    PlacerName::InflessR,
 ];
 
 fn replay_all(events: &[TraceEvent]) -> Vec<ReplayOutcome> {

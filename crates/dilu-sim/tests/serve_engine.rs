@@ -10,7 +10,7 @@ use dilu_sim::serve::metrics::PolicyRun;
 use dilu_sim::serve::report::{ServeComparison, to_json};
 use dilu_sim::serve::scenario::{ScenarioError, load_scenario, parse_scenario};
 use dilu_sim::serve::workload::{ArrivalStream, arrival_seed};
-use dilu_sim::serve::{ServePolicy, Setup, prepare, run_policy};
+use dilu_sim::serve::{PolicyName, Setup, prepare, run_policy};
 
 /// Parses and prepares an inline scenario, panicking with the error message.
 fn setup(yaml: &str) -> Setup {
@@ -20,7 +20,7 @@ fn setup(yaml: &str) -> Setup {
 }
 
 /// Runs one policy, panicking with the error message.
-fn run(setup: &Setup, policy: ServePolicy) -> PolicyRun {
+fn run(setup: &Setup, policy: PolicyName) -> PolicyRun {
     run_policy(setup, policy).unwrap_or_else(|e| panic!("{policy}: {e}"))
 }
 
@@ -36,7 +36,7 @@ fn relative_throughput(model: &str, share: f64) -> f64 {
 fn comparison_json(yaml: &str) -> String {
     let scenario = parse_scenario(yaml, Path::new("."), &builtin_model_names()).expect("parses");
     let s = prepare(&scenario).expect("prepares");
-    let policies = ServePolicy::ALL
+    let policies = PolicyName::ALL
         .iter()
         .map(|&p| run(&s, p).report)
         .collect();
@@ -144,7 +144,7 @@ functions:
 "
     ));
     let expected = rps * (duration - warmup);
-    for p in ServePolicy::ALL {
+    for p in PolicyName::ALL {
         let r = run(&s, p).report;
         let f = &r.functions[0];
         let unfinished = f.requests as i64 - f.completed as i64 - f.dropped as i64;
@@ -197,7 +197,7 @@ functions:
         .perf()
         .batch_time_s(1, 1.0)
         * 1000.0;
-    let r = run(&s, ServePolicy::Exclusive);
+    let r = run(&s, PolicyName::Exclusive);
     let rep = &r.report;
     eprintln!(
         "batch_time(1, 1.0) = {t1:.3} ms; exclusive p50 {} ms, p95 {} ms, p99 {} ms, viol {}, requests {}, min latency {:?}",
@@ -246,7 +246,7 @@ functions:
     };
     let capacity = setup(&base(10.0)).profiles[0].capacity_rps;
     let s = setup(&base(5.0 * capacity));
-    let r = run(&s, ServePolicy::Infless).report;
+    let r = run(&s, PolicyName::Infless).report;
     eprintln!(
         "capacity {capacity:.1} rps, offered {:.1} rps: infless completed {:.1} rps, viol {:.3}, dropped {} of {}, p50 {} ms",
         5.0 * capacity,
@@ -301,7 +301,7 @@ functions:
     };
     let capacity = setup(&base(10.0)).profiles[0].capacity_rps;
     let s = setup(&base(3.0 * capacity));
-    for p in ServePolicy::ALL {
+    for p in PolicyName::ALL {
         let r = run(&s, p);
         let max_instances = r.timeline.iter().map(|t| t.instances).max().unwrap_or(0);
         let last = r.timeline.last().map_or(0, |t| t.instances);
@@ -314,7 +314,7 @@ functions:
             r.report.peak_active_gpus,
             r.report.unschedulable
         );
-        if matches!(p, ServePolicy::Dilu | ServePolicy::Exclusive) {
+        if matches!(p, PolicyName::Dilu | PolicyName::Exclusive) {
             assert!(r.report.cold_starts >= 1, "{p}: no cold start");
             assert!(max_instances >= 3, "{p}: at most {max_instances} instances");
         }
@@ -342,7 +342,7 @@ functions:
     );
     let mem_mib = s.prepared.functions[0].mem_mib as f64;
     let frag = 1.0 - mem_mib / (40.0 * 1024.0);
-    let r = run(&s, ServePolicy::Exclusive).report;
+    let r = run(&s, PolicyName::Exclusive).report;
     eprintln!(
         "gpu_hours {}, peak {}, mem frag {} (expected {frag}), sm frag {}",
         r.gpu_hours, r.peak_active_gpus, r.mean_mem_frag, r.mean_sm_frag
@@ -376,7 +376,7 @@ training:
 ",
     );
     let rt = |x| relative_throughput("gpt2_large", x);
-    for p in ServePolicy::ALL {
+    for p in PolicyName::ALL {
         let r = run(&s, p).report;
         eprintln!(
             "{p}: training_throughput {} (rt(0.4) = {}, rt(0.7) = {}), gpu_hours {}",
@@ -391,9 +391,9 @@ training:
         // whose rate control only throttles training next to inference), its fixed request (INFless), or
         // its limit (the others).
         let expected = match p {
-            ServePolicy::Exclusive | ServePolicy::Tgs => 1.0,
-            ServePolicy::Infless => rt(0.4),
-            ServePolicy::Dilu | ServePolicy::FastGShare | ServePolicy::Has => rt(0.7),
+            PolicyName::Exclusive | PolicyName::Tgs => 1.0,
+            PolicyName::Infless => rt(0.4),
+            PolicyName::Dilu | PolicyName::FastGShare | PolicyName::Has => rt(0.7),
         };
         assert!(
             (r.training_throughput - expected).abs() < 1e-9,
@@ -441,7 +441,7 @@ training:
     let rt = |x| relative_throughput("gpt2_large", x);
     eprintln!("profile {:?}", s.profiles);
     let mut tput = Vec::new();
-    for p in ServePolicy::ALL {
+    for p in PolicyName::ALL {
         let r = run(&s, p).report;
         eprintln!(
             "{p}: training {:.4} (rt(0.4) {:.4}, rt(0.7) {:.4}), inference {:.1} rps, viol {:.4}, p99 {} ms, unsched {}",
@@ -455,14 +455,14 @@ training:
         );
         tput.push((p, r));
     }
-    let report = |p: ServePolicy| {
+    let report = |p: PolicyName| {
         &tput
             .iter()
             .find(|(q, _)| *q == p)
             .expect("every policy ran")
             .1
     };
-    let dilu = report(ServePolicy::Dilu);
+    let dilu = report(PolicyName::Dilu);
     assert_eq!(
         dilu.unschedulable, 0,
         "dilu co-locates inference with training"
@@ -488,7 +488,7 @@ training:
     assert!((dilu.inference_throughput_rps - 200.0).abs() < 10.0);
     // TGS gives the inference instance the whole GPU and only rate-limits training around it, so under a
     // steady load training keeps less than under Dilu's guaranteed request.
-    let tgs = report(ServePolicy::Tgs);
+    let tgs = report(PolicyName::Tgs);
     assert_eq!(tgs.unschedulable, 0);
     assert!(
         tgs.training_throughput < dilu.training_throughput,
@@ -497,11 +497,11 @@ training:
         dilu.training_throughput
     );
     // INFless pins training at its request: exactly rt(0.4).
-    let infless = report(ServePolicy::Infless);
+    let infless = report(PolicyName::Infless);
     assert!((infless.training_throughput - rt(0.4)).abs() < 1e-9);
     // Exclusive: the training job holds the only GPU, so no inference instance can ever be placed and
     // every measured request is left unfinished (and late).
-    let exclusive = report(ServePolicy::Exclusive);
+    let exclusive = report(PolicyName::Exclusive);
     assert!((exclusive.training_throughput - 1.0).abs() < 1e-9);
     assert_eq!(exclusive.completed, 0);
     assert!(exclusive.unschedulable > 0);
@@ -693,7 +693,7 @@ functions:
     let scenario = parse_scenario(yaml, &dir, &builtin_model_names()).expect("parses");
     let s = prepare(&scenario).expect("prepares");
     let expected = 1200.0 * 60.0 + 50.0 * 180.0;
-    for p in ServePolicy::ALL {
+    for p in PolicyName::ALL {
         let r = run(&s, p);
         let rep = &r.report;
         let peak = r.timeline.iter().map(|t| t.instances).max().unwrap_or(0);
@@ -714,7 +714,7 @@ functions:
             "{p}: {unfinished} unfinished"
         );
         assert!(peak >= 2, "{p}: never scaled out (peak {peak})");
-        if p == ServePolicy::Exclusive {
+        if p == PolicyName::Exclusive {
             // KPA follows the drop back to one instance; the retired instances' GPUs are given back.
             assert_eq!(last, 1, "{p}: {last} instances at the end");
             let last_gpus = r.timeline.last().map_or(0, |t| t.active_gpus);
@@ -742,7 +742,7 @@ functions:
     )
     .expect("parses");
     let s = prepare(&scenario).expect("prepares");
-    let r = run(&s, ServePolicy::Exclusive).report;
+    let r = run(&s, PolicyName::Exclusive).report;
     for (i, f) in scenario.functions.iter().enumerate() {
         let documented = ArrivalStream::new(
             &f.workload,
@@ -781,7 +781,7 @@ functions:
     workload: { kind: poisson, rps: 100 }
 ",
     );
-    for p in [ServePolicy::Dilu, ServePolicy::Infless, ServePolicy::Has] {
+    for p in [PolicyName::Dilu, PolicyName::Infless, PolicyName::Has] {
         let r = run(&s, p);
         let reserved = r.timeline.last().map_or(0.0, |t| t.sm_reserved);
         eprintln!(

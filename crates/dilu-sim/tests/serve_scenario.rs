@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use dilu_sim::serve::policy_name::ServePolicy;
+use dilu_sim::serve::PolicyName;
 use dilu_sim::serve::scenario::{Scenario, ScenarioError, load_scenario, parse_scenario};
 use dilu_sim::serve::workload::{
     ArrivalStream, BuiltinSeries, Workload, arrival_seed, builtin_series_seed,
@@ -134,7 +134,7 @@ fn full_scenario_parses_with_every_key() {
     assert_eq!(s.cluster.mem_gb, 512.0);
     assert_eq!(
         s.policies,
-        vec![ServePolicy::Dilu, ServePolicy::Exclusive, ServePolicy::Tgs]
+        vec![PolicyName::Dilu, PolicyName::Exclusive, PolicyName::Tgs]
     );
 
     let f = &s.functions[0];
@@ -210,7 +210,7 @@ fn minimal_scenario_gets_the_documented_defaults() {
     assert_eq!(s.cluster.gpu_model, "A100");
     assert_eq!(s.cluster.cpu_cores, 64);
     assert_eq!(s.cluster.mem_gb, 256.0);
-    assert_eq!(s.policies, ServePolicy::ALL.to_vec());
+    assert_eq!(s.policies, PolicyName::ALL.to_vec());
     assert!(s.training.is_empty());
     assert!(s.parameters.is_empty());
     let f = &s.functions[0];

@@ -7,28 +7,12 @@ use std::time::Duration;
 
 use common::{AgentProc, alive, channel_path, dilu_bin, wait_for};
 use dilu_quota::AgentChannel;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn cpu_rate(channel: &AgentChannel, over: Duration) -> f64 {
     let before = channel.snapshot().cost_launched;
     std::thread::sleep(over);
     (channel.snapshot().cost_launched - before) as f64 / over.as_nanos() as f64
-}
-
-fn ids_and_pids(list: &Value) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = list["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["id"].as_str().unwrap().to_string(),
-                i["pid"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 #[test]
@@ -46,7 +30,7 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
         assert_eq!(status, 201, "{body}");
         ids.push(body["id"].as_str().unwrap().to_string());
     }
-    let before = ids_and_pids(&agent.get("/instances").1);
+    let before = AgentProc::recorded(dir.path());
     assert_eq!(before.len(), 2);
     let channel = AgentChannel::open(&channel_path(dir.path(), &ids[0])).unwrap();
     wait_for(Duration::from_secs(5), || {
@@ -57,7 +41,7 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
     agent.kill9();
     for (_, pid) in &before {
         assert!(
-            alive(*pid as u32),
+            alive(*pid),
             "instance {pid} must survive the agent's death"
         );
     }
@@ -72,7 +56,11 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
 
     let agent = AgentProc::start(dir.path(), &["--cpu-cores", "1"]);
     let (_, list) = agent.get("/instances");
-    let after = ids_and_pids(&list);
+    assert!(
+        list["instances"][0].get("pid").is_none(),
+        "reports carry no pids: {list}"
+    );
+    let after = AgentProc::recorded(dir.path());
     assert_eq!(
         after, before,
         "same instances, same processes: none lost, none duplicated"

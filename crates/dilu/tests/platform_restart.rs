@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::alive;
+use common::{AgentProc, alive};
 use common::platform::{UpProc, argmax, ensure_models, output_data};
 
 #[test]
@@ -29,8 +29,15 @@ fn a_killed_platform_restores_its_functions_and_serves_without_redeploy() {
     let (s, r) = up.infer("ocr", &upright);
     assert_eq!((s, argmax(&output_data(&r))), (200, 0), "{r}");
     let instance = before["instances"][0]["id"].as_str().unwrap().to_string();
+    let agent_dir = dir.path().join("agent");
+    let pid = AgentProc::recorded_pid(&agent_dir, &instance).expect("the agent records the worker");
     let (_, instances) = up.get("/v1/instances");
-    let pid = instances["instances"][0]["pid"].as_u64().unwrap() as u32;
+    for hidden in ["pid", "command", "log", "channel"] {
+        assert!(
+            instances["instances"][0].get(hidden).is_none(),
+            "/v1/instances shows no {hidden}: {instances}"
+        );
+    }
 
     up.kill9();
     assert!(alive(pid), "the worker outlives the killed platform");
@@ -46,10 +53,7 @@ fn a_killed_platform_restores_its_functions_and_serves_without_redeploy() {
         "the same instance was adopted"
     );
     let (_, instances) = up.get("/v1/instances");
-    assert_eq!(
-        instances["instances"][0]["pid"].as_u64(),
-        Some(u64::from(pid))
-    );
+    assert_eq!(AgentProc::recorded_pid(&agent_dir, &instance), Some(pid));
     assert_eq!(instances["instances"][0]["adopted"], true);
     let (s, r) = up.infer("ocr", &upright);
     assert_eq!((s, argmax(&output_data(&r))), (200, 0), "{r}");

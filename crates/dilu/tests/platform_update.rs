@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::alive;
+use common::{AgentProc, alive};
 use common::platform::{UpProc, argmax, ensure_models, output_data};
 use reqwest::Method;
 use serde_json::Value;
@@ -105,13 +105,7 @@ impl Load {
 }
 
 fn instance_pids(up: &UpProc) -> Vec<(String, u32)> {
-    let (_, v) = up.get("/v1/instances");
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|i| Some((i["id"].as_str()?.to_string(), i["pid"].as_u64()? as u32)))
-        .collect()
+    AgentProc::recorded(&up.data_dir.join("agent"))
 }
 
 #[test]

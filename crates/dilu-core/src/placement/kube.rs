@@ -9,7 +9,7 @@ use crate::cluster::{Cluster, GpuState, ModelMask, Node, Placement};
 use crate::frag::fgd::NodeFree;
 use crate::frag::{FragMemo, TypicalPods};
 use crate::gorand::GoRand;
-use crate::placement::{Placer, PolicyName, Unschedulable};
+use crate::placement::{Placer, PlacerName, Unschedulable};
 use crate::request::{InstanceRequest, SM_MILLI};
 use std::collections::HashMap;
 
@@ -124,12 +124,12 @@ impl KubePlacer {
 impl Placer for KubePlacer {
     fn name(&self) -> &'static str {
         let name = match self.policy {
-            KubePolicy::Random => PolicyName::Random,
-            KubePolicy::DotProd => PolicyName::DotProd,
-            KubePolicy::Clustering => PolicyName::Clustering,
-            KubePolicy::Packing => PolicyName::Packing,
-            KubePolicy::BestFit => PolicyName::BestFit,
-            KubePolicy::Fgd => PolicyName::Fgd,
+            KubePolicy::Random => PlacerName::Random,
+            KubePolicy::DotProd => PlacerName::DotProd,
+            KubePolicy::Clustering => PlacerName::Clustering,
+            KubePolicy::Packing => PlacerName::Packing,
+            KubePolicy::BestFit => PlacerName::BestFit,
+            KubePolicy::Fgd => PlacerName::Fgd,
         };
         name.as_str()
     }

@@ -1,5 +1,5 @@
 //! Placement policies: where does a new instance go? One [`Placer`] trait, several implementations chosen by
-//! name ([`PolicyName`]), all deterministic for a given seed.
+//! name ([`PlacerName`]), all deterministic for a given seed.
 
 mod dilu;
 mod gang;
@@ -33,7 +33,7 @@ pub enum Unschedulable {
 /// Decides where instances go. Implementations may keep state (caches, an RNG) between calls, but the
 /// cluster itself is only changed by the caller, with [`Cluster::allocate`].
 pub trait Placer: Send {
-    /// The policy's name, as accepted by [`PolicyName::from_str`].
+    /// The policy's name, as accepted by [`PlacerName::from_str`].
     fn name(&self) -> &'static str;
 
     /// Chooses a node and GPUs for `req` on the cluster as it is now.
@@ -47,7 +47,7 @@ pub trait Placer: Send {
 /// Every placement policy the project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PolicyName {
+pub enum PlacerName {
     /// Dilu's resourcing-complementary 2D best-fit (`docs/dilu.md` §4).
     Dilu,
     /// One whole GPU per instance (Kubernetes' default device plugin).
@@ -68,64 +68,73 @@ pub enum PolicyName {
     BestFit,
     /// Fragmentation Gradient Descent (ATC'23).
     Fgd,
+    /// TGS's serving placement: one inference and one training instance per GPU.
+    Tgs,
+    /// HAS-GPU's serving placement: SM·time best-fit with at most two SM partition sizes per GPU.
+    Has,
 }
 
-impl PolicyName {
+impl PlacerName {
     /// All policies, in a stable order.
-    pub const ALL: [PolicyName; 10] = [
-        PolicyName::Dilu,
-        PolicyName::Exclusive,
-        PolicyName::InflessL,
-        PolicyName::InflessR,
-        PolicyName::Random,
-        PolicyName::DotProd,
-        PolicyName::Clustering,
-        PolicyName::Packing,
-        PolicyName::BestFit,
-        PolicyName::Fgd,
+    pub const ALL: [PlacerName; 10] = [
+        PlacerName::Dilu,
+        PlacerName::Exclusive,
+        PlacerName::InflessL,
+        PlacerName::InflessR,
+        PlacerName::Random,
+        PlacerName::DotProd,
+        PlacerName::Clustering,
+        PlacerName::Packing,
+        PlacerName::BestFit,
+        PlacerName::Fgd,
     ];
 
+    /// The placers only the serving policies use (`tgs`, `has`); not part of the placement experiments.
+    pub const SERVING_ONLY: [PlacerName; 2] = [PlacerName::Tgs, PlacerName::Has];
+
     /// The six policies of FGD's published experiment.
-    pub const FGD_SIX: [PolicyName; 6] = [
-        PolicyName::Random,
-        PolicyName::DotProd,
-        PolicyName::Clustering,
-        PolicyName::Packing,
-        PolicyName::BestFit,
-        PolicyName::Fgd,
+    pub const FGD_SIX: [PlacerName; 6] = [
+        PlacerName::Random,
+        PlacerName::DotProd,
+        PlacerName::Clustering,
+        PlacerName::Packing,
+        PlacerName::BestFit,
+        PlacerName::Fgd,
     ];
 
     /// The name used on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            PolicyName::Dilu => "dilu",
-            PolicyName::Exclusive => "exclusive",
-            PolicyName::InflessL => "infless-l",
-            PolicyName::InflessR => "infless-r",
-            PolicyName::Random => "random",
-            PolicyName::DotProd => "dot-prod",
-            PolicyName::Clustering => "clustering",
-            PolicyName::Packing => "packing",
-            PolicyName::BestFit => "best-fit",
-            PolicyName::Fgd => "fgd",
+            PlacerName::Dilu => "dilu",
+            PlacerName::Exclusive => "exclusive",
+            PlacerName::InflessL => "infless-l",
+            PlacerName::InflessR => "infless-r",
+            PlacerName::Random => "random",
+            PlacerName::DotProd => "dot-prod",
+            PlacerName::Clustering => "clustering",
+            PlacerName::Packing => "packing",
+            PlacerName::BestFit => "best-fit",
+            PlacerName::Fgd => "fgd",
+            PlacerName::Tgs => "tgs",
+            PlacerName::Has => "has",
         }
     }
 
     /// The label FGD's result files use (`01-Random` … `06-FGD`), for the six FGD policies.
     pub fn fgd_label(self) -> Option<&'static str> {
         Some(match self {
-            PolicyName::Random => "01-Random",
-            PolicyName::DotProd => "02-DotProd",
-            PolicyName::Clustering => "03-GpuClustering",
-            PolicyName::Packing => "04-GpuPacking",
-            PolicyName::BestFit => "05-BestFit",
-            PolicyName::Fgd => "06-FGD",
+            PlacerName::Random => "01-Random",
+            PlacerName::DotProd => "02-DotProd",
+            PlacerName::Clustering => "03-GpuClustering",
+            PlacerName::Packing => "04-GpuPacking",
+            PlacerName::BestFit => "05-BestFit",
+            PlacerName::Fgd => "06-FGD",
             _ => return None,
         })
     }
 }
 
-impl fmt::Display for PolicyName {
+impl fmt::Display for PlacerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -134,17 +143,18 @@ impl fmt::Display for PolicyName {
 /// An unknown policy name; lists the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown placement policy '{0}': expected one of dilu, exclusive, infless-l, infless-r, random, dot-prod, clustering, packing, best-fit, fgd"
+    "unknown placement policy '{0}': expected one of dilu, exclusive, infless-l, infless-r, random, dot-prod, clustering, packing, best-fit, fgd, tgs, has"
 )]
-pub struct UnknownPolicy(pub String);
+pub struct UnknownPlacer(pub String);
 
-impl FromStr for PolicyName {
-    type Err = UnknownPolicy;
+impl FromStr for PlacerName {
+    type Err = UnknownPlacer;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PolicyName::ALL
+        PlacerName::ALL
             .into_iter()
+            .chain(PlacerName::SERVING_ONLY)
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+            .ok_or_else(|| UnknownPlacer(s.to_owned()))
     }
 }
 
@@ -172,7 +182,7 @@ pub struct PlacerConfigError {
 
 /// Builds the placer for a policy.
 pub fn build_placer(
-    name: PolicyName,
+    name: PlacerName,
     cluster: &Cluster,
     config: &PlacerConfig,
 ) -> Result<Box<dyn Placer>, PlacerConfigError> {
@@ -180,16 +190,18 @@ pub fn build_placer(
         Box::new(KubePlacer::new(policy, cluster, config.seed, None))
     };
     Ok(match name {
-        PolicyName::Dilu => Box::new(DiluPlacer::new(config.dilu)),
-        PolicyName::Exclusive => Box::new(ExclusivePlacer),
-        PolicyName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
-        PolicyName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
-        PolicyName::Random => kube(KubePolicy::Random),
-        PolicyName::DotProd => kube(KubePolicy::DotProd),
-        PolicyName::Clustering => kube(KubePolicy::Clustering),
-        PolicyName::Packing => kube(KubePolicy::Packing),
-        PolicyName::BestFit => kube(KubePolicy::BestFit),
-        PolicyName::Fgd => {
+        PlacerName::Dilu => Box::new(DiluPlacer::new(config.dilu)),
+        PlacerName::Exclusive => Box::new(ExclusivePlacer),
+        PlacerName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
+        PlacerName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
+        PlacerName::Tgs => Box::new(TgsPlacer),
+        PlacerName::Has => Box::new(HasPlacer::default()),
+        PlacerName::Random => kube(KubePolicy::Random),
+        PlacerName::DotProd => kube(KubePolicy::DotProd),
+        PlacerName::Clustering => kube(KubePolicy::Clustering),
+        PlacerName::Packing => kube(KubePolicy::Packing),
+        PlacerName::BestFit => kube(KubePolicy::BestFit),
+        PlacerName::Fgd => {
             let typical = config.typical_pods.as_ref().ok_or(PlacerConfigError {
                 policy: "fgd",
                 what: "a typical-pod distribution",

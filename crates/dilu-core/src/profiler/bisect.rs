@@ -36,11 +36,7 @@ pub fn bisect_training(
     target: f64,
 ) -> Result<TrainingProfile, ProfileError> {
     if !(target > 0.0 && target <= 1.0) {
-        return Err(ProfileError::Config {
-            field: "target",
-            value: target.to_string(),
-            rule: "must be within (0, 1]",
-        });
+        return Err(ProfileError::Config(crate::FieldError::new("target", target.to_string(), "must be within (0, 1]")));
     }
     let full = measure(100);
     if !(full.is_finite() && full > 0.0) {
@@ -116,10 +112,7 @@ mod tests {
     fn bad_inputs_are_typed_errors() {
         assert!(matches!(
             bisect_training(|_| 1.0, 0.0),
-            Err(ProfileError::Config {
-                field: "target",
-                ..
-            })
+            Err(ProfileError::Config(crate::FieldError { ref field, .. })) if field == "target"
         ));
         assert!(matches!(
             bisect_training(|_| f64::NAN, 0.98),

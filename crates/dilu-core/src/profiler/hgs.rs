@@ -65,11 +65,7 @@ impl TeDrop {
         if ok {
             Ok(())
         } else {
-            Err(ProfileError::Config {
-                field: "te_drop",
-                value: v.to_string(),
-                rule,
-            })
+            Err(ProfileError::Config(crate::FieldError::new("te_drop", v.to_string(), rule)))
         }
     }
 }
@@ -87,11 +83,7 @@ impl FromStr for TeDrop {
     type Err = ProfileError;
     /// Parses `rel:0.1` or `abs:0.2`.
     fn from_str(s: &str) -> Result<Self, ProfileError> {
-        let bad = |rule| ProfileError::Config {
-            field: "te_drop",
-            value: format!("{s:?}"),
-            rule,
-        };
+        let bad = |rule| ProfileError::Config(crate::FieldError::new("te_drop", format!("{s:?}"), rule));
         let (kind, v) = s
             .split_once(':')
             .ok_or_else(|| bad("must be rel:FRACTION or abs:DELTA"))?;
@@ -136,25 +128,13 @@ impl HgsConfig {
     /// Checks every parameter.
     pub fn validate(&self) -> Result<(), ProfileError> {
         if !(self.slo_s.is_finite() && self.slo_s > 0.0) {
-            return Err(ProfileError::Config {
-                field: "slo_s",
-                value: self.slo_s.to_string(),
-                rule: "must be finite and > 0",
-            });
+            return Err(ProfileError::Config(crate::FieldError::new("slo_s", self.slo_s.to_string(), "must be finite and > 0")));
         }
         if self.max_batch == 0 {
-            return Err(ProfileError::Config {
-                field: "max_batch",
-                value: "0".into(),
-                rule: "must be at least 1",
-            });
+            return Err(ProfileError::Config(crate::FieldError::new("max_batch", "0", "must be at least 1")));
         }
         if !(1..=100).contains(&self.sm_step) {
-            return Err(ProfileError::Config {
-                field: "sm_step",
-                value: self.sm_step.to_string(),
-                rule: "must be in 1..=100",
-            });
+            return Err(ProfileError::Config(crate::FieldError::new("sm_step", self.sm_step.to_string(), "must be in 1..=100")));
         }
         self.te_drop.validate()
     }
@@ -336,7 +316,7 @@ mod tests {
         assert_eq!("abs:0.2".parse::<TeDrop>().unwrap(), TeDrop::Absolute(0.2));
         assert_eq!(TeDrop::Absolute(0.2).to_string(), "abs:0.2");
         let e = "rel:1.5".parse::<TeDrop>().unwrap_err();
-        assert!(e.to_string().contains("field 'te_drop' = 1.5"), "{e}");
+        assert!(e.to_string().contains("te_drop = 1.5"), "{e}");
         assert!("pct:3".parse::<TeDrop>().is_err());
         assert!("rel".parse::<TeDrop>().is_err());
     }
@@ -420,7 +400,7 @@ mod tests {
         ] {
             assert!(matches!(
                 hybrid_growth_search(&mut m, &cfg),
-                Err(ProfileError::Config { .. })
+                Err(ProfileError::Config(_))
             ));
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod bisect;
 pub mod hgs;
+pub mod knee;
 pub mod quota;
 
 pub use bisect::{DEFAULT_TRAINING_TARGET, TrainingProfile, bisect_training};
@@ -39,15 +40,8 @@ pub trait Measure {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProfileError {
     /// A parameter breaks a rule.
-    #[error("field '{field}' = {value}: {rule}")]
-    Config {
-        /// The parameter.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// The rule broken.
-        rule: &'static str,
-    },
+    #[error(transparent)]
+    Config(#[from] crate::error::FieldError),
     /// The table has no measurement at a point the search needs.
     #[error(
         "model '{model}': no measurement at batch={batch} sm_pct={sm_pct}; the table must hold every point the search visits"

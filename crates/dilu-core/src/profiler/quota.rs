@@ -6,7 +6,8 @@
 //!   horizontal scaler counts on per instance;
 //! - training: `sm_request` from the bisection, `sm_limit = 1.0` (training soaks up idle SMs).
 
-use super::ProfileError;
+use super::knee::limit_knee;
+use super::{ModelMeasure, ProfileError};
 use super::bisect::TrainingProfile;
 use super::hgs::HgsResult;
 use crate::perf::model::PerfModel;
@@ -26,6 +27,9 @@ pub struct InferenceQuota {
     pub sm_limit: f64,
     /// Requests per second one instance serves at `sm_request` (requests, also for per-token models).
     pub capacity_rps: f64,
+    /// Requests per second one instance serves with the whole device at the same batch (what a policy that
+    /// grants whole devices counts on).
+    pub capacity_full_rps: f64,
 }
 
 impl InferenceQuota {
@@ -39,25 +43,27 @@ impl InferenceQuota {
         }
         let batch = result.batch;
         let sm_request = f64::from(result.sm_pct) / 100.0;
-        let shares: Vec<f64> = model
-            .grid_sm_pcts()
+        let grid = model.grid_sm_pcts();
+        let best = grid
             .iter()
-            .map(|&s| f64::from(s) / 100.0)
-            .collect();
-        let best = shares
-            .iter()
-            .map(|&s| model.throughput(batch, s))
+            .map(|&s| model.throughput(batch, f64::from(s) / 100.0))
             .fold(0.0, f64::max);
-        let knee = shares
-            .iter()
-            .copied()
-            .find(|&s| model.throughput(batch, s) >= LIMIT_KNEE_FRACTION * best)
-            .unwrap_or(1.0);
+        // The knee among the request and the grid's larger shares.
+        let mut candidates = vec![result.sm_pct];
+        candidates.extend(grid.iter().copied().filter(|&s| s > result.sm_pct));
+        let knee = limit_knee(
+            &mut ModelMeasure::new(model),
+            batch,
+            &candidates,
+            best,
+            LIMIT_KNEE_FRACTION,
+        )?;
         Ok(InferenceQuota {
             batch,
             sm_request,
-            sm_limit: knee.max(sm_request),
+            sm_limit: (f64::from(knee) / 100.0).max(sm_request),
             capacity_rps: model.throughput(batch, sm_request),
+            capacity_full_rps: model.throughput(batch, 1.0),
         })
     }
 }

@@ -1,9 +1,10 @@
 //! The public FaST-GShare-Autoscaler's policy (`docs/peers.md` §1): every 2 s, compare the 10-second request
 //! rate with the function's total capacity and add or remove whole instances when they differ by more than 20%.
 
+use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    EPS, ScalerConfigError, capacity_known, ceil_count, finish, floor_count, has_demand, require,
+    EPS, capacity_known, ceil_count, finish, floor_count, has_demand, require,
     require_seconds, seconds_to_ns, towards,
 };
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ impl Default for FastGShareConfig {
 
 impl FastGShareConfig {
     /// Checks positive interval and window lengths and a threshold in `[0, 10]`.
-    pub fn validate(&self) -> Result<(), ScalerConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "fast-gshare";
         require_seconds(S, "interval_s", self.interval_s)?;
         require_seconds(S, "rate_window_s", self.rate_window_s)?;
@@ -106,7 +107,7 @@ pub struct FastGShareScaler {
 
 impl FastGShareScaler {
     /// A scaler with `config`, or the rule it breaks.
-    pub fn new(config: FastGShareConfig) -> Result<Self, ScalerConfigError> {
+    pub fn new(config: FastGShareConfig) -> Result<Self, FieldError> {
         config.validate()?;
         Ok(FastGShareScaler {
             config,
@@ -205,7 +206,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field, err.value.as_str()), ("threshold", "-0.1"));
+        assert_eq!((err.field.as_str(), err.value.as_str()), ("fast-gshare.threshold", "-0.1"));
         assert_eq!(
             FastGShareConfig {
                 rate_window_s: 0.0,
@@ -214,7 +215,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "rate_window_s"
+            "fast-gshare.rate_window_s"
         );
     }
 

@@ -2,10 +2,11 @@
 //! filter, then scales VERTICALLY FIRST (raise or lower instances' time quotas in 10-point steps) and
 //! horizontally only for what quotas cannot cover.
 
+use crate::error::FieldError;
 use super::fast_gshare::RateWindow;
 use super::horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, QuotaChange, ScaleDecision};
 use super::lazy::{
-    EPS, MAX_SECONDS, ScalerConfigError, bounds, capacity_known, ceil_count, finish, require,
+    EPS, MAX_SECONDS, bounds, capacity_known, ceil_count, finish, require,
     require_seconds, seconds_to_ns, towards,
 };
 use serde::{Deserialize, Serialize};
@@ -124,7 +125,7 @@ impl Default for HasConfig {
 impl HasConfig {
     /// Checks positive interval and window, `0 ≤ down < up ≤ 1`, step and minimum quota in (0, 1], a cooldown
     /// in [0, 86400] s, a partition threshold in [0, 1], `Q ≥ 0`, `R > 0`, `alpha ≥ 0` and `min_buffer ≥ 0`.
-    pub fn validate(&self) -> Result<(), ScalerConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "has";
         let fraction = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
         let non_negative = |v: f64| v.is_finite() && v >= 0.0;
@@ -227,7 +228,7 @@ pub struct HasScaler {
 
 impl HasScaler {
     /// A scaler with `config`, or the rule it breaks.
-    pub fn new(config: HasConfig) -> Result<Self, ScalerConfigError> {
+    pub fn new(config: HasConfig) -> Result<Self, FieldError> {
         config.validate()?;
         Ok(HasScaler {
             config,
@@ -529,13 +530,13 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field, err.value.as_str()), ("down_threshold", "0.95"));
+        assert_eq!((err.field.as_str(), err.value.as_str()), ("has.down_threshold", "0.95"));
         assert_eq!(
             HasConfig { kalman_r: 0.0, ..c }
                 .validate()
                 .unwrap_err()
                 .field,
-            "kalman_r"
+            "has.kalman_r"
         );
         assert_eq!(
             HasConfig {
@@ -545,7 +546,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "quota_step"
+            "has.quota_step"
         );
         assert_eq!(
             HasConfig {
@@ -555,7 +556,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "down_cooldown_s"
+            "has.down_cooldown_s"
         );
     }
 

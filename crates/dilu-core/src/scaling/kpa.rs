@@ -2,10 +2,11 @@
 //! baseline. GPU-unaware and horizontal only; it sizes for the average rate over a 60-second stable window, and
 //! panics (sizes for a 6-second window and never scales down) when that window wants twice the ready pods.
 
+use crate::error::FieldError;
 use super::NANOS_PER_SEC;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    ScalerConfigError, bounds, capacity_known, ceil_count, finish, floor_count, has_demand,
+    bounds, capacity_known, ceil_count, finish, floor_count, has_demand,
     require, require_seconds, seconds_to_ns, towards,
 };
 use serde::{Deserialize, Serialize};
@@ -53,7 +54,7 @@ impl Default for KpaConfig {
 impl KpaConfig {
     /// Checks Knative's own ranges: stable window 6..=3600 s, panic window 1..=100 % of it, panic threshold
     /// 110..=1000 %, rates above 1, utilisation in (0, 1], a positive tick and a non-negative grace period.
-    pub fn validate(&self) -> Result<(), ScalerConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "kpa";
         require_seconds(S, "tick_interval_s", self.tick_interval_s)?;
         let u = self.target_utilization;
@@ -182,7 +183,7 @@ pub struct KpaScaler {
 
 impl KpaScaler {
     /// A scaler with `config`, or the rule it breaks.
-    pub fn new(config: KpaConfig) -> Result<Self, ScalerConfigError> {
+    pub fn new(config: KpaConfig) -> Result<Self, FieldError> {
         config.validate()?;
         Ok(KpaScaler {
             config,
@@ -343,7 +344,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field, err.value.as_str()), ("stable_window_s", "5"));
+        assert_eq!((err.field.as_str(), err.value.as_str()), ("kpa.stable_window_s", "5"));
         assert_eq!(
             KpaConfig {
                 max_scale_down_rate: 1.0,
@@ -352,7 +353,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "max_scale_down_rate"
+            "kpa.max_scale_down_rate"
         );
         assert_eq!(
             KpaConfig {
@@ -362,7 +363,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "target_utilization"
+            "kpa.target_utilization"
         );
         assert_eq!(
             KpaConfig {
@@ -372,7 +373,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "panic_threshold_percentage"
+            "kpa.panic_threshold_percentage"
         );
     }
 

@@ -5,45 +5,22 @@
 //! 40 seconds were over capacity, and removed only when three quarters of them fit in one instance fewer.
 
 use super::NANOS_PER_SEC;
+use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, ScaleDecision};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::fmt::Display;
 
-/// A scaler configuration that breaks one of its `validate()` rules; names the scaler, field, value and rule,
-/// so a bad config file is fixed from the message alone.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{scaler} scaler: field '{field}' = {value}: {rule}")]
-pub struct ScalerConfigError {
-    /// The scaler whose configuration is wrong (its [`HorizontalScaler::name`]).
-    pub scaler: &'static str,
-    /// The offending field.
-    pub field: &'static str,
-    /// Its value, as written.
-    pub value: String,
-    /// The rule it breaks.
-    pub rule: &'static str,
-}
-
-/// Returns a [`ScalerConfigError`] unless `ok`; the building block of every `validate()`.
+/// Returns a [`FieldError`] (field `scaler.field`) unless `ok`; the building block of every `validate()`.
 pub(crate) fn require(
     ok: bool,
     scaler: &'static str,
     field: &'static str,
     value: impl Display,
     rule: &'static str,
-) -> Result<(), ScalerConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ScalerConfigError {
-            scaler,
-            field,
-            value: value.to_string(),
-            rule,
-        })
-    }
+) -> Result<(), FieldError> {
+    FieldError::require(ok, format!("{scaler}.{field}"), value, rule)
 }
 
 /// Longest interval or window a scaler accepts, seconds (one day): keeps nanosecond arithmetic far from overflow.
@@ -57,7 +34,7 @@ pub(crate) fn require_seconds(
     scaler: &'static str,
     field: &'static str,
     value: f64,
-) -> Result<(), ScalerConfigError> {
+) -> Result<(), FieldError> {
     require(
         value.is_finite() && value > 0.0 && value <= MAX_SECONDS,
         scaler,
@@ -217,7 +194,7 @@ impl Default for LazyConfig {
 impl LazyConfig {
     /// Checks that the window holds 1..=86400 samples, both vote counts lie in `[1, window]`, and the interval
     /// is a positive number of seconds.
-    pub fn validate(&self) -> Result<(), ScalerConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "lazy";
         require(
             (1..=MAX_SAMPLES).contains(&self.window),
@@ -255,7 +232,7 @@ pub struct LazyScaler {
 
 impl LazyScaler {
     /// A scaler with `config`, or the rule it breaks.
-    pub fn new(config: LazyConfig) -> Result<Self, ScalerConfigError> {
+    pub fn new(config: LazyConfig) -> Result<Self, FieldError> {
         config.validate()?;
         Ok(LazyScaler {
             config,
@@ -397,11 +374,11 @@ pub(crate) mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!(err.field, "out_votes");
+        assert_eq!(err.field, "lazy.out_votes");
         assert_eq!(err.value, "41");
         assert!(
             err.to_string()
-                .contains("lazy scaler: field 'out_votes' = 41")
+                .contains("lazy.out_votes = 41")
         );
         assert_eq!(
             LazyConfig {
@@ -411,7 +388,7 @@ pub(crate) mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "window"
+            "lazy.window"
         );
         assert_eq!(
             LazyConfig {
@@ -421,7 +398,7 @@ pub(crate) mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "interval_s"
+            "lazy.interval_s"
         );
         assert!(
             LazyScaler::new(LazyConfig {

@@ -10,6 +10,7 @@ pub mod horizontal;
 pub mod kpa;
 pub mod lazy;
 pub mod rckm;
+pub mod share;
 pub mod reactive;
 pub mod static_share;
 pub mod tgs;
@@ -19,13 +20,13 @@ pub use fast_gshare::{FastGShareConfig, FastGShareScaler};
 pub use has::{HasConfig, HasScaler, KalmanRps};
 pub use horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, QuotaChange, ScaleDecision};
 pub use kpa::{KpaConfig, KpaScaler};
-pub use lazy::{LazyConfig, LazyScaler, ScalerConfigError};
+pub use lazy::{LazyConfig, LazyScaler};
 pub use rckm::{Rckm, RckmConfig};
 pub use reactive::{InflessConfig, InflessScaler};
 pub use static_share::StaticShares;
 pub use tgs::{TgsConfig, TgsRate};
 pub use vertical::{
-    Arbitration, ControllerConfigError, Grant, ResidentClass, ResidentState, ShareMode,
+    Arbitration, Grant, ResidentState, ShareMode,
     VerticalController, VerticalEvent, arbitrate,
 };
 

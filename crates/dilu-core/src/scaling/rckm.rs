@@ -12,8 +12,10 @@
 //! [request, limit]); an emergency divides `budget` by the burst's overflow, a recovery multiplies it by
 //! 1.3; after all inference has been idle for 600 ms training gets its limits back.
 
+use crate::error::FieldError;
+use crate::request::InstanceKind;
 use crate::scaling::vertical::{
-    ControllerConfigError, Grant, ResidentClass, ResidentState, VerticalController, VerticalEvent,
+    Grant, ResidentState, VerticalController, VerticalEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,14 +61,9 @@ impl Default for RckmConfig {
 
 impl RckmConfig {
     /// Checks that every constant is usable.
-    pub fn validate(&self) -> Result<(), ControllerConfigError> {
-        let err = |field, value, rule| {
-            Err(ControllerConfigError {
-                component: "rckm",
-                field,
-                value,
-                rule,
-            })
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field: &str, value: f64, rule: &str| {
+            Err(FieldError::new(format!("rckm.{field}"), value, rule))
         };
         if !(self.window_ms > 0.0 && self.window_ms.is_finite()) {
             return err("window_ms", self.window_ms, "must be a positive number");
@@ -190,12 +187,12 @@ impl Rckm {
     }
 
     fn grant_for(&self, r: &ResidentState) -> Grant {
-        match r.class {
-            ResidentClass::Training if !self.released => {
+        match r.kind {
+            InstanceKind::Training if !self.released => {
                 let share = (r.sm_request * self.budget).clamp(r.sm_request, r.sm_limit);
                 Grant::spatial(share, r.sm_request)
             }
-            ResidentClass::Training => Grant::spatial(r.sm_limit, r.sm_request),
+            InstanceKind::Training => Grant::spatial(r.sm_limit, r.sm_request),
             _ => Grant::spatial(1.0, r.sm_request),
         }
     }
@@ -238,7 +235,7 @@ impl Rckm {
         h.bursts += 1;
         let bursts = h.bursts;
         let overflow = windows as f64 / baseline as f64;
-        let threshold = if r.class == ResidentClass::LlmInference {
+        let threshold = if r.kind == InstanceKind::LlmInference {
             config.llm_emergency_overflow
         } else {
             config.emergency_overflow
@@ -261,7 +258,7 @@ impl Rckm {
     }
 
     fn next_timer(&self, residents: &[ResidentState]) -> Option<u64> {
-        let any_busy = residents.iter().any(|r| r.class.is_inference() && r.busy);
+        let any_busy = residents.iter().any(|r| r.kind.is_inference() && r.busy);
         let release =
             (!self.released && !any_busy).then_some(self.last_busy_end_ns + self.idle_release_ns);
         match (self.apply_at_ns, release) {
@@ -274,6 +271,14 @@ impl Rckm {
 impl VerticalController for Rckm {
     fn name(&self) -> &'static str {
         "rckm"
+    }
+
+    fn reserves_device(&self) -> bool {
+        !self.released
+    }
+
+    fn training_budget(&self) -> Option<f64> {
+        Some(self.budget)
     }
 
     fn on_event(
@@ -289,29 +294,29 @@ impl VerticalController for Rckm {
                     .retain(|h| residents.iter().any(|r| r.id == h.id));
                 self.budget_cap = residents
                     .iter()
-                    .filter(|r| r.class == ResidentClass::Training && r.sm_request > 0.0)
+                    .filter(|r| r.kind == InstanceKind::Training && r.sm_request > 0.0)
                     .map(|r| r.sm_limit / r.sm_request)
                     .fold(1.0, f64::max);
-                let training_now = residents.iter().any(|r| r.class == ResidentClass::Training);
+                let training_now = residents.iter().any(|r| r.kind == InstanceKind::Training);
                 if training_now && !self.training_present {
                     // Training that joins starts unthrottled (the reference's UPPER budget).
                     self.budget = self.budget_cap;
                 }
                 self.training_present = training_now;
-                if !residents.iter().any(|r| r.class.is_inference()) {
+                if !residents.iter().any(|r| r.kind.is_inference()) {
                     self.released = true;
                 }
                 self.budget = self.budget.min(self.budget_cap);
                 self.apply(residents, grants);
             }
             VerticalEvent::BusyStart { index } => {
-                if residents.get(index).is_some_and(|r| r.class.is_inference()) && self.released {
+                if residents.get(index).is_some_and(|r| r.kind.is_inference()) && self.released {
                     self.released = false;
                     self.schedule_apply(now_ns);
                 }
             }
             VerticalEvent::BusyEnd { index, busy_ns } => {
-                if let Some(r) = residents.get(index).filter(|r| r.class.is_inference()) {
+                if let Some(r) = residents.get(index).filter(|r| r.kind.is_inference()) {
                     let before = self.budget;
                     self.on_burst(r, busy_ns);
                     self.last_busy_end_ns = now_ns;
@@ -321,7 +326,7 @@ impl VerticalController for Rckm {
                 }
             }
             VerticalEvent::Timer => {
-                let any_busy = residents.iter().any(|r| r.class.is_inference() && r.busy);
+                let any_busy = residents.iter().any(|r| r.kind.is_inference() && r.busy);
                 if !self.released
                     && !any_busy
                     && now_ns >= self.last_busy_end_ns + self.idle_release_ns
@@ -353,7 +358,7 @@ mod tests {
         vec![
             ResidentState {
                 id: 1,
-                class: ResidentClass::Inference,
+                kind: InstanceKind::Inference,
                 sm_request: 0.3,
                 sm_limit: 0.6,
                 time_quota: 1.0,
@@ -361,7 +366,7 @@ mod tests {
             },
             ResidentState {
                 id: 2,
-                class: ResidentClass::Training,
+                kind: InstanceKind::Training,
                 sm_request: 0.4,
                 sm_limit: 1.0,
                 time_quota: 1.0,

@@ -1,9 +1,10 @@
 //! An INFless-style reactive scaler (`docs/peers.md` §8): sizes the function for the highest one-second rate
 //! it saw lately, scales out at once, and keeps surplus instances warm for a keep-alive before removing them.
 
+use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    MAX_SAMPLES, ScalerConfigError, bounds, capacity_known, ceil_count, finish, has_demand,
+    MAX_SAMPLES, bounds, capacity_known, ceil_count, finish, has_demand,
     require, require_seconds, seconds_to_ns, towards,
 };
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,7 @@ impl Default for InflessConfig {
 
 impl InflessConfig {
     /// Checks a positive interval, 1..=86400 rate samples and a keep-alive in `[0, 86400]` seconds.
-    pub fn validate(&self) -> Result<(), ScalerConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "infless";
         require_seconds(S, "interval_s", self.interval_s)?;
         require(
@@ -69,7 +70,7 @@ pub struct InflessScaler {
 
 impl InflessScaler {
     /// A scaler with `config`, or the rule it breaks.
-    pub fn new(config: InflessConfig) -> Result<Self, ScalerConfigError> {
+    pub fn new(config: InflessConfig) -> Result<Self, FieldError> {
         config.validate()?;
         Ok(InflessScaler {
             config,
@@ -157,7 +158,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field, err.value.as_str()), ("rate_samples", "0"));
+        assert_eq!((err.field.as_str(), err.value.as_str()), ("infless.rate_samples", "0"));
         assert_eq!(
             InflessConfig {
                 keep_alive_s: -1.0,
@@ -166,7 +167,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "keep_alive_s"
+            "infless.keep_alive_s"
         );
         assert_eq!(
             InflessConfig {
@@ -176,7 +177,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .field,
-            "interval_s"
+            "infless.interval_s"
         );
     }
 

@@ -36,7 +36,10 @@ impl StaticShares {
 
 impl VerticalController for StaticShares {
     fn name(&self) -> &'static str {
-        "static"
+        match self.mode {
+            ShareMode::Spatial => "static-spatial",
+            ShareMode::Temporal => "static-temporal",
+        }
     }
 
     fn on_event(

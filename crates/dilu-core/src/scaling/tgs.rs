@@ -5,8 +5,9 @@
 //! when that exceeds `tolerance`. There is no spatial partition: both jobs launch on the whole GPU and the hardware time-slices them
 //! in proportion to what they launch.
 
+use crate::error::FieldError;
 use crate::scaling::vertical::{
-    Arbitration, ControllerConfigError, Grant, ResidentState, VerticalController, VerticalEvent,
+    Arbitration, Grant, ResidentState, VerticalController, VerticalEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,14 +41,9 @@ impl Default for TgsConfig {
 
 impl TgsConfig {
     /// Checks that every constant is usable.
-    pub fn validate(&self) -> Result<(), ControllerConfigError> {
-        let err = |field, value, rule| {
-            Err(ControllerConfigError {
-                component: "tgs",
-                field,
-                value,
-                rule,
-            })
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field: &str, value: f64, rule: &str| {
+            Err(FieldError::new(format!("tgs.{field}"), value, rule))
         };
         if !(self.period_ms > 0.0 && self.period_ms.is_finite()) {
             return err("period_ms", self.period_ms, "must be a positive number");
@@ -107,7 +103,7 @@ impl TgsRate {
 
     fn apply(&mut self, residents: &[ResidentState], grants: &mut [Grant]) {
         for (g, r) in grants.iter_mut().zip(residents) {
-            let partition = if r.class.is_inference() {
+            let partition = if r.kind.is_inference() {
                 1.0
             } else {
                 self.rate
@@ -152,20 +148,20 @@ impl VerticalController for TgsRate {
         residents: &[ResidentState],
         grants: &mut [Grant],
     ) -> Option<u64> {
-        let has_training = residents.iter().any(|r| !r.class.is_inference());
+        let has_training = residents.iter().any(|r| !r.kind.is_inference());
         match event {
             VerticalEvent::ResidentsChanged => {
                 self.apply(residents, grants);
             }
             VerticalEvent::BusyStart { index } => {
-                if residents.get(index).is_some_and(|r| r.class.is_inference()) {
+                if residents.get(index).is_some_and(|r| r.kind.is_inference()) {
                     self.busy_in_period = true;
                     self.busy_since.get_or_insert(now_ns);
                 }
             }
             VerticalEvent::BusyEnd { index, .. } => {
-                let production_idle = !residents.iter().any(|r| r.class.is_inference() && r.busy);
-                if residents.get(index).is_some_and(|r| r.class.is_inference())
+                let production_idle = !residents.iter().any(|r| r.kind.is_inference() && r.busy);
+                if residents.get(index).is_some_and(|r| r.kind.is_inference())
                     && production_idle
                     && let Some(since) = self.busy_since.take()
                 {
@@ -183,7 +179,7 @@ impl VerticalController for TgsRate {
                     };
                     self.apply(residents, grants);
                     self.busy_in_period =
-                        residents.iter().any(|r| r.class.is_inference() && r.busy);
+                        residents.iter().any(|r| r.kind.is_inference() && r.busy);
                 }
             }
         }
@@ -205,22 +201,23 @@ impl VerticalController for TgsRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scaling::vertical::ResidentClass;
+    use crate::request::InstanceKind;
+
 
     const MS: u64 = 1_000_000;
 
     fn residents(busy: bool) -> Vec<ResidentState> {
-        let r = |id, class, busy| ResidentState {
+        let r = |id, kind, busy| ResidentState {
             id,
-            class,
+            kind,
             sm_request: 0.3,
             sm_limit: 1.0,
             time_quota: 1.0,
             busy,
         };
         vec![
-            r(1, ResidentClass::Inference, busy),
-            r(2, ResidentClass::Training, true),
+            r(1, InstanceKind::Inference, busy),
+            r(2, InstanceKind::Training, true),
         ]
     }
 

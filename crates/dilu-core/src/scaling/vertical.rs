@@ -1,30 +1,14 @@
 //! Vertical scaling: per GPU, re-divide SM time among the instances that share it.
 
-/// What kind of work a resident does, which decides its priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResidentClass {
-    /// Latency-critical inference.
-    Inference,
-    /// Latency-critical LLM inference (a lower burst threshold in RCKM).
-    LlmInference,
-    /// Throughput-oriented, elastic training.
-    Training,
-}
-
-impl ResidentClass {
-    /// Inference of either kind.
-    pub fn is_inference(self) -> bool {
-        !matches!(self, ResidentClass::Training)
-    }
-}
+use crate::request::InstanceKind;
 
 /// One resident of a GPU as a vertical controller sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResidentState {
     /// Instance id.
     pub id: u64,
-    /// What it does.
-    pub class: ResidentClass,
+    /// What it does (its kind decides its priority: inference before training).
+    pub kind: InstanceKind,
     /// Guaranteed SM share, fraction of the GPU.
     pub sm_request: f64,
     /// Most SM share it may use, fraction of the GPU.
@@ -129,20 +113,19 @@ pub trait VerticalController: Send {
     fn arbitration(&self) -> Arbitration {
         Arbitration::Guaranteed
     }
-}
 
-/// A vertical controller's setting that breaks a rule (RCKM, TGS), printed as `component.field = value: rule`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{component}.{field} = {value}: {rule}")]
-pub struct ControllerConfigError {
-    /// The controller's name in scenario `parameters:`.
-    pub component: &'static str,
-    /// The setting.
-    pub field: &'static str,
-    /// Its value.
-    pub value: f64,
-    /// The rule it breaks.
-    pub rule: &'static str,
+    /// Whether idle inference residents keep claiming their grants, so that a burst finds its share ready in
+    /// the window it starts (RCKM until it releases the device after inference has been idle). Part of the
+    /// grant → share rule, [`crate::scaling::share::device_shares`].
+    fn reserves_device(&self) -> bool {
+        false
+    }
+
+    /// The multiple of their requests training residents get while inference is active, for controllers
+    /// that keep one (RCKM); shown by the agent per device.
+    fn training_budget(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Divides one GPU's SM time among its residents: `shares[i]` becomes resident `i`'s SM·time share (0 when

@@ -16,10 +16,12 @@ use crate::serve::policy::{Bundle, InstanceQuota};
 use crate::serve::prepared::PreparedScenario;
 use crate::serve::workload::{ArrivalStream, arrival_seed};
 use dilu_core::cluster::{Cluster, GpuShare, Placement};
+use dilu_core::policy::Components;
 use dilu_core::request::{InstanceKind, InstanceRequest, SM_MILLI};
+use dilu_core::scaling::share::device_shares;
 use dilu_core::scaling::{
-    Arbitration, FunctionLoad, Grant, HorizontalScaler, InstanceLoad, ResidentClass, ResidentState,
-    ShareMode, VerticalController, VerticalEvent, arbitrate,
+    FunctionLoad, Grant, HorizontalScaler, ResidentState, ShareMode, VerticalController,
+    VerticalEvent,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -68,8 +70,9 @@ struct GpuRt {
     grants: Vec<Grant>,
     busy: Vec<bool>,
     shares: Vec<f64>,
+    /// Whether each resident claims the device this moment (the grant → share rule).
+    claims: Vec<bool>,
     controller: Box<dyn VerticalController>,
-    arbitration: Arbitration,
     timer_gen: u64,
     timer_at: Option<u64>,
 }
@@ -151,24 +154,22 @@ impl<'a> Engine<'a> {
         let total_gpus = sc.nodes.iter().map(|n| n.gpu_count as usize).sum::<usize>();
         let gpus = (0..total_gpus)
             .map(|_| {
-                let controller = (bundle.vertical)();
-                let arbitration = controller.arbitration();
                 GpuRt {
                     who: Vec::new(),
                     states: Vec::new(),
                     grants: Vec::new(),
                     busy: Vec::new(),
                     shares: Vec::new(),
-                    controller,
-                    arbitration,
+                    claims: Vec::new(),
+                    controller: bundle.vertical(),
                     timer_gen: 0,
                     timer_at: None,
                 }
             })
             .collect();
         let mut scalers = Vec::with_capacity(sc.functions.len());
-        for f in &sc.functions {
-            scalers.push((bundle.horizontal)(f).map_err(EngineError::Policy)?);
+        for _ in &sc.functions {
+            scalers.push(bundle.horizontal().map_err(EngineError::Policy)?);
         }
         let funcs = sc
             .functions
@@ -184,7 +185,7 @@ impl<'a> Engine<'a> {
                 pending: VecDeque::new(),
                 instances: Vec::new(),
                 scaler,
-                quota: (bundle.inference)(f),
+                quota: bundle.inference(f),
                 arrivals_interval: 0,
                 arrivals_second: 0,
                 exec_ns_second: 0,
@@ -515,7 +516,15 @@ impl<'a> Engine<'a> {
         }
         let g = &mut self.gpus[gpu];
         g.shares.resize(g.who.len(), 0.0);
-        arbitrate(g.arbitration, &g.grants, &g.busy, &mut g.shares);
+        g.claims.resize(g.who.len(), false);
+        device_shares(
+            g.controller.as_ref(),
+            &g.states,
+            &g.grants,
+            &g.busy,
+            &mut g.shares,
+            &mut g.claims,
+        );
         for k in 0..self.gpus[gpu].who.len() {
             let share = self.gpus[gpu].shares[k];
             let grant = self.gpus[gpu].grants[k];
@@ -598,6 +607,7 @@ impl<'a> Engine<'a> {
             .push(Grant::spatial(state.sm_limit, state.sm_request));
         g.busy.push(state.busy);
         g.shares.push(0.0);
+        g.claims.push(false);
         self.vertical(gpu, VerticalEvent::ResidentsChanged);
     }
 
@@ -614,6 +624,7 @@ impl<'a> Engine<'a> {
         g.grants.remove(slot);
         g.busy.remove(slot);
         g.shares.remove(slot);
+        g.claims.remove(slot);
         self.vertical(gpu, VerticalEvent::ResidentsChanged);
     }
 
@@ -694,14 +705,9 @@ impl<'a> Engine<'a> {
             batch_started: 0,
         });
         self.funcs[f].instances.push(id);
-        let class = if self.sc.functions[f].kind == InstanceKind::LlmInference {
-            ResidentClass::LlmInference
-        } else {
-            ResidentClass::Inference
-        };
         let state = ResidentState {
             id: id as u64,
-            class,
+            kind: self.sc.functions[f].kind,
             sm_request: q.grant_request,
             sm_limit: q.grant_limit,
             time_quota: q.time_quota,
@@ -750,21 +756,17 @@ impl<'a> Engine<'a> {
         if self.insts[i].gone {
             return;
         }
-        let q = self.insts[i].quota;
-        let time_quota = time_quota.clamp(0.05, 1.0);
-        if (time_quota - q.time_quota).abs() < 1e-9 {
+        let Some(q) = self.insts[i].quota.with_time_quota(time_quota) else {
             return;
-        }
-        let partition = q.grant_limit;
-        let charge = ((partition * time_quota * f64::from(SM_MILLI)).round() as u32).max(1);
+        };
         let old = self.insts[i].placement.clone();
         let mut new = old.clone();
         new.shares = old
             .shares
             .iter()
             .map(|s| GpuShare {
-                sm_request: charge,
-                sm_limit: s.sm_limit.max(charge),
+                sm_request: q.charge_request,
+                sm_limit: s.sm_limit.max(q.charge_request),
                 ..*s
             })
             .collect();
@@ -778,15 +780,13 @@ impl<'a> Engine<'a> {
         }
         let inst = &mut self.insts[i];
         inst.placement = new;
-        inst.quota.time_quota = time_quota;
-        inst.quota.grant_request = partition * time_quota;
-        inst.quota.charge_request = charge;
+        inst.quota = q;
         let gpu = inst.gpu;
         let slot = self.slot(gpu, Who::Inst(i));
         if slot != usize::MAX {
             let s = &mut self.gpus[gpu].states[slot];
-            s.time_quota = time_quota;
-            s.sm_request = partition * time_quota;
+            s.time_quota = q.time_quota;
+            s.sm_request = q.grant_request;
         }
         self.quota_changes += 1;
         self.vertical(gpu, VerticalEvent::ResidentsChanged);
@@ -804,19 +804,7 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let free = 1.0 - f64::from(self.cluster_gpu_request(inst.gpu)) / f64::from(SM_MILLI);
-            let partition = inst.quota.grant_limit;
-            loads.push(InstanceLoad {
-                id: i as u64,
-                ready: inst.ready,
-                sm_partition: partition,
-                time_quota: inst.quota.time_quota,
-                capacity_at_full_quota: inst.quota.capacity_full_rps,
-                quota_headroom: if partition > 0.0 {
-                    (free / partition).max(0.0)
-                } else {
-                    0.0
-                },
-            });
+            loads.push(inst.quota.load(i as u64, inst.ready, free));
         }
         let queued = self.funcs[f].pending.len() as u64
             + self.funcs[f]
@@ -869,7 +857,7 @@ impl<'a> Engine<'a> {
 
     fn start_training(&mut self, j: usize) {
         let t = &self.sc.training[j];
-        let q = (self.bundle.training)(t);
+        let q = self.bundle.training(t);
         let req = InstanceRequest {
             kind: InstanceKind::Training,
             service: Some(t.name.clone()),
@@ -915,7 +903,7 @@ impl<'a> Engine<'a> {
         for gpu in gpus {
             let state = ResidentState {
                 id: id + ((gpu as u64) << 20),
-                class: ResidentClass::Training,
+                kind: InstanceKind::Training,
                 sm_request: q.grant_request,
                 sm_limit: q.grant_limit,
                 time_quota: q.time_quota,
@@ -1000,7 +988,14 @@ impl<'a> Engine<'a> {
                 sm_req += f64::from(g.sm_request) / f64::from(SM_MILLI);
                 mem += g.mem_mib as f64 / node.spec.gpu_mem_mib as f64;
                 let rt = &self.gpus[ni * self.gpus_per_node + gi];
-                sm_used += rt.shares.iter().sum::<f64>();
+                // What runs: idle residents hold a share they may start with, but use none of it.
+                sm_used += rt
+                    .shares
+                    .iter()
+                    .zip(&rt.busy)
+                    .filter(|(_, busy)| **busy)
+                    .map(|(s, _)| s)
+                    .sum::<f64>();
             }
         }
         let instances = self.insts.iter().filter(|i| !i.gone && !i.draining).count() as u32;
@@ -1041,6 +1036,23 @@ impl<'a> Engine<'a> {
             .map(|g| g.controller.adjustments())
             .sum::<u64>()
             + self.quota_changes;
-        self.metrics.finish(events, vertical, &training)
+        let components = self.components();
+        let mut run = self.metrics.finish(events, vertical, &training);
+        run.components = Some(components);
+        run
+    }
+
+    /// The components this run used, named by the objects that ran (the registry's description otherwise,
+    /// for a scenario without GPUs or functions).
+    fn components(&self) -> Components {
+        let mut c = self.bundle.policy().components();
+        c.placer = self.bundle.placer.name();
+        if let Some(g) = self.gpus.first() {
+            c.vertical = g.controller.name();
+        }
+        if let Some(f) = self.funcs.first() {
+            c.horizontal = f.scaler.name();
+        }
+        c
     }
 }

@@ -111,6 +111,8 @@ pub struct PolicyRun {
     pub timeline: Vec<TimelinePoint>,
     /// All measured completed latencies, ms, sorted.
     pub latencies_ms: Vec<f64>,
+    /// The components the run used, as they name themselves.
+    pub components: Option<dilu_core::policy::Components>,
 }
 
 /// Collects measurements while the engine runs.
@@ -344,6 +346,7 @@ impl Collector {
             report,
             timeline: self.timeline,
             latencies_ms: all_us.iter().map(|&u| f64::from(u) / 1000.0).collect(),
+            components: None,
         }
     }
 }

@@ -11,7 +11,6 @@ pub mod batching;
 pub mod engine;
 pub mod metrics;
 pub mod policy;
-pub mod policy_name;
 pub mod prepared;
 pub mod report;
 pub mod scenario;
@@ -20,11 +19,11 @@ pub mod workload;
 
 pub use engine::{Engine, EngineError};
 pub use metrics::{PolicyReport, PolicyRun};
-pub use policy_name::ServePolicy;
+pub use dilu_core::policy::PolicyName;
 pub use setup::{Setup, prepare};
 
 /// Runs one policy over a prepared scenario.
-pub fn run_policy(setup: &Setup, policy: ServePolicy) -> Result<PolicyRun, EngineError> {
+pub fn run_policy(setup: &Setup, policy: PolicyName) -> Result<PolicyRun, EngineError> {
     let bundle = policy::bundle(policy, &setup.parameters);
     let engine = Engine::new(&setup.prepared, bundle, setup.parameters.batching)?;
     let mut run = engine.run();

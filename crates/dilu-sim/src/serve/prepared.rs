@@ -5,23 +5,9 @@
 use crate::serve::workload::Workload;
 use dilu_core::cluster::NodeSpec;
 use dilu_core::perf::{PerfModel, TrainingCurve};
+use dilu_core::profiler::InferenceQuota;
 use dilu_core::request::InstanceKind;
 use std::sync::Arc;
-
-/// What the profiler chose for an inference function (`docs/dilu.md` §3).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProfiledQuota {
-    /// Batch size.
-    pub batch: u32,
-    /// The most efficient SM share that meets the SLO, fraction.
-    pub sm_request: f64,
-    /// The knee: the smallest share reaching 95% of the best throughput at that batch, fraction.
-    pub sm_limit: f64,
-    /// Requests per second one instance serves at `sm_request`.
-    pub capacity_rps: f64,
-    /// Grid points the search measured.
-    pub measured: usize,
-}
 
 /// One inference function, ready to simulate.
 #[derive(Debug, Clone)]
@@ -38,8 +24,10 @@ pub struct PreparedFunction {
     pub slo_s: f64,
     /// Tokens generated per request (1 for non-LLM models).
     pub tokens: u32,
-    /// The profiled quota every policy starts from.
-    pub quota: ProfiledQuota,
+    /// The profiled quota every policy starts from (`docs/algorithms.md`, profiling).
+    pub quota: InferenceQuota,
+    /// Grid points the profiler measured for it (0 when its batch was configured).
+    pub measured: usize,
     /// GPU memory of one instance, MiB.
     pub mem_mib: u64,
     /// Time from creating an instance until it serves (model load), nanoseconds.

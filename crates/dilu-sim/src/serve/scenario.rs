@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use super::policy_name::ServePolicy;
+use dilu_core::policy::PolicyName;
 /// Re-exported so a scenario's types can be named from this module alone.
 pub use super::workload::Workload;
 use super::workload::{
@@ -135,7 +135,7 @@ pub struct Scenario {
     /// The cluster.
     pub cluster: ClusterSpec,
     /// Policies to run the scenario under, in order, without duplicates.
-    pub policies: Vec<ServePolicy>,
+    pub policies: Vec<PolicyName>,
     /// Inference functions.
     pub functions: Vec<FunctionSpec>,
     /// Training jobs.
@@ -664,10 +664,10 @@ impl Checker<'_> {
         })
     }
 
-    /// Checks `policies:` (default: all six, in [`ServePolicy::ALL`] order).
-    fn policies(&self, raw: Option<Vec<String>>) -> Result<Vec<ServePolicy>, ScenarioError> {
+    /// Checks `policies:` (default: all six, in [`PolicyName::ALL`] order).
+    fn policies(&self, raw: Option<Vec<String>>) -> Result<Vec<PolicyName>, ScenarioError> {
         let Some(raw) = raw else {
-            return Ok(ServePolicy::ALL.to_vec());
+            return Ok(PolicyName::ALL.to_vec());
         };
         if raw.is_empty() {
             return Err(invalid_key(
@@ -675,14 +675,14 @@ impl Checker<'_> {
                 "must list at least one policy (leave the key out to run all six)",
             ));
         }
-        let mut out: Vec<ServePolicy> = Vec::with_capacity(raw.len());
+        let mut out: Vec<PolicyName> = Vec::with_capacity(raw.len());
         for (i, name) in raw.iter().enumerate() {
             let key = format!("policies[{i}]");
-            let policy: ServePolicy = name.parse().map_err(|_| {
+            let policy: PolicyName = name.parse().map_err(|_| {
                 invalid(
                     &key,
                     format!("{name:?}"),
-                    format!("unknown policy; valid: {}", ServePolicy::valid_names()),
+                    format!("unknown policy; valid: {}", PolicyName::valid_names()),
                 )
             })?;
             if let Some(j) = out.iter().position(|p| *p == policy) {

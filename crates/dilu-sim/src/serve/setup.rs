@@ -2,13 +2,13 @@
 //! performance model and spec, and runs the profiler once per function and training job, so that every
 //! policy starts from the same quotas (`docs/dilu.md` §3).
 
-use crate::serve::policy::{ParameterError, PolicyParameters};
-use crate::serve::prepared::{PreparedFunction, PreparedScenario, PreparedTraining, ProfiledQuota};
+use crate::serve::policy::{ParameterError, PolicyParameters, parameters_from_map};
+use crate::serve::prepared::{PreparedFunction, PreparedScenario, PreparedTraining};
 use crate::serve::scenario::Scenario;
 use dilu_core::cluster::NodeSpec;
 use dilu_core::perf::{ModelKind, TrainingCurve, builtin_model};
-use dilu_core::profiler::quota::LIMIT_KNEE_FRACTION;
-use dilu_core::profiler::{profile_builtin, profile_training};
+use dilu_core::profiler::knee::{candidates, default_knee};
+use dilu_core::profiler::{InferenceQuota, ModelMeasure, profile_builtin, profile_training};
 use dilu_core::request::InstanceKind;
 use serde::Serialize;
 use std::sync::Arc;
@@ -101,7 +101,7 @@ fn secs_to_ns(s: f64) -> u64 {
 
 /// Profiles every function and job of `scenario` and builds the cluster.
 pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
-    let parameters = PolicyParameters::from_map(&scenario.parameters)?;
+    let parameters = parameters_from_map(&scenario.parameters)?;
     let profiler: ProfilerParameters = match scenario.parameters.get("profiler") {
         Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| {
             SetupError::Parameters(ParameterError(format!(
@@ -141,7 +141,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
         let report = profile_builtin(&f.model, f.slo_ms * profiler.slo_fraction)
             .map_err(|e| invalid(key("slo_ms"), f.slo_ms, e.to_string()))?;
         let slo_s = f.slo_ms / 1000.0;
-        let (quota, configured) = match f.batch {
+        let (quota, measured, configured) = match f.batch {
             None => {
                 let q = report.quota.ok_or_else(|| {
                     invalid(
@@ -150,22 +150,16 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                         format!("{} misses it even alone on a whole GPU at batch 1", f.model),
                     )
                 })?;
-                (
-                    ProfiledQuota {
-                        batch: q.batch,
-                        sm_request: q.sm_request,
-                        sm_limit: q.sm_limit,
-                        capacity_rps: q.capacity_rps,
-                        measured: report.measured_points.len(),
-                    },
-                    false,
-                )
+                (q, report.measured_points.len(), false)
             }
             Some(batch) => {
                 // A configured batch: the smallest 10% step meeting the SLO, the knee as the limit.
-                let share = (1..=10)
-                    .map(|k| f64::from(k) / 10.0)
-                    .find(|&s| perf.slo_latency_s(batch, s) <= slo_s * profiler.slo_fraction)
+                let pct = (1..=10)
+                    .map(|k| k * 10)
+                    .find(|&p| {
+                        perf.slo_latency_s(batch, f64::from(p) / 100.0)
+                            <= slo_s * profiler.slo_fraction
+                    })
                     .ok_or_else(|| {
                         invalid(
                             key("batch"),
@@ -173,19 +167,23 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                             "no SM share meets the SLO at this batch",
                         )
                     })?;
-                let best = perf.throughput(batch, 1.0);
-                let knee = (1..=10)
-                    .map(|k| f64::from(k) / 10.0)
-                    .find(|&s| perf.throughput(batch, s) >= LIMIT_KNEE_FRACTION * best)
-                    .unwrap_or(1.0);
+                let share = f64::from(pct) / 100.0;
+                let knee = default_knee(
+                    &mut ModelMeasure::new(&perf),
+                    batch,
+                    &candidates(pct, 100, 10),
+                    perf.throughput(batch, 1.0),
+                )
+                .map_err(|e| invalid(key("batch"), batch, e.to_string()))?;
                 (
-                    ProfiledQuota {
+                    InferenceQuota {
                         batch,
                         sm_request: share,
-                        sm_limit: knee.max(share),
+                        sm_limit: (f64::from(knee) / 100.0).max(share),
                         capacity_rps: perf.throughput(batch, share),
-                        measured: 0,
+                        capacity_full_rps: perf.throughput(batch, 1.0),
                     },
+                    0,
                     true,
                 )
             }
@@ -198,7 +196,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             sm_request: quota.sm_request,
             sm_limit: quota.sm_limit,
             capacity_rps: quota.capacity_rps,
-            measured: quota.measured,
+            measured,
             configured,
         });
         let kind = if model.spec.kind == ModelKind::Llm {
@@ -214,6 +212,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             slo_s: slo_s * f64::from(tokens),
             tokens,
             quota,
+            measured,
             mem_mib: f
                 .memory_gb
                 .map_or(model.spec.memory_mib, |g| (g * 1024.0) as u64),

@@ -8,6 +8,7 @@ use clap::Args;
 use dilu_agent::api::{self, Listen};
 use dilu_agent::config::DeclaredGpu;
 use dilu_agent::{Agent, AgentConfig};
+use dilu_core::policy::{Policy, PolicyName};
 use dilu_core::units::parse_bytes;
 
 /// Arguments of `dilu agent`.
@@ -32,9 +33,18 @@ pub struct NodeArgs {
     /// Token manager window in milliseconds.
     #[arg(long, default_value_t = 5.0)]
     window_ms: f64,
-    /// Size of the CPU device in cores (default: all of them; 0 = no CPU device).
+    /// Cores offered as CPU devices (default: all of them; 0 = no CPU device).
     #[arg(long)]
     cpu_cores: Option<f64>,
+    /// Split those cores into this many CPU devices, each with an equal share: a machine without a GPU then
+    /// looks like a node with that many devices (what `--policy exclusive` or `tgs` need to run several
+    /// functions).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpu_devices: u32,
+    /// The policy: which vertical controller divides each device (and, in `dilu up`, which placer and
+    /// horizontal scaler the control plane runs): dilu, exclusive, infless, fast-gshare, tgs, has.
+    #[arg(long, default_value = "dilu")]
+    policy: String,
     /// Do not look for GPUs through NVML.
     #[arg(long)]
     no_nvml: bool,
@@ -68,6 +78,8 @@ impl NodeArgs {
         let mut config = AgentConfig::new(data_dir);
         config.window_ns = (self.window_ms * 1e6).round() as u64;
         config.cpu_cores = self.cpu_cores;
+        config.cpu_devices = self.cpu_devices;
+        config.policy = self.policy()?;
         config.discover_gpus = !self.no_nvml;
         config.declared_gpus = self.gpus.clone();
         config.gpu_capacity_per_window = self.gpu_capacity;
@@ -78,6 +90,17 @@ impl NodeArgs {
         config.log_max_bytes = self.log_max;
         config.stop_grace = Duration::from_secs_f64(self.stop_grace_s.max(0.0));
         Ok(config)
+    }
+}
+
+impl NodeArgs {
+    /// The policy `--policy` names.
+    pub fn policy(&self) -> Result<Policy> {
+        let name: PolicyName = self
+            .policy
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--policy = {:?}: {e}", self.policy))?;
+        Ok(Policy::named(name))
     }
 }
 

@@ -336,7 +336,7 @@ pub fn status(args: ListArgs) -> Result<()> {
                 "  {:<16} {:<20} {:<10} {:<10} {:>8} {:>8} {:>8} {:>8}",
                 i["id"].as_str().unwrap_or("?"),
                 i["function"].as_str().unwrap_or("-"),
-                i["class"].as_str().unwrap_or("?"),
+                i["kind"].as_str().unwrap_or("?"),
                 i["status"].as_str().unwrap_or("?"),
                 share(&i["quota"]["request"]),
                 share(&i["quota"]["limit"]),

@@ -6,7 +6,7 @@ use clap::Args;
 use dilu_core::perf::builtin_model_names;
 use dilu_sim::serve::report::{ServeComparison, format_table, to_json, write_report};
 use dilu_sim::serve::scenario::load_scenario;
-use dilu_sim::serve::{ServePolicy, prepare, run_policy};
+use dilu_sim::serve::{PolicyName, prepare, run_policy};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -57,7 +57,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             );
         }
     }
-    let policies: Vec<ServePolicy> = match &a.policies {
+    let policies: Vec<PolicyName> = match &a.policies {
         Some(list) => parse_list(list).context("--policies")?,
         None => scenario.policies.clone(),
     };

@@ -4,7 +4,7 @@
 use crate::cmd::output::{Format, SeedRange, ensure_parent_dir, median, parse_list, progress_bar};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use dilu_core::PolicyName;
+use dilu_core::PlacerName;
 use dilu_sim::generate::{GenerateConfig, generate_instance_trace};
 use dilu_sim::instance_replay::{ReplayCluster, ReplayOutcome, replay_instances};
 use dilu_sim::instance_trace::{TraceEvent, read_instance_trace, write_instance_trace};
@@ -114,7 +114,7 @@ pub fn run(command: SimCommand) -> Result<()> {
 }
 
 fn placement(a: PlacementArgs) -> Result<()> {
-    let policies: Vec<PolicyName> = parse_list(&a.policy).context("--policy")?;
+    let policies: Vec<PlacerName> = parse_list(&a.policy).context("--policy")?;
     let nodes = read_openb_nodes(&a.nodes)?;
     let pods = read_openb_pods(&a.pods)?;
     let seeds: Vec<i64> = match a.seeds {
@@ -162,7 +162,7 @@ fn placement(a: PlacementArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_placement_table(runs: &[(OpenbRun, f64)], policies: &[PolicyName], seeds: usize) {
+fn print_placement_table(runs: &[(OpenbRun, f64)], policies: &[PlacerName], seeds: usize) {
     for &policy in policies {
         let mine: Vec<&(OpenbRun, f64)> = runs
             .iter()
@@ -243,7 +243,7 @@ fn load_or_generate_trace(trace: Option<&PathBuf>) -> Result<(String, Vec<TraceE
 }
 
 fn instances(a: InstancesArgs) -> Result<()> {
-    let policies: Vec<PolicyName> = parse_list(&a.policy).context("--policy")?;
+    let policies: Vec<PlacerName> = parse_list(&a.policy).context("--policy")?;
     if a.nodes == 0 || a.gpus_per_node == 0 || a.gpu_mem_gb == 0 {
         bail!("--nodes, --gpus-per-node and --gpu-mem-gb must be positive");
     }

@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dilu_core::placement::PolicyName;
-use dilu_server::node::{LocalNode, NodeClient};
 use dilu_server::platform::{Platform, PlatformConfig};
 
 use super::agent::{NodeArgs, start_agent, termination};
@@ -25,9 +23,6 @@ pub struct UpArgs {
     /// API token for mutating endpoints (default: the one in DATA_DIR/token, created at first start).
     #[arg(long, env = "DILU_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Placement policy.
-    #[arg(long, default_value = "dilu")]
-    placer: String,
     /// Name of the local node.
     #[arg(long, default_value = "local")]
     node_name: String,
@@ -70,10 +65,7 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String> {
 
 /// Runs the platform until SIGTERM or SIGINT.
 pub fn run(args: UpArgs) -> Result<()> {
-    let placer: PolicyName = args
-        .placer
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--placer = {:?}: {e}", args.placer))?;
+    let policy = args.node.policy()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
@@ -86,22 +78,26 @@ pub fn run(args: UpArgs) -> Result<()> {
     let agent_config = args.node.agent_config(data_dir.join("agent"))?;
     let agent = start_agent(agent_config, "dilu up")?;
     let program = std::env::current_exe().context("finding the dilu binary for instances")?;
-    let mut config = PlatformConfig::new(data_dir.clone(), program);
-    config.placer = placer;
+    let mut config = PlatformConfig::new(data_dir.clone(), program, policy.clone());
+    config.node_name = args.node_name.clone();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let result: Result<()> = runtime.block_on(async {
-        let node: Arc<dyn NodeClient> =
-            Arc::new(LocalNode::new(args.node_name.clone(), Arc::clone(&agent)));
-        let platform = Platform::start(config, node).context("starting the control plane")?;
+        let platform =
+            Platform::start(config, Arc::clone(&agent)).context("starting the control plane")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let address = listener.local_addr()?;
         println!("dilu up: serving on http://{address}");
+        let c = policy.components();
+        eprintln!(
+            "dilu up: policy {} (placer {}, vertical {}, horizontal {})",
+            c.policy, c.placer, c.vertical, c.horizontal
+        );
         println!(
             "dilu up: data in {}; API token in {}",
             data_dir.display(),

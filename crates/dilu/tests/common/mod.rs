@@ -110,6 +110,33 @@ impl AgentProc {
         let _ = self.child.wait();
     }
 
+    /// (instance id, pid) of every instance in the agent's state file, by id. The agent's reports carry no
+    /// pids (they stay on the node); a test on the node reads them where the agent keeps them.
+    pub fn recorded(data_dir: &Path) -> Vec<(String, u32)> {
+        let Ok(text) = std::fs::read_to_string(data_dir.join("agent-state.json")) else {
+            return Vec::new();
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let mut out: Vec<(String, u32)> = state["instances"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|i| Some((i["id"].as_str()?.to_string(), i["pid"].as_u64()? as u32)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// The pid the agent's state file records for instance `id`.
+    pub fn recorded_pid(data_dir: &Path, id: &str) -> Option<u32> {
+        Self::recorded(data_dir)
+            .into_iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, pid)| pid)
+    }
+
     /// Pids of the instances in the agent's state file.
     pub fn recorded_pids(data_dir: &Path) -> Vec<u32> {
         let Ok(text) = std::fs::read_to_string(data_dir.join("agent-state.json")) else {

@@ -18,12 +18,15 @@
 //!
 //! Errors the gateway makes itself are JSON `{"error": "..."}` (see [`GatewayError`]).
 //!
+//! What to route comes from an [`EndpointSource`] ([`Gateway::follow`]); [`Gateway::upsert_function`] and
+//! [`Gateway::set_endpoints`] set it by hand.
+//!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
-//! use dilu_server::gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig};
+//! use dilu_gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig};
 //! let gateway = Gateway::new(GatewayConfig::default());
 //! gateway.upsert_function("resnet", FunctionPolicy::default());
-//! gateway.set_endpoints("resnet", vec![Endpoint { instance: "resnet-0".into(), base_url: "http://127.0.0.1:9001".into() }]);
+//! gateway.set_endpoints("resnet", vec![Endpoint { instance: "resnet-0".into(), url: "http://127.0.0.1:9001".into() }]);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, gateway.router()).await
 //! # }
@@ -35,13 +38,16 @@ mod handlers;
 mod metrics;
 mod proxy;
 mod route;
+mod source;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
 
-pub use config::{DEFAULT_MAX_BODY_BYTES, Endpoint, FunctionPolicy, GatewayConfig, WindowCounts};
+pub use config::{DEFAULT_MAX_BODY_BYTES, FunctionPolicy, GatewayConfig, WindowCounts};
+pub use dilu_api::Endpoint;
 pub use errors::GatewayError;
+pub use source::{EndpointSource, RoutingTable, StaticEndpoints, policy_of};
 
 use route::{ColdStartHook, FunctionState};
 
@@ -151,6 +157,43 @@ impl Gateway {
         self.function(function)
             .map(|state| state.outstanding_by_instance())
             .unwrap_or_default()
+    }
+
+    /// Routes exactly the functions of `table`: new ones are added, changed policies and endpoints applied,
+    /// functions no longer listed removed.
+    pub fn apply(&self, table: &[dilu_api::Route]) {
+        for route in table {
+            self.upsert_function(&route.function, policy_of(route));
+            self.set_endpoints(&route.function, route.endpoints.clone());
+        }
+        let gone: Vec<String> = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter(|name| !table.iter().any(|r| &r.function == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_function(&name);
+        }
+    }
+
+    /// Follows `source`: applies its table now and after every change, and passes requests waiting for a
+    /// function without ready instances to [`EndpointSource::wake`]. Runs until the source is dropped.
+    pub fn follow(self: &Arc<Self>, source: Arc<dyn EndpointSource>) -> tokio::task::JoinHandle<()> {
+        let mut routes = source.routes();
+        self.apply(&routes.borrow_and_update());
+        let waker = Arc::clone(&source);
+        self.set_cold_start_hook(Arc::new(move |function: &str| waker.wake(function)));
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while routes.changed().await.is_ok() {
+                let Some(gateway) = weak.upgrade() else { return };
+                let table = routes.borrow_and_update().clone();
+                gateway.apply(&table);
+            }
+        })
     }
 
     /// The gateway's routes with its state applied: the v2 inference, model metadata/readiness, health and

@@ -1,27 +1,27 @@
 //! The live profiler: the `dilu-core` searches (Hybrid Growth Search for inference, bisection for training)
-//! run over a [`Measure`] that drives a real instance. Each point sets the instance's share through the
-//! agent (request = limit = the share, so the token manager gives it exactly that) and measures real requests
-//! (inference) or real training iterations.
+//! run over a [`Measure`] that drives a real instance. Each point sets the instance's share through its
+//! backend (request = limit = the share, so the token manager gives it exactly that) and measures real
+//! requests (inference) or real training iterations.
 //!
 //! Inference: a point `(batch, share)` sends `batch` identical requests at once, several rounds after a
 //! warm-up; latency is the median round time (a batch completes when its last request does) and throughput is
 //! `batch / mean round time`. The quota follows `dilu-core`'s mapping: request = the chosen share, limit =
 //! the smallest measured share reaching 95% of the best throughput at the chosen batch (the 100% point is
-//! measured for that), capacity = the throughput at the request.
+//! measured for that), found with the registry's knee search, capacity = the throughput at the request.
 //!
 //! Shares here are shares of the device the instance runs on; on the CPU device one single-threaded worker
 //! cannot use more than one core, which the measurements show as a flat throughput beyond `1/cores`.
 
 use std::time::{Duration, Instant};
 
-use dilu_core::profiler::quota::LIMIT_KNEE_FRACTION;
+use dilu_api::Profile;
+use dilu_api::profile::source;
+use dilu_core::profiler::knee::{candidates, default_knee};
 use dilu_core::profiler::{
     DEFAULT_TRAINING_TARGET, HgsConfig, Measure, Measurement, ProfileError, TrainingQuota,
     bisect_training, hybrid_growth_search,
 };
 use serde_json::{Value, json};
-
-use crate::store::Profile;
 
 /// Why profiling failed.
 #[derive(Debug, thiserror::Error)]
@@ -230,11 +230,11 @@ impl Measure for LiveInference<'_> {
         let mut times = Vec::new();
         if let Err(reason) = self.timed_rounds(batch, sm_pct, &mut times) {
             self.failure = Some(reason);
-            return Err(ProfileError::Config {
-                field: "live measurement",
-                value: format!("batch={batch} sm_pct={sm_pct}"),
-                rule: "the instance did not answer (see the profiling error)",
-            });
+            return Err(ProfileError::Config(dilu_core::FieldError::new(
+                "live measurement",
+                format!("batch={batch} sm_pct={sm_pct}"),
+                "the instance did not answer (see the profiling error)",
+            )));
         }
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         times.sort_by(f64::total_cmp);
@@ -272,7 +272,6 @@ pub fn profile_inference(
     }
     // The limit knee: the smallest share (on the search's grid) whose throughput at the chosen batch reaches
     // 95% of the most the instance can use, found by bisection between the request and that share.
-    let step = cfg.sm_step.max(1);
     let top = max_pct.clamp(result.sm_pct, 100);
     let full = measure
         .measure(result.batch, top)
@@ -283,32 +282,18 @@ pub fn profile_inference(
         .filter(|p| p.0 == result.batch)
         .map(|p| p.2.throughput)
         .fold(full.throughput, f64::max);
-    let target = LIMIT_KNEE_FRACTION * best;
-    let (mut low, mut high) = (result.sm_pct, top);
-    if result.throughput >= target {
-        high = low;
-    }
-    while high - low > step {
-        let mid = (low + (high - low) / 2) / step * step;
-        let mid = mid.clamp(low + step, high - step);
-        let m = measure
-            .measure(result.batch, mid)
-            .map_err(|e| measure.explain(e))?;
-        if m.throughput >= target {
-            high = mid;
-        } else {
-            low = mid;
-        }
-    }
-    let knee = high;
+    let shares = candidates(result.sm_pct, top, cfg.sm_step);
+    let knee =
+        default_knee(measure, result.batch, &shares, best).map_err(|e| measure.explain(e))?;
     let request = f64::from(result.sm_pct) / 100.0;
     Ok(Profile {
         request,
         limit: (f64::from(knee) / 100.0).max(request),
         batch: result.batch,
         capacity_rps: result.throughput,
+        capacity_full_rps: Some(best),
         latency_s: Some(result.latency_s),
-        source: "hgs".into(),
+        source: source::HGS.into(),
         measurements: measure.points().len() as u32,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -332,8 +317,9 @@ pub fn calibrate_inference(
         limit,
         batch,
         capacity_rps: m.throughput,
+        capacity_full_rps: None,
         latency_s: Some(m.latency_s),
-        source: "calibrated".into(),
+        source: source::CALIBRATED.into(),
         measurements: 1,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -398,8 +384,9 @@ pub fn profile_training(
         limit: quota.sm_limit,
         batch: 0,
         capacity_rps: profile.throughput,
+        capacity_full_rps: Some(profile.full_throughput),
         latency_s: None,
-        source: "bisection".into(),
+        source: source::BISECTION.into(),
         measurements: points,
         seconds: started.elapsed().as_secs_f64(),
     })

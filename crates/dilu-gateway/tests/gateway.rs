@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use dilu_server::gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig, WindowCounts};
+use dilu_gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig, WindowCounts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -142,7 +142,7 @@ fn dead_address() -> SocketAddr {
 fn endpoint(instance: &str, addr: SocketAddr) -> Endpoint {
     Endpoint {
         instance: instance.to_string(),
-        base_url: format!("http://{addr}"),
+        url: format!("http://{addr}"),
     }
 }
 

@@ -55,16 +55,7 @@ impl Default for FunctionPolicy {
     }
 }
 
-/// A ready instance of a function, as the control plane knows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Endpoint {
-    /// The instance's identity (unique within the function); used in [`crate::gateway::Gateway::outstanding`].
-    pub instance: String,
-    /// Where the instance's Open Inference Protocol v2 server listens, e.g. `http://127.0.0.1:9001`.
-    pub base_url: String,
-}
-
-/// What happened to a function's requests since the previous [`crate::gateway::Gateway::take_window`] call.
+/// What happened to a function's requests since the previous [`crate::Gateway::take_window`] call.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WindowCounts {
     /// Inference requests received (for a known function).

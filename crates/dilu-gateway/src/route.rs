@@ -7,12 +7,14 @@
 //! the guard either removes the waiter or, when a slot was already handed over, gives that slot back.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::config::{Endpoint, FunctionPolicy};
+use dilu_api::Endpoint;
+
+use super::config::FunctionPolicy;
 use super::errors::GatewayError;
 use super::metrics::FunctionMetrics;
 
@@ -25,11 +27,7 @@ const HOOK_INTERVAL: Duration = Duration::from_millis(500);
 /// What the control plane registers to hear about requests waiting for a function with no ready instance.
 pub(crate) type ColdStartHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Locks a mutex, recovering the data if another thread panicked while holding it (the state stays
-/// consistent: every critical section below is panic-free bookkeeping).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use dilu_core::sync::lock;
 
 /// One function: its policy, counters and routing state.
 pub(crate) struct FunctionState {
@@ -225,7 +223,7 @@ impl FunctionState {
             inst.listed = false;
         }
         for endpoint in endpoints {
-            let base_url = endpoint.base_url.trim_end_matches('/');
+            let base_url = endpoint.url.trim_end_matches('/');
             let known = route
                 .instances
                 .iter_mut()
@@ -568,7 +566,7 @@ mod tests {
             .iter()
             .map(|n| Endpoint {
                 instance: n.to_string(),
-                base_url: format!("http://{n}/"),
+                url: format!("http://{n}/"),
             })
             .collect()
     }

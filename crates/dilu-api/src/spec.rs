@@ -3,7 +3,8 @@
 //!
 //! ```yaml
 //! name: ocr-cls
-//! kind: inference
+//! kind: inference                          # inference | llm-inference | training
+//! runtime: onnx                            # what runs the function; defaults from the kind (onnx | trainer)
 //! model: { path: /models/ch_ppocr_mobile_v2.0_cls_infer.onnx, input_shape: [1, 3, 48, 192] }
 //! slo_ms: 200
 //! quota: { request: 0.2, limit: 0.5 }      # omit to have the platform profile the function
@@ -13,51 +14,10 @@
 use std::path::PathBuf;
 
 use dilu_core::scaling::lazy::LazyConfig;
-use dilu_core::units::parse_bytes;
-use serde::{Deserialize, Deserializer, Serialize};
+use dilu_core::{FieldError, InstanceKind};
+use serde::{Deserialize, Serialize};
 
-/// A spec that breaks a rule: the field (as a path), its value and the rule. Rendered as the API's 400 body.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
-#[error("{field} = {value}: {rule}")]
-pub struct SpecError {
-    /// The offending field, as a path (`quota.request`).
-    pub field: String,
-    /// Its value, as written.
-    pub value: String,
-    /// The rule it breaks.
-    pub rule: String,
-}
-
-impl SpecError {
-    /// Builds an error.
-    pub fn new(field: impl Into<String>, value: impl ToString, rule: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            value: value.to_string(),
-            rule: rule.into(),
-        }
-    }
-}
-
-/// What a function does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FunctionKind {
-    /// Latency-critical inference over the v2 protocol.
-    Inference,
-    /// An elastic training job.
-    Training,
-}
-
-impl FunctionKind {
-    /// The name used in specs and listings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inference => "inference",
-            Self::Training => "training",
-        }
-    }
-}
+use crate::quota::{Quota, de_size_required};
 
 /// The model an inference function serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +38,7 @@ fn default_max_batch() -> u32 {
 }
 
 /// The training loop a training function runs (the built-in MLP trainer).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
     /// Hidden width.
@@ -93,23 +53,6 @@ pub struct TrainingSpec {
     /// Seed of the synthetic data and the initial weights.
     #[serde(default)]
     pub seed: Option<u64>,
-}
-
-/// A quota given by the user: guaranteed share, burst limit (fractions of a device) and a memory cap.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaSpec {
-    /// Guaranteed share of the device, (0, 1].
-    pub request: f64,
-    /// Most the instance may use, [request, 1].
-    pub limit: f64,
-    /// Memory cap in bytes (`"1GiB"` or a number); none = no cap.
-    #[serde(
-        default,
-        deserialize_with = "de_size",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub memory: Option<u64>,
 }
 
 /// Horizontal scaling bounds and the lazy scaler's settings.
@@ -166,15 +109,55 @@ impl Default for GatewaySpec {
     }
 }
 
+/// What runs a function's instances. Every runtime serves the Open Inference Protocol v2 (inference) or
+/// reports its progress on `/status` (training), so the gateway and the profiler treat them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeName {
+    /// The built-in worker: an ONNX model (`model:`) served with dynamic batching.
+    Onnx,
+    /// The built-in trainer (`training:`).
+    Trainer,
+}
+
+impl RuntimeName {
+    /// The name used in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeName::Onnx => "onnx",
+            RuntimeName::Trainer => "trainer",
+        }
+    }
+}
+
+/// A function's runtime with its settings, resolved from the spec: what an instance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "runtime")]
+pub enum Runtime {
+    /// The built-in ONNX worker.
+    Onnx {
+        /// The model.
+        model: ModelSpec,
+    },
+    /// The built-in trainer.
+    Trainer {
+        /// Its settings.
+        training: TrainingSpec,
+    },
+}
+
 /// A function as deployed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     /// Unique name: 1–48 characters of `[a-z0-9-]`, starting with a letter.
     pub name: String,
-    /// Inference or training.
+    /// Inference, LLM inference or training.
     #[serde(default = "default_kind")]
-    pub kind: FunctionKind,
+    pub kind: InstanceKind,
+    /// What runs its instances (default: `onnx` for inference, `trainer` for training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeName>,
     /// The model (inference only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
@@ -186,7 +169,7 @@ pub struct FunctionSpec {
     pub slo_ms: Option<f64>,
     /// The quota; profiled when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<QuotaSpec>,
+    pub quota: Option<Quota>,
     /// Horizontal scaling.
     #[serde(default)]
     pub scaling: ScalingSpec,
@@ -195,43 +178,42 @@ pub struct FunctionSpec {
     pub gateway: GatewaySpec,
 }
 
-fn default_kind() -> FunctionKind {
-    FunctionKind::Inference
+fn default_kind() -> InstanceKind {
+    InstanceKind::Inference
 }
 
-/// A size written as `"1GiB"`, `"512MB"` or a plain number of bytes; negative numbers are refused.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeText {
-    Number(i64),
-    Float(f64),
-    Text(String),
-}
-
-fn size_of(text: SizeText) -> Result<u64, String> {
-    match text {
-        SizeText::Number(n) if n < 0 => Err(format!("{n}: a size must not be negative")),
-        SizeText::Number(n) => Ok(n as u64),
-        SizeText::Float(f) if f < 0.0 => Err(format!("{f}: a size must not be negative")),
-        SizeText::Float(f) => Err(format!(
-            "{f}: a size is a whole number of bytes or e.g. \"1GiB\""
-        )),
-        SizeText::Text(t) if t.trim_start().starts_with('-') => {
-            Err(format!("{t:?}: a size must not be negative"))
-        }
-        SizeText::Text(t) => parse_bytes(&t).map_err(|e| e.to_string()),
+impl FunctionSpec {
+    /// The runtime's name: the spec's, or the default for its kind.
+    pub fn runtime_name(&self) -> RuntimeName {
+        self.runtime.unwrap_or(if self.kind.is_inference() {
+            RuntimeName::Onnx
+        } else {
+            RuntimeName::Trainer
+        })
     }
-}
 
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let text = Option::<SizeText>::deserialize(d)?;
-    text.map(size_of)
-        .transpose()
-        .map_err(serde::de::Error::custom)
-}
+    /// The runtime with its settings. A validated spec always has the section its runtime needs; an
+    /// unvalidated one without a model gets an empty model path (refused by the node).
+    pub fn runtime(&self) -> Runtime {
+        match self.runtime_name() {
+            RuntimeName::Onnx => Runtime::Onnx {
+                model: self.model.clone().unwrap_or(ModelSpec {
+                    path: PathBuf::new(),
+                    input_shape: None,
+                    max_batch: default_max_batch(),
+                }),
+            },
+            RuntimeName::Trainer => Runtime::Trainer {
+                training: self.training.clone().unwrap_or_default(),
+            },
+        }
+    }
 
-fn de_size_required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    size_of(SizeText::deserialize(d)?).map_err(serde::de::Error::custom)
+    /// What its instances run, as a comparable string: instances whose key differs from their function's
+    /// current one are left from an earlier generation and are replaced by a rolling update.
+    pub fn template_key(&self) -> String {
+        serde_json::json!([self.kind.as_str(), self.model, self.training]).to_string()
+    }
 }
 
 /// The format of a spec document.
@@ -254,7 +236,7 @@ impl SpecFormat {
 }
 
 /// Parses a spec document and checks every rule that does not depend on the node ([`FunctionSpec::validate`]).
-pub fn parse_spec(text: &str, format: SpecFormat) -> Result<FunctionSpec, SpecError> {
+pub fn parse_spec(text: &str, format: SpecFormat) -> Result<FunctionSpec, FieldError> {
     let spec: FunctionSpec = match format {
         SpecFormat::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -270,7 +252,7 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<FunctionSpec, SpecEr
     Ok(spec)
 }
 
-fn path_error(path: &serde_path_to_error::Path, inner: &dyn std::fmt::Display) -> SpecError {
+fn path_error(path: &serde_path_to_error::Path, inner: &dyn std::fmt::Display) -> FieldError {
     let message = inner.to_string();
     let field = path.to_string();
     // serde reports unknown fields at the parent's path; name the field itself.
@@ -284,32 +266,20 @@ fn path_error(path: &serde_path_to_error::Path, inner: &dyn std::fmt::Display) -
         } else {
             format!("{field}.{name}")
         };
-        return SpecError::new(
+        return FieldError::new(
             field,
             name,
             format!("unknown field{}", expected.trim_start_matches(',')),
         );
     }
     let field = if field == "." { "spec".into() } else { field };
-    SpecError::new(field, "(as written)", message)
-}
-
-fn share(field: &str, value: f64) -> Result<(), SpecError> {
-    if value.is_finite() && value > 0.0 && value <= 1.0 {
-        Ok(())
-    } else {
-        Err(SpecError::new(
-            field,
-            value,
-            "must be a fraction of a device in (0, 1]",
-        ))
-    }
+    FieldError::new(field, "(as written)", message)
 }
 
 impl FunctionSpec {
     /// Checks every rule that does not depend on the node: name, kind-specific sections, SLO, quota,
     /// scaling bounds and gateway limits. (Whether the model file exists is checked by the control plane.)
-    pub fn validate(&self) -> Result<(), SpecError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 48
             && self.name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -318,51 +288,62 @@ impl FunctionSpec {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "name",
                 format!("{:?}", self.name),
                 "must be 1-48 characters of [a-z0-9-] starting with a letter",
             ));
         }
         match self.kind {
-            FunctionKind::Inference => self.validate_inference()?,
-            FunctionKind::Training => self.validate_training()?,
+            InstanceKind::Inference | InstanceKind::LlmInference => self.validate_inference()?,
+            InstanceKind::Training => self.validate_training()?,
+            InstanceKind::Pod => {
+                return Err(FieldError::new(
+                    "kind",
+                    "pod",
+                    "must be inference, llm-inference or training",
+                ));
+            }
+        }
+        let runtime_fits = match self.runtime_name() {
+            RuntimeName::Onnx => self.kind.is_inference(),
+            RuntimeName::Trainer => self.kind == InstanceKind::Training,
+        };
+        if !runtime_fits {
+            return Err(FieldError::new(
+                "runtime",
+                self.runtime_name().as_str(),
+                format!(
+                    "a {} function runs on {}",
+                    self.kind,
+                    if self.kind.is_inference() {
+                        "onnx"
+                    } else {
+                        "trainer"
+                    }
+                ),
+            ));
         }
         if let Some(q) = &self.quota {
-            share("quota.request", q.request)?;
-            share("quota.limit", q.limit)?;
-            if q.request > q.limit {
-                return Err(SpecError::new(
-                    "quota.request",
-                    q.request,
-                    format!("must not exceed quota.limit ({})", q.limit),
-                ));
-            }
-            if q.memory == Some(0) {
-                return Err(SpecError::new(
-                    "quota.memory",
-                    0,
-                    "must be positive (omit it for no cap)",
-                ));
-            }
+            q.validate("quota")?;
         }
         self.validate_scaling()?;
         self.validate_gateway()
     }
 
-    fn validate_inference(&self) -> Result<(), SpecError> {
+    fn validate_inference(&self) -> Result<(), FieldError> {
         let model = self.model.as_ref().ok_or_else(|| {
-            SpecError::new("model", "(missing)", "an inference function needs a model")
+            FieldError::new("model", "(missing)", "an inference function needs a model")
         })?;
         if model.path.as_os_str().is_empty() {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "model.path",
                 "\"\"",
                 "must name an ONNX file",
             ));
         }
         if !(1..=256).contains(&model.max_batch) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "model.max_batch",
                 model.max_batch,
                 "must be in 1..=256",
@@ -371,27 +352,27 @@ impl FunctionSpec {
         if let Some(shape) = &model.input_shape
             && (shape.is_empty() || shape.contains(&0))
         {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "model.input_shape",
                 format!("{shape:?}"),
                 "must have at least one dimension (the batch), none of them 0",
             ));
         }
         if self.training.is_some() {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "training",
                 "(present)",
                 "only a training function has a training section",
             ));
         }
         match self.slo_ms {
-            None => Err(SpecError::new(
+            None => Err(FieldError::new(
                 "slo_ms",
                 "(missing)",
                 "an inference function needs a latency objective in milliseconds",
             )),
             Some(slo) if !(slo.is_finite() && slo > 0.0 && slo <= 3_600_000.0) => {
-                Err(SpecError::new(
+                Err(FieldError::new(
                     "slo_ms",
                     slo,
                     "must be a number of milliseconds in (0, 3600000]",
@@ -401,16 +382,16 @@ impl FunctionSpec {
         }
     }
 
-    fn validate_training(&self) -> Result<(), SpecError> {
+    fn validate_training(&self) -> Result<(), FieldError> {
         if self.model.is_some() {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "model",
                 "(present)",
                 "a training function runs the built-in trainer; it takes a training section, not a model",
             ));
         }
         if let Some(slo) = self.slo_ms {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "slo_ms",
                 slo,
                 "a training function has no latency objective",
@@ -425,24 +406,24 @@ impl FunctionSpec {
                 if let Some(v) = value
                     && !(1..=max).contains(&v)
                 {
-                    return Err(SpecError::new(field, v, format!("must be in 1..={max}")));
+                    return Err(FieldError::new(field, v, format!("must be in 1..={max}")));
                 }
             }
         }
         Ok(())
     }
 
-    fn validate_scaling(&self) -> Result<(), SpecError> {
+    fn validate_scaling(&self) -> Result<(), FieldError> {
         let s = &self.scaling;
         if s.max_instances == 0 || s.max_instances > 64 {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "scaling.max_instances",
                 s.max_instances,
                 "must be in 1..=64",
             ));
         }
         if s.min_instances > s.max_instances {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "scaling.min_instances",
                 s.min_instances,
                 format!(
@@ -451,24 +432,18 @@ impl FunctionSpec {
                 ),
             ));
         }
-        if self.kind == FunctionKind::Training && s.min_instances == 0 {
-            return Err(SpecError::new(
+        if self.kind == InstanceKind::Training && s.min_instances == 0 {
+            return Err(FieldError::new(
                 "scaling.min_instances",
                 0,
                 "a training job runs at least one instance",
             ));
         }
-        if let Err(e) = s.lazy.validate() {
-            return Err(SpecError::new(
-                format!("scaling.lazy.{}", e.field),
-                e.value,
-                e.rule,
-            ));
-        }
+        s.lazy.validate().map_err(|e| e.within("scaling"))?;
         if let Some(c) = s.capacity_rps
             && !(c.is_finite() && c > 0.0)
         {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "scaling.capacity_rps",
                 c,
                 "must be a positive number of requests per second",
@@ -477,17 +452,17 @@ impl FunctionSpec {
         Ok(())
     }
 
-    fn validate_gateway(&self) -> Result<(), SpecError> {
+    fn validate_gateway(&self) -> Result<(), FieldError> {
         let g = &self.gateway;
         if !(1..=1_000_000).contains(&g.queue) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "gateway.queue",
                 g.queue,
                 "must be in 1..=1000000",
             ));
         }
         if !(1..=4096).contains(&g.max_outstanding_per_instance) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "gateway.max_outstanding_per_instance",
                 g.max_outstanding_per_instance,
                 "must be in 1..=4096",
@@ -498,7 +473,7 @@ impl FunctionSpec {
             ("gateway.cold_start_timeout_ms", g.cold_start_timeout_ms),
         ] {
             if !(1..=3_600_000).contains(&ms) {
-                return Err(SpecError::new(
+                return Err(FieldError::new(
                     field,
                     ms,
                     "must be in 1..=3600000 milliseconds",
@@ -506,7 +481,7 @@ impl FunctionSpec {
             }
         }
         if !(1024..=(1 << 30)).contains(&g.max_body) {
-            return Err(SpecError::new(
+            return Err(FieldError::new(
                 "gateway.max_body",
                 g.max_body,
                 "must be between 1KiB and 1GiB",
@@ -522,14 +497,14 @@ mod tests {
 
     const OK: &str = "name: ocr\nmodel: {path: /m.onnx}\nslo_ms: 100\n";
 
-    fn err(text: &str) -> SpecError {
+    fn err(text: &str) -> FieldError {
         parse_spec(text, SpecFormat::Yaml).unwrap_err()
     }
 
     #[test]
     fn a_minimal_spec_gets_defaults() {
         let spec = parse_spec(OK, SpecFormat::Yaml).unwrap();
-        assert_eq!(spec.kind, FunctionKind::Inference);
+        assert_eq!(spec.kind, InstanceKind::Inference);
         assert_eq!(spec.scaling.min_instances, 1);
         assert_eq!(spec.scaling.lazy.window, 40);
         assert_eq!(spec.gateway.max_body, 64 << 20);

@@ -1,17 +1,18 @@
-//! Names of the serving policies the simulator compares (Dilu and its baselines, `docs/dilu.md` §1 and §10).
+//! Names of the policies: Dilu and the baselines it is compared with (`docs/policies.md`).
 //!
-//! Scenario files, the command line and reports all refer to a policy by the kebab-case name returned by
-//! [`ServePolicy::as_str`]; this module is the one table of those names.
+//! Scenario files, `dilu up --policy`, the command line and reports all refer to a policy by the kebab-case
+//! name returned by [`PolicyName::as_str`]; this module is the one table of those names.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A serving policy: how GPUs are shared between function instances and how they scale.
+/// A policy: how devices are shared between function instances and how they scale, in the simulator and
+/// on the live platform alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ServePolicy {
+pub enum PolicyName {
     /// Dilu: complementary placement, RCKM token manager (vertical), lazy scale-out/in (horizontal).
     Dilu,
     /// One whole GPU per instance, no sharing (Kubernetes' default device plugin).
@@ -27,36 +28,36 @@ pub enum ServePolicy {
     Has,
 }
 
-impl ServePolicy {
+impl PolicyName {
     /// All policies in a stable order (the default `policies` list of a scenario).
-    pub const ALL: [ServePolicy; 6] = [
-        ServePolicy::Dilu,
-        ServePolicy::Exclusive,
-        ServePolicy::Infless,
-        ServePolicy::FastGShare,
-        ServePolicy::Tgs,
-        ServePolicy::Has,
+    pub const ALL: [PolicyName; 6] = [
+        PolicyName::Dilu,
+        PolicyName::Exclusive,
+        PolicyName::Infless,
+        PolicyName::FastGShare,
+        PolicyName::Tgs,
+        PolicyName::Has,
     ];
 
     /// The name used in scenario files, on the command line and in reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            ServePolicy::Dilu => "dilu",
-            ServePolicy::Exclusive => "exclusive",
-            ServePolicy::Infless => "infless",
-            ServePolicy::FastGShare => "fast-gshare",
-            ServePolicy::Tgs => "tgs",
-            ServePolicy::Has => "has",
+            PolicyName::Dilu => "dilu",
+            PolicyName::Exclusive => "exclusive",
+            PolicyName::Infless => "infless",
+            PolicyName::FastGShare => "fast-gshare",
+            PolicyName::Tgs => "tgs",
+            PolicyName::Has => "has",
         }
     }
 
     /// The valid names joined by `", "`, for error messages.
     pub fn valid_names() -> String {
-        ServePolicy::ALL.map(ServePolicy::as_str).join(", ")
+        PolicyName::ALL.map(PolicyName::as_str).join(", ")
     }
 }
 
-impl fmt::Display for ServePolicy {
+impl fmt::Display for PolicyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -64,17 +65,17 @@ impl fmt::Display for ServePolicy {
 
 /// A name that is not a serving policy; its message lists the valid names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown serving policy '{0}'; valid: dilu, exclusive, infless, fast-gshare, tgs, has")]
-pub struct UnknownServePolicy(pub String);
+#[error("unknown policy '{0}'; valid: dilu, exclusive, infless, fast-gshare, tgs, has")]
+pub struct UnknownPolicy(pub String);
 
-impl FromStr for ServePolicy {
-    type Err = UnknownServePolicy;
+impl FromStr for PolicyName {
+    type Err = UnknownPolicy;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ServePolicy::ALL
+        PolicyName::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownServePolicy(s.to_owned()))
+            .ok_or_else(|| UnknownPolicy(s.to_owned()))
     }
 }
 
@@ -84,27 +85,27 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_from_str_display_and_serde() {
-        for p in ServePolicy::ALL {
-            assert_eq!(p.as_str().parse::<ServePolicy>(), Ok(p));
+        for p in PolicyName::ALL {
+            assert_eq!(p.as_str().parse::<PolicyName>(), Ok(p));
             assert_eq!(p.to_string(), p.as_str());
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{}\"", p.as_str()));
-            assert_eq!(serde_json::from_str::<ServePolicy>(&json).unwrap(), p);
+            assert_eq!(serde_json::from_str::<PolicyName>(&json).unwrap(), p);
         }
     }
 
     #[test]
     fn unknown_name_lists_the_valid_ones() {
-        let err = "fast".parse::<ServePolicy>().unwrap_err();
+        let err = "fast".parse::<PolicyName>().unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "unknown serving policy 'fast'; valid: {}",
-                ServePolicy::valid_names()
+                "unknown policy 'fast'; valid: {}",
+                PolicyName::valid_names()
             )
         );
         assert_eq!(
-            ServePolicy::valid_names(),
+            PolicyName::valid_names(),
             "dilu, exclusive, infless, fast-gshare, tgs, has"
         );
     }

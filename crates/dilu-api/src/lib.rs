@@ -1,0 +1,25 @@
+//! Dilu's wire and spec types, shared by every crate that talks to another: function specs (with their
+//! runtime), the one quota type, the one field-error type, the node agent's wire types and the gateway's
+//! routing table. Serde types only; no I/O.
+//!
+//! - [`spec`]: [`FunctionSpec`] and its parsing (YAML or JSON) and validation.
+//! - [`quota`]: [`Quota`] and [`QuotaUpdate`].
+//! - [`profile`]: [`Profile`], what profiling found.
+//! - [`agent`]: what starts an instance on a node and what a node reports.
+//! - [`route`]: what the gateway routes by.
+//!
+//! The glossary of names is `docs/glossary.md`.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod profile;
+pub mod quota;
+pub mod route;
+pub mod spec;
+
+pub use dilu_core::{FieldError, InstanceKind};
+pub use profile::Profile;
+pub use quota::{Quota, QuotaUpdate};
+pub use route::{Endpoint, Route};
+pub use spec::{FunctionSpec, Runtime, RuntimeName, SpecFormat, parse_spec};

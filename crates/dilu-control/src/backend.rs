@@ -1,0 +1,145 @@
+//! The seam between the control plane and whatever runs instances: a runtime-neutral [`InstanceBackend`].
+//! The reconciler hands it [`InstancePlan`]s (function, generation, runtime, node, device, quota) and reads
+//! back [`ObservedInstance`]s; how a plan becomes a process (command lines, ports, environment) or a
+//! Kubernetes Pod is the backend's business.
+//!
+//! Every call returns promptly: `create` once the instance is started (not ready), `delete` once stopping has
+//! begun (the instance is reported `terminating` until it is gone).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use dilu_api::agent::InstancePhase;
+use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
+use dilu_core::ledger::{DeviceRef, NodeInventory};
+use serde::Serialize;
+
+/// A boxed future, so backends can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Labels every backend keeps on the instances it runs, so that a restarted control plane knows whose they are.
+pub mod labels {
+    /// The function an instance belongs to.
+    pub const FUNCTION: &str = "dilu.io/function";
+    /// A hash of what it runs (the function's template key when it was created).
+    pub const TEMPLATE: &str = "dilu.io/template";
+    /// The function's generation when it was created.
+    pub const GENERATION: &str = "dilu.io/generation";
+}
+
+/// What the reconciler asks a backend to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstancePlan {
+    /// A name unique among the function's instances (`ocr-7`).
+    pub name: String,
+    /// The function.
+    pub function: String,
+    /// The function's generation.
+    pub generation: u64,
+    /// The hash of what the instance runs.
+    pub template: String,
+    /// What it does.
+    pub kind: InstanceKind,
+    /// What runs it, with its settings.
+    pub runtime: Runtime,
+    /// The batch an inference instance forms (the profiled batch, or the model's largest).
+    pub batch: u32,
+    /// The largest request body it accepts, bytes.
+    pub max_body: u64,
+    /// Where it runs.
+    pub at: DeviceRef,
+    /// Its quota on that device.
+    pub quota: Quota,
+}
+
+/// An instance as its backend reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObservedInstance {
+    /// The backend's id for it.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The function it belongs to.
+    pub function: String,
+    /// The hash of what it runs.
+    pub template: String,
+    /// The function's generation when it was created (0 when unknown).
+    pub generation: u64,
+    /// What it does.
+    pub kind: InstanceKind,
+    /// Where it runs.
+    pub at: DeviceRef,
+    /// Its quota now.
+    pub quota: Quota,
+    /// Its life-cycle state on the node.
+    pub phase: InstancePhase,
+    /// Being stopped (asked to; not yet gone).
+    pub terminating: bool,
+    /// Where it serves (`http://host:port`), once known.
+    pub endpoint: Option<String>,
+    /// How its last process ended.
+    pub last_exit: Option<String>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Whether the node adopted it across a restart of its own.
+    pub adopted: bool,
+    /// The most of its device one instance of this runtime can use (1 on a GPU; one core's share of a CPU
+    /// device for the single-threaded built-in runtimes).
+    pub usable_share: f64,
+}
+
+/// A node as its backend reports it.
+pub type NodeInfo = NodeInventory;
+
+/// Why a backend call failed; the API maps each to an HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The request is invalid for this backend (400).
+    #[error(transparent)]
+    Invalid(FieldError),
+    /// The node refuses it as it stands (409): a device over-committed, a name in use.
+    #[error("{0}")]
+    Conflict(FieldError),
+    /// No such instance (404).
+    #[error("no instance {0}")]
+    NotFound(String),
+    /// The node could not be reached (503).
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (500).
+    #[error("{context}: {reason}")]
+    Failed {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Runs instances for the control plane.
+pub trait InstanceBackend: Send + Sync + 'static {
+    /// The nodes and their devices.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>>;
+
+    /// Every instance the backend runs for the control plane.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>>;
+
+    /// Starts an instance.
+    fn create(&self, plan: InstancePlan) -> BoxFuture<'_, Result<ObservedInstance, BackendError>>;
+
+    /// Changes an instance's quota (the node applies it within a window).
+    fn set_quota<'a>(
+        &'a self,
+        id: &'a str,
+        quota: Quota,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Starts stopping an instance.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The end of an instance's log, at most `max_bytes` (for error reports).
+    fn logs<'a>(&'a self, id: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<String, BackendError>>;
+
+    /// Whether the backend can run `runtime` at all (a model file it cannot read, …); checked at deploy.
+    fn check(&self, runtime: &Runtime) -> Result<(), FieldError>;
+}

@@ -1,0 +1,1423 @@
+//! The reconciler. Every pass compares, per function, what should run (its spec, its profile, the size its
+//! horizontal scaler wants) with what its backend reports, and acts on the difference: create, drain and
+//! delete instances, push quotas, start and finish profiling runs, publish routes. It keeps no state it
+//! could not rebuild from the store and the backend: killed at any point, the next start adopts what runs
+//! and goes on (`docs/architecture.md`, the control loop).
+//!
+//! A pass observes first (one `nodes` and one `list` call), then decides under its lock without awaiting,
+//! then carries out the [`Action`]s it decided, one by one, outside the lock. API calls (deploy, update,
+//! delete) only change the desired state and wake the loop; only a pass talks to the backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dilu_api::profile::source;
+use dilu_api::{Endpoint, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route, Runtime};
+use dilu_core::ledger::{DeviceRef, Ledger, LedgerError};
+use dilu_core::policy::{InstanceQuota, Policy};
+use dilu_core::profiler::TrainingQuota;
+use dilu_core::scaling::{FunctionLoad, HorizontalScaler};
+use dilu_core::sync::lock;
+use tokio::sync::{Notify, watch};
+
+use crate::backend::{InstanceBackend, InstancePlan, ObservedInstance};
+use crate::clock::Clock;
+use crate::error::ControlError;
+use crate::load::LoadSource;
+use crate::metrics::ControlMetrics;
+use crate::profile::{ProfileGoal, ProfileJob, ProfileRun, Profiler};
+use crate::state::{FunctionPhase, InstanceState};
+use crate::store::FunctionStore;
+use crate::views::{FunctionView, InstanceSummary};
+
+use dilu_api::agent::InstancePhase;
+
+/// The reconciler's settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The policy whose placer, scalers and quota rules the control plane runs.
+    pub policy: Policy,
+    /// How long an instance started for profiling may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a draining instance may take to finish its requests before it is stopped anyway.
+    pub drain_timeout: Duration,
+    /// The share an instance started for profiling is booked with (the profiler then sets its shares).
+    pub profiling_request: f64,
+    /// Time between passes when nothing wakes the loop earlier.
+    pub period: Duration,
+}
+
+impl ControllerConfig {
+    /// Defaults for `policy`: 120 s to become ready, 30 s to drain, profiling booked at 0.1, a pass every 50 ms.
+    pub fn new(policy: Policy) -> ControllerConfig {
+        ControllerConfig {
+            policy,
+            ready_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(30),
+            profiling_request: 0.1,
+            period: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What a pass decided to do, carried out after the decision.
+#[derive(Debug)]
+enum Action {
+    /// Start an instance booked under `key` in the ledger.
+    Create {
+        function: String,
+        plan: InstancePlan,
+        profiling: bool,
+    },
+    /// Stop an instance.
+    Delete { id: String },
+    /// Push a quota to an instance.
+    SetQuota {
+        function: String,
+        id: String,
+        quota: Quota,
+    },
+    /// Say why an instance exited, with the end of its log.
+    ReportExit {
+        function: String,
+        id: String,
+        exit: String,
+    },
+    /// Give the profiled instance its quota, store the profile and start serving.
+    ApplyProfile {
+        function: String,
+        id: String,
+        profile: Profile,
+        quota: Quota,
+    },
+    /// Profiling failed: say why, stop its instance.
+    FailProfile {
+        function: String,
+        id: String,
+        reason: String,
+        with_log: bool,
+    },
+}
+
+/// A profiling run and the instance it measures.
+struct Profiling {
+    instance: String,
+    run: Option<Box<dyn ProfileRun>>,
+    since_ns: u64,
+}
+
+/// One instance as the reconciler tracks it.
+struct Tracked {
+    seq: u64,
+    state: InstanceState,
+    obs: ObservedInstance,
+    /// Time quota a hybrid scaler gave it (1 elsewhere).
+    time_quota: f64,
+    /// When it entered its state.
+    since_ns: u64,
+    reported_exit: Option<String>,
+}
+
+/// One function as the reconciler tracks it.
+struct Function {
+    spec: FunctionSpec,
+    generation: u64,
+    template: String,
+    profile: Option<Profile>,
+    phase: FunctionPhase,
+    scaler: Box<dyn HorizontalScaler>,
+    desired: Option<u32>,
+    last_decision_ns: u64,
+    last_rps: f64,
+    last_error: Option<String>,
+    /// Instances created before this generation are outdated too (a re-profile without a template change).
+    roll_before: Option<u64>,
+    profiling: Option<Profiling>,
+    instances: BTreeMap<String, Tracked>,
+    /// A request waits for an instance (the gateway's activator signal).
+    woken: bool,
+}
+
+struct State {
+    functions: BTreeMap<String, Function>,
+    ledger: Option<Ledger>,
+    next_seq: u64,
+    /// Instances of deleted functions already asked to stop.
+    orphans: BTreeSet<String>,
+}
+
+/// The control plane's reconciler.
+pub struct Controller {
+    config: ControllerConfig,
+    backend: Arc<dyn InstanceBackend>,
+    store: Arc<dyn FunctionStore>,
+    load: Arc<dyn LoadSource>,
+    profiler: Arc<dyn Profiler>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    routes: watch::Sender<Arc<Vec<Route>>>,
+    wake: Notify,
+    pass: tokio::sync::Mutex<()>,
+    metrics: ControlMetrics,
+}
+
+/// A stable 64-bit FNV-1a hash, hex: what the `dilu.io/template` label holds.
+pub fn template_hash(key: &str) -> String {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    });
+    format!("{h:016x}")
+}
+
+fn memory_mib(spec: &FunctionSpec) -> u64 {
+    spec.quota
+        .and_then(|q| q.memory)
+        .map_or(0, |b| (b >> 20).max(1))
+}
+
+/// The profile a spec gives outright: a quota with a capacity (inference), or a quota (training).
+fn profile_from_spec(spec: &FunctionSpec) -> Option<Profile> {
+    let q = spec.quota?;
+    let capacity = match spec.kind {
+        InstanceKind::Training => 0.0,
+        _ => spec.scaling.capacity_rps?,
+    };
+    Some(Profile {
+        request: q.request,
+        limit: q.limit,
+        batch: match spec.runtime() {
+            Runtime::Onnx { model } => model.max_batch,
+            Runtime::Trainer { .. } => 0,
+        },
+        capacity_rps: capacity,
+        capacity_full_rps: None,
+        latency_s: None,
+        source: source::SPEC.into(),
+        measurements: 0,
+        seconds: 0.0,
+    })
+}
+
+/// The terms an instance of `spec` with `profile` runs with under `policy`, at `time_quota`.
+fn terms_of(spec: &FunctionSpec, p: &Profile, policy: &Policy, time_quota: f64) -> InstanceQuota {
+    let base = if spec.kind == InstanceKind::Training {
+        policy.training_quota(&TrainingQuota {
+            sm_request: p.request,
+            sm_limit: p.limit,
+        })
+    } else {
+        policy.inference_quota(&p.inference_quota())
+    };
+    base.with_time_quota(time_quota).unwrap_or(base)
+}
+
+impl Function {
+    fn new(
+        spec: FunctionSpec,
+        generation: u64,
+        profile: Option<Profile>,
+        policy: &Policy,
+    ) -> Result<Function, FieldError> {
+        let scaler = policy
+            .horizontal(Some(spec.scaling.lazy))
+            .map_err(|e| e.within("scaling"))?;
+        Ok(Function {
+            template: template_hash(&spec.template_key()),
+            phase: if profile.is_some() {
+                FunctionPhase::Running
+            } else {
+                FunctionPhase::Starting
+            },
+            spec,
+            generation,
+            profile,
+            scaler,
+            desired: None,
+            last_decision_ns: 0,
+            last_rps: 0.0,
+            last_error: None,
+            roll_before: None,
+            profiling: None,
+            instances: BTreeMap::new(),
+            woken: false,
+        })
+    }
+
+    fn outdated(&self, t: &Tracked) -> bool {
+        t.obs.template != self.template || self.roll_before.is_some_and(|g| t.obs.generation < g)
+    }
+
+    /// The terms a current serving instance runs with under `policy` (its time quota applied).
+    fn terms(&self, policy: &Policy, time_quota: f64) -> Option<InstanceQuota> {
+        let p = self.profile.as_ref()?;
+        Some(terms_of(&self.spec, p, policy, time_quota))
+    }
+
+    fn quota_of(&self, terms: &InstanceQuota) -> Quota {
+        Quota {
+            request: terms.grant_request,
+            limit: terms.grant_limit,
+            memory: self.spec.quota.and_then(|q| q.memory),
+        }
+    }
+
+    fn record_error(&mut self, message: String) {
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            eprintln!("dilu: {}: {message}", self.spec.name);
+        }
+        self.last_error = Some(message);
+    }
+}
+
+impl Controller {
+    /// A reconciler over `backend`, restoring the functions of `store`. Instances are adopted by the first
+    /// pass.
+    pub fn new(
+        config: ControllerConfig,
+        backend: Arc<dyn InstanceBackend>,
+        store: Arc<dyn FunctionStore>,
+        load: Arc<dyn LoadSource>,
+        profiler: Arc<dyn Profiler>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Controller>, ControlError> {
+        let mut functions = BTreeMap::new();
+        for stored in store.functions()? {
+            let name = stored.spec.name.clone();
+            let f = Function::new(
+                stored.spec,
+                stored.generation,
+                stored.profile,
+                &config.policy,
+            )?;
+            functions.insert(name, f);
+        }
+        Ok(Arc::new(Controller {
+            config,
+            backend,
+            store,
+            load,
+            profiler,
+            clock,
+            state: Mutex::new(State {
+                functions,
+                ledger: None,
+                next_seq: 1,
+                orphans: BTreeSet::new(),
+            }),
+            routes: watch::Sender::new(Arc::new(Vec::new())),
+            wake: Notify::new(),
+            pass: tokio::sync::Mutex::new(()),
+            metrics: ControlMetrics::default(),
+        }))
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.config.policy
+    }
+
+    /// The control plane's counters.
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
+    }
+
+    /// The routing table the gateway follows.
+    pub fn routes(&self) -> watch::Receiver<Arc<Vec<Route>>> {
+        self.routes.subscribe()
+    }
+
+    /// The placer's name (`None` before the first pass has seen the nodes).
+    pub fn placer_name(&self) -> Option<&'static str> {
+        lock(&self.state).ledger.as_ref().map(|l| l.placer_name())
+    }
+
+    /// Σ requests per device as the ledger books them.
+    pub fn booked(&self) -> Vec<(DeviceRef, f64)> {
+        lock(&self.state)
+            .ledger
+            .as_ref()
+            .map(Ledger::devices)
+            .unwrap_or_default()
+    }
+
+    /// A request waits for `function`, which has no ready instance: start one if it may scale from zero.
+    pub fn wake(&self, function: &str) {
+        if let Some(f) = lock(&self.state).functions.get_mut(function) {
+            f.woken = true;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs passes until the controller is dropped: every `period`, or at once when woken.
+    pub async fn run(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let period = self.config.period;
+        drop(self);
+        loop {
+            let Some(c) = weak.upgrade() else { return };
+            if let Err(e) = c.reconcile().await {
+                eprintln!("dilu: reconcile: {e}");
+            }
+            let woken = c.wake.notified();
+            tokio::pin!(woken);
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = &mut woken => {}
+            }
+        }
+    }
+
+    // ---- the API's operations: change desired state, then wake the loop ------------------------------
+
+    /// Deploys a function: checks it against the backend, stores it and lets the loop bring it up.
+    pub fn deploy(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
+        spec.validate()?;
+        self.backend.check(&spec.runtime())?;
+        let name = spec.name.clone();
+        let f = Function::new(spec.clone(), 1, None, &self.config.policy)?;
+        if !self.store.insert(&spec)? {
+            return Err(ControlError::Exists(name));
+        }
+        lock(&self.state).functions.insert(name.clone(), f);
+        self.metrics.deployed();
+        self.wake.notify_one();
+        self.function(&name)
+    }
+
+    /// Replaces a function's spec. A new quota, scaling or gateway setting applies to the running instances;
+    /// a new model, kind or training loop (or a quota removed, which needs profiling) rolls them: the old
+    /// ones serve until a new one is ready.
+    pub fn update(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
+        spec.validate()?;
+        self.backend.check(&spec.runtime())?;
+        let name = spec.name.clone();
+        let scaler = self
+            .config
+            .policy
+            .horizontal(Some(spec.scaling.lazy))
+            .map_err(|e| e.within("scaling"))?;
+        let mut st = lock(&self.state);
+        let State {
+            functions, ledger, ..
+        } = &mut *st;
+        let f = functions
+            .get_mut(&name)
+            .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+        let template_changed = f.spec.template_key() != spec.template_key();
+        let reprofile = template_changed || (f.spec.quota.is_some() && spec.quota.is_none());
+        let profile = if reprofile {
+            profile_from_spec(&spec)
+        } else {
+            match (f.profile.clone(), spec.quota) {
+                (Some(mut p), Some(q)) => {
+                    p.request = q.request;
+                    p.limit = q.limit;
+                    if let Some(c) = spec.scaling.capacity_rps {
+                        p.capacity_rps = c;
+                    }
+                    Some(p)
+                }
+                (p, _) => p,
+            }
+        };
+        if !reprofile && let (Some(p), Some(ledger)) = (&profile, ledger.as_mut()) {
+            // A new quota must fit beside what runs: the ledger admits it now, or the update is refused.
+            let terms = terms_of(&spec, p, &self.config.policy, 1.0);
+            let request = terms.request(spec.kind, &spec.name, memory_mib(&spec));
+            for t in f.instances.values().filter(|t| t.state.is_live() && !f.outdated(t)) {
+                if let Err(e) = ledger.check_resize(&t.obs.name, &request) {
+                    if matches!(e, LedgerError::UnknownKey(_)) {
+                        continue;
+                    }
+                    return Err(ControlError::Conflict(FieldError::new(
+                        "quota.request",
+                        terms.grant_request,
+                        format!("does not fit beside the other instances on {}: {e}", t.obs.at.device),
+                    )));
+                }
+            }
+        }
+        let generation = self
+            .store
+            .update(&spec, profile.as_ref())?
+            .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+        if reprofile {
+            if let Some(mut p) = f.profiling.take()
+                && let Some(run) = p.run.as_mut()
+            {
+                run.cancel();
+            }
+            f.desired = None;
+            if !template_changed {
+                f.roll_before = Some(generation);
+            }
+        }
+        f.template = template_hash(&spec.template_key());
+        f.spec = spec;
+        f.generation = generation;
+        f.scaler = scaler;
+        f.phase = if profile.is_some() {
+            FunctionPhase::Running
+        } else {
+            FunctionPhase::Starting
+        };
+        f.profile = profile;
+        drop(st);
+        self.wake.notify_one();
+        self.function(&name)
+    }
+
+    /// Deletes a function: the gateway stops routing to it at once; its instances stop on the next pass.
+    pub fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let removed = lock(&self.state).functions.remove(name);
+        let Some(mut f) = removed else {
+            return Err(ControlError::NotFound(name.to_string()));
+        };
+        if let Some(run) = f.profiling.as_mut().and_then(|p| p.run.as_mut()) {
+            run.cancel();
+        }
+        self.store.delete(name)?;
+        self.metrics.deleted();
+        self.publish_routes();
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops every instance the control plane runs and waits (at most `timeout`) until they are gone; the
+    /// functions stay in the store and come back on the next start.
+    pub async fn stop_all_instances(&self, timeout: Duration) {
+        let _pass = self.pass.lock().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(all) = self.backend.list().await else {
+                return;
+            };
+            if all.is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            for i in all.iter().filter(|i| !i.terminating) {
+                if let Err(e) = self.backend.delete(&i.id).await {
+                    eprintln!("dilu: stopping instance {}: {e}", i.id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // ---- views ------------------------------------------------------------------------------------------
+
+    fn view(&self, f: &Function) -> FunctionView {
+        let profiling_id = f.profiling.as_ref().map(|p| p.instance.as_str());
+        let instances: Vec<InstanceSummary> = f
+            .instances
+            .iter()
+            .map(|(id, t)| InstanceSummary {
+                id: id.clone(),
+                node: t.obs.at.node.clone(),
+                device: t.obs.at.device.clone(),
+                url: t.obs.endpoint.clone().unwrap_or_default(),
+                state: t.state,
+                ready: t.state == InstanceState::Ready,
+                draining: !t.state.is_live(),
+                profiling: t.state == InstanceState::Profiling || Some(id.as_str()) == profiling_id,
+                outdated: f.outdated(t),
+            })
+            .collect();
+        FunctionView {
+            name: f.spec.name.clone(),
+            kind: f.spec.kind.as_str(),
+            status: f.phase.clone(),
+            generation: f.generation,
+            spec: f.spec.clone(),
+            profile: f.profile.clone(),
+            scaler: f.scaler.name(),
+            desired: f.desired.unwrap_or(0),
+            starting: instances
+                .iter()
+                .filter(|i| i.state == InstanceState::Starting)
+                .count() as u32,
+            instances,
+            rps: f.last_rps,
+            last_error: f.last_error.clone(),
+        }
+    }
+
+    /// One function's view.
+    pub fn function(&self, name: &str) -> Result<FunctionView, ControlError> {
+        let st = lock(&self.state);
+        st.functions
+            .get(name)
+            .map(|f| self.view(f))
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))
+    }
+
+    /// Every function's view, by name.
+    pub fn functions(&self) -> Vec<FunctionView> {
+        lock(&self.state)
+            .functions
+            .values()
+            .map(|f| self.view(f))
+            .collect()
+    }
+
+    /// Instance id → function, for views of the nodes.
+    pub fn owners(&self) -> BTreeMap<String, String> {
+        lock(&self.state)
+            .functions
+            .iter()
+            .flat_map(|(name, f)| f.instances.keys().map(move |id| (id.clone(), name.clone())))
+            .collect()
+    }
+
+    // ---- the pass ---------------------------------------------------------------------------------------
+
+    /// One pass over every function.
+    pub async fn reconcile(&self) -> Result<(), ControlError> {
+        let _pass = self.pass.lock().await;
+        let nodes = self.backend.nodes().await?;
+        let observed = self.backend.list().await?;
+        let now = self.clock.now_ns();
+        let actions = {
+            let mut st = lock(&self.state);
+            self.decide(&mut st, &nodes, observed, now)?
+        };
+        for action in actions {
+            self.carry_out(action).await;
+        }
+        self.publish_routes();
+        Ok(())
+    }
+
+    fn decide(
+        &self,
+        st: &mut State,
+        nodes: &[crate::backend::NodeInfo],
+        observed: Vec<ObservedInstance>,
+        now: u64,
+    ) -> Result<Vec<Action>, ControlError> {
+        let policy = &self.config.policy;
+        match st.ledger.as_mut() {
+            Some(ledger) => {
+                let lost = ledger
+                    .set_nodes(nodes)
+                    .map_err(|e| ControlError::Invalid(FieldError::new("nodes", "", e.to_string())))?;
+                for key in lost {
+                    eprintln!("dilu: instance {key} was on a device that is gone");
+                }
+            }
+            None => {
+                // First pass: continue numbering after the instances that already run.
+                st.next_seq = observed
+                    .iter()
+                    .filter_map(|o| o.name.rsplit('-').next()?.parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                st.ledger = Some(
+                    Ledger::new(nodes, policy.placer())
+                        .map_err(|e| ControlError::Invalid(FieldError::new("nodes", "", e.to_string())))?,
+                );
+            }
+        }
+        let mut by_function: BTreeMap<String, Vec<ObservedInstance>> = BTreeMap::new();
+        let mut actions = Vec::new();
+        let State {
+            functions,
+            ledger,
+            next_seq,
+            orphans,
+        } = st;
+        let Some(ledger) = ledger.as_mut() else {
+            return Ok(actions);
+        };
+        let observed_ids: BTreeSet<String> = observed.iter().map(|o| o.id.clone()).collect();
+        orphans.retain(|id| observed_ids.contains(id));
+        for o in observed {
+            if functions.contains_key(&o.function) {
+                by_function.entry(o.function.clone()).or_default().push(o);
+            } else if !o.terminating && orphans.insert(o.id.clone()) {
+                ledger.release(&o.name);
+                actions.push(Action::Delete { id: o.id });
+            }
+        }
+        for (name, f) in functions.iter_mut() {
+            let mine = by_function.remove(name).unwrap_or_default();
+            self.decide_function(f, mine, ledger, next_seq, now, &mut actions);
+        }
+        Ok(actions)
+    }
+
+    /// The ledger request of an instance of `f` with `terms`.
+    fn booking(f: &Function, terms: &InstanceQuota) -> dilu_core::InstanceRequest {
+        terms.request(f.spec.kind, &f.spec.name, memory_mib(&f.spec))
+    }
+
+    fn decide_function(
+        &self,
+        f: &mut Function,
+        observed: Vec<ObservedInstance>,
+        ledger: &mut Ledger,
+        next_seq: &mut u64,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let policy = &self.config.policy;
+        let name = f.spec.name.clone();
+        // 1. Follow the backend: adopt what is new, forget what is gone.
+        let seen: BTreeSet<String> = observed.iter().map(|o| o.id.clone()).collect();
+        let gone: Vec<String> = f
+            .instances
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(t) = f.instances.remove(&id) {
+                ledger.release(&t.obs.name);
+                if t.state != InstanceState::Stopping {
+                    self.metrics.instance_lost(&name);
+                }
+            }
+            if f.profiling.as_ref().is_some_and(|p| p.instance == id) {
+                f.profiling = None;
+            }
+        }
+        for o in observed {
+            match f.instances.get_mut(&o.id) {
+                Some(t) => t.obs = o,
+                None => {
+                    let terms = if f.outdated_template(&o) {
+                        None
+                    } else {
+                        f.terms(policy, 1.0)
+                    }
+                    .unwrap_or_else(|| InstanceQuota::spatial(o.quota.request, o.quota.limit, 0.0));
+                    if !ledger.contains(&o.name)
+                        && let Err(e) = ledger.adopt(&o.name, &o.at, &Self::booking(f, &terms))
+                    {
+                        eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
+                    }
+                    let seq = *next_seq;
+                    *next_seq += 1;
+                    f.instances.insert(
+                        o.id.clone(),
+                        Tracked {
+                            seq,
+                            state: InstanceState::Starting,
+                            obs: o,
+                            time_quota: 1.0,
+                            since_ns: now,
+                            reported_exit: None,
+                        },
+                    );
+                }
+            }
+        }
+        // 2. Each instance's state from what the node reports.
+        let profiling_id = f.profiling.as_ref().map(|p| p.instance.clone());
+        let mut exits = Vec::new();
+        for (id, t) in f.instances.iter_mut() {
+            if t.obs.terminating {
+                t.state = InstanceState::Stopping;
+            } else if t.state.is_live() {
+                let state = match t.obs.phase {
+                    InstancePhase::Ready if profiling_id.as_deref() == Some(id.as_str()) => {
+                        InstanceState::Profiling
+                    }
+                    InstancePhase::Ready => InstanceState::Ready,
+                    _ => InstanceState::Starting,
+                };
+                if state != t.state {
+                    t.state = state;
+                    t.since_ns = now;
+                }
+            }
+            if let Some(exit) = &t.obs.last_exit
+                && t.reported_exit.as_deref() != Some(exit.as_str())
+            {
+                t.reported_exit = Some(exit.clone());
+                exits.push((id.clone(), exit.clone()));
+            }
+            if t.obs.phase == InstancePhase::Exited && t.state != InstanceState::Stopping {
+                // It will not come back: stop tracking it through the node.
+                t.state = InstanceState::Stopping;
+                t.since_ns = now;
+                actions.push(Action::Delete { id: id.clone() });
+            }
+        }
+        for (id, exit) in exits {
+            if profiling_id.as_deref() != Some(id.as_str()) {
+                actions.push(Action::ReportExit {
+                    function: name.clone(),
+                    id,
+                    exit,
+                });
+            }
+        }
+        // 3. Instances of another kind cannot share the function's route; instances left from an earlier
+        // generation that do not serve are of no use.
+        let kind = f.spec.kind;
+        let stale: Vec<String> = f
+            .instances
+            .iter()
+            .filter(|(_, t)| t.state.is_live())
+            .filter(|(_, t)| t.obs.kind != kind || (f.outdated(t) && t.state != InstanceState::Ready))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.start_draining(f, &id, now);
+        }
+        // 4. Profile, or size the function.
+        if matches!(f.phase, FunctionPhase::Failed(_)) {
+            // Nothing to bring up until an update.
+        } else if f.profile.is_none() {
+            if let Some(p) = profile_from_spec(&f.spec) {
+                f.profile = Some(p.clone());
+                f.phase = FunctionPhase::Running;
+                if let Err(e) = self.store.set_profile(&name, Some(&p)) {
+                    f.record_error(e.to_string());
+                }
+                self.metrics.profiled(&name, source::SPEC, true);
+            } else {
+                self.decide_profiling(f, ledger, next_seq, now, actions);
+            }
+        }
+        if f.phase == FunctionPhase::Running {
+            self.decide_size(f, ledger, next_seq, now, actions);
+            self.decide_quotas(f, ledger, actions);
+        }
+        // 5. Finish rolls: once a current instance serves, the old ones drain.
+        let current_serves = f
+            .instances
+            .values()
+            .any(|t| t.state == InstanceState::Ready && !f.outdated(t));
+        let may_be_empty = f.phase == FunctionPhase::Running && f.spec.scaling.min_instances == 0;
+        if current_serves || may_be_empty {
+            let old: Vec<String> = f
+                .instances
+                .iter()
+                .filter(|(_, t)| t.state.is_live() && f.outdated(t))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in old {
+                self.start_draining(f, &id, now);
+            }
+        }
+        // 6. Stop drained instances.
+        let drain_ns = self.config.drain_timeout.as_nanos() as u64;
+        for (id, t) in f.instances.iter_mut() {
+            if t.state == InstanceState::Draining
+                && (self.load.in_flight(&name, id) == 0
+                    || now.saturating_sub(t.since_ns) >= drain_ns)
+            {
+                t.state = InstanceState::Stopping;
+                t.since_ns = now;
+                actions.push(Action::Delete { id: id.clone() });
+            }
+        }
+    }
+
+    fn start_draining(&self, f: &mut Function, id: &str, now: u64) {
+        if let Some(t) = f.instances.get_mut(id)
+            && t.state.is_live()
+        {
+            t.state = InstanceState::Draining;
+            t.since_ns = now;
+        }
+        if f.profiling.as_ref().is_some_and(|p| p.instance == id) {
+            if let Some(run) = f.profiling.as_mut().and_then(|p| p.run.as_mut()) {
+                run.cancel();
+            }
+            f.profiling = None;
+        }
+    }
+
+    /// Books a device for a new instance of `f` and plans its creation; when nothing fits, the instances left
+    /// from an earlier generation are retired first (the next pass tries again), or the function's view
+    /// says why.
+    fn plan_create(
+        &self,
+        f: &mut Function,
+        terms: &InstanceQuota,
+        quota: Quota,
+        profiling: bool,
+        ledger: &mut Ledger,
+        next_seq: &mut u64,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) -> bool {
+        let key = format!("{}-{}", f.spec.name, *next_seq);
+        match ledger.place(&key, &Self::booking(f, terms)) {
+            Ok(at) => {
+                *next_seq += 1;
+                let batch = match (&f.profile, f.spec.runtime()) {
+                    (Some(p), _) if p.batch > 0 && !profiling => p.batch,
+                    (_, Runtime::Onnx { model }) => model.max_batch,
+                    _ => 0,
+                };
+                actions.push(Action::Create {
+                    function: f.spec.name.clone(),
+                    plan: InstancePlan {
+                        name: key,
+                        function: f.spec.name.clone(),
+                        generation: f.generation,
+                        template: f.template.clone(),
+                        kind: f.spec.kind,
+                        runtime: f.spec.runtime(),
+                        batch,
+                        max_body: f.spec.gateway.max_body,
+                        at,
+                        quota,
+                    },
+                    profiling,
+                });
+                true
+            }
+            Err(e) => {
+                let old: Vec<String> = f
+                    .instances
+                    .iter()
+                    .filter(|(_, t)| t.state.is_live() && f.outdated(t))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if old.is_empty() {
+                    let message = match e {
+                        LedgerError::Unschedulable(_) => {
+                            format!("placing an instance of {}: {e}", f.spec.name)
+                        }
+                        other => format!("booking an instance of {}: {other}", f.spec.name),
+                    };
+                    f.record_error(message);
+                } else {
+                    // No room beside the instances an update replaces: retire them first (recreate
+                    // instead of roll).
+                    for id in old {
+                        self.start_draining(f, &id, now);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn decide_profiling(
+        &self,
+        f: &mut Function,
+        ledger: &mut Ledger,
+        next_seq: &mut u64,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let name = f.spec.name.clone();
+        f.phase = FunctionPhase::Profiling;
+        if f.profiling.is_none() {
+            // Any current instance that is coming up will do (one adopted after a restart, too).
+            let candidate = f
+                .instances
+                .iter()
+                .find(|(_, t)| t.state.is_live() && !f.outdated(t))
+                .map(|(id, _)| id.clone());
+            match candidate {
+                Some(id) => {
+                    f.profiling = Some(Profiling {
+                        instance: id,
+                        run: None,
+                        since_ns: now,
+                    });
+                }
+                None => {
+                    let (terms, quota) = match f.spec.quota {
+                        // Calibrated at the quota the spec gives.
+                        Some(q) => (InstanceQuota::spatial(q.request, q.limit, 0.0), q),
+                        None => {
+                            let r = self.config.profiling_request;
+                            (
+                                InstanceQuota::spatial(r, r, 0.0),
+                                Quota {
+                                    memory: None,
+                                    ..Quota::new(r, r)
+                                },
+                            )
+                        }
+                    };
+                    self.plan_create(f, &terms, quota, true, ledger, next_seq, now, actions);
+                    return;
+                }
+            }
+        }
+        let ready_timeout = self.config.ready_timeout.as_nanos() as u64;
+        let Some(p) = f.profiling.as_mut() else {
+            return;
+        };
+        let Some(t) = f.instances.get(&p.instance) else {
+            f.profiling = None;
+            return;
+        };
+        match p.run.as_mut() {
+            None => {
+                if t.obs.phase == InstancePhase::Ready {
+                    let goal = match f.spec.quota {
+                        Some(q) => ProfileGoal::Calibrate(q),
+                        None => ProfileGoal::Search,
+                    };
+                    p.run = Some(self.profiler.start(ProfileJob {
+                        spec: f.spec.clone(),
+                        goal,
+                        instance: p.instance.clone(),
+                        endpoint: t.obs.endpoint.clone().unwrap_or_default(),
+                        usable_share: t.obs.usable_share,
+                    }));
+                } else if let Some(exit) = &t.obs.last_exit {
+                    let reason = format!(
+                        "instance {} exited before it was ready ({exit})",
+                        p.instance
+                    );
+                    actions.push(Action::FailProfile {
+                        function: name,
+                        id: p.instance.clone(),
+                        reason,
+                        with_log: true,
+                    });
+                    f.profiling = None;
+                } else if now.saturating_sub(p.since_ns) >= ready_timeout {
+                    let reason = format!(
+                        "instance {} was not ready within {:?}",
+                        p.instance, self.config.ready_timeout
+                    );
+                    actions.push(Action::FailProfile {
+                        function: name,
+                        id: p.instance.clone(),
+                        reason,
+                        with_log: false,
+                    });
+                    f.profiling = None;
+                }
+            }
+            Some(run) => match run.poll() {
+                None => {}
+                Some(Ok(profile)) => {
+                    let id = p.instance.clone();
+                    let terms = terms_of(&f.spec, &profile, &self.config.policy, 1.0);
+                    let quota = f.quota_of(&terms);
+                    actions.push(Action::ApplyProfile {
+                        function: name,
+                        id,
+                        profile,
+                        quota,
+                    });
+                }
+                Some(Err(reason)) => {
+                    actions.push(Action::FailProfile {
+                        function: name,
+                        id: p.instance.clone(),
+                        reason,
+                        with_log: false,
+                    });
+                    f.profiling = None;
+                }
+            },
+        }
+    }
+
+    fn decide_size(
+        &self,
+        f: &mut Function,
+        ledger: &mut Ledger,
+        next_seq: &mut u64,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let name = f.spec.name.clone();
+        let (min, max) = (f.spec.scaling.min_instances, f.spec.scaling.max_instances);
+        let current: Vec<String> = f
+            .instances
+            .iter()
+            .filter(|(_, t)| t.state.is_live() && !f.outdated(t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let live = current.len() as u32;
+        let mut desired = f.desired.unwrap_or(live.max(min)).clamp(min, max);
+        if f.spec.kind == InstanceKind::Training {
+            // A training job runs `min_instances`; its elasticity is vertical.
+            desired = min;
+        } else {
+            let interval = f.scaler.interval_ns();
+            if f.last_decision_ns == 0 {
+                f.last_decision_ns = now;
+            }
+            let elapsed = now.saturating_sub(f.last_decision_ns);
+            if elapsed >= interval {
+                f.last_decision_ns = now;
+                let window = self.load.take_window(&name);
+                let interval_s = elapsed as f64 / 1e9;
+                f.last_rps = window.arrivals as f64 / interval_s.max(1e-9);
+                let Some(base) = f.terms(&self.config.policy, 1.0) else {
+                    return;
+                };
+                let loads: Vec<_> = current
+                    .iter()
+                    .filter_map(|id| f.instances.get(id))
+                    .map(|t| {
+                        let terms = base.with_time_quota(t.time_quota).unwrap_or(base);
+                        terms.load(
+                            t.seq,
+                            t.state == InstanceState::Ready,
+                            ledger.free_share(&t.obs.at),
+                        )
+                    })
+                    .collect();
+                let decision = f.scaler.decide(&FunctionLoad {
+                    now_ns: now,
+                    interval_s,
+                    arrivals: window.arrivals,
+                    queued: window.queued_now,
+                    per_instance_capacity: base.capacity_rps,
+                    min_instances: min,
+                    max_instances: max,
+                    instances: &loads,
+                });
+                for change in &decision.quota {
+                    if let Some(t) = f.instances.values_mut().find(|t| t.seq == change.instance) {
+                        t.time_quota = change.time_quota;
+                    }
+                }
+                let mut removed = 0;
+                for victim in &decision.remove {
+                    let id = f
+                        .instances
+                        .iter()
+                        .find(|(_, t)| t.seq == *victim && t.state.is_live())
+                        .map(|(id, _)| id.clone());
+                    if let Some(id) = id {
+                        self.start_draining(f, &id, now);
+                        self.metrics.scaling_action(&name, "in");
+                        removed += 1;
+                    }
+                }
+                for _ in 0..decision.add {
+                    self.metrics.scaling_action(&name, "out");
+                }
+                desired = (live + decision.add)
+                    .saturating_sub(removed)
+                    .clamp(min, max);
+            }
+            if std::mem::take(&mut f.woken) && live == 0 && max >= 1 && desired == 0 {
+                desired = 1;
+                self.metrics.scaling_action(&name, "cold-start");
+            }
+        }
+        f.desired = Some(desired);
+        let live = f
+            .instances
+            .values()
+            .filter(|t| t.state.is_live() && !f.outdated(t))
+            .count() as u32;
+        if live < desired {
+            let Some(terms) = f.terms(&self.config.policy, 1.0) else {
+                return;
+            };
+            let quota = f.quota_of(&terms);
+            for _ in live..desired {
+                if !self.plan_create(f, &terms, quota, false, ledger, next_seq, now, actions) {
+                    break;
+                }
+            }
+        } else if live > desired {
+            // Fewer wanted than run (the bounds changed): the newest go first.
+            let mut newest: Vec<(u64, String)> = f
+                .instances
+                .iter()
+                .filter(|(_, t)| t.state.is_live() && !f.outdated(t))
+                .map(|(id, t)| (t.seq, id.clone()))
+                .collect();
+            newest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            for (_, id) in newest.into_iter().take((live - desired) as usize) {
+                self.start_draining(f, &id, now);
+            }
+        }
+    }
+
+    /// Pushes each current instance's quota when it differs from what the policy gives it.
+    fn decide_quotas(&self, f: &mut Function, ledger: &mut Ledger, actions: &mut Vec<Action>) {
+        let policy = &self.config.policy;
+        let mut errors = Vec::new();
+        let ids: Vec<String> = f.instances.keys().cloned().collect();
+        for id in ids {
+            let Some(t) = f.instances.get(&id) else {
+                continue;
+            };
+            if !t.state.is_live() || t.state == InstanceState::Profiling || f.outdated(t) {
+                continue;
+            }
+            let Some(terms) = f.terms(policy, t.time_quota) else {
+                continue;
+            };
+            let quota = f.quota_of(&terms);
+            if t.obs.quota.same_as(&quota) {
+                continue;
+            }
+            match ledger.resize(&t.obs.name, &Self::booking(f, &terms)) {
+                Ok(()) => actions.push(Action::SetQuota {
+                    function: f.spec.name.clone(),
+                    id: id.clone(),
+                    quota,
+                }),
+                Err(LedgerError::UnknownKey(_)) => {
+                    if let Err(e) = ledger.adopt(&t.obs.name, &t.obs.at, &Self::booking(f, &terms)) {
+                        errors.push(format!("booking instance {id}: {e}"));
+                    } else {
+                        actions.push(Action::SetQuota {
+                            function: f.spec.name.clone(),
+                            id: id.clone(),
+                            quota,
+                        });
+                    }
+                }
+                Err(e) => errors.push(format!("resizing instance {id}: {e}")),
+            }
+        }
+        for e in errors {
+            f.record_error(e);
+        }
+    }
+
+    // ---- carrying actions out ---------------------------------------------------------------------------
+
+    async fn carry_out(&self, action: Action) {
+        match action {
+            Action::Create {
+                function,
+                plan,
+                profiling,
+            } => {
+                let key = plan.name.clone();
+                let result = self.backend.create(plan).await;
+                let now = self.clock.now_ns();
+                let mut st = lock(&self.state);
+                let State {
+                    functions,
+                    ledger,
+                    next_seq,
+                    ..
+                } = &mut *st;
+                match (result, functions.get_mut(&function)) {
+                    (Ok(obs), Some(f)) => {
+                        self.metrics.instance_started(&function);
+                        if profiling {
+                            f.profiling = Some(Profiling {
+                                instance: obs.id.clone(),
+                                run: None,
+                                since_ns: now,
+                            });
+                        }
+                        f.last_error = None;
+                        let seq = *next_seq;
+                        *next_seq += 1;
+                        f.instances.insert(
+                            obs.id.clone(),
+                            Tracked {
+                                seq,
+                                state: InstanceState::Starting,
+                                obs,
+                                time_quota: 1.0,
+                                since_ns: now,
+                                reported_exit: None,
+                            },
+                        );
+                    }
+                    // Deleted while it started: the next pass stops it as an orphan.
+                    (Ok(_), None) => {}
+                    (Err(e), f) => {
+                        if let Some(ledger) = ledger.as_mut() {
+                            ledger.release(&key);
+                        }
+                        if let Some(f) = f {
+                            f.record_error(format!("starting an instance of {function}: {e}"));
+                        }
+                    }
+                }
+            }
+            Action::Delete { id } => {
+                if let Err(e) = self.backend.delete(&id).await
+                    && !matches!(e, crate::backend::BackendError::NotFound(_))
+                {
+                    eprintln!("dilu: stopping instance {id}: {e}");
+                }
+            }
+            Action::SetQuota {
+                function,
+                id,
+                quota,
+            } => match self.backend.set_quota(&id, quota).await {
+                Ok(()) => self.metrics.vertical_action(&function),
+                Err(e) => {
+                    if let Some(f) = lock(&self.state).functions.get_mut(&function) {
+                        f.record_error(format!("setting the quota of instance {id}: {e}"));
+                    }
+                }
+            },
+            Action::ReportExit { function, id, exit } => {
+                let log = self.log_tail(&id).await;
+                let message = format!("instance {id} exited ({exit}); its log ends: {log}");
+                if let Some(f) = lock(&self.state).functions.get_mut(&function) {
+                    f.record_error(message);
+                }
+            }
+            Action::ApplyProfile {
+                function,
+                id,
+                profile,
+                quota,
+            } => self.apply_profile(&function, &id, profile, quota).await,
+            Action::FailProfile {
+                function,
+                id,
+                reason,
+                with_log,
+            } => {
+                let reason = if with_log {
+                    format!("{reason}; its log ends: {}", self.log_tail(&id).await)
+                } else {
+                    reason
+                };
+                self.metrics.profiled(&function, "live", false);
+                if let Err(e) = self.backend.delete(&id).await {
+                    eprintln!("dilu: stopping instance {id}: {e}");
+                }
+                if let Some(f) = lock(&self.state).functions.get_mut(&function) {
+                    f.record_error(reason.clone());
+                    f.phase = FunctionPhase::Failed(reason);
+                    if let Some(t) = f.instances.get_mut(&id) {
+                        t.state = InstanceState::Stopping;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn log_tail(&self, id: &str) -> String {
+        self.backend
+            .logs(id, 600)
+            .await
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " | ")
+    }
+
+    async fn apply_profile(&self, function: &str, id: &str, profile: Profile, quota: Quota) {
+        let applied = self.backend.set_quota(id, quota).await;
+        let stored = applied
+            .as_ref()
+            .ok()
+            .map(|_| self.store.set_profile(function, Some(&profile)));
+        let mut st = lock(&self.state);
+        let State {
+            functions, ledger, ..
+        } = &mut *st;
+        let Some(f) = functions.get_mut(function) else {
+            return;
+        };
+        if f.profiling.as_ref().is_none_or(|p| p.instance != id) {
+            // The function changed while the result was applied; its next pass decides again.
+            return;
+        }
+        f.profiling = None;
+        match (applied, stored) {
+            (Ok(()), Some(Ok(()))) => {
+                self.metrics.profiled(function, &profile.source, true);
+                f.profile = Some(profile);
+                f.phase = FunctionPhase::Running;
+                if let (Some(terms), Some(ledger), Some(t)) = (
+                    f.terms(&self.config.policy, 1.0),
+                    ledger.as_mut(),
+                    f.instances.get(id),
+                ) && let Err(e) = ledger.resize(&t.obs.name, &Self::booking(f, &terms))
+                {
+                    eprintln!("dilu: {function}: booking the profiled quota: {e}");
+                }
+                if let Some(t) = f.instances.get_mut(id) {
+                    t.obs.quota = quota;
+                }
+            }
+            (Err(e), _) => {
+                let reason = format!("the profiled quota does not fit the device: {e}");
+                f.record_error(reason.clone());
+                f.phase = FunctionPhase::Failed(reason);
+                self.metrics.profiled(function, "live", false);
+            }
+            (Ok(()), stored) => {
+                let reason = match stored {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the profile was not stored".to_string(),
+                };
+                f.record_error(reason.clone());
+                f.phase = FunctionPhase::Failed(reason);
+            }
+        }
+    }
+
+    /// Publishes the routing table when it changed.
+    fn publish_routes(&self) {
+        let table: Vec<Route> = lock(&self.state)
+            .functions
+            .values()
+            .filter(|f| f.spec.kind.is_inference())
+            .map(|f| Route {
+                function: f.spec.name.clone(),
+                gateway: f.spec.gateway,
+                slo_ms: f.spec.slo_ms,
+                endpoints: f
+                    .instances
+                    .iter()
+                    .filter(|(_, t)| t.state == InstanceState::Ready)
+                    .filter_map(|(id, t)| {
+                        Some(Endpoint {
+                            instance: id.clone(),
+                            url: t.obs.endpoint.clone()?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.routes.send_if_modified(|current| {
+            if **current == table {
+                false
+            } else {
+                *current = Arc::new(table);
+                true
+            }
+        });
+    }
+
+    /// Instances per function and state, for the metrics.
+    pub fn instance_counts(&self) -> Vec<(String, &'static str, usize)> {
+        let st = lock(&self.state);
+        let mut out = Vec::new();
+        for (name, f) in &st.functions {
+            let mut counts = [
+                ("ready", 0usize),
+                ("starting", 0),
+                ("draining", 0),
+                ("profiling", 0),
+            ];
+            for t in f.instances.values() {
+                let k = match t.state {
+                    InstanceState::Ready => 0,
+                    InstanceState::Starting => 1,
+                    InstanceState::Draining | InstanceState::Stopping => 2,
+                    InstanceState::Profiling => 3,
+                };
+                counts[k].1 += 1;
+            }
+            out.extend(counts.iter().map(|(s, n)| (name.clone(), *s, *n)));
+        }
+        out
+    }
+}
+
+impl Function {
+    fn outdated_template(&self, o: &ObservedInstance) -> bool {
+        o.template != self.template
+    }
+}

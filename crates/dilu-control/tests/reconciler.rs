@@ -1,0 +1,521 @@
+//! The reconciler against the in-memory backend, in virtual time: nothing sleeps, every pass is driven by the
+//! test after moving the clock. Deploy, profile, scale out and in, roll (good and bad model), instance crash,
+//! adoption after a restart, a full device, scale to zero and back, live quota changes, typed errors.
+
+use std::sync::Arc;
+
+use dilu_api::{FunctionSpec, Profile, SpecFormat, parse_spec};
+use dilu_control::backend::labels;
+use dilu_control::fake::{FakeBackend, FakeLoad, ScriptedProfiler};
+use dilu_control::state::{FunctionPhase, InstanceState};
+use dilu_control::{
+    ControlError, Controller, ControllerConfig, FunctionStore, FunctionView, ManualClock,
+    MemoryStore,
+};
+use dilu_core::policy::{Policy, PolicyName};
+
+const READY_MS: u64 = 300;
+
+struct Rig {
+    clock: Arc<ManualClock>,
+    backend: Arc<FakeBackend>,
+    profiler: Arc<ScriptedProfiler>,
+    load: Arc<FakeLoad>,
+    store: Arc<MemoryStore>,
+    c: Arc<Controller>,
+    policy: PolicyName,
+}
+
+fn profile(request: f64, limit: f64, capacity: f64) -> Profile {
+    Profile {
+        request,
+        limit,
+        batch: 4,
+        capacity_rps: capacity,
+        capacity_full_rps: Some(capacity * 3.0),
+        latency_s: Some(0.02),
+        source: "hgs".into(),
+        measurements: 7,
+        seconds: 2.0,
+    }
+}
+
+impl Rig {
+    fn new(devices: usize, policy: PolicyName) -> Rig {
+        Rig::with_profiler(devices, policy, 2_000, Ok(profile(0.3, 0.6, 10.0)))
+    }
+
+    fn with_profiler(
+        devices: usize,
+        policy: PolicyName,
+        profile_ms: u64,
+        result: Result<Profile, String>,
+    ) -> Rig {
+        let clock = Arc::new(ManualClock::new());
+        clock.advance_ms(1);
+        let backend = FakeBackend::new(clock.clone(), devices, READY_MS * 1_000_000);
+        let profiler = ScriptedProfiler::new(clock.clone(), profile_ms * 1_000_000, result);
+        let load = FakeLoad::new(clock.clone());
+        let store = Arc::new(MemoryStore::new());
+        let c = Rig::controller(&clock, &backend, &profiler, &load, &store, policy);
+        Rig {
+            clock,
+            backend,
+            profiler,
+            load,
+            store,
+            c,
+            policy,
+        }
+    }
+
+    fn controller(
+        clock: &Arc<ManualClock>,
+        backend: &Arc<FakeBackend>,
+        profiler: &Arc<ScriptedProfiler>,
+        load: &Arc<FakeLoad>,
+        store: &Arc<MemoryStore>,
+        policy: PolicyName,
+    ) -> Arc<Controller> {
+        Controller::new(
+            ControllerConfig::new(Policy::named(policy)),
+            backend.clone(),
+            store.clone(),
+            load.clone(),
+            profiler.clone(),
+            clock.clone(),
+        )
+        .unwrap()
+    }
+
+    /// A controller started anew over the same store and backend, as after a restart of `dilu up`.
+    fn restarted(&self) -> Arc<Controller> {
+        Rig::controller(
+            &self.clock,
+            &self.backend,
+            &self.profiler,
+            &self.load,
+            &self.store,
+            self.policy,
+        )
+    }
+
+    /// Moves the clock by `ms` and runs one pass.
+    async fn step(&self, ms: u64) {
+        self.clock.advance_ms(ms);
+        self.c.reconcile().await.unwrap();
+    }
+
+    /// Runs passes every `every_ms` for `ms`.
+    async fn run_for(&self, ms: u64, every_ms: u64) {
+        for _ in 0..ms / every_ms {
+            self.step(every_ms).await;
+        }
+    }
+
+    fn view(&self, name: &str) -> FunctionView {
+        self.c.function(name).unwrap()
+    }
+
+    fn ready(&self, name: &str) -> Vec<String> {
+        self.view(name)
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Ready && !i.outdated)
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
+    fn routed(&self, name: &str) -> Vec<String> {
+        self.c
+            .routes()
+            .borrow()
+            .iter()
+            .find(|r| r.function == name)
+            .map(|r| r.endpoints.iter().map(|e| e.instance.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn calls(&self, prefix: &str) -> Vec<String> {
+        self.backend
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with(prefix))
+            .collect()
+    }
+}
+
+fn spec(yaml: &str) -> FunctionSpec {
+    parse_spec(yaml, SpecFormat::Yaml).unwrap()
+}
+
+fn inference(name: &str, extra: &str) -> FunctionSpec {
+    spec(&format!(
+        "name: {name}\nmodel: {{path: /m/{name}.onnx}}\nslo_ms: 100\n{extra}"
+    ))
+}
+
+#[tokio::test]
+async fn a_function_with_quota_and_capacity_runs_its_minimum_and_is_routed_once_ready() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "a",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 2, capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.step(10).await;
+    let v = rig.view("a");
+    assert_eq!(v.status, FunctionPhase::Running);
+    assert_eq!(v.instances.len(), 2);
+    assert!(v.instances.iter().all(|i| i.state == InstanceState::Starting));
+    assert!(rig.routed("a").is_empty(), "nothing routed before ready");
+    rig.step(READY_MS).await;
+    assert_eq!(rig.ready("a").len(), 2);
+    assert_eq!(rig.routed("a").len(), 2);
+    // The quota the instances got, and the ledger's booking.
+    let id = &rig.ready("a")[0];
+    let q = rig.backend.instance(id).unwrap().quota;
+    assert_eq!((q.request, q.limit), (0.2, 0.5));
+    assert!((rig.c.booked()[0].1 - 0.4).abs() < 1e-9);
+    // Passes without change do nothing more.
+    let before = rig.backend.calls().len();
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.backend.calls().len(), before);
+}
+
+#[tokio::test]
+async fn a_function_without_quota_is_profiled_on_a_live_instance_that_then_serves() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c.deploy(inference("p", "")).unwrap();
+    rig.step(10).await;
+    assert_eq!(rig.view("p").status, FunctionPhase::Profiling);
+    let id = rig.view("p").instances[0].id.clone();
+    let q = rig.backend.instance(&id).unwrap().quota;
+    assert_eq!((q.request, q.limit), (0.1, 0.1), "booked at the profiling share");
+    rig.step(READY_MS).await;
+    assert_eq!(rig.profiler.jobs().len(), 1, "a run starts once the instance is ready");
+    assert_eq!(rig.view("p").instances[0].state, InstanceState::Profiling);
+    assert!(rig.routed("p").is_empty(), "a profiled instance does not serve");
+    rig.run_for(1_900, 100).await;
+    assert_eq!(rig.view("p").status, FunctionPhase::Profiling);
+    rig.step(100).await;
+    let v = rig.view("p");
+    assert_eq!(v.status, FunctionPhase::Running, "{v:?}");
+    assert_eq!(v.profile.as_ref().unwrap().batch, 4);
+    assert_eq!(rig.calls("set_quota"), vec![format!("set_quota {id} 0.3/0.6")]);
+    rig.step(10).await;
+    assert_eq!(rig.routed("p"), vec![id.clone()], "the profiled instance serves");
+    assert_eq!(rig.calls("create").len(), 1, "no second instance");
+    let stored = rig.store.functions().unwrap();
+    assert_eq!(stored[0].profile.as_ref().unwrap().request, 0.3);
+}
+
+#[tokio::test]
+async fn a_failed_profile_fails_the_function_and_stops_its_instance() {
+    let rig = Rig::with_profiler(
+        1,
+        PolicyName::Dilu,
+        500,
+        Err("profiling: infeasible: batch 1 on the whole device takes 210.0 ms, above the SLO of 100 ms".into()),
+    );
+    rig.c.deploy(inference("f", "")).unwrap();
+    rig.run_for(1_000, 100).await;
+    let v = rig.view("f");
+    match &v.status {
+        FunctionPhase::Failed(reason) => assert!(reason.contains("infeasible"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    rig.step(10).await;
+    assert!(rig.backend.ids().is_empty(), "its instance was stopped");
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.calls("create").len(), 1, "a failed function is not retried until updated");
+}
+
+#[tokio::test]
+async fn a_profiling_instance_that_cannot_start_fails_with_its_log() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(spec("name: b\nmodel: {path: /m/broken.onnx}\nslo_ms: 100\n"))
+        .unwrap();
+    rig.run_for(1_000, 100).await;
+    match rig.view("b").status {
+        FunctionPhase::Failed(reason) => {
+            assert!(reason.contains("exited before it was ready"), "{reason}");
+            assert!(reason.contains("the last line"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_lazy_scaler_adds_an_instance_under_sustained_load_and_removes_it_after() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "s",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 3, capacity_rps: 10, lazy: {window: 8, out_votes: 4, in_votes: 6}}\n",
+        ))
+        .unwrap();
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.ready("s").len(), 1);
+    // 25 requests/s on one instance of capacity 10: out after 4 over-capacity seconds.
+    rig.load.set_rps("s", 25.0);
+    rig.run_for(3_500, 100).await;
+    assert_eq!(rig.view("s").instances.len(), 1, "not before the 4th vote");
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.view("s").instances.len(), 2);
+    assert!((rig.view("s").rps - 25.0).abs() < 1e-6);
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.ready("s").len(), 2);
+    // The window was cleared: 25 is over capacity(2) = 20, so it scales out once more after 4 votes.
+    rig.load.set_rps("s", 15.0);
+    rig.run_for(8_000, 100).await;
+    assert_eq!(rig.ready("s").len(), 2, "15 requests/s fit two, not one");
+    // Quiet: 6 of 8 samples below capacity(1) → one instance drains and stops.
+    rig.load.set_rps("s", 1.0);
+    rig.run_for(6_500, 100).await;
+    assert_eq!(rig.ready("s").len(), 1);
+    rig.step(10).await;
+    assert_eq!(rig.backend.ids().len(), 1, "the removed instance is gone");
+    let text = {
+        let mut out = String::new();
+        rig.c.metrics().render(&mut out, 1, &rig.c.instance_counts());
+        out
+    };
+    assert!(
+        text.contains("dilu_control_scaling_actions_total{function=\"s\",direction=\"out\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dilu_control_scaling_actions_total{function=\"s\",direction=\"in\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_update_rolls_the_old_instance_drains_after_its_requests() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let v1 = "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
+    rig.c.deploy(inference("r", v1)).unwrap();
+    rig.run_for(500, 100).await;
+    let old = rig.ready("r")[0].clone();
+    let mut v2 = inference("r", v1);
+    v2.model.as_mut().unwrap().path = "/m/r-v2.onnx".into();
+    let view = rig.c.update(v2).unwrap();
+    assert_eq!(view.generation, 2);
+    rig.step(10).await;
+    let v = rig.view("r");
+    assert_eq!(v.instances.len(), 2, "a new instance starts beside the old");
+    assert!(v.instances.iter().any(|i| i.id == old && i.outdated && i.ready));
+    assert_eq!(rig.routed("r"), vec![old.clone()], "the old one serves meanwhile");
+    // The old instance has requests in flight when the new one is ready: it drains, then stops.
+    rig.load.set_in_flight(&old, 2);
+    rig.step(READY_MS).await;
+    let new = rig.ready("r")[0].clone();
+    assert_ne!(new, old);
+    assert_eq!(rig.routed("r"), vec![new.clone()]);
+    let o = rig.view("r").instances.into_iter().find(|i| i.id == old).unwrap();
+    assert_eq!(o.state, InstanceState::Draining);
+    rig.run_for(500, 100).await;
+    assert!(rig.calls("delete").is_empty(), "not stopped while requests are in flight");
+    rig.load.set_in_flight(&old, 0);
+    rig.step(10).await;
+    assert_eq!(rig.calls("delete"), vec![format!("delete {old}")]);
+    rig.step(10).await;
+    assert_eq!(rig.backend.ids(), vec![new]);
+}
+
+#[tokio::test]
+async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let v1 = "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
+    rig.c.deploy(inference("r", v1)).unwrap();
+    rig.run_for(500, 100).await;
+    let old = rig.ready("r")[0].clone();
+    let mut bad = inference("r", v1);
+    bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
+    rig.c.update(bad).unwrap();
+    rig.run_for(3_000, 100).await;
+    let v = rig.view("r");
+    let kept = v.instances.iter().find(|i| i.id == old).unwrap();
+    assert!(kept.ready && kept.outdated && !kept.draining, "{v:?}");
+    assert_eq!(rig.routed("r"), vec![old.clone()]);
+    let error = v.last_error.clone().unwrap();
+    assert!(error.contains("exited") && error.contains("the last line"), "{error}");
+    // A later good update replaces both.
+    let mut v3 = inference("r", v1);
+    v3.model.as_mut().unwrap().path = "/m/r-v3.onnx".into();
+    rig.c.update(v3).unwrap();
+    rig.run_for(1_000, 100).await;
+    let ready = rig.ready("r");
+    assert_eq!(ready.len(), 1);
+    assert_ne!(ready[0], old);
+    assert_eq!(rig.backend.ids(), ready, "the old and the broken instance are gone");
+}
+
+#[tokio::test]
+async fn a_crash_is_reported_and_a_vanished_instance_is_replaced() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "c",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("c")[0].clone();
+    rig.backend.crash(&id, "killed by signal 9", 500_000_000);
+    rig.step(10).await;
+    assert!(rig.routed("c").is_empty(), "a restarting instance gets no requests");
+    let error = rig.view("c").last_error.unwrap();
+    assert!(error.contains(&id) && error.contains("killed by signal 9"), "{error}");
+    rig.run_for(600, 100).await;
+    assert_eq!(rig.routed("c"), vec![id.clone()], "back once the node restarted it");
+    rig.backend.vanish(&id);
+    rig.step(10).await;
+    let v = rig.view("c");
+    assert_eq!(v.instances.len(), 1);
+    assert_ne!(v.instances[0].id, id, "a replacement was started");
+    let mut text = String::new();
+    rig.c.metrics().render(&mut text, 1, &rig.c.instance_counts());
+    assert!(
+        text.contains("dilu_control_instances_lost_total{function=\"c\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_running_instances_without_creating_any() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "k",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 2, capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    let before = rig.ready("k");
+    let creates = rig.calls("create").len();
+    let c2 = rig.restarted();
+    c2.reconcile().await.unwrap();
+    let v = c2.function("k").unwrap();
+    assert_eq!(v.status, FunctionPhase::Running);
+    let mut ids: Vec<String> = v.instances.iter().filter(|i| i.ready).map(|i| i.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, before, "the same instances, ready on the first pass");
+    assert_eq!(c2.routes().borrow()[0].endpoints.len(), 2);
+    assert_eq!(rig.calls("create").len(), creates, "nothing new started");
+    assert!((c2.booked()[0].1 - 0.4).abs() < 1e-9, "the ledger books what runs");
+    // New instances continue the numbering.
+    let labels_ok = rig
+        .backend
+        .instance(&before[0])
+        .is_some_and(|o| o.function == "k");
+    assert!(labels_ok, "{}", labels::FUNCTION);
+}
+
+#[tokio::test]
+async fn a_full_device_leaves_a_clear_reason_until_room_is_made() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let big = "quota: {request: 0.7, limit: 0.9}\nscaling: {capacity_rps: 10}\n";
+    rig.c.deploy(inference("x", big)).unwrap();
+    rig.c.deploy(inference("y", big)).unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("x").len(), 1);
+    assert!(rig.view("y").instances.is_empty());
+    let error = rig.view("y").last_error.unwrap();
+    assert!(error.contains("unschedulable"), "{error}");
+    rig.c.delete("x").unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("y").len(), 1);
+    assert!(rig.view("y").last_error.is_none());
+}
+
+#[tokio::test]
+async fn a_function_scales_to_zero_and_a_waiting_request_starts_it_again() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "z",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 0, capacity_rps: 10, lazy: {window: 4, out_votes: 2, in_votes: 3}}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    assert!(rig.view("z").instances.is_empty(), "min 0: nothing until asked");
+    rig.c.wake("z");
+    rig.step(10).await;
+    assert_eq!(rig.view("z").instances.len(), 1, "cold start");
+    rig.step(READY_MS).await;
+    assert_eq!(rig.routed("z").len(), 1);
+    rig.run_for(4_000, 100).await;
+    assert!(rig.backend.ids().is_empty(), "back to zero when idle");
+    rig.c.wake("z");
+    rig.step(10).await;
+    rig.step(READY_MS).await;
+    assert_eq!(rig.routed("z").len(), 1, "and up again");
+    let mut text = String::new();
+    rig.c.metrics().render(&mut text, 1, &rig.c.instance_counts());
+    assert!(
+        text.contains("direction=\"cold-start\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_quota_update_is_pushed_to_running_instances_without_a_restart() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let spec1 = inference(
+        "q",
+        "quota: {request: 0.2, limit: 0.5}\nscaling: {capacity_rps: 10}\n",
+    );
+    rig.c.deploy(spec1.clone()).unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("q")[0].clone();
+    let mut spec2 = spec1.clone();
+    spec2.quota.as_mut().unwrap().request = 0.3;
+    spec2.quota.as_mut().unwrap().limit = 0.6;
+    rig.c.update(spec2).unwrap();
+    rig.step(10).await;
+    assert_eq!(rig.calls("set_quota"), vec![format!("set_quota {id} 0.3/0.6")]);
+    assert_eq!(rig.ready("q"), vec![id]);
+    assert_eq!(rig.calls("create").len(), 1);
+    assert!((rig.c.booked()[0].1 - 0.3).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn exclusive_gives_every_instance_a_whole_device() {
+    let rig = Rig::new(2, PolicyName::Exclusive);
+    let q = "quota: {request: 0.2, limit: 0.5}\nscaling: {capacity_rps: 10}\n";
+    for name in ["e1", "e2", "e3"] {
+        rig.c.deploy(inference(name, q)).unwrap();
+    }
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.c.placer_name(), Some("exclusive"));
+    assert_eq!(rig.ready("e1").len() + rig.ready("e2").len() + rig.ready("e3").len(), 2);
+    for id in rig.backend.ids() {
+        let q = rig.backend.instance(&id).unwrap().quota;
+        assert_eq!((q.request, q.limit), (1.0, 1.0));
+    }
+    assert_eq!(rig.view("e1").scaler, "kpa");
+    assert!(rig.view("e3").last_error.unwrap().contains("unschedulable"));
+}
+
+#[tokio::test]
+async fn errors_are_typed_with_their_status_and_field() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let s = inference("t", "quota: {request: 0.2, limit: 0.5}\n");
+    rig.c.deploy(s.clone()).unwrap();
+    let e = rig.c.deploy(s).unwrap_err();
+    assert!(matches!(e, ControlError::Exists(_)));
+    assert_eq!(e.status(), 409);
+    let e = rig.c.update(inference("nope", "")).unwrap_err();
+    assert_eq!(e.status(), 404);
+    let e = rig
+        .c
+        .deploy(spec("name: m\nmodel: {path: /missing.onnx}\nslo_ms: 10\n"))
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert_eq!(e.field().unwrap().field, "model.path");
+    assert_eq!(rig.c.delete("nope").unwrap_err().status(), 404);
+}

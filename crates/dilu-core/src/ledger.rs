@@ -1,0 +1,490 @@
+//! The ledger of a live cluster: which instance holds what on which device, keyed by the caller's instance key
+//! and addressed by (node, device UUID). Every scheduler of the platform places through it with a
+//! [`Placer`], so live placement makes the same decisions as the simulator's, and admission is checked once,
+//! here (`docs/architecture.md`).
+//!
+//! - [`Ledger::place`] asks the placer for a device and books it;
+//! - [`Ledger::adopt`] books an instance that already runs (after a restart) without asking the placer;
+//! - [`Ledger::resize`] changes an instance's booking in place and never loses it: when the new booking does
+//!   not fit, the old one stays and the error says why;
+//! - [`Ledger::release`] frees it;
+//! - [`Ledger::set_nodes`] follows nodes that appear and disappear, keeping the bookings on devices that remain.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::cluster::{Cluster, NodeSpec, Placement};
+use crate::placement::Placer;
+use crate::request::{InstanceRequest, SM_MILLI};
+
+/// A device a node offers, as the ledger needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInventory {
+    /// Its UUID (`GPU-…`, `CPU-…`).
+    pub uuid: String,
+    /// Memory in MiB; 0 when unknown (the CPU device), which does not limit placement.
+    pub memory_mib: u64,
+    /// Whether it is a GPU. A node with GPUs places on its GPUs only; a node without on its CPU devices.
+    pub gpu: bool,
+}
+
+/// A node and its devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeInventory {
+    /// Unique node name.
+    pub name: String,
+    /// Its devices.
+    pub devices: Vec<DeviceInventory>,
+}
+
+/// Where an instance runs: a node and one of its devices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DeviceRef {
+    /// Node name.
+    pub node: String,
+    /// Device UUID.
+    pub device: String,
+}
+
+/// Why the ledger refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LedgerError {
+    /// No device has room under the placer's admission rules.
+    #[error("unschedulable: {0}")]
+    Unschedulable(String),
+    /// The device is not in the inventory.
+    #[error("device {device} is not on node {node}")]
+    UnknownDevice {
+        /// Node name.
+        node: String,
+        /// Device UUID.
+        device: String,
+    },
+    /// The booking does not fit the device (adopting or resizing over its capacity).
+    #[error("{key}: {reason}")]
+    DoesNotFit {
+        /// The instance key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key with no booking.
+    #[error("no booking for instance {0}")]
+    UnknownKey(String),
+    /// A key that is booked already.
+    #[error("instance {0} is booked already")]
+    Duplicate(String),
+    /// The inventory cannot form a cluster.
+    #[error("inventory: {0}")]
+    Inventory(String),
+}
+
+#[derive(Debug, Clone)]
+struct Booking {
+    placement: Placement,
+    request: InstanceRequest,
+    at: DeviceRef,
+}
+
+/// The ledger.
+pub struct Ledger {
+    nodes: Vec<NodeInventory>,
+    cluster: Cluster,
+    placer: Box<dyn Placer>,
+    bookings: BTreeMap<String, Booking>,
+    next: u64,
+}
+
+/// The devices of `node` the ledger places on: its GPUs when it has any, else its CPU devices.
+fn placeable(node: &NodeInventory) -> NodeInventory {
+    let gpus: Vec<DeviceInventory> = node.devices.iter().filter(|d| d.gpu).cloned().collect();
+    NodeInventory {
+        name: node.name.clone(),
+        devices: if gpus.is_empty() {
+            node.devices.clone()
+        } else {
+            gpus
+        },
+    }
+}
+
+fn cluster_of(nodes: &[NodeInventory]) -> Result<Cluster, LedgerError> {
+    let specs = nodes
+        .iter()
+        .map(|n| NodeSpec {
+            name: n.name.clone(),
+            cpu_milli: u64::from(u32::MAX),
+            mem_mib: u64::from(u32::MAX),
+            gpu_model: if n.devices.iter().any(|d| d.gpu) {
+                "gpu".into()
+            } else {
+                "cpu".into()
+            },
+            gpu_count: n.devices.len() as u32,
+            // One memory size per node: the smallest device's; unknown memory does not limit.
+            gpu_mem_mib: n
+                .devices
+                .iter()
+                .map(|d| match d.memory_mib {
+                    0 => u64::from(u32::MAX),
+                    mib => mib,
+                })
+                .min()
+                .unwrap_or(u64::from(u32::MAX)),
+            max_pods: 100_000,
+        })
+        .collect();
+    Cluster::new(specs).map_err(|e| LedgerError::Inventory(e.to_string()))
+}
+
+impl Ledger {
+    /// A ledger over `nodes` placing with `placer`.
+    pub fn new(nodes: &[NodeInventory], placer: Box<dyn Placer>) -> Result<Ledger, LedgerError> {
+        let nodes: Vec<NodeInventory> = nodes.iter().map(placeable).collect();
+        Ok(Ledger {
+            cluster: cluster_of(&nodes)?,
+            nodes,
+            placer,
+            bookings: BTreeMap::new(),
+            next: 1,
+        })
+    }
+
+    /// The placer's name.
+    pub fn placer_name(&self) -> &'static str {
+        self.placer.name()
+    }
+
+    /// The devices placed on, by node.
+    pub fn nodes(&self) -> &[NodeInventory] {
+        &self.nodes
+    }
+
+    fn index_of(&self, at: &DeviceRef) -> Result<(usize, u32), LedgerError> {
+        let unknown = || LedgerError::UnknownDevice {
+            node: at.node.clone(),
+            device: at.device.clone(),
+        };
+        let node = self
+            .nodes
+            .iter()
+            .position(|n| n.name == at.node)
+            .ok_or_else(unknown)?;
+        let gpu = self.nodes[node]
+            .devices
+            .iter()
+            .position(|d| d.uuid == at.device)
+            .ok_or_else(unknown)?;
+        Ok((node, gpu as u32))
+    }
+
+    fn device_ref(&self, placement: &Placement) -> Result<DeviceRef, LedgerError> {
+        let gpu = placement.shares.first().map(|s| s.gpu).unwrap_or(0) as usize;
+        let node = self
+            .nodes
+            .get(placement.node)
+            .ok_or_else(|| LedgerError::Inventory(format!("no node {}", placement.node)))?;
+        let device = node.devices.get(gpu).ok_or_else(|| {
+            LedgerError::Inventory(format!("node {} has no device {gpu}", node.name))
+        })?;
+        Ok(DeviceRef {
+            node: node.name.clone(),
+            device: device.uuid.clone(),
+        })
+    }
+
+    fn book(
+        &mut self,
+        key: &str,
+        mut placement: Placement,
+        request: InstanceRequest,
+    ) -> Result<DeviceRef, LedgerError> {
+        placement.instance = self.next;
+        self.cluster
+            .allocate(&placement)
+            .map_err(|e| LedgerError::DoesNotFit {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.next += 1;
+        let at = self.device_ref(&placement)?;
+        self.bookings.insert(
+            key.to_string(),
+            Booking {
+                placement,
+                request,
+                at: at.clone(),
+            },
+        );
+        Ok(at)
+    }
+
+    /// Chooses a device for a new instance and books it under `key`.
+    pub fn place(&mut self, key: &str, request: &InstanceRequest) -> Result<DeviceRef, LedgerError> {
+        if self.bookings.contains_key(key) {
+            return Err(LedgerError::Duplicate(key.to_string()));
+        }
+        let placement = self
+            .placer
+            .place(&self.cluster, request)
+            .map_err(|e| LedgerError::Unschedulable(e.to_string()))?;
+        self.book(key, placement, request.clone())
+    }
+
+    /// Books an instance that already runs on `at` (adopted after a restart): the placer is not asked, but
+    /// the device's capacity still holds.
+    pub fn adopt(
+        &mut self,
+        key: &str,
+        at: &DeviceRef,
+        request: &InstanceRequest,
+    ) -> Result<(), LedgerError> {
+        if self.bookings.contains_key(key) {
+            return Err(LedgerError::Duplicate(key.to_string()));
+        }
+        let (node, gpu) = self.index_of(at)?;
+        let placement = Placement::uniform(node, request, &[gpu]);
+        self.book(key, placement, request.clone()).map(|_| ())
+    }
+
+    /// Changes the booking of `key` to `request` on the same device. When it does not fit, the old booking
+    /// stays and the error says why.
+    pub fn resize(&mut self, key: &str, request: &InstanceRequest) -> Result<(), LedgerError> {
+        let old = self
+            .bookings
+            .get(key)
+            .cloned()
+            .ok_or_else(|| LedgerError::UnknownKey(key.to_string()))?;
+        self.cluster
+            .release(&old.placement)
+            .map_err(|e| LedgerError::Inventory(e.to_string()))?;
+        let gpus: Vec<u32> = old.placement.shares.iter().map(|s| s.gpu).collect();
+        let mut placement = Placement::uniform(old.placement.node, request, &gpus);
+        placement.instance = old.placement.instance;
+        match self.cluster.allocate(&placement) {
+            Ok(()) => {
+                self.bookings.insert(
+                    key.to_string(),
+                    Booking {
+                        placement,
+                        request: request.clone(),
+                        at: old.at,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Put the old booking back: it was allocated a moment ago, so it fits again.
+                self.cluster
+                    .allocate(&old.placement)
+                    .map_err(|e| LedgerError::Inventory(e.to_string()))?;
+                Err(LedgerError::DoesNotFit {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Whether the booking of `key` could change to `request` (nothing changes either way).
+    pub fn check_resize(&mut self, key: &str, request: &InstanceRequest) -> Result<(), LedgerError> {
+        let old = self
+            .bookings
+            .get(key)
+            .map(|b| b.request.clone())
+            .ok_or_else(|| LedgerError::UnknownKey(key.to_string()))?;
+        self.resize(key, request)?;
+        self.resize(key, &old)
+    }
+
+    /// Frees the booking of `key`; `false` when there was none.
+    pub fn release(&mut self, key: &str) -> bool {
+        match self.bookings.remove(key) {
+            Some(b) => {
+                // A booking always matches the cluster's live placement, so this cannot fail.
+                let _ = self.cluster.release(&b.placement);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `key` is booked.
+    pub fn contains(&self, key: &str) -> bool {
+        self.bookings.contains_key(key)
+    }
+
+    /// Every booked key.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.bookings.keys().map(String::as_str)
+    }
+
+    /// Where `key` is booked.
+    pub fn device_of(&self, key: &str) -> Option<&DeviceRef> {
+        self.bookings.get(key).map(|b| &b.at)
+    }
+
+    /// What `key` is booked with.
+    pub fn request_of(&self, key: &str) -> Option<&InstanceRequest> {
+        self.bookings.get(key).map(|b| &b.request)
+    }
+
+    /// Σ requests on a device, as a fraction of it (0 for an unknown device).
+    pub fn requested(&self, at: &DeviceRef) -> f64 {
+        self.index_of(at).map_or(0.0, |(node, gpu)| {
+            f64::from(self.cluster.nodes()[node].gpus[gpu as usize].sm_request)
+                / f64::from(SM_MILLI)
+        })
+    }
+
+    /// The part of a device no booking requests.
+    pub fn free_share(&self, at: &DeviceRef) -> f64 {
+        (1.0 - self.requested(at)).max(0.0)
+    }
+
+    /// Every device with Σ requests on it.
+    pub fn devices(&self) -> Vec<(DeviceRef, f64)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.devices.iter().map(|d| DeviceRef {
+                    node: n.name.clone(),
+                    device: d.uuid.clone(),
+                })
+            })
+            .map(|at| {
+                let r = self.requested(&at);
+                (at, r)
+            })
+            .collect()
+    }
+
+    /// Follows a new inventory: bookings on devices that remain are kept; the keys of bookings whose device is
+    /// gone are returned (their instances went with it).
+    pub fn set_nodes(&mut self, nodes: &[NodeInventory]) -> Result<Vec<String>, LedgerError> {
+        let nodes: Vec<NodeInventory> = nodes.iter().map(placeable).collect();
+        if nodes == self.nodes {
+            return Ok(Vec::new());
+        }
+        let old = std::mem::take(&mut self.bookings);
+        self.cluster = cluster_of(&nodes)?;
+        self.nodes = nodes;
+        let mut lost = Vec::new();
+        for (key, b) in old {
+            if self.adopt(&key, &b.at, &b.request).is_err() {
+                lost.push(key);
+            }
+        }
+        Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::DiluPlacer;
+    use crate::request::InstanceKind;
+
+    fn node(name: &str, devices: &[&str]) -> NodeInventory {
+        NodeInventory {
+            name: name.into(),
+            devices: devices
+                .iter()
+                .map(|d| DeviceInventory {
+                    uuid: (*d).into(),
+                    memory_mib: 0,
+                    gpu: d.starts_with("GPU"),
+                })
+                .collect(),
+        }
+    }
+
+    fn ask(kind: InstanceKind, request: f64, limit: f64) -> InstanceRequest {
+        let m = |x: f64| (x * 1000.0).round() as u32;
+        InstanceRequest {
+            kind,
+            service: Some("f".into()),
+            gpu_count: 1,
+            sm_request: m(request),
+            sm_limit: m(limit),
+            gpu_mem_mib: 0,
+            cpu_milli: 0,
+            mem_mib: 0,
+            gpu_types: Vec::new(),
+        }
+    }
+
+    fn ledger(nodes: &[NodeInventory]) -> Ledger {
+        Ledger::new(nodes, Box::new(DiluPlacer::new(Default::default()))).unwrap()
+    }
+
+    #[test]
+    fn places_until_requests_fill_the_device_then_refuses() {
+        let mut l = ledger(&[node("local", &["CPU-a"])]);
+        assert_eq!(l.placer_name(), "dilu");
+        for i in 0..4 {
+            let at = l
+                .place(&format!("i{i}"), &ask(InstanceKind::Inference, 0.25, 0.3))
+                .unwrap();
+            assert_eq!((at.node.as_str(), at.device.as_str()), ("local", "CPU-a"));
+        }
+        let at = l.device_of("i0").unwrap().clone();
+        assert!((l.requested(&at) - 1.0).abs() < 1e-9);
+        let e = l
+            .place("i5", &ask(InstanceKind::Inference, 0.1, 0.1))
+            .unwrap_err();
+        assert!(matches!(e, LedgerError::Unschedulable(_)), "{e}");
+        assert!(l.release("i0"));
+        assert!(!l.release("i0"));
+        l.place("i5", &ask(InstanceKind::Training, 0.2, 0.3)).unwrap();
+        l.resize("i5", &ask(InstanceKind::Training, 0.1, 0.3)).unwrap();
+        assert!((l.requested(&at) - 0.85).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_resize_that_does_not_fit_keeps_the_old_booking() {
+        let mut l = ledger(&[node("local", &["CPU-a"])]);
+        l.place("a", &ask(InstanceKind::Inference, 0.6, 0.6)).unwrap();
+        l.place("b", &ask(InstanceKind::Inference, 0.3, 0.3)).unwrap();
+        let e = l
+            .resize("b", &ask(InstanceKind::Inference, 0.5, 0.5))
+            .unwrap_err();
+        assert!(matches!(e, LedgerError::DoesNotFit { .. }), "{e}");
+        assert!(l.contains("b"));
+        assert_eq!(l.request_of("b").unwrap().sm_request, 300);
+        assert!(l.check_resize("b", &ask(InstanceKind::Inference, 0.5, 0.5)).is_err());
+        l.check_resize("b", &ask(InstanceKind::Inference, 0.4, 0.5)).unwrap();
+        assert_eq!(l.request_of("b").unwrap().sm_request, 300, "a check changes nothing");
+        let at = l.device_of("b").unwrap().clone();
+        assert!((l.requested(&at) - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn adopted_instances_count_and_devices_are_addressed_by_node() {
+        let mut l = ledger(&[node("n1", &["GPU-1", "GPU-2", "CPU-x"]), node("n2", &["GPU-3"])]);
+        assert_eq!(l.nodes()[0].devices.len(), 2, "GPUs only on a GPU node");
+        let at = DeviceRef {
+            node: "n2".into(),
+            device: "GPU-3".into(),
+        };
+        l.adopt("old", &at, &ask(InstanceKind::Inference, 0.9, 1.0))
+            .unwrap();
+        assert!(matches!(
+            l.adopt("x", &at, &ask(InstanceKind::Inference, 0.2, 0.2)),
+            Err(LedgerError::DoesNotFit { .. })
+        ));
+        let wrong = DeviceRef {
+            node: "n1".into(),
+            device: "GPU-3".into(),
+        };
+        assert!(matches!(
+            l.adopt("y", &wrong, &ask(InstanceKind::Inference, 0.1, 0.1)),
+            Err(LedgerError::UnknownDevice { .. })
+        ));
+        // A node that goes away takes its bookings with it.
+        let lost = l.set_nodes(&[node("n1", &["GPU-1", "GPU-2"])]).unwrap();
+        assert_eq!(lost, vec!["old".to_string()]);
+        assert!(!l.contains("old"));
+    }
+}

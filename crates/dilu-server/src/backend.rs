@@ -1,0 +1,332 @@
+//! The process backend: `dilu up`'s [`InstanceBackend`] over the node agent running in the same process.
+//! It turns runtime-neutral plans into agent instances: the built-in runtimes' command lines (`dilu worker`,
+//! `dilu train`), a loopback port per instance, a readiness URL, and the labels that tell a restarted control
+//! plane whose instances they are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dilu_agent::{Agent, AgentError};
+use dilu_api::agent::{InstanceSpec, InstanceStatus, RestartPolicy};
+use dilu_api::{FieldError, Quota, QuotaUpdate, Runtime};
+use dilu_control::backend::{
+    BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance, labels,
+};
+use dilu_control::controller::template_hash;
+use dilu_core::ledger::{DeviceInventory, DeviceRef, NodeInventory};
+use dilu_core::sync::lock;
+use dilu_quota::DeviceKind;
+
+use crate::store::StoredInstance;
+
+/// Where an instance serves, as the backend records it among the instance's labels.
+const ENDPOINT: &str = "dilu.io/endpoint";
+
+/// Runs instances as local processes through the in-process agent.
+pub struct ProcessBackend {
+    node: String,
+    agent: Arc<Agent>,
+    program: PathBuf,
+    /// Instances being stopped (the agent's stop blocks for the grace period; it runs on its own thread).
+    terminating: Arc<Mutex<BTreeSet<String>>>,
+    /// Instances recorded by a `dilu up` from before labels: their function, template and endpoint.
+    legacy: BTreeMap<String, StoredInstance>,
+}
+
+fn internal(context: &str) -> impl FnOnce(tokio::task::JoinError) -> BackendError + '_ {
+    move |e| BackendError::Failed {
+        context: context.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The agent's errors, typed for the API.
+fn from_agent(e: AgentError) -> BackendError {
+    match e {
+        AgentError::Invalid(f) => BackendError::Invalid(f),
+        AgentError::NotFound(id) => BackendError::NotFound(id),
+        AgentError::OverCommit {
+            device,
+            request,
+            total,
+        } => BackendError::Conflict(FieldError::new(
+            "quota.request",
+            request,
+            format!("the requests on {device} would total {total:.3}, over the whole device"),
+        )),
+        AgentError::Conflict(name) => {
+            BackendError::Conflict(FieldError::new("name", name, "must be unique on this node"))
+        }
+        AgentError::Internal { context, reason } => BackendError::Failed { context, reason },
+    }
+}
+
+/// A free loopback port (the kernel's choice; the instance binds it right after).
+fn free_port() -> Result<u16, BackendError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BackendError::Failed {
+            context: "finding a free port".into(),
+            reason: e.to_string(),
+        })
+}
+
+impl ProcessBackend {
+    /// A backend naming its node `node`, starting `program` (the `dilu` binary) for the built-in runtimes.
+    /// `legacy` lists instances recorded before instances carried labels.
+    pub fn new(
+        node: impl Into<String>,
+        agent: Arc<Agent>,
+        program: PathBuf,
+        legacy: Vec<StoredInstance>,
+    ) -> ProcessBackend {
+        ProcessBackend {
+            node: node.into(),
+            agent,
+            program,
+            terminating: Arc::new(Mutex::new(BTreeSet::new())),
+            legacy: legacy.into_iter().map(|i| (i.id.clone(), i)).collect(),
+        }
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The command line of an instance of `plan` listening on `listen`.
+    fn command(&self, plan: &InstancePlan, listen: &str) -> Vec<String> {
+        let program = self.program.display().to_string();
+        match &plan.runtime {
+            Runtime::Onnx { model } => {
+                let mut cmd = vec![
+                    program,
+                    "worker".into(),
+                    "--name".into(),
+                    plan.function.clone(),
+                    "--model".into(),
+                    model.path.display().to_string(),
+                    "--listen".into(),
+                    listen.to_string(),
+                    "--max-batch".into(),
+                    plan.batch.max(1).to_string(),
+                    "--max-body".into(),
+                    plan.max_body.to_string(),
+                ];
+                if let Some(shape) = &model.input_shape {
+                    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+                    cmd.extend(["--input-shape".into(), dims.join(",")]);
+                }
+                cmd
+            }
+            Runtime::Trainer { training } => {
+                let mut cmd = vec![program, "train".into(), "--listen".into(), listen.into()];
+                for (flag, value) in [
+                    ("--hidden", training.hidden.map(u64::from)),
+                    ("--layers", training.layers.map(u64::from)),
+                    ("--batch", training.batch.map(u64::from)),
+                    ("--seed", training.seed),
+                ] {
+                    if let Some(v) = value {
+                        cmd.extend([flag.to_string(), v.to_string()]);
+                    }
+                }
+                cmd
+            }
+        }
+    }
+
+    /// The most of its device one instance of the built-in runtimes can use: they compute on one thread, so
+    /// one core's share of a CPU device; a whole GPU.
+    fn usable_share(&self, device: &str) -> f64 {
+        self.agent
+            .devices()
+            .iter()
+            .find(|d| d.uuid == device && d.kind == DeviceKind::Cpu)
+            .and_then(|d| d.cores)
+            .filter(|c| *c > 1.0)
+            .map_or(1.0, |c| 1.0 / c)
+    }
+
+    /// The control plane's view of an agent instance; `None` for instances that are not the control
+    /// plane's.
+    fn observe(&self, s: InstanceStatus, terminating: &BTreeSet<String>) -> Option<ObservedInstance> {
+        let legacy = self.legacy.get(&s.id);
+        let function = s
+            .labels
+            .get(labels::FUNCTION)
+            .cloned()
+            .or_else(|| legacy.map(|l| l.function.clone()))?;
+        let template = s
+            .labels
+            .get(labels::TEMPLATE)
+            .cloned()
+            .or_else(|| legacy.and_then(|l| l.model_key.as_deref().map(template_hash)))
+            .unwrap_or_default();
+        let endpoint = s
+            .labels
+            .get(ENDPOINT)
+            .cloned()
+            .or_else(|| legacy.map(|l| format!("http://127.0.0.1:{}", l.port)));
+        Some(ObservedInstance {
+            name: s.name.clone().unwrap_or_else(|| s.id.clone()),
+            function,
+            template,
+            generation: s
+                .labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0),
+            kind: s.kind,
+            at: DeviceRef {
+                node: self.node.clone(),
+                device: s.device.clone(),
+            },
+            quota: s.quota,
+            phase: s.status,
+            terminating: terminating.contains(&s.id),
+            endpoint,
+            last_exit: s.last_exit,
+            restarts: s.restarts,
+            adopted: s.adopted,
+            usable_share: self.usable_share(&s.device),
+            id: s.id,
+        })
+    }
+
+    fn list_now(&self) -> Vec<ObservedInstance> {
+        let terminating = lock(&self.terminating).clone();
+        self.agent
+            .instances()
+            .into_iter()
+            .filter_map(|s| self.observe(s, &terminating))
+            .collect()
+    }
+}
+
+impl InstanceBackend for ProcessBackend {
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        let node = NodeInventory {
+            name: self.node.clone(),
+            devices: self
+                .agent
+                .devices()
+                .iter()
+                .map(|d| DeviceInventory {
+                    uuid: d.uuid.clone(),
+                    memory_mib: d.memory_bytes >> 20,
+                    gpu: d.kind == DeviceKind::Gpu,
+                })
+                .collect(),
+        };
+        Box::pin(async move { Ok(vec![node]) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
+        Box::pin(async move { Ok(self.list_now()) })
+    }
+
+    fn create(&self, plan: InstancePlan) -> BoxFuture<'_, Result<ObservedInstance, BackendError>> {
+        Box::pin(async move {
+            let port = free_port()?;
+            let listen = format!("127.0.0.1:{port}");
+            let endpoint = format!("http://{listen}");
+            let health = match plan.runtime {
+                Runtime::Onnx { .. } => format!("{endpoint}/v2/health/ready"),
+                Runtime::Trainer { .. } => format!("{endpoint}/health"),
+            };
+            let spec = InstanceSpec {
+                command: self.command(&plan, &listen),
+                env: BTreeMap::new(),
+                device: plan.at.device.clone(),
+                quota: plan.quota,
+                kind: plan.kind,
+                health_url: Some(health),
+                restart: RestartPolicy::OnFailure,
+                name: Some(plan.name.clone()),
+                labels: BTreeMap::from([
+                    (labels::FUNCTION.to_string(), plan.function.clone()),
+                    (labels::TEMPLATE.to_string(), plan.template.clone()),
+                    (labels::GENERATION.to_string(), plan.generation.to_string()),
+                    (ENDPOINT.to_string(), endpoint),
+                ]),
+            };
+            // The ledger admitted the plan: the control plane is the one admission check.
+            let agent = Arc::clone(&self.agent);
+            let status = tokio::task::spawn_blocking(move || agent.create_instance(spec, true))
+                .await
+                .map_err(internal("starting an instance"))?
+                .map_err(from_agent)?;
+            let terminating = lock(&self.terminating).clone();
+            self.observe(status, &terminating)
+                .ok_or_else(|| BackendError::Failed {
+                    context: format!("starting {}", plan.name),
+                    reason: "the agent lost the instance's labels".into(),
+                })
+        })
+    }
+
+    fn set_quota<'a>(&'a self, id: &'a str, quota: Quota) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let agent = Arc::clone(&self.agent);
+            let id = id.to_string();
+            let update = QuotaUpdate {
+                request: Some(quota.request),
+                limit: Some(quota.limit),
+                memory: quota.memory,
+            };
+            tokio::task::spawn_blocking(move || agent.update_quota(&id, update, true))
+                .await
+                .map_err(internal("setting a quota"))?
+                .map(|_| ())
+                .map_err(from_agent)
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if self.agent.instance(id).is_err() {
+                return Err(BackendError::NotFound(id.to_string()));
+            }
+            if !lock(&self.terminating).insert(id.to_string()) {
+                return Ok(());
+            }
+            // The agent stops it with SIGTERM, its grace period, then SIGKILL: off the reconciler's way.
+            let agent = Arc::clone(&self.agent);
+            let terminating = Arc::clone(&self.terminating);
+            let owned = id.to_string();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = agent.delete_instance(&owned)
+                    && !matches!(e, AgentError::NotFound(_))
+                {
+                    eprintln!("dilu: stopping instance {owned}: {e}");
+                }
+                lock(&terminating).remove(&owned);
+            });
+            Ok(())
+        })
+    }
+
+    fn logs<'a>(&'a self, id: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<String, BackendError>> {
+        Box::pin(async move { self.agent.logs(id, max_bytes).map_err(from_agent) })
+    }
+
+    fn check(&self, runtime: &Runtime) -> Result<(), FieldError> {
+        match runtime {
+            Runtime::Onnx { model } => FieldError::require(
+                std::fs::metadata(&model.path).is_ok_and(|m| m.is_file()),
+                "model.path",
+                model.path.display(),
+                "no such file on the node (paths are read by the server; use an absolute path)",
+            ),
+            Runtime::Trainer { .. } => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `dilu up`'s control plane, assembled: the SQLite store, the process backend over the in-process agent,
+//! the reconciler with the live profiler, and the gateway following the reconciler's routes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dilu_agent::Agent;
+use dilu_control::profile::live::LiveSettings;
+use dilu_control::{ControlError, Controller, ControllerConfig, LiveProfiler, SystemClock};
+use dilu_core::policy::Policy;
+use dilu_gateway::{Gateway, GatewayConfig};
+
+use crate::backend::ProcessBackend;
+use crate::store::{Store, StoreError};
+use crate::wiring::{ControllerRoutes, GatewayLoad};
+
+/// Settings of the platform.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Where the store (`dilu.db`) lives.
+    pub data_dir: PathBuf,
+    /// The program instances of the built-in runtimes run (`dilu`, with its `worker` and `train`).
+    pub worker_program: PathBuf,
+    /// The local node's name.
+    pub node_name: String,
+    /// The policy the control plane runs (the agent runs the same one's vertical controller).
+    pub policy: Policy,
+    /// How long an instance started for profiling may take to become ready.
+    pub ready_timeout: Duration,
+    /// Live profiling settings.
+    pub profiling: LiveSettings,
+}
+
+impl PlatformConfig {
+    /// Defaults for a data directory, worker program and policy.
+    pub fn new(data_dir: PathBuf, worker_program: PathBuf, policy: Policy) -> Self {
+        Self {
+            data_dir,
+            worker_program,
+            node_name: "local".into(),
+            policy,
+            ready_timeout: Duration::from_secs(120),
+            profiling: LiveSettings::default(),
+        }
+    }
+}
+
+/// Why the platform did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("creating {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored functions could not be restored.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// The running platform.
+pub struct Platform {
+    controller: Arc<Controller>,
+    gateway: Arc<Gateway>,
+    backend: Arc<ProcessBackend>,
+    started: Instant,
+}
+
+impl Platform {
+    /// Opens the store, restores the functions and starts the reconciler and the gateway on the current tokio
+    /// runtime; the first pass adopts the instances the agent still runs.
+    pub fn start(config: PlatformConfig, agent: Arc<Agent>) -> Result<Arc<Platform>, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let store = Arc::new(Store::open(&config.data_dir.join("dilu.db"))?);
+        let backend = Arc::new(ProcessBackend::new(
+            config.node_name.clone(),
+            agent,
+            config.worker_program.clone(),
+            store.instances()?,
+        ));
+        let gateway = Gateway::new(GatewayConfig::default());
+        let profiler = Arc::new(LiveProfiler::new(
+            backend.clone(),
+            tokio::runtime::Handle::current(),
+            config.profiling,
+        ));
+        let mut control = ControllerConfig::new(config.policy.clone());
+        control.ready_timeout = config.ready_timeout;
+        let controller = Controller::new(
+            control,
+            backend.clone(),
+            store,
+            Arc::new(GatewayLoad(Arc::clone(&gateway))),
+            profiler,
+            Arc::new(SystemClock::new()),
+        )?;
+        gateway.follow(ControllerRoutes::new(&controller));
+        tokio::spawn(Arc::clone(&controller).run());
+        Ok(Arc::new(Platform {
+            controller,
+            gateway,
+            backend,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The reconciler.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// The gateway (its router serves `/v2`).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The process backend and, through it, the agent.
+    pub fn backend(&self) -> &Arc<ProcessBackend> {
+        &self.backend
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Arc<Agent> {
+        self.backend.agent()
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops every instance (a clean shutdown); the functions stay in the store.
+    pub async fn stop_all_instances(&self) {
+        self.controller
+            .stop_all_instances(Duration::from_secs(60))
+            .await;
+    }
+}
