@@ -519,3 +519,42 @@ async fn errors_are_typed_with_their_status_and_field() {
     assert_eq!(e.field().unwrap().field, "model.path");
     assert_eq!(rig.c.delete("nope").unwrap_err().status(), 404);
 }
+
+#[tokio::test]
+async fn an_update_back_to_a_running_template_reuses_its_instance() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let v1 = "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
+    rig.c.deploy(inference("r", v1)).unwrap();
+    rig.run_for(500, 100).await;
+    let old = rig.ready("r")[0].clone();
+    let mut bad = inference("r", v1);
+    bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
+    rig.c.update(bad).unwrap();
+    rig.run_for(1_000, 100).await;
+    assert!(rig.view("r").instances.iter().any(|i| i.id == old && i.outdated));
+    // Back to the first model (with a new quota): the instance that runs it is current again.
+    let back = inference(
+        "r",
+        "quota: {request: 0.3, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n",
+    );
+    rig.c.update(back).unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("r"), vec![old.clone()]);
+    assert_eq!(rig.backend.ids(), vec![old.clone()], "the broken one is gone");
+    assert!(rig.calls("set_quota").contains(&format!("set_quota {old} 0.3/0.5")));
+}
+
+#[tokio::test]
+async fn a_quota_that_does_not_fit_is_refused_with_409_and_changes_nothing() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    let q = |r: f64| format!("quota: {{request: {r}, limit: 0.7}}\nscaling: {{capacity_rps: 10}}\n");
+    rig.c.deploy(inference("a", &q(0.5))).unwrap();
+    rig.c.deploy(inference("b", &q(0.4))).unwrap();
+    rig.run_for(500, 100).await;
+    let e = rig.c.update(inference("b", &q(0.6))).unwrap_err();
+    assert_eq!(e.status(), 409, "{e}");
+    let f = e.field().unwrap();
+    assert_eq!((f.field.as_str(), f.value.as_str()), ("quota.request", "0.6"));
+    assert_eq!(rig.view("b").generation, 1, "nothing stored");
+    assert!(rig.calls("set_quota").is_empty());
+}

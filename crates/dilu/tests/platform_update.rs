@@ -219,9 +219,12 @@ fn a_model_update_rolls_without_failing_a_request() {
     );
     assert_eq!((s, argmax(&output_data(&r))), (200, 0), "{r}");
 
-    // A fixed model that needs more of the device than is left beside the old instances: they are retired
-    // first (recreate), and the function serves again from one new instance.
-    let big = spec(&v2).replace("request: 0.2, limit: 0.5", "request: 0.7, limit: 0.9");
+    // A fixed model ("version 3") that needs more of the device than is left beside the old instances: they
+    // are retired first (recreate), and the function serves again from one new instance. (Going back to
+    // version 2 itself would reuse the instance that runs it, as a Deployment's rollback reuses its pods.)
+    let v3 = dir.path().join("cls-v3.onnx");
+    std::fs::copy(&original, &v3).unwrap();
+    let big = spec(&v3).replace("request: 0.2, limit: 0.5", "request: 0.7, limit: 0.9");
     let started = Instant::now();
     put(&up, big);
     let recreated = up.wait_running("ocr", 1, Duration::from_secs(60));
