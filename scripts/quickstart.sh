@@ -6,7 +6,8 @@
 #   scripts/quickstart.sh            (set KEEP=1 to leave `dilu up` running afterwards)
 #
 # Environment: DILU_BIN (use this binary instead of building one), DILU_DATA_DIR (default dilu-data),
-# DILU_LISTEN (default 127.0.0.1:8080; port 0 picks one), DILU_MODEL_CACHE (default ~/.cache/dilu/models).
+# DILU_LISTEN (default 127.0.0.1:8080; port 0 picks one), DILU_MODEL_CACHE (default ~/.cache/dilu/models),
+# DILU_UP_ARGS (more flags for `dilu up`, e.g. "--policy tgs --cpu-devices 2" to run a baseline's policy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,9 @@ mkdir -p "$DATA"
 echo "== fetching models into $CACHE"
 "$DILU" models fetch --cache "$CACHE"
 
-echo "== starting dilu up (log: $DATA/up.log)"
-"$DILU" up --data-dir "$DATA" --listen "$LISTEN" >"$DATA/up.log" 2>&1 &
+echo "== starting dilu up ${DILU_UP_ARGS:-} (log: $DATA/up.log)"
+# shellcheck disable=SC2086 # DILU_UP_ARGS is a list of flags
+"$DILU" up --data-dir "$DATA" --listen "$LISTEN" ${DILU_UP_ARGS:-} >"$DATA/up.log" 2>&1 &
 up_pid=$!
 stop() {
     if [[ "${KEEP:-0}" == 1 ]]; then

@@ -65,7 +65,7 @@ pub fn discover(config: &AgentConfig) -> (Vec<Device>, Vec<String>) {
                 name: if count == 1 {
                     format!("CPU ({cores} cores)")
                 } else {
-                    format!("CPU {index} ({each} of {cores} cores)")
+                    format!("CPU {index} ({each:.2} of {cores} cores)")
                 },
                 kind: DeviceKind::Cpu,
                 memory_bytes: 0,

@@ -329,7 +329,7 @@ pub fn status(args: ListArgs) -> Result<()> {
         );
         println!(
             "  {:<16} {:<20} {:<10} {:<10} {:>8} {:>8} {:>8} {:>8}",
-            "INSTANCE", "FUNCTION", "CLASS", "STATUS", "REQUEST", "LIMIT", "SHARE", "USAGE"
+            "INSTANCE", "FUNCTION", "KIND", "STATUS", "REQUEST", "LIMIT", "SHARE", "USAGE"
         );
         for i in d["instances"].as_array().into_iter().flatten() {
             println!(
