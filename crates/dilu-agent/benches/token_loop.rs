@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use dilu_agent::config::AgentConfig;
 use dilu_agent::device::discover;
-use dilu_api::Quota;
-use dilu_core::InstanceKind;
 use dilu_agent::ticker::{raise_priority, sleep_until};
 use dilu_agent::tokens::TokenManager;
+use dilu_api::Quota;
+use dilu_core::InstanceKind;
 use dilu_quota::{AgentChannel, ChannelSpec, InstanceChannel, monotonic_ns};
 
 const WINDOW_NS: u64 = 5_000_000;

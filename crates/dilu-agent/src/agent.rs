@@ -151,12 +151,13 @@ impl Agent {
         }
         restrict(&config.run_dir());
         let (devices, notes) = device::discover(&config);
-        let tokens = TokenManager::new(&devices, config.window_ns, &config.policy).map_err(|e| {
-            AgentError::Internal {
-                context: "token manager".into(),
-                reason: e.to_string(),
-            }
-        })?;
+        let tokens =
+            TokenManager::new(&devices, config.window_ns, &config.policy).map_err(|e| {
+                AgentError::Internal {
+                    context: "token manager".into(),
+                    reason: e.to_string(),
+                }
+            })?;
         let saved: Option<StateFile> = state::load(&config.state_path())
             .map_err(|e| internal("reading the agent state")(e.to_string()))?;
         let agent = Arc::new(Agent {
@@ -346,9 +347,9 @@ impl Agent {
 
     fn launch_spec(&self, record: &InstanceRecord) -> Result<LaunchSpec, AgentError> {
         let spec = &record.spec;
-        let device = self
-            .device(&spec.device)
-            .ok_or_else(|| FieldError::new("device", &spec.device, "no such device on this node"))?;
+        let device = self.device(&spec.device).ok_or_else(|| {
+            FieldError::new("device", &spec.device, "no such device on this node")
+        })?;
         let mut env: Vec<(String, String)> = spec
             .env
             .iter()

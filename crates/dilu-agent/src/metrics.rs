@@ -84,7 +84,13 @@ pub fn render(agent: &Agent) -> String {
             "dilu_agent_instance_ready",
             "gauge",
             "1 when the instance is ready.",
-            |r, _, _| Some(if r.status == InstancePhase::Ready { 1.0 } else { 0.0 }),
+            |r, _, _| {
+                Some(if r.status == InstancePhase::Ready {
+                    1.0
+                } else {
+                    0.0
+                })
+            },
         ),
         (
             "dilu_agent_instance_restarts_total",

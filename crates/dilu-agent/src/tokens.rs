@@ -9,11 +9,11 @@
 
 use dilu_api::Quota;
 use dilu_api::agent::{Budgeting, Device, DeviceBudget};
+use dilu_core::FieldError;
 use dilu_core::InstanceKind;
 use dilu_core::policy::Policy;
 use dilu_core::scaling::share::device_shares;
 use dilu_core::scaling::vertical::{Grant, ResidentState, VerticalController, VerticalEvent};
-use dilu_core::FieldError;
 use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, DeviceKind, UNLIMITED};
 
 /// A share at least this close to the whole device is written as an unlimited budget.
@@ -230,7 +230,8 @@ impl TokenManager {
             .ok_or_else(|| TokenError::UnknownDevice(uuid.to_string()))
     }
 
-    /// The budget a new instance starts with: its request's share of the device (or unlimited).
+    /// The budget a new instance starts with: its limit's share of the device (or unlimited); the next tick
+    /// replaces it with its share.
     pub fn initial_budget(&self, device: &str, quota: &Quota) -> u64 {
         let Some(d) = self.devices.iter().find(|d| d.uuid == device) else {
             return UNLIMITED;

@@ -140,8 +140,14 @@ mod tests {
             q(0.8, 0.5).validate("quota").unwrap_err().to_string(),
             "quota.request = 0.8: must not exceed quota.limit (0.5)"
         );
-        assert_eq!(q(0.0, 1.0).validate("quota").unwrap_err().field, "quota.request");
-        assert_eq!(q(0.5, 1.5).validate("quota").unwrap_err().field, "quota.limit");
+        assert_eq!(
+            q(0.0, 1.0).validate("quota").unwrap_err().field,
+            "quota.request"
+        );
+        assert_eq!(
+            q(0.5, 1.5).validate("quota").unwrap_err().field,
+            "quota.limit"
+        );
         assert!(q(f64::NAN, 1.0).validate("quota").is_err());
         let capped = Quota {
             memory: Some(0),
@@ -152,7 +158,8 @@ mod tests {
 
     #[test]
     fn memory_reads_sizes_and_the_agent_s_old_name() {
-        let a: Quota = serde_json::from_str(r#"{"request":0.1,"limit":0.2,"memory":"1GiB"}"#).unwrap();
+        let a: Quota =
+            serde_json::from_str(r#"{"request":0.1,"limit":0.2,"memory":"1GiB"}"#).unwrap();
         assert_eq!(a.memory, Some(1 << 30));
         let b: Quota =
             serde_json::from_str(r#"{"request":0.1,"limit":0.2,"memory_bytes":4096}"#).unwrap();

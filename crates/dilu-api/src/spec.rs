@@ -63,7 +63,7 @@ pub struct ScalingSpec {
     pub min_instances: u32,
     /// Most instances.
     pub max_instances: u32,
-    /// The lazy scaler's window and votes (`docs/dilu.md` §6).
+    /// The lazy scaler's window and votes (`docs/algorithms.md` §6).
     pub lazy: LazyConfig,
     /// Requests per second one instance serves; measured at deploy when omitted.
     pub capacity_rps: Option<f64>,

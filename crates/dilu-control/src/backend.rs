@@ -138,7 +138,11 @@ pub trait InstanceBackend: Send + Sync + 'static {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 
     /// The end of an instance's log, at most `max_bytes` (for error reports).
-    fn logs<'a>(&'a self, id: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<String, BackendError>>;
+    fn logs<'a>(
+        &'a self,
+        id: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<String, BackendError>>;
 
     /// Whether the backend can run `runtime` at all (a model file it cannot read, …); checked at deploy.
     fn check(&self, runtime: &Runtime) -> Result<(), FieldError>;

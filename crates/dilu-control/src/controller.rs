@@ -100,6 +100,14 @@ enum Action {
     },
 }
 
+/// What one pass's decisions share: the ledger, the instance numbering, the time and the actions decided.
+struct Pass<'a> {
+    ledger: &'a mut Ledger,
+    next_seq: &'a mut u64,
+    now: u64,
+    actions: &'a mut Vec<Action>,
+}
+
 /// A profiling run and the instance it measures.
 struct Profiling {
     instance: String,
@@ -425,7 +433,11 @@ impl Controller {
             // A new quota must fit beside what runs: the ledger admits it now, or the update is refused.
             let terms = terms_of(&spec, p, &self.config.policy, 1.0);
             let request = terms.request(spec.kind, &spec.name, memory_mib(&spec));
-            for t in f.instances.values().filter(|t| t.state.is_live() && !f.outdated(t)) {
+            for t in f
+                .instances
+                .values()
+                .filter(|t| t.state.is_live() && !f.outdated(t))
+            {
                 if let Err(e) = ledger.check_resize(&t.obs.name, &request) {
                     if matches!(e, LedgerError::UnknownKey(_)) {
                         continue;
@@ -433,7 +445,10 @@ impl Controller {
                     return Err(ControlError::Conflict(FieldError::new(
                         "quota.request",
                         terms.grant_request,
-                        format!("does not fit beside the other instances on {}: {e}", t.obs.at.device),
+                        format!(
+                            "does not fit beside the other instances on {}: {e}",
+                            t.obs.at.device
+                        ),
                     )));
                 }
             }
@@ -599,9 +614,9 @@ impl Controller {
         let policy = &self.config.policy;
         match st.ledger.as_mut() {
             Some(ledger) => {
-                let lost = ledger
-                    .set_nodes(nodes)
-                    .map_err(|e| ControlError::Invalid(FieldError::new("nodes", "", e.to_string())))?;
+                let lost = ledger.set_nodes(nodes).map_err(|e| {
+                    ControlError::Invalid(FieldError::new("nodes", "", e.to_string()))
+                })?;
                 for key in lost {
                     eprintln!("dilu: instance {key} was on a device that is gone");
                 }
@@ -614,10 +629,9 @@ impl Controller {
                     .max()
                     .unwrap_or(0)
                     + 1;
-                st.ledger = Some(
-                    Ledger::new(nodes, policy.placer())
-                        .map_err(|e| ControlError::Invalid(FieldError::new("nodes", "", e.to_string())))?,
-                );
+                st.ledger = Some(Ledger::new(nodes, policy.placer()).map_err(|e| {
+                    ControlError::Invalid(FieldError::new("nodes", "", e.to_string()))
+                })?);
             }
         }
         let mut by_function: BTreeMap<String, Vec<ObservedInstance>> = BTreeMap::new();
@@ -641,9 +655,15 @@ impl Controller {
                 actions.push(Action::Delete { id: o.id });
             }
         }
+        let mut pass = Pass {
+            ledger,
+            next_seq,
+            now,
+            actions: &mut actions,
+        };
         for (name, f) in functions.iter_mut() {
             let mine = by_function.remove(name).unwrap_or_default();
-            self.decide_function(f, mine, ledger, next_seq, now, &mut actions);
+            self.decide_function(f, &mut pass, mine);
         }
         Ok(actions)
     }
@@ -656,11 +676,8 @@ impl Controller {
     fn decide_function(
         &self,
         f: &mut Function,
+        pass: &mut Pass<'_>,
         observed: Vec<ObservedInstance>,
-        ledger: &mut Ledger,
-        next_seq: &mut u64,
-        now: u64,
-        actions: &mut Vec<Action>,
     ) {
         let policy = &self.config.policy;
         let name = f.spec.name.clone();
@@ -674,7 +691,7 @@ impl Controller {
             .collect();
         for id in gone {
             if let Some(t) = f.instances.remove(&id) {
-                ledger.release(&t.obs.name);
+                pass.ledger.release(&t.obs.name);
                 if t.state != InstanceState::Stopping {
                     self.metrics.instance_lost(&name);
                 }
@@ -693,13 +710,13 @@ impl Controller {
                         f.terms(policy, 1.0)
                     }
                     .unwrap_or_else(|| InstanceQuota::spatial(o.quota.request, o.quota.limit, 0.0));
-                    if !ledger.contains(&o.name)
-                        && let Err(e) = ledger.adopt(&o.name, &o.at, &Self::booking(f, &terms))
+                    if !pass.ledger.contains(&o.name)
+                        && let Err(e) = pass.ledger.adopt(&o.name, &o.at, &Self::booking(f, &terms))
                     {
                         eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
                     }
-                    let seq = *next_seq;
-                    *next_seq += 1;
+                    let seq = *pass.next_seq;
+                    *pass.next_seq += 1;
                     f.instances.insert(
                         o.id.clone(),
                         Tracked {
@@ -707,7 +724,7 @@ impl Controller {
                             state: InstanceState::Starting,
                             obs: o,
                             time_quota: 1.0,
-                            since_ns: now,
+                            since_ns: pass.now,
                             reported_exit: None,
                         },
                     );
@@ -730,7 +747,7 @@ impl Controller {
                 };
                 if state != t.state {
                     t.state = state;
-                    t.since_ns = now;
+                    t.since_ns = pass.now;
                 }
             }
             if let Some(exit) = &t.obs.last_exit
@@ -742,13 +759,13 @@ impl Controller {
             if t.obs.phase == InstancePhase::Exited && t.state != InstanceState::Stopping {
                 // It will not come back: stop tracking it through the node.
                 t.state = InstanceState::Stopping;
-                t.since_ns = now;
-                actions.push(Action::Delete { id: id.clone() });
+                t.since_ns = pass.now;
+                pass.actions.push(Action::Delete { id: id.clone() });
             }
         }
         for (id, exit) in exits {
             if profiling_id.as_deref() != Some(id.as_str()) {
-                actions.push(Action::ReportExit {
+                pass.actions.push(Action::ReportExit {
                     function: name.clone(),
                     id,
                     exit,
@@ -762,11 +779,13 @@ impl Controller {
             .instances
             .iter()
             .filter(|(_, t)| t.state.is_live())
-            .filter(|(_, t)| t.obs.kind != kind || (f.outdated(t) && t.state != InstanceState::Ready))
+            .filter(|(_, t)| {
+                t.obs.kind != kind || (f.outdated(t) && t.state != InstanceState::Ready)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            self.start_draining(f, &id, now);
+            self.start_draining(f, &id, pass.now);
         }
         // 4. Profile, or size the function.
         if matches!(f.phase, FunctionPhase::Failed(_)) {
@@ -780,12 +799,12 @@ impl Controller {
                 }
                 self.metrics.profiled(&name, source::SPEC, true);
             } else {
-                self.decide_profiling(f, ledger, next_seq, now, actions);
+                self.decide_profiling(f, pass);
             }
         }
         if f.phase == FunctionPhase::Running {
-            self.decide_size(f, ledger, next_seq, now, actions);
-            self.decide_quotas(f, ledger, actions);
+            self.decide_size(f, pass);
+            self.decide_quotas(f, pass.ledger, pass.actions);
         }
         // 5. Finish rolls: once a current instance serves, the old ones drain.
         let current_serves = f
@@ -801,7 +820,7 @@ impl Controller {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in old {
-                self.start_draining(f, &id, now);
+                self.start_draining(f, &id, pass.now);
             }
         }
         // 6. Stop drained instances.
@@ -809,11 +828,11 @@ impl Controller {
         for (id, t) in f.instances.iter_mut() {
             if t.state == InstanceState::Draining
                 && (self.load.in_flight(&name, id) == 0
-                    || now.saturating_sub(t.since_ns) >= drain_ns)
+                    || pass.now.saturating_sub(t.since_ns) >= drain_ns)
             {
                 t.state = InstanceState::Stopping;
-                t.since_ns = now;
-                actions.push(Action::Delete { id: id.clone() });
+                t.since_ns = pass.now;
+                pass.actions.push(Action::Delete { id: id.clone() });
             }
         }
     }
@@ -839,24 +858,21 @@ impl Controller {
     fn plan_create(
         &self,
         f: &mut Function,
+        pass: &mut Pass<'_>,
         terms: &InstanceQuota,
         quota: Quota,
         profiling: bool,
-        ledger: &mut Ledger,
-        next_seq: &mut u64,
-        now: u64,
-        actions: &mut Vec<Action>,
     ) -> bool {
-        let key = format!("{}-{}", f.spec.name, *next_seq);
-        match ledger.place(&key, &Self::booking(f, terms)) {
+        let key = format!("{}-{}", f.spec.name, *pass.next_seq);
+        match pass.ledger.place(&key, &Self::booking(f, terms)) {
             Ok(at) => {
-                *next_seq += 1;
+                *pass.next_seq += 1;
                 let batch = match (&f.profile, f.spec.runtime()) {
                     (Some(p), _) if p.batch > 0 && !profiling => p.batch,
                     (_, Runtime::Onnx { model }) => model.max_batch,
                     _ => 0,
                 };
-                actions.push(Action::Create {
+                pass.actions.push(Action::Create {
                     function: f.spec.name.clone(),
                     plan: InstancePlan {
                         name: key,
@@ -893,7 +909,7 @@ impl Controller {
                     // No room beside the instances an update replaces: retire them first (recreate
                     // instead of roll).
                     for id in old {
-                        self.start_draining(f, &id, now);
+                        self.start_draining(f, &id, pass.now);
                     }
                 }
                 false
@@ -901,14 +917,7 @@ impl Controller {
         }
     }
 
-    fn decide_profiling(
-        &self,
-        f: &mut Function,
-        ledger: &mut Ledger,
-        next_seq: &mut u64,
-        now: u64,
-        actions: &mut Vec<Action>,
-    ) {
+    fn decide_profiling(&self, f: &mut Function, pass: &mut Pass<'_>) {
         let name = f.spec.name.clone();
         f.phase = FunctionPhase::Profiling;
         if f.profiling.is_none() {
@@ -923,7 +932,7 @@ impl Controller {
                     f.profiling = Some(Profiling {
                         instance: id,
                         run: None,
-                        since_ns: now,
+                        since_ns: pass.now,
                     });
                 }
                 None => {
@@ -941,7 +950,7 @@ impl Controller {
                             )
                         }
                     };
-                    self.plan_create(f, &terms, quota, true, ledger, next_seq, now, actions);
+                    self.plan_create(f, pass, &terms, quota, true);
                     return;
                 }
             }
@@ -973,19 +982,19 @@ impl Controller {
                         "instance {} exited before it was ready ({exit})",
                         p.instance
                     );
-                    actions.push(Action::FailProfile {
+                    pass.actions.push(Action::FailProfile {
                         function: name,
                         id: p.instance.clone(),
                         reason,
                         with_log: true,
                     });
                     f.profiling = None;
-                } else if now.saturating_sub(p.since_ns) >= ready_timeout {
+                } else if pass.now.saturating_sub(p.since_ns) >= ready_timeout {
                     let reason = format!(
                         "instance {} was not ready within {:?}",
                         p.instance, self.config.ready_timeout
                     );
-                    actions.push(Action::FailProfile {
+                    pass.actions.push(Action::FailProfile {
                         function: name,
                         id: p.instance.clone(),
                         reason,
@@ -1000,7 +1009,7 @@ impl Controller {
                     let id = p.instance.clone();
                     let terms = terms_of(&f.spec, &profile, &self.config.policy, 1.0);
                     let quota = f.quota_of(&terms);
-                    actions.push(Action::ApplyProfile {
+                    pass.actions.push(Action::ApplyProfile {
                         function: name,
                         id,
                         profile,
@@ -1008,7 +1017,7 @@ impl Controller {
                     });
                 }
                 Some(Err(reason)) => {
-                    actions.push(Action::FailProfile {
+                    pass.actions.push(Action::FailProfile {
                         function: name,
                         id: p.instance.clone(),
                         reason,
@@ -1020,14 +1029,7 @@ impl Controller {
         }
     }
 
-    fn decide_size(
-        &self,
-        f: &mut Function,
-        ledger: &mut Ledger,
-        next_seq: &mut u64,
-        now: u64,
-        actions: &mut Vec<Action>,
-    ) {
+    fn decide_size(&self, f: &mut Function, pass: &mut Pass<'_>) {
         let name = f.spec.name.clone();
         let (min, max) = (f.spec.scaling.min_instances, f.spec.scaling.max_instances);
         let current: Vec<String> = f
@@ -1044,11 +1046,11 @@ impl Controller {
         } else {
             let interval = f.scaler.interval_ns();
             if f.last_decision_ns == 0 {
-                f.last_decision_ns = now;
+                f.last_decision_ns = pass.now;
             }
-            let elapsed = now.saturating_sub(f.last_decision_ns);
+            let elapsed = pass.now.saturating_sub(f.last_decision_ns);
             if elapsed >= interval {
-                f.last_decision_ns = now;
+                f.last_decision_ns = pass.now;
                 let window = self.load.take_window(&name);
                 let interval_s = elapsed as f64 / 1e9;
                 f.last_rps = window.arrivals as f64 / interval_s.max(1e-9);
@@ -1063,12 +1065,12 @@ impl Controller {
                         terms.load(
                             t.seq,
                             t.state == InstanceState::Ready,
-                            ledger.free_share(&t.obs.at),
+                            pass.ledger.free_share(&t.obs.at),
                         )
                     })
                     .collect();
                 let decision = f.scaler.decide(&FunctionLoad {
-                    now_ns: now,
+                    now_ns: pass.now,
                     interval_s,
                     arrivals: window.arrivals,
                     queued: window.queued_now,
@@ -1090,7 +1092,7 @@ impl Controller {
                         .find(|(_, t)| t.seq == *victim && t.state.is_live())
                         .map(|(id, _)| id.clone());
                     if let Some(id) = id {
-                        self.start_draining(f, &id, now);
+                        self.start_draining(f, &id, pass.now);
                         self.metrics.scaling_action(&name, "in");
                         removed += 1;
                     }
@@ -1119,7 +1121,7 @@ impl Controller {
             };
             let quota = f.quota_of(&terms);
             for _ in live..desired {
-                if !self.plan_create(f, &terms, quota, false, ledger, next_seq, now, actions) {
+                if !self.plan_create(f, pass, &terms, quota, false) {
                     break;
                 }
             }
@@ -1131,9 +1133,9 @@ impl Controller {
                 .filter(|(_, t)| t.state.is_live() && !f.outdated(t))
                 .map(|(id, t)| (t.seq, id.clone()))
                 .collect();
-            newest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            newest.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
             for (_, id) in newest.into_iter().take((live - desired) as usize) {
-                self.start_draining(f, &id, now);
+                self.start_draining(f, &id, pass.now);
             }
         }
     }
@@ -1164,7 +1166,8 @@ impl Controller {
                     quota,
                 }),
                 Err(LedgerError::UnknownKey(_)) => {
-                    if let Err(e) = ledger.adopt(&t.obs.name, &t.obs.at, &Self::booking(f, &terms)) {
+                    if let Err(e) = ledger.adopt(&t.obs.name, &t.obs.at, &Self::booking(f, &terms))
+                    {
                         errors.push(format!("booking instance {id}: {e}"));
                     } else {
                         actions.push(Action::SetQuota {

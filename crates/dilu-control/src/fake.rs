@@ -10,7 +10,9 @@ use dilu_api::{FieldError, Profile, Quota, Runtime};
 use dilu_core::ledger::{DeviceInventory, NodeInventory};
 use dilu_core::sync::lock;
 
-use crate::backend::{BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance};
+use crate::backend::{
+    BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance,
+};
 use crate::clock::Clock;
 use crate::load::{LoadSource, Window};
 use crate::profile::{ProfileJob, ProfileRun, Profiler};
@@ -119,7 +121,9 @@ impl InstanceBackend for FakeBackend {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
         let now = self.clock.now_ns();
         let mut instances = lock(&self.instances);
-        let deleted: Vec<String> = std::mem::take(&mut *lock(&self.deleted)).into_iter().collect();
+        let deleted: Vec<String> = std::mem::take(&mut *lock(&self.deleted))
+            .into_iter()
+            .collect();
         for id in deleted {
             instances.remove(&id);
         }
@@ -181,7 +185,11 @@ impl InstanceBackend for FakeBackend {
         Box::pin(async move { result })
     }
 
-    fn set_quota<'a>(&'a self, id: &'a str, quota: Quota) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn set_quota<'a>(
+        &'a self,
+        id: &'a str,
+        quota: Quota,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         self.call(format!("set_quota {id} {}/{}", quota.request, quota.limit));
         let result = match lock(&self.instances).get_mut(id) {
             Some(i) => {
@@ -206,7 +214,11 @@ impl InstanceBackend for FakeBackend {
         Box::pin(async move { result })
     }
 
-    fn logs<'a>(&'a self, id: &'a str, _max_bytes: u64) -> BoxFuture<'a, Result<String, BackendError>> {
+    fn logs<'a>(
+        &'a self,
+        id: &'a str,
+        _max_bytes: u64,
+    ) -> BoxFuture<'a, Result<String, BackendError>> {
         let text = format!("log of {id}\nthe last line");
         Box::pin(async move { Ok(text) })
     }
@@ -310,7 +322,9 @@ impl FakeLoad {
 impl LoadSource for FakeLoad {
     fn take_window(&self, function: &str) -> Window {
         let now = lock(&self.clock).as_ref().map_or(0, |c| c.now_ns());
-        let last = lock(&self.last_ns).insert(function.to_string(), now).unwrap_or(now);
+        let last = lock(&self.last_ns)
+            .insert(function.to_string(), now)
+            .unwrap_or(now);
         let rps = lock(&self.rps).get(function).copied().unwrap_or(0.0);
         Window {
             arrivals: (rps * now.saturating_sub(last) as f64 / 1e9).round() as u64,

@@ -168,7 +168,11 @@ async fn a_function_with_quota_and_capacity_runs_its_minimum_and_is_routed_once_
     let v = rig.view("a");
     assert_eq!(v.status, FunctionPhase::Running);
     assert_eq!(v.instances.len(), 2);
-    assert!(v.instances.iter().all(|i| i.state == InstanceState::Starting));
+    assert!(
+        v.instances
+            .iter()
+            .all(|i| i.state == InstanceState::Starting)
+    );
     assert!(rig.routed("a").is_empty(), "nothing routed before ready");
     rig.step(READY_MS).await;
     assert_eq!(rig.ready("a").len(), 2);
@@ -192,20 +196,38 @@ async fn a_function_without_quota_is_profiled_on_a_live_instance_that_then_serve
     assert_eq!(rig.view("p").status, FunctionPhase::Profiling);
     let id = rig.view("p").instances[0].id.clone();
     let q = rig.backend.instance(&id).unwrap().quota;
-    assert_eq!((q.request, q.limit), (0.1, 0.1), "booked at the profiling share");
+    assert_eq!(
+        (q.request, q.limit),
+        (0.1, 0.1),
+        "booked at the profiling share"
+    );
     rig.step(READY_MS).await;
-    assert_eq!(rig.profiler.jobs().len(), 1, "a run starts once the instance is ready");
+    assert_eq!(
+        rig.profiler.jobs().len(),
+        1,
+        "a run starts once the instance is ready"
+    );
     assert_eq!(rig.view("p").instances[0].state, InstanceState::Profiling);
-    assert!(rig.routed("p").is_empty(), "a profiled instance does not serve");
+    assert!(
+        rig.routed("p").is_empty(),
+        "a profiled instance does not serve"
+    );
     rig.run_for(1_900, 100).await;
     assert_eq!(rig.view("p").status, FunctionPhase::Profiling);
     rig.step(100).await;
     let v = rig.view("p");
     assert_eq!(v.status, FunctionPhase::Running, "{v:?}");
     assert_eq!(v.profile.as_ref().unwrap().batch, 4);
-    assert_eq!(rig.calls("set_quota"), vec![format!("set_quota {id} 0.3/0.6")]);
+    assert_eq!(
+        rig.calls("set_quota"),
+        vec![format!("set_quota {id} 0.3/0.6")]
+    );
     rig.step(10).await;
-    assert_eq!(rig.routed("p"), vec![id.clone()], "the profiled instance serves");
+    assert_eq!(
+        rig.routed("p"),
+        vec![id.clone()],
+        "the profiled instance serves"
+    );
     assert_eq!(rig.calls("create").len(), 1, "no second instance");
     let stored = rig.store.functions().unwrap();
     assert_eq!(stored[0].profile.as_ref().unwrap().request, 0.3);
@@ -229,14 +251,20 @@ async fn a_failed_profile_fails_the_function_and_stops_its_instance() {
     rig.step(10).await;
     assert!(rig.backend.ids().is_empty(), "its instance was stopped");
     rig.run_for(1_000, 100).await;
-    assert_eq!(rig.calls("create").len(), 1, "a failed function is not retried until updated");
+    assert_eq!(
+        rig.calls("create").len(),
+        1,
+        "a failed function is not retried until updated"
+    );
 }
 
 #[tokio::test]
 async fn a_profiling_instance_that_cannot_start_fails_with_its_log() {
     let rig = Rig::new(1, PolicyName::Dilu);
     rig.c
-        .deploy(spec("name: b\nmodel: {path: /m/broken.onnx}\nslo_ms: 100\n"))
+        .deploy(spec(
+            "name: b\nmodel: {path: /m/broken.onnx}\nslo_ms: 100\n",
+        ))
         .unwrap();
     rig.run_for(1_000, 100).await;
     match rig.view("b").status {
@@ -280,7 +308,9 @@ async fn the_lazy_scaler_adds_an_instance_under_sustained_load_and_removes_it_af
     assert_eq!(rig.backend.ids().len(), 1, "the removed instance is gone");
     let text = {
         let mut out = String::new();
-        rig.c.metrics().render(&mut out, 1, &rig.c.instance_counts());
+        rig.c
+            .metrics()
+            .render(&mut out, 1, &rig.c.instance_counts());
         out
     };
     assert!(
@@ -307,18 +337,34 @@ async fn a_model_update_rolls_the_old_instance_drains_after_its_requests() {
     rig.step(10).await;
     let v = rig.view("r");
     assert_eq!(v.instances.len(), 2, "a new instance starts beside the old");
-    assert!(v.instances.iter().any(|i| i.id == old && i.outdated && i.ready));
-    assert_eq!(rig.routed("r"), vec![old.clone()], "the old one serves meanwhile");
+    assert!(
+        v.instances
+            .iter()
+            .any(|i| i.id == old && i.outdated && i.ready)
+    );
+    assert_eq!(
+        rig.routed("r"),
+        vec![old.clone()],
+        "the old one serves meanwhile"
+    );
     // The old instance has requests in flight when the new one is ready: it drains, then stops.
     rig.load.set_in_flight(&old, 2);
     rig.step(READY_MS).await;
     let new = rig.ready("r")[0].clone();
     assert_ne!(new, old);
     assert_eq!(rig.routed("r"), vec![new.clone()]);
-    let o = rig.view("r").instances.into_iter().find(|i| i.id == old).unwrap();
+    let o = rig
+        .view("r")
+        .instances
+        .into_iter()
+        .find(|i| i.id == old)
+        .unwrap();
     assert_eq!(o.state, InstanceState::Draining);
     rig.run_for(500, 100).await;
-    assert!(rig.calls("delete").is_empty(), "not stopped while requests are in flight");
+    assert!(
+        rig.calls("delete").is_empty(),
+        "not stopped while requests are in flight"
+    );
     rig.load.set_in_flight(&old, 0);
     rig.step(10).await;
     assert_eq!(rig.calls("delete"), vec![format!("delete {old}")]);
@@ -342,7 +388,10 @@ async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() 
     assert!(kept.ready && kept.outdated && !kept.draining, "{v:?}");
     assert_eq!(rig.routed("r"), vec![old.clone()]);
     let error = v.last_error.clone().unwrap();
-    assert!(error.contains("exited") && error.contains("the last line"), "{error}");
+    assert!(
+        error.contains("exited") && error.contains("the last line"),
+        "{error}"
+    );
     // A later good update replaces both.
     let mut v3 = inference("r", v1);
     v3.model.as_mut().unwrap().path = "/m/r-v3.onnx".into();
@@ -351,7 +400,11 @@ async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() 
     let ready = rig.ready("r");
     assert_eq!(ready.len(), 1);
     assert_ne!(ready[0], old);
-    assert_eq!(rig.backend.ids(), ready, "the old and the broken instance are gone");
+    assert_eq!(
+        rig.backend.ids(),
+        ready,
+        "the old and the broken instance are gone"
+    );
 }
 
 #[tokio::test]
@@ -367,18 +420,30 @@ async fn a_crash_is_reported_and_a_vanished_instance_is_replaced() {
     let id = rig.ready("c")[0].clone();
     rig.backend.crash(&id, "killed by signal 9", 500_000_000);
     rig.step(10).await;
-    assert!(rig.routed("c").is_empty(), "a restarting instance gets no requests");
+    assert!(
+        rig.routed("c").is_empty(),
+        "a restarting instance gets no requests"
+    );
     let error = rig.view("c").last_error.unwrap();
-    assert!(error.contains(&id) && error.contains("killed by signal 9"), "{error}");
+    assert!(
+        error.contains(&id) && error.contains("killed by signal 9"),
+        "{error}"
+    );
     rig.run_for(600, 100).await;
-    assert_eq!(rig.routed("c"), vec![id.clone()], "back once the node restarted it");
+    assert_eq!(
+        rig.routed("c"),
+        vec![id.clone()],
+        "back once the node restarted it"
+    );
     rig.backend.vanish(&id);
     rig.step(10).await;
     let v = rig.view("c");
     assert_eq!(v.instances.len(), 1);
     assert_ne!(v.instances[0].id, id, "a replacement was started");
     let mut text = String::new();
-    rig.c.metrics().render(&mut text, 1, &rig.c.instance_counts());
+    rig.c
+        .metrics()
+        .render(&mut text, 1, &rig.c.instance_counts());
     assert!(
         text.contains("dilu_control_instances_lost_total{function=\"c\"} 1"),
         "{text}"
@@ -401,12 +466,20 @@ async fn a_restarted_controller_adopts_running_instances_without_creating_any() 
     c2.reconcile().await.unwrap();
     let v = c2.function("k").unwrap();
     assert_eq!(v.status, FunctionPhase::Running);
-    let mut ids: Vec<String> = v.instances.iter().filter(|i| i.ready).map(|i| i.id.clone()).collect();
+    let mut ids: Vec<String> = v
+        .instances
+        .iter()
+        .filter(|i| i.ready)
+        .map(|i| i.id.clone())
+        .collect();
     ids.sort();
     assert_eq!(ids, before, "the same instances, ready on the first pass");
     assert_eq!(c2.routes().borrow()[0].endpoints.len(), 2);
     assert_eq!(rig.calls("create").len(), creates, "nothing new started");
-    assert!((c2.booked()[0].1 - 0.4).abs() < 1e-9, "the ledger books what runs");
+    assert!(
+        (c2.booked()[0].1 - 0.4).abs() < 1e-9,
+        "the ledger books what runs"
+    );
     // New instances continue the numbering.
     let labels_ok = rig
         .backend
@@ -442,7 +515,10 @@ async fn a_function_scales_to_zero_and_a_waiting_request_starts_it_again() {
         ))
         .unwrap();
     rig.run_for(500, 100).await;
-    assert!(rig.view("z").instances.is_empty(), "min 0: nothing until asked");
+    assert!(
+        rig.view("z").instances.is_empty(),
+        "min 0: nothing until asked"
+    );
     rig.c.wake("z");
     rig.step(10).await;
     assert_eq!(rig.view("z").instances.len(), 1, "cold start");
@@ -455,11 +531,10 @@ async fn a_function_scales_to_zero_and_a_waiting_request_starts_it_again() {
     rig.step(READY_MS).await;
     assert_eq!(rig.routed("z").len(), 1, "and up again");
     let mut text = String::new();
-    rig.c.metrics().render(&mut text, 1, &rig.c.instance_counts());
-    assert!(
-        text.contains("direction=\"cold-start\"} 2"),
-        "{text}"
-    );
+    rig.c
+        .metrics()
+        .render(&mut text, 1, &rig.c.instance_counts());
+    assert!(text.contains("direction=\"cold-start\"} 2"), "{text}");
 }
 
 #[tokio::test]
@@ -477,7 +552,10 @@ async fn a_quota_update_is_pushed_to_running_instances_without_a_restart() {
     spec2.quota.as_mut().unwrap().limit = 0.6;
     rig.c.update(spec2).unwrap();
     rig.step(10).await;
-    assert_eq!(rig.calls("set_quota"), vec![format!("set_quota {id} 0.3/0.6")]);
+    assert_eq!(
+        rig.calls("set_quota"),
+        vec![format!("set_quota {id} 0.3/0.6")]
+    );
     assert_eq!(rig.ready("q"), vec![id]);
     assert_eq!(rig.calls("create").len(), 1);
     assert!((rig.c.booked()[0].1 - 0.3).abs() < 1e-9);
@@ -492,7 +570,10 @@ async fn exclusive_gives_every_instance_a_whole_device() {
     }
     rig.run_for(500, 100).await;
     assert_eq!(rig.c.placer_name(), Some("exclusive"));
-    assert_eq!(rig.ready("e1").len() + rig.ready("e2").len() + rig.ready("e3").len(), 2);
+    assert_eq!(
+        rig.ready("e1").len() + rig.ready("e2").len() + rig.ready("e3").len(),
+        2
+    );
     for id in rig.backend.ids() {
         let q = rig.backend.instance(&id).unwrap().quota;
         assert_eq!((q.request, q.limit), (1.0, 1.0));
@@ -531,7 +612,12 @@ async fn an_update_back_to_a_running_template_reuses_its_instance() {
     bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
     rig.c.update(bad).unwrap();
     rig.run_for(1_000, 100).await;
-    assert!(rig.view("r").instances.iter().any(|i| i.id == old && i.outdated));
+    assert!(
+        rig.view("r")
+            .instances
+            .iter()
+            .any(|i| i.id == old && i.outdated)
+    );
     // Back to the first model (with a new quota): the instance that runs it is current again.
     let back = inference(
         "r",
@@ -540,21 +626,32 @@ async fn an_update_back_to_a_running_template_reuses_its_instance() {
     rig.c.update(back).unwrap();
     rig.run_for(500, 100).await;
     assert_eq!(rig.ready("r"), vec![old.clone()]);
-    assert_eq!(rig.backend.ids(), vec![old.clone()], "the broken one is gone");
-    assert!(rig.calls("set_quota").contains(&format!("set_quota {old} 0.3/0.5")));
+    assert_eq!(
+        rig.backend.ids(),
+        vec![old.clone()],
+        "the broken one is gone"
+    );
+    assert!(
+        rig.calls("set_quota")
+            .contains(&format!("set_quota {old} 0.3/0.5"))
+    );
 }
 
 #[tokio::test]
 async fn a_quota_that_does_not_fit_is_refused_with_409_and_changes_nothing() {
     let rig = Rig::new(1, PolicyName::Dilu);
-    let q = |r: f64| format!("quota: {{request: {r}, limit: 0.7}}\nscaling: {{capacity_rps: 10}}\n");
+    let q =
+        |r: f64| format!("quota: {{request: {r}, limit: 0.7}}\nscaling: {{capacity_rps: 10}}\n");
     rig.c.deploy(inference("a", &q(0.5))).unwrap();
     rig.c.deploy(inference("b", &q(0.4))).unwrap();
     rig.run_for(500, 100).await;
     let e = rig.c.update(inference("b", &q(0.6))).unwrap_err();
     assert_eq!(e.status(), 409, "{e}");
     let f = e.field().unwrap();
-    assert_eq!((f.field.as_str(), f.value.as_str()), ("quota.request", "0.6"));
+    assert_eq!(
+        (f.field.as_str(), f.value.as_str()),
+        ("quota.request", "0.6")
+    );
     assert_eq!(rig.view("b").generation, 1, "nothing stored");
     assert!(rig.calls("set_quota").is_empty());
 }

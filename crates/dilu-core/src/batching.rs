@@ -1,4 +1,4 @@
-//! In-instance dynamic batching (`docs/dilu.md` §7), shared by the serving simulator and the worker: a batch
+//! In-instance dynamic batching (`docs/algorithms.md` §7), shared by the serving simulator and the worker: a batch
 //! closes when it is full or when its first request has waited `wait`; once a second `wait` is re-derived from
 //! the arrival rate and the mean batch execution time ē: no wait when a batch finishes before the next request
 //! is due (ē < 1/RPS), otherwise ē/6 (ē/8 for LLMs). Every policy gets the same batcher, so that differences

@@ -221,7 +221,11 @@ impl Ledger {
     }
 
     /// Chooses a device for a new instance and books it under `key`.
-    pub fn place(&mut self, key: &str, request: &InstanceRequest) -> Result<DeviceRef, LedgerError> {
+    pub fn place(
+        &mut self,
+        key: &str,
+        request: &InstanceRequest,
+    ) -> Result<DeviceRef, LedgerError> {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
@@ -288,7 +292,11 @@ impl Ledger {
     }
 
     /// Whether the booking of `key` could change to `request` (nothing changes either way).
-    pub fn check_resize(&mut self, key: &str, request: &InstanceRequest) -> Result<(), LedgerError> {
+    pub fn check_resize(
+        &mut self,
+        key: &str,
+        request: &InstanceRequest,
+    ) -> Result<(), LedgerError> {
         let old = self
             .bookings
             .get(key)
@@ -437,32 +445,47 @@ mod tests {
         assert!(matches!(e, LedgerError::Unschedulable(_)), "{e}");
         assert!(l.release("i0"));
         assert!(!l.release("i0"));
-        l.place("i5", &ask(InstanceKind::Training, 0.2, 0.3)).unwrap();
-        l.resize("i5", &ask(InstanceKind::Training, 0.1, 0.3)).unwrap();
+        l.place("i5", &ask(InstanceKind::Training, 0.2, 0.3))
+            .unwrap();
+        l.resize("i5", &ask(InstanceKind::Training, 0.1, 0.3))
+            .unwrap();
         assert!((l.requested(&at) - 0.85).abs() < 1e-9);
     }
 
     #[test]
     fn a_resize_that_does_not_fit_keeps_the_old_booking() {
         let mut l = ledger(&[node("local", &["CPU-a"])]);
-        l.place("a", &ask(InstanceKind::Inference, 0.6, 0.6)).unwrap();
-        l.place("b", &ask(InstanceKind::Inference, 0.3, 0.3)).unwrap();
+        l.place("a", &ask(InstanceKind::Inference, 0.6, 0.6))
+            .unwrap();
+        l.place("b", &ask(InstanceKind::Inference, 0.3, 0.3))
+            .unwrap();
         let e = l
             .resize("b", &ask(InstanceKind::Inference, 0.5, 0.5))
             .unwrap_err();
         assert!(matches!(e, LedgerError::DoesNotFit { .. }), "{e}");
         assert!(l.contains("b"));
         assert_eq!(l.request_of("b").unwrap().sm_request, 300);
-        assert!(l.check_resize("b", &ask(InstanceKind::Inference, 0.5, 0.5)).is_err());
-        l.check_resize("b", &ask(InstanceKind::Inference, 0.4, 0.5)).unwrap();
-        assert_eq!(l.request_of("b").unwrap().sm_request, 300, "a check changes nothing");
+        assert!(
+            l.check_resize("b", &ask(InstanceKind::Inference, 0.5, 0.5))
+                .is_err()
+        );
+        l.check_resize("b", &ask(InstanceKind::Inference, 0.4, 0.5))
+            .unwrap();
+        assert_eq!(
+            l.request_of("b").unwrap().sm_request,
+            300,
+            "a check changes nothing"
+        );
         let at = l.device_of("b").unwrap().clone();
         assert!((l.requested(&at) - 0.9).abs() < 1e-9);
     }
 
     #[test]
     fn adopted_instances_count_and_devices_are_addressed_by_node() {
-        let mut l = ledger(&[node("n1", &["GPU-1", "GPU-2", "CPU-x"]), node("n2", &["GPU-3"])]);
+        let mut l = ledger(&[
+            node("n1", &["GPU-1", "GPU-2", "CPU-x"]),
+            node("n2", &["GPU-3"]),
+        ]);
         assert_eq!(l.nodes()[0].devices.len(), 2, "GPUs only on a GPU node");
         let at = DeviceRef {
             node: "n2".into(),

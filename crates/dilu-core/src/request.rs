@@ -8,7 +8,7 @@ use std::fmt;
 /// SM capacity of one GPU in milli-units: 1000 = all streaming multiprocessors of the device.
 pub const SM_MILLI: u32 = 1000;
 
-/// What an instance does; placement policies treat the kinds differently (`docs/dilu.md` §2, §4).
+/// What an instance does; placement policies treat the kinds differently (`docs/algorithms.md` §2, §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceKind {

@@ -1,5 +1,5 @@
 //! Hand-built scenarios for every placement policy (`PlacerName::ALL`), with hand-computed expectations for the
-//! policy-specific rules of `docs/fgd.md` §3–§5 and `docs/dilu.md` §4, plus the validation rules of
+//! policy-specific rules of `docs/algorithms.md` §4 and §10, plus the validation rules of
 //! `InstanceRequest::validate` and the checks of `Cluster::allocate` / `Cluster::release`.
 mod common;
 use common::snap;

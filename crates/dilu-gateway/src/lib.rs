@@ -181,7 +181,10 @@ impl Gateway {
 
     /// Follows `source`: applies its table now and after every change, and passes requests waiting for a
     /// function without ready instances to [`EndpointSource::wake`]. Runs until the source is dropped.
-    pub fn follow(self: &Arc<Self>, source: Arc<dyn EndpointSource>) -> tokio::task::JoinHandle<()> {
+    pub fn follow(
+        self: &Arc<Self>,
+        source: Arc<dyn EndpointSource>,
+    ) -> tokio::task::JoinHandle<()> {
         let mut routes = source.routes();
         self.apply(&routes.borrow_and_update());
         let waker = Arc::clone(&source);
@@ -189,7 +192,9 @@ impl Gateway {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             while routes.changed().await.is_ok() {
-                let Some(gateway) = weak.upgrade() else { return };
+                let Some(gateway) = weak.upgrade() else {
+                    return;
+                };
                 let table = routes.borrow_and_update().clone();
                 gateway.apply(&table);
             }

@@ -31,7 +31,7 @@ pub const UUID_CAPACITY: usize = 64;
 /// Sentinel for "no limit" in [`ControlPage::budget_per_window`] and [`ControlPage::mem_cap_bytes`].
 pub const UNLIMITED: u64 = u64::MAX;
 
-/// Default accounting window: 5 ms, the token manager's tick in `dilu.md` §5.
+/// Default accounting window: 5 ms, the token manager's tick in `docs/algorithms.md` §5.
 pub const DEFAULT_WINDOW_NS: u64 = 5_000_000;
 
 /// The shortest window an instance honours; shorter (or zero) values in a channel fall back to the default.

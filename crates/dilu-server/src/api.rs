@@ -65,8 +65,7 @@ impl IntoResponse for ApiError {
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
-        let status =
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = json!({ "error": e.to_string() });
         if let Some(f) = e.field() {
             body["field"] = json!(f.field);

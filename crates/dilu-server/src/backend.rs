@@ -157,7 +157,11 @@ impl ProcessBackend {
 
     /// The control plane's view of an agent instance; `None` for instances that are not the control
     /// plane's.
-    fn observe(&self, s: InstanceStatus, terminating: &BTreeSet<String>) -> Option<ObservedInstance> {
+    fn observe(
+        &self,
+        s: InstanceStatus,
+        terminating: &BTreeSet<String>,
+    ) -> Option<ObservedInstance> {
         let legacy = self.legacy.get(&s.id);
         let function = s
             .labels
@@ -273,7 +277,11 @@ impl InstanceBackend for ProcessBackend {
         })
     }
 
-    fn set_quota<'a>(&'a self, id: &'a str, quota: Quota) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn set_quota<'a>(
+        &'a self,
+        id: &'a str,
+        quota: Quota,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             let agent = Arc::clone(&self.agent);
             let id = id.to_string();
@@ -314,7 +322,11 @@ impl InstanceBackend for ProcessBackend {
         })
     }
 
-    fn logs<'a>(&'a self, id: &'a str, max_bytes: u64) -> BoxFuture<'a, Result<String, BackendError>> {
+    fn logs<'a>(
+        &'a self,
+        id: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<String, BackendError>> {
         Box::pin(async move { self.agent.logs(id, max_bytes).map_err(from_agent) })
     }
 

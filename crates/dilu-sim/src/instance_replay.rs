@@ -1,4 +1,4 @@
-//! Dilu's large-scale placement replay (`docs/dilu.md` §8, `docs/benchmarks.md` §3): instance start and
+//! Dilu's large-scale placement replay (`docs/algorithms.md` §8, `docs/benchmarks.md` §2): instance start and
 //! delete events on a homogeneous GPU cluster; reports the active GPUs over time, their peak, and Dilu's
 //! fragmentation of active GPUs.
 

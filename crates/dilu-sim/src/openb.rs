@@ -1,5 +1,5 @@
 //! Readers for the Alibaba "openb" GPU-cluster trace (FGD, ATC'23): the node list and the pod lists, turned
-//! into [`NodeSpec`]s and pod requests with FGD's conversion rules (`docs/fgd.md` §1–§2).
+//! into [`NodeSpec`]s and pod requests with FGD's conversion rules (`docs/algorithms.md` §10).
 
 use crate::csv::parse_csv;
 use dilu_core::{InstanceKind, InstanceRequest, NodeSpec, SM_MILLI};

@@ -1,4 +1,4 @@
-//! FGD's placement experiment on the openb trace (`docs/fgd.md` §1, §6), reproduced step by step: sort the
+//! FGD's placement experiment on the openb trace (`docs/algorithms.md` §10), reproduced step by step: sort the
 //! pods by name, seed Go's `math/rand`, shuffle, sample clones until the requested GPU reaches `tune` × the
 //! cluster's GPU capacity (or drop pods when above), permute node names for tie-breaking, then place pods one
 //! at a time (arrival only) and record allocation and fragmentation after every arrival.
@@ -14,7 +14,7 @@ use dilu_core::{Cluster, CoreError, NodeSpec, PlacerName, build_placer};
 pub const TYPICAL_POD_THRESHOLD_PCT: f64 = 95.0;
 
 /// Draws of Go's global source between tuning and the node permutation in FGD's published runs (informer
-/// start-up, `docs/fgd.md` §1.7).
+/// start-up, `docs/algorithms.md` §10).
 const INFORMER_DRAWS: usize = 10;
 
 /// Why an experiment could not run.

@@ -1,5 +1,5 @@
 //! Per-percent columns of a placement run, computed exactly as FGD's analysis scripts do
-//! (`merge_*_discrete.py`, `docs/fgd.md` §6), and the points the CLI reports.
+//! (`merge_*_discrete.py`, `docs/algorithms.md` §10), and the points the CLI reports.
 
 use crate::openb_experiment::ArrivalRow;
 use serde::Serialize;

@@ -36,10 +36,7 @@ fn relative_throughput(model: &str, share: f64) -> f64 {
 fn comparison_json(yaml: &str) -> String {
     let scenario = parse_scenario(yaml, Path::new("."), &builtin_model_names()).expect("parses");
     let s = prepare(&scenario).expect("prepares");
-    let policies = PolicyName::ALL
-        .iter()
-        .map(|&p| run(&s, p).report)
-        .collect();
+    let policies = PolicyName::ALL.iter().map(|&p| run(&s, p).report).collect();
     let c = ServeComparison {
         scenario: scenario.name.clone(),
         seed: scenario.seed,

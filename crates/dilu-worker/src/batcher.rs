@@ -2,7 +2,7 @@
 //! and charges its CPU time to the instance's quota channel.
 //!
 //! A batch closes when it holds `max_batch` requests or when its first request has waited `wait`
-//! (`docs/dilu.md` §7). Once a second `wait` is re-derived from the arrival rate and the mean batch execution
+//! (`docs/algorithms.md` §7). Once a second `wait` is re-derived from the arrival rate and the mean batch execution
 //! time ē ([`BatchingConfig::wait_ns`]): 0 when ē < 1/RPS, else ē/6. Requests already queued when the thread
 //! becomes free join the batch even when `wait` is 0. A batch pays half its expected CPU time before it runs
 //! (as a GPU kernel is charged at launch, so the token manager sees the instance busy as soon as work starts)

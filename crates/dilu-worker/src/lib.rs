@@ -1,5 +1,5 @@
 //! Dilu's built-in worker: serves one ONNX model over the Open Inference Protocol v2 REST API (KServe v2 /
-//! Triton REST), with dynamic batching (`docs/dilu.md` §7) and CPU-time tokens drawn from the instance's quota
+//! Triton REST), with dynamic batching (`docs/algorithms.md` §7) and CPU-time tokens drawn from the instance's quota
 //! channel.
 //!
 //! - [`config`]: what a worker serves and how it batches ([`WorkerConfig`]).

@@ -40,10 +40,7 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
 
     agent.kill9();
     for (_, pid) in &before {
-        assert!(
-            alive(*pid),
-            "instance {pid} must survive the agent's death"
-        );
+        assert!(alive(*pid), "instance {pid} must survive the agent's death");
     }
     // Fail-static: with no agent, the instance keeps its last budget (0.2 of a core): never more, and it keeps
     // running (0.200 on an idle machine; a loaded CI machine may give it less CPU than its budget).
@@ -111,7 +108,7 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
     }
     for (_, pid) in &before {
         assert!(
-            wait_for(Duration::from_secs(10), || (!alive(*pid as u32))
+            wait_for(Duration::from_secs(10), || (!alive(*pid))
                 .then_some(()))
             .is_some()
         );

@@ -1,6 +1,6 @@
 //! A training function deployed without a quota is profiled live by bisection: the platform runs the real
 //! trainer at shares of the device, measures its iterations per second at each, and takes the smallest share
-//! that keeps 98 % of its whole-device rate as its request (limit: the whole device), as `dilu.md` §3 says.
+//! that keeps 98 % of its whole-device rate as its request (limit: the whole device), as `docs/algorithms.md` §3 says.
 //!
 //! The built-in trainer is single-threaded, so on a CPU device of two cores it can use at most half of the
 //! device: the bisection must land near 0.5, well away from both the whole device and a small share.

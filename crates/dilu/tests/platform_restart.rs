@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, alive};
 use common::platform::{UpProc, argmax, ensure_models, output_data};
+use common::{AgentProc, alive};
 
 #[test]
 fn a_killed_platform_restores_its_functions_and_serves_without_redeploy() {

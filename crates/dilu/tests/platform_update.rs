@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, alive};
 use common::platform::{UpProc, argmax, ensure_models, output_data};
+use common::{AgentProc, alive};
 use reqwest::Method;
 use serde_json::Value;
 

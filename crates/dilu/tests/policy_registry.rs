@@ -94,9 +94,15 @@ fn each_policy_name_selects_the_same_components_in_the_simulator_and_in_dilu_up(
         let vertical = running["vertical"].as_object().expect("devices");
         assert_eq!(vertical.len(), 2, "{live:#}");
         for (device, controller) in vertical {
-            assert_eq!(controller, sim.vertical, "{name}: device {device}: {live:#}");
+            assert_eq!(
+                controller, sim.vertical,
+                "{name}: device {device}: {live:#}"
+            );
         }
-        assert_eq!(running["horizontal"]["f"], sim.horizontal, "{name}: {live:#}");
+        assert_eq!(
+            running["horizontal"]["f"], sim.horizontal,
+            "{name}: {live:#}"
+        );
         assert_eq!(
             live["components"]["inference_quota"],
             serde_json::to_value(sim.inference_quota).unwrap(),

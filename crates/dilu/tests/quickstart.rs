@@ -61,7 +61,11 @@ fn status_quotas(stdout: &str) -> Vec<(String, f64, f64)> {
             if cols.len() < 6 || !matches!(cols[3], "ready" | "starting" | "restarting") {
                 return None;
             }
-            Some((cols[0].to_string(), cols[4].parse().ok()?, cols[5].parse().ok()?))
+            Some((
+                cols[0].to_string(),
+                cols[4].parse().ok()?,
+                cols[5].parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -73,13 +77,19 @@ fn the_quickstart_runs_under_the_exclusive_and_tgs_policies() {
     let out = quickstart(&cache, "--policy exclusive --cpu-devices 3");
     let quotas = status_quotas(&out);
     assert_eq!(quotas.len(), 3, "{out}");
-    assert!(quotas.iter().all(|q| (q.1, q.2) == (1.0, 1.0)), "{quotas:?}");
+    assert!(
+        quotas.iter().all(|q| (q.1, q.2) == (1.0, 1.0)),
+        "{quotas:?}"
+    );
     // TGS: one inference and one training instance per device; inference gets the whole device, training
     // runs opportunistically up to it.
     let out = quickstart(&cache, "--policy tgs --cpu-devices 2");
     let quotas = status_quotas(&out);
     assert_eq!(quotas.len(), 3, "{out}");
-    let train = quotas.iter().find(|q| q.0.starts_with("mlp-train")).unwrap();
+    let train = quotas
+        .iter()
+        .find(|q| q.0.starts_with("mlp-train"))
+        .unwrap();
     assert_eq!((train.1, train.2), (0.2, 1.0), "{quotas:?}");
     assert!(
         quotas

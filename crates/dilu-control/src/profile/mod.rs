@@ -80,10 +80,7 @@ struct ThreadRun {
 
 impl ProfileRun for ThreadRun {
     fn poll(&mut self) -> Option<Result<Profile, String>> {
-        self.result
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn cancel(&mut self) {

@@ -1,4 +1,4 @@
-//! Dilu's fragmentation (`docs/dilu.md` §8): over *active* GPUs, SM fragmentation = mean(1 − Σrequest) and
+//! Dilu's fragmentation (`docs/algorithms.md` §8): over *active* GPUs, SM fragmentation = mean(1 − Σrequest) and
 //! memory fragmentation = mean(1 − Σmemory / capacity).
 
 use crate::cluster::Cluster;

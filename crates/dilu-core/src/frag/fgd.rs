@@ -1,4 +1,4 @@
-//! FGD's fragmentation measure (`docs/fgd.md` §5): for each node, the expected amount of idle GPU that a pod
+//! FGD's fragmentation measure (`docs/algorithms.md` §10): for each node, the expected amount of idle GPU that a pod
 //! drawn from the "typical pod" distribution could not use, in milli-GPU.
 
 use crate::cluster::{Cluster, ModelMask, Node};

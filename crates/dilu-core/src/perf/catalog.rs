@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn shapes_match_the_calibration_notes() {
-        // benchmarks.md §1: ResNet-152 bs=8 saturates by 40% SM; bs=32 keeps gaining to 100%.
+        // Published profiles (`docs/benchmarks.md` §4): ResNet-152 bs=8 saturates by 40% SM; bs=32 keeps gaining to 100%.
         let m = builtin_model("resnet152").unwrap().perf();
         assert!(m.throughput(8, 0.4) >= 0.9 * m.throughput(8, 1.0));
         assert!(m.throughput(32, 0.9) < m.throughput(32, 1.0));

@@ -1,5 +1,5 @@
 //! Performance model of DL functions under fine-grained GPU sharing: how long one batch takes at a given
-//! batch size and SM share (`docs/dilu.md` §3, `docs/benchmarks.md` §1).
+//! batch size and SM share (`docs/algorithms.md` §3).
 //!
 //! - [`table`]: profile tables (batch × SM% → latency, throughput) and their CSV readers.
 //! - [`model`]: [`PerfModel`], a monotone, interpolating model built from a table; what the simulator asks.

@@ -1,5 +1,5 @@
 //! Profile tables: measured latency and throughput of one model on a (batch size × SM%) grid, and readers for
-//! the two public formats we calibrate against (`docs/benchmarks.md` §1).
+//! the two public formats we calibrate against (`docs/algorithms.md` §3).
 //!
 //! - Dilu (`bs_sm_<model>.csv`): no header; `batch, sm_pct, latency_s, throughput`, numbers written as
 //!   decimals (`1.000000`). Latency is per batch, except for LLMs (model name containing `llama`), where it

@@ -1,4 +1,4 @@
-//! Dilu's resourcing-complementary scheduling (`docs/dilu.md` §4): 2D best fit over (SM request, memory)
+//! Dilu's resourcing-complementary scheduling (`docs/algorithms.md` §4): 2D best fit over (SM request, memory)
 //! with request/limit admission, a training-affinity tier for inference, worst-fit with memory split for LLM
 //! inference, and training gangs on one node.
 //!

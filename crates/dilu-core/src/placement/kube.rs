@@ -1,4 +1,4 @@
-//! The FGD simulator's scheduling framework and its six score policies (`docs/fgd.md` §3–§4): filter every
+//! The FGD simulator's scheduling framework and its six score policies (`docs/algorithms.md` §10): filter every
 //! node, score the feasible ones with one integer score in [0, 100], take the best with ties broken by the
 //! node's tie rank (FGD's seeded node-name prefix), then pick GPUs on that node.
 //!

@@ -48,7 +48,7 @@ pub trait Placer: Send {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PlacerName {
-    /// Dilu's resourcing-complementary 2D best-fit (`docs/dilu.md` §4).
+    /// Dilu's resourcing-complementary 2D best-fit (`docs/algorithms.md` §4).
     Dilu,
     /// One whole GPU per instance (Kubernetes' default device plugin).
     Exclusive,

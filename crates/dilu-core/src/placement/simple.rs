@@ -1,4 +1,4 @@
-//! The baselines of Dilu's large-scale simulation (`docs/dilu.md` §4): Exclusive and INFless-l/-r.
+//! The baselines of Dilu's large-scale simulation (`docs/algorithms.md` §4): Exclusive and INFless-l/-r.
 
 use crate::cluster::{Cluster, Placement};
 use crate::placement::gang::best_gang;

@@ -336,7 +336,10 @@ mod tests {
         let infless = Policy::named(PolicyName::Infless).inference_quota(&q);
         assert_eq!((infless.charge_limit, infless.grant_limit), (200, 0.2));
         let has = Policy::named(PolicyName::Has).inference_quota(&q);
-        assert_eq!((has.grant_request, has.grant_limit, has.time_quota), (0.2, 0.2, 1.0));
+        assert_eq!(
+            (has.grant_request, has.grant_limit, has.time_quota),
+            (0.2, 0.2, 1.0)
+        );
         let t = TrainingQuota {
             sm_request: 0.4,
             sm_limit: 0.7,

@@ -1,4 +1,4 @@
-//! The training profiler (`docs/dilu.md` §3): bisection over SM shares that are multiples of 5% for the
+//! The training profiler (`docs/algorithms.md` §3): bisection over SM shares that are multiples of 5% for the
 //! smallest share keeping at least `target` (default 98%) of the full-GPU throughput.
 //!
 //! The reference script never narrows its interval (a defect, §9). Here the interval really shrinks: share 0 is
@@ -36,7 +36,11 @@ pub fn bisect_training(
     target: f64,
 ) -> Result<TrainingProfile, ProfileError> {
     if !(target > 0.0 && target <= 1.0) {
-        return Err(ProfileError::Config(crate::FieldError::new("target", target.to_string(), "must be within (0, 1]")));
+        return Err(ProfileError::Config(crate::FieldError::new(
+            "target",
+            target.to_string(),
+            "must be within (0, 1]",
+        )));
     }
     let full = measure(100);
     if !(full.is_finite() && full > 0.0) {

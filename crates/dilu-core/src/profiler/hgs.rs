@@ -1,4 +1,4 @@
-//! Hybrid Growth Search (`docs/dilu.md` §3): the inference profiler. Batch grows geometrically, SM share
+//! Hybrid Growth Search (`docs/algorithms.md` §3): the inference profiler. Batch grows geometrically, SM share
 //! additively and only under SLO pressure, so a handful of measurements finds an efficient point under the SLO.
 //!
 //! ```text
@@ -65,7 +65,11 @@ impl TeDrop {
         if ok {
             Ok(())
         } else {
-            Err(ProfileError::Config(crate::FieldError::new("te_drop", v.to_string(), rule)))
+            Err(ProfileError::Config(crate::FieldError::new(
+                "te_drop",
+                v.to_string(),
+                rule,
+            )))
         }
     }
 }
@@ -83,7 +87,8 @@ impl FromStr for TeDrop {
     type Err = ProfileError;
     /// Parses `rel:0.1` or `abs:0.2`.
     fn from_str(s: &str) -> Result<Self, ProfileError> {
-        let bad = |rule| ProfileError::Config(crate::FieldError::new("te_drop", format!("{s:?}"), rule));
+        let bad =
+            |rule| ProfileError::Config(crate::FieldError::new("te_drop", format!("{s:?}"), rule));
         let (kind, v) = s
             .split_once(':')
             .ok_or_else(|| bad("must be rel:FRACTION or abs:DELTA"))?;
@@ -128,13 +133,25 @@ impl HgsConfig {
     /// Checks every parameter.
     pub fn validate(&self) -> Result<(), ProfileError> {
         if !(self.slo_s.is_finite() && self.slo_s > 0.0) {
-            return Err(ProfileError::Config(crate::FieldError::new("slo_s", self.slo_s.to_string(), "must be finite and > 0")));
+            return Err(ProfileError::Config(crate::FieldError::new(
+                "slo_s",
+                self.slo_s.to_string(),
+                "must be finite and > 0",
+            )));
         }
         if self.max_batch == 0 {
-            return Err(ProfileError::Config(crate::FieldError::new("max_batch", "0", "must be at least 1")));
+            return Err(ProfileError::Config(crate::FieldError::new(
+                "max_batch",
+                "0",
+                "must be at least 1",
+            )));
         }
         if !(1..=100).contains(&self.sm_step) {
-            return Err(ProfileError::Config(crate::FieldError::new("sm_step", self.sm_step.to_string(), "must be in 1..=100")));
+            return Err(ProfileError::Config(crate::FieldError::new(
+                "sm_step",
+                self.sm_step.to_string(),
+                "must be in 1..=100",
+            )));
         }
         self.te_drop.validate()
     }

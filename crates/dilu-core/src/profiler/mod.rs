@@ -1,4 +1,4 @@
-//! Multi-factor profiling (`docs/dilu.md` §3): choose an inference function's batch size and SM share with
+//! Multi-factor profiling (`docs/algorithms.md` §3): choose an inference function's batch size and SM share with
 //! few measurements (Hybrid Growth Search), a training function's SM share by bisection, and turn the results
 //! into quotas.
 //!
@@ -386,7 +386,7 @@ mod tests {
     }
 
     /// On Dilu's raw profiles HGS measures 5–10 points and finds the exhaustive optimum in 4 of 5 models
-    /// (`docs/dilu.md` §3), with either drop rule.
+    /// (`docs/algorithms.md` §3), with either drop rule.
     #[test]
     fn hgs_on_the_raw_dilu_profiles() {
         // (model, chosen batch, chosen SM%, points measured, matches the exhaustive optimum)

@@ -1,4 +1,4 @@
-//! From profiling results to quotas (`docs/dilu.md` §2–3, the mapping is **\[ours\]**):
+//! From profiling results to quotas (`docs/algorithms.md` §2–3, the mapping is **\[ours\]**):
 //!
 //! - inference: `batch = b`, `sm_request = s/100` (the most efficient share meeting the SLO), `sm_limit` =
 //!   the smallest grid share whose throughput at batch `b` reaches 95% of the best throughput at that batch
@@ -6,10 +6,10 @@
 //!   horizontal scaler counts on per instance;
 //! - training: `sm_request` from the bisection, `sm_limit = 1.0` (training soaks up idle SMs).
 
-use super::knee::limit_knee;
-use super::{ModelMeasure, ProfileError};
 use super::bisect::TrainingProfile;
 use super::hgs::HgsResult;
+use super::knee::limit_knee;
+use super::{ModelMeasure, ProfileError};
 use crate::perf::model::PerfModel;
 use serde::{Deserialize, Serialize};
 

@@ -1,12 +1,12 @@
-//! The public FaST-GShare-Autoscaler's policy (`docs/peers.md` §1): every 2 s, compare the 10-second request
+//! The public FaST-GShare-Autoscaler's policy (`docs/policies.md`): every 2 s, compare the 10-second request
 //! rate with the function's total capacity and add or remove whole instances when they differ by more than 20%.
 
-use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    EPS, capacity_known, ceil_count, finish, floor_count, has_demand, require,
-    require_seconds, seconds_to_ns, towards,
+    EPS, capacity_known, ceil_count, finish, floor_count, has_demand, require, require_seconds,
+    seconds_to_ns, towards,
 };
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -206,7 +206,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field.as_str(), err.value.as_str()), ("fast-gshare.threshold", "-0.1"));
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("fast-gshare.threshold", "-0.1")
+        );
         assert_eq!(
             FastGShareConfig {
                 rate_window_s: 0.0,

@@ -1,14 +1,14 @@
-//! HAS-GPU's hybrid autoscaler (`docs/peers.md` §2): predicts the next interval's rate with a biased Kalman
+//! HAS-GPU's hybrid autoscaler (`docs/policies.md`): predicts the next interval's rate with a biased Kalman
 //! filter, then scales VERTICALLY FIRST (raise or lower instances' time quotas in 10-point steps) and
 //! horizontally only for what quotas cannot cover.
 
-use crate::error::FieldError;
 use super::fast_gshare::RateWindow;
 use super::horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, QuotaChange, ScaleDecision};
 use super::lazy::{
-    EPS, MAX_SECONDS, bounds, capacity_known, ceil_count, finish, require,
-    require_seconds, seconds_to_ns, towards,
+    EPS, MAX_SECONDS, bounds, capacity_known, ceil_count, finish, require, require_seconds,
+    seconds_to_ns, towards,
 };
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 
@@ -530,7 +530,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field.as_str(), err.value.as_str()), ("has.down_threshold", "0.95"));
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("has.down_threshold", "0.95")
+        );
         assert_eq!(
             HasConfig { kalman_r: 0.0, ..c }
                 .validate()

@@ -35,7 +35,7 @@ pub struct FunctionLoad<'a> {
     pub arrivals: u64,
     /// Requests waiting (queued anywhere) at the end of the interval.
     pub queued: u64,
-    /// Requests per second one instance serves at the profiled quota (`docs/dilu.md` §3).
+    /// Requests per second one instance serves at the profiled quota (`docs/algorithms.md` §3).
     pub per_instance_capacity: f64,
     /// Fewest instances the function may have.
     pub min_instances: u32,

@@ -1,14 +1,14 @@
-//! The Knative Pod Autoscaler on the requests-per-second metric (`docs/peers.md` §11): the standard serverless
+//! The Knative Pod Autoscaler on the requests-per-second metric (`docs/policies.md`): the standard serverless
 //! baseline. GPU-unaware and horizontal only; it sizes for the average rate over a 60-second stable window, and
 //! panics (sizes for a 6-second window and never scales down) when that window wants twice the ready pods.
 
-use crate::error::FieldError;
 use super::NANOS_PER_SEC;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    bounds, capacity_known, ceil_count, finish, floor_count, has_demand,
-    require, require_seconds, seconds_to_ns, towards,
+    bounds, capacity_known, ceil_count, finish, floor_count, has_demand, require, require_seconds,
+    seconds_to_ns, towards,
 };
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -344,7 +344,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field.as_str(), err.value.as_str()), ("kpa.stable_window_s", "5"));
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("kpa.stable_window_s", "5")
+        );
         assert_eq!(
             KpaConfig {
                 max_scale_down_rate: 1.0,

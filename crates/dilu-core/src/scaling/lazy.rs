@@ -1,12 +1,12 @@
-//! Dilu's lazy horizontal scaler (`docs/dilu.md` §6), plus the pieces every horizontal scaler of this crate
+//! Dilu's lazy horizontal scaler (`docs/algorithms.md` §6), plus the pieces every horizontal scaler of this crate
 //! shares: the configuration error, the `[min, max]` safety net and the deterministic choice of victims.
 //!
 //! Lazy scaling leaves short bursts to vertical scaling: an instance is added only when most of the last
 //! 40 seconds were over capacity, and removed only when three quarters of them fit in one instance fewer.
 
 use super::NANOS_PER_SEC;
-use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, ScaleDecision};
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -166,7 +166,7 @@ pub(crate) fn finish(load: &FunctionLoad<'_>, mut decision: ScaleDecision) -> Sc
     decision
 }
 
-/// Settings of [`LazyScaler`]; the defaults are the published Dilu values (`docs/dilu.md` §6).
+/// Settings of [`LazyScaler`]; the defaults are the published Dilu values (`docs/algorithms.md` §6).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LazyConfig {
@@ -376,10 +376,7 @@ pub(crate) mod tests {
         .unwrap_err();
         assert_eq!(err.field, "lazy.out_votes");
         assert_eq!(err.value, "41");
-        assert!(
-            err.to_string()
-                .contains("lazy.out_votes = 41")
-        );
+        assert!(err.to_string().contains("lazy.out_votes = 41"));
         assert_eq!(
             LazyConfig {
                 window: 0,

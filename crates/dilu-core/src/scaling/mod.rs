@@ -10,8 +10,8 @@ pub mod horizontal;
 pub mod kpa;
 pub mod lazy;
 pub mod rckm;
-pub mod share;
 pub mod reactive;
+pub mod share;
 pub mod static_share;
 pub mod tgs;
 pub mod vertical;
@@ -26,8 +26,7 @@ pub use reactive::{InflessConfig, InflessScaler};
 pub use static_share::StaticShares;
 pub use tgs::{TgsConfig, TgsRate};
 pub use vertical::{
-    Arbitration, Grant, ResidentState, ShareMode,
-    VerticalController, VerticalEvent, arbitrate,
+    Arbitration, Grant, ResidentState, ShareMode, VerticalController, VerticalEvent, arbitrate,
 };
 
 /// Nanoseconds per second, for converting the policies' second-based constants.

@@ -1,4 +1,4 @@
-//! RCKM, Dilu's per-GPU token manager (`docs/dilu.md` §5), as an event-driven state machine.
+//! RCKM, Dilu's per-GPU token manager (`docs/algorithms.md` §5), as an event-driven state machine.
 //!
 //! The reference polls every 5 ms; here the same rules run on the events that change their outcome (an
 //! inference burst starting or ending, a resident joining or leaving) and on timers, and every budget
@@ -14,9 +14,7 @@
 
 use crate::error::FieldError;
 use crate::request::InstanceKind;
-use crate::scaling::vertical::{
-    Grant, ResidentState, VerticalController, VerticalEvent,
-};
+use crate::scaling::vertical::{Grant, ResidentState, VerticalController, VerticalEvent};
 use serde::{Deserialize, Serialize};
 
 /// RCKM's constants (the reference values are the defaults).

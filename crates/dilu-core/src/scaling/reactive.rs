@@ -1,12 +1,12 @@
-//! An INFless-style reactive scaler (`docs/peers.md` §8): sizes the function for the highest one-second rate
+//! An INFless-style reactive scaler (`docs/policies.md`): sizes the function for the highest one-second rate
 //! it saw lately, scales out at once, and keeps surplus instances warm for a keep-alive before removing them.
 
-use crate::error::FieldError;
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
-    MAX_SAMPLES, bounds, capacity_known, ceil_count, finish, has_demand,
-    require, require_seconds, seconds_to_ns, towards,
+    MAX_SAMPLES, bounds, capacity_known, ceil_count, finish, has_demand, require, require_seconds,
+    seconds_to_ns, towards,
 };
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -158,7 +158,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert_eq!((err.field.as_str(), err.value.as_str()), ("infless.rate_samples", "0"));
+        assert_eq!(
+            (err.field.as_str(), err.value.as_str()),
+            ("infless.rate_samples", "0")
+        );
         assert_eq!(
             InflessConfig {
                 keep_alive_s: -1.0,

@@ -79,7 +79,14 @@ mod tests {
         assert_eq!(grants[0].partition, 1.0);
         let (mut shares, mut claims) = ([0.0; 2], [false; 2]);
         // Released (no burst seen yet): idle inference does not claim; training gets its limit.
-        device_shares(&rckm, &residents, &grants, &[false, true], &mut shares, &mut claims);
+        device_shares(
+            &rckm,
+            &residents,
+            &grants,
+            &[false, true],
+            &mut shares,
+            &mut claims,
+        );
         assert_eq!(claims, [false, true]);
         assert_eq!(shares, [0.3, 1.0]);
         // A burst reserves the device: inference claims even when idle, training keeps its guarantee and
@@ -94,9 +101,19 @@ mod tests {
         rckm.on_event(1, VerticalEvent::BusyStart { index: 0 }, &busy, &mut grants);
         rckm.on_event(5_000_000, VerticalEvent::Timer, &busy, &mut grants);
         assert!(rckm.reserves_device());
-        device_shares(&rckm, &residents, &grants, &[false, true], &mut shares, &mut claims);
+        device_shares(
+            &rckm,
+            &residents,
+            &grants,
+            &[false, true],
+            &mut shares,
+            &mut claims,
+        );
         assert_eq!(claims, [true, true]);
-        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{shares:?}");
+        assert!(
+            (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{shares:?}"
+        );
         assert!(shares[0] > 0.1 && shares[0] <= 0.3, "{shares:?}");
         assert!(shares[1] >= 0.5, "{shares:?}");
     }

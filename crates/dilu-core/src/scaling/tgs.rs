@@ -1,4 +1,4 @@
-//! TGS-style adaptive rate control (NSDI'23, `docs/peers.md` §7): the opportunistic training job's kernel
+//! TGS-style adaptive rate control (NSDI'23, `docs/policies.md`): the opportunistic training job's kernel
 //! rate is cut by ×1/1.5 when the production (inference) job's kernel rate suffered in the last control
 //! period and raised ×1.5 otherwise. The production job's loss is estimated from how long it was busy in
 //! the period and the share time slicing took from it: `busy_fraction × rate / (1 + rate)`; it "suffered"
@@ -178,8 +178,7 @@ impl VerticalController for TgsRate {
                         (self.rate * self.config.increase).min(1.0)
                     };
                     self.apply(residents, grants);
-                    self.busy_in_period =
-                        residents.iter().any(|r| r.kind.is_inference() && r.busy);
+                    self.busy_in_period = residents.iter().any(|r| r.kind.is_inference() && r.busy);
                 }
             }
         }
@@ -202,7 +201,6 @@ impl VerticalController for TgsRate {
 mod tests {
     use super::*;
     use crate::request::InstanceKind;
-
 
     const MS: u64 = 1_000_000;
 

@@ -153,18 +153,16 @@ impl<'a> Engine<'a> {
         let gpus_per_node = sc.nodes.first().map_or(0, |n| n.gpu_count as usize);
         let total_gpus = sc.nodes.iter().map(|n| n.gpu_count as usize).sum::<usize>();
         let gpus = (0..total_gpus)
-            .map(|_| {
-                GpuRt {
-                    who: Vec::new(),
-                    states: Vec::new(),
-                    grants: Vec::new(),
-                    busy: Vec::new(),
-                    shares: Vec::new(),
-                    claims: Vec::new(),
-                    controller: bundle.vertical(),
-                    timer_gen: 0,
-                    timer_at: None,
-                }
+            .map(|_| GpuRt {
+                who: Vec::new(),
+                states: Vec::new(),
+                grants: Vec::new(),
+                busy: Vec::new(),
+                shares: Vec::new(),
+                claims: Vec::new(),
+                controller: bundle.vertical(),
+                timer_gen: 0,
+                timer_at: None,
             })
             .collect();
         let mut scalers = Vec::with_capacity(sc.functions.len());
@@ -945,7 +943,7 @@ impl<'a> Engine<'a> {
         )
     }
 
-    /// Once a second: re-derive every function's batching wait from the last second (`docs/dilu.md` §7).
+    /// Once a second: re-derive every function's batching wait from the last second (`docs/algorithms.md` §7).
     fn on_second(&mut self) {
         for f in 0..self.funcs.len() {
             let spec = &self.sc.functions[f];

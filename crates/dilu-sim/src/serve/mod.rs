@@ -17,9 +17,9 @@ pub mod scenario;
 pub mod setup;
 pub mod workload;
 
+pub use dilu_core::policy::PolicyName;
 pub use engine::{Engine, EngineError};
 pub use metrics::{PolicyReport, PolicyRun};
-pub use dilu_core::policy::PolicyName;
 pub use setup::{Setup, prepare};
 
 /// Runs one policy over a prepared scenario.

@@ -37,10 +37,11 @@ impl Bundle {
 
     /// What one GPU of training job `t` is charged and granted.
     pub fn training(&self, t: &PreparedTraining) -> InstanceQuota {
-        self.policy.training_quota(&dilu_core::profiler::TrainingQuota {
-            sm_request: t.sm_request,
-            sm_limit: t.sm_limit,
-        })
+        self.policy
+            .training_quota(&dilu_core::profiler::TrainingQuota {
+                sm_request: t.sm_request,
+                sm_limit: t.sm_limit,
+            })
     }
 
     /// The registry entry.

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use dilu_core::policy::PolicyName;
 /// Re-exported so a scenario's types can be named from this module alone.
 pub use super::workload::Workload;
 use super::workload::{
     BuiltinSeries, DataLineError, MAX_BUILTIN_STEPS, builtin_series_seed, parse_azure_llm_trace,
     parse_rate_series, trace_offsets,
 };
+use dilu_core::policy::PolicyName;
 
 /// Longest scenario the simulator accepts: 7 days of virtual time, in seconds.
 pub const MAX_DURATION_S: f64 = 7.0 * 86_400.0;

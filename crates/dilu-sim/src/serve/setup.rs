@@ -1,6 +1,6 @@
 //! Turns a validated [`Scenario`] into a [`PreparedScenario`]: resolves each model to its built-in
 //! performance model and spec, and runs the profiler once per function and training job, so that every
-//! policy starts from the same quotas (`docs/dilu.md` §3).
+//! policy starts from the same quotas (`docs/algorithms.md` §3).
 
 use crate::serve::policy::{ParameterError, PolicyParameters, parameters_from_map};
 use crate::serve::prepared::{PreparedFunction, PreparedScenario, PreparedTraining};

@@ -5,7 +5,7 @@
 //! arrival times, lazily and deterministically for a seed: the engine pulls millions of arrivals, so the
 //! renewal and rate-series streams keep O(1) state and never materialise the arrivals.
 //!
-//! The kinds follow `docs/dilu.md` §8: Poisson, Gamma (bursty, CV > 1), per-step rate series
+//! The kinds follow `docs/algorithms.md` §8: Poisson, Gamma (bursty, CV > 1), per-step rate series
 //! (non-homogeneous Poisson) and timestamped traces (the Azure LLM inference trace 2023).
 
 use std::f64::consts::TAU;

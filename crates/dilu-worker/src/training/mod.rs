@@ -1,5 +1,5 @@
 //! Training functions: a real training loop that draws CPU-time tokens exactly as the inference worker does,
-//! so that elastic training (the co-located, preemptible half of Dilu's workloads, `docs/dilu.md`) runs and
+//! so that elastic training (the co-located, preemptible half of Dilu's workloads, `docs/algorithms.md`) runs and
 //! is throttled on any machine.
 //!
 //! The job is a small multi-layer perceptron ([`mlp::Mlp`]: configurable input width, hidden width, depth

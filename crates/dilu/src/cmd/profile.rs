@@ -1,4 +1,4 @@
-//! `dilu profile …`: Dilu's multi-factor profiler (`docs/dilu.md` §3) on a recorded profile table.
+//! `dilu profile …`: Dilu's multi-factor profiler (`docs/algorithms.md` §3) on a recorded profile table.
 //!
 //! Inference runs Hybrid Growth Search for the SLO and reports the chosen (batch, SM%), its efficiency, the
 //! quota it maps to, how many points it measured, and whether an exhaustive search of the same points agrees.

@@ -121,7 +121,9 @@ impl AgentProc {
             .as_array()
             .map(|list| {
                 list.iter()
-                    .filter_map(|i| Some((i["id"].as_str()?.to_string(), i["pid"].as_u64()? as u32)))
+                    .filter_map(|i| {
+                        Some((i["id"].as_str()?.to_string(), i["pid"].as_u64()? as u32))
+                    })
                     .collect()
             })
             .unwrap_or_default();
