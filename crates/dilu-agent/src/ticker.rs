@@ -110,7 +110,7 @@ pub fn spawn(
                 }
                 let lateness = now - deadline;
                 {
-                    let mut manager = tokens.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut manager = dilu_core::sync::lock(&tokens);
                     manager.tick(now);
                 }
                 let busy = monotonic_ns().saturating_sub(now);

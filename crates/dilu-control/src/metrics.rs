@@ -25,7 +25,7 @@ pub struct ControlMetrics {
 
 impl ControlMetrics {
     fn with(&self, f: impl FnOnce(&mut Counts)) {
-        f(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut dilu_core::sync::lock(&self.counts));
     }
 
     /// A function was deployed.
@@ -75,7 +75,7 @@ impl ControlMetrics {
         functions: usize,
         instances: &[(String, &'static str, usize)],
     ) {
-        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = dilu_core::sync::lock(&self.counts);
         Family::new(
             out,
             "dilu_control_functions",

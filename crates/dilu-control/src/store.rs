@@ -55,7 +55,7 @@ impl MemoryStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, StoredFunction>) -> T) -> T {
-        f(&mut self.functions.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut dilu_core::sync::lock(&self.functions))
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) struct FunctionState {
 
 /// A slot on one instance, handed to one request.
 #[derive(Clone, Debug)]
-pub(crate) struct Grant {
+pub(crate) struct Ticket {
     instance_id: u64,
     name: Arc<str>,
     base_url: Arc<str>,
@@ -50,7 +50,7 @@ struct Removed;
 
 struct Waiter {
     id: u64,
-    tx: oneshot::Sender<Result<Grant, Removed>>,
+    tx: oneshot::Sender<Result<Ticket, Removed>>,
 }
 
 struct Instance {
@@ -72,8 +72,8 @@ impl Instance {
         self.listed && !self.is_dead()
     }
 
-    fn grant(&self) -> Grant {
-        Grant {
+    fn grant(&self) -> Ticket {
+        Ticket {
             instance_id: self.id,
             name: self.name.clone(),
             base_url: self.base_url.clone(),
@@ -95,7 +95,7 @@ struct RouteState {
 impl RouteState {
     /// Takes a slot on the ready instance with the fewest in-flight requests below the cap; ties go
     /// round-robin.
-    fn pick(&mut self) -> Option<Grant> {
+    fn pick(&mut self) -> Option<Ticket> {
         let n = self.instances.len();
         let mut best: Option<usize> = None;
         for k in 0..n {
@@ -154,10 +154,10 @@ impl RouteState {
 
 /// How a request's attempt to get a slot ended without waiting.
 enum Enqueue {
-    Got(Grant),
+    Got(Ticket),
     Queued {
         waiter_id: u64,
-        rx: oneshot::Receiver<Result<Grant, Removed>>,
+        rx: oneshot::Receiver<Result<Ticket, Removed>>,
         cold: bool,
         fire_hook: bool,
     },
@@ -288,7 +288,7 @@ impl FunctionState {
     }
 
     /// A ready instance for a request that takes no slot (metadata): the least loaded one, ties round-robin.
-    pub(crate) fn any_ready(&self, except: Option<u64>) -> Option<Grant> {
+    pub(crate) fn any_ready(&self, except: Option<u64>) -> Option<Ticket> {
         let mut route = lock(&self.route);
         let n = route.instances.len();
         let start = route.cursor;
@@ -390,7 +390,7 @@ impl FunctionState {
     }
 
     /// A waiter is going away: dequeue it, or give back the slot it was handed meanwhile.
-    fn cancel_wait(&self, waiter_id: u64, rx: &mut oneshot::Receiver<Result<Grant, Removed>>) {
+    fn cancel_wait(&self, waiter_id: u64, rx: &mut oneshot::Receiver<Result<Ticket, Removed>>) {
         let mut route = lock(&self.route);
         if let Some(i) = route.waiters.iter().position(|w| w.id == waiter_id) {
             route.waiters.remove(i);
@@ -404,7 +404,7 @@ impl FunctionState {
 /// A request's slot on one instance; dropping it frees the slot (and hands it to the oldest waiter).
 pub(crate) struct Slot {
     function: Arc<FunctionState>,
-    grant: Grant,
+    grant: Ticket,
 }
 
 impl Slot {
@@ -427,7 +427,7 @@ impl Drop for Slot {
     }
 }
 
-impl Grant {
+impl Ticket {
     pub(crate) fn instance_id(&self) -> u64 {
         self.instance_id
     }
@@ -445,12 +445,12 @@ impl Grant {
 struct WaitGuard {
     function: Arc<FunctionState>,
     waiter_id: u64,
-    rx: oneshot::Receiver<Result<Grant, Removed>>,
+    rx: oneshot::Receiver<Result<Ticket, Removed>>,
     done: bool,
 }
 
 impl WaitGuard {
-    async fn answer(&mut self) -> Result<Grant, Removed> {
+    async fn answer(&mut self) -> Result<Ticket, Removed> {
         let answer = (&mut self.rx).await;
         self.done = true;
         // The sender is only dropped unanswered when the waiter was dequeued, which happens on removal.
@@ -537,7 +537,7 @@ pub(crate) async fn acquire(
 
 fn granted(
     function: &Arc<FunctionState>,
-    answer: Result<Grant, Removed>,
+    answer: Result<Ticket, Removed>,
 ) -> Result<Slot, GatewayError> {
     match answer {
         Ok(grant) => Ok(Slot {

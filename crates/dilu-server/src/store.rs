@@ -127,7 +127,7 @@ impl Store {
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        dilu_core::sync::lock(&self.conn)
     }
 
     /// Inserts a new function; `false` when the name is taken.

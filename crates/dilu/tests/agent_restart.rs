@@ -107,10 +107,6 @@ fn a_killed_agent_is_replaced_and_re_adopts_every_instance() {
         assert_eq!(agent.delete(&format!("/instances/{id}")).0, 204);
     }
     for (_, pid) in &before {
-        assert!(
-            wait_for(Duration::from_secs(10), || (!alive(*pid))
-                .then_some(()))
-            .is_some()
-        );
+        assert!(wait_for(Duration::from_secs(10), || (!alive(*pid)).then_some(())).is_some());
     }
 }

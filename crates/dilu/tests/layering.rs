@@ -12,11 +12,21 @@ use serde_json::Value;
 fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
     let packages = meta["packages"].as_array().expect("packages");
     let names: BTreeSet<String> = packages
@@ -59,12 +69,21 @@ fn the_crates_keep_their_layers() {
     for c in ["dilu-control", "dilu-gateway"] {
         let deps = closure(&graph, c);
         for forbidden in ["dilu-agent", "dilu-worker", "dilu-sim", "dilu-server"] {
-            assert!(!deps.contains(forbidden), "{c} depends on {forbidden}: {deps:?}");
+            assert!(
+                !deps.contains(forbidden),
+                "{c} depends on {forbidden}: {deps:?}"
+            );
         }
         println!("{c} depends on {deps:?}");
     }
     let sim = closure(&graph, "dilu-sim");
-    for runtime in ["dilu-agent", "dilu-worker", "dilu-control", "dilu-gateway", "dilu-server"] {
+    for runtime in [
+        "dilu-agent",
+        "dilu-worker",
+        "dilu-control",
+        "dilu-gateway",
+        "dilu-server",
+    ] {
         assert!(!sim.contains(runtime), "dilu-sim depends on {runtime}");
     }
     assert_eq!(
@@ -72,10 +91,8 @@ fn the_crates_keep_their_layers() {
         BTreeSet::from(["dilu-quota".to_string()])
     );
     assert!(closure(&graph, "dilu-core").is_empty());
-    assert!(
-        closure(&graph, "dilu-api").is_subset(&BTreeSet::from([
-            "dilu-core".to_string(),
-            "dilu-quota".to_string()
-        ]))
-    );
+    assert!(closure(&graph, "dilu-api").is_subset(&BTreeSet::from([
+        "dilu-core".to_string(),
+        "dilu-quota".to_string()
+    ])));
 }

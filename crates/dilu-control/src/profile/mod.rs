@@ -80,7 +80,7 @@ struct ThreadRun {
 
 impl ProfileRun for ThreadRun {
     fn poll(&mut self) -> Option<Result<Profile, String>> {
-        self.result.lock().unwrap_or_else(|p| p.into_inner()).take()
+        dilu_core::sync::lock(&self.result).take()
     }
 
     fn cancel(&mut self) {
@@ -104,11 +104,11 @@ impl Profiler for LiveProfiler {
             let result = Arc::clone(&result);
             move || {
                 let outcome = measure(job, backend, handle, settings, cancelled);
-                *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+                *dilu_core::sync::lock(&result) = Some(outcome);
             }
         });
         if let Err(e) = spawned {
-            *result.lock().unwrap_or_else(|p| p.into_inner()) =
+            *dilu_core::sync::lock(&result) =
                 Some(Err(format!("starting the profiler thread: {e}")));
         }
         Box::new(run)

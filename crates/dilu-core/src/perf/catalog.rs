@@ -57,7 +57,7 @@ pub enum ModelKind {
 
 /// The resource needs of a model's instances, used by placement and scaling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
+pub struct ModelFacts {
     /// Canonical name (the embedded table's name).
     pub name: String,
     /// What the model does.
@@ -76,7 +76,7 @@ pub struct ModelSpec {
 #[derive(Debug, Clone)]
 pub struct BuiltinModel {
     /// The model's resource needs.
-    pub spec: ModelSpec,
+    pub spec: ModelFacts,
     table: &'static ProfileTable,
     perf: &'static PerfModel,
 }
@@ -129,7 +129,7 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// One catalog entry, built once.
 struct Entry {
-    spec: ModelSpec,
+    spec: ModelFacts,
     table: ProfileTable,
     perf: PerfModel,
 }
@@ -179,7 +179,7 @@ fn catalog() -> &'static [Entry] {
                     let t = BUILTIN_TABLES.iter().find(|t| t.name == name)?;
                     let (table, perf) = build(t).ok()?;
                     Some(Entry {
-                        spec: ModelSpec {
+                        spec: ModelFacts {
                             name: name.to_owned(),
                             kind,
                             memory_mib,

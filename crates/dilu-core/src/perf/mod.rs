@@ -15,7 +15,7 @@ pub mod training;
 
 mod builtin_tables;
 
-pub use catalog::{BuiltinModel, ModelKind, ModelSpec, builtin_model, builtin_model_names};
+pub use catalog::{BuiltinModel, ModelFacts, ModelKind, builtin_model, builtin_model_names};
 pub use model::PerfModel;
 pub use table::{LatencyUnit, ProfilePoint, ProfileTable, parse_dilu_csv, parse_gpulet_csv};
 pub use training::TrainingCurve;
