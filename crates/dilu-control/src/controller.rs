@@ -167,6 +167,8 @@ pub struct Controller {
     routes: watch::Sender<Arc<Vec<Route>>>,
     wake: Notify,
     pass: tokio::sync::Mutex<()>,
+    /// Set once the control plane stops: no pass acts any more.
+    stopped: std::sync::atomic::AtomicBool,
     metrics: ControlMetrics,
 }
 
@@ -316,6 +318,7 @@ impl Controller {
             routes: watch::Sender::new(Arc::new(Vec::new())),
             wake: Notify::new(),
             pass: tokio::sync::Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: ControlMetrics::default(),
         }))
     }
@@ -364,6 +367,9 @@ impl Controller {
         drop(self);
         loop {
             let Some(c) = weak.upgrade() else { return };
+            if c.is_stopped() {
+                return;
+            }
             if let Err(e) = c.reconcile().await {
                 eprintln!("dilu: reconcile: {e}");
             }
@@ -393,10 +399,21 @@ impl Controller {
         self.function(&name)
     }
 
-    /// Replaces a function's spec. A new quota, scaling or gateway setting applies to the running instances;
-    /// a new model, kind or training loop (or a quota removed, which needs profiling) rolls them: the old
-    /// ones serve until a new one is ready.
-    pub fn update(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
+    /// Replaces a function's spec. A new quota, scaling or gateway setting applies to the running instances
+    /// before this returns (one pass runs); a new model, kind or training loop (or a quota removed, which needs
+    /// profiling) rolls them: the old ones serve until a new one is ready.
+    pub async fn update(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
+        let name = spec.name.clone();
+        self.set_spec(spec)?;
+        if let Err(e) = self.reconcile().await {
+            eprintln!("dilu: reconcile: {e}");
+        }
+        self.function(&name)
+    }
+
+    /// The synchronous part of [`Controller::update`]: checks and stores the new spec and changes the desired
+    /// state.
+    fn set_spec(&self, spec: FunctionSpec) -> Result<(), ControlError> {
         spec.validate()?;
         self.backend.check(&spec.runtime())?;
         let name = spec.name.clone();
@@ -480,7 +497,7 @@ impl Controller {
         f.profile = profile;
         drop(st);
         self.wake.notify_one();
-        self.function(&name)
+        Ok(())
     }
 
     /// Deletes a function: the gateway stops routing to it at once; its instances stop on the next pass.
@@ -499,9 +516,22 @@ impl Controller {
         Ok(())
     }
 
-    /// Stops every instance the control plane runs and waits (at most `timeout`) until they are gone; the
-    /// functions stay in the store and come back on the next start.
+    /// Stops reconciling: the loop ends and later passes do nothing, so what runs stays as it is (for the next
+    /// start to adopt, or for [`Controller::stop_all_instances`] to stop).
+    pub async fn stop(&self) {
+        let _pass = self.pass.lock().await;
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops reconciling, then stops every instance the control plane runs and waits (at most `timeout`) until
+    /// they are gone; the functions stay in the store and come back on the next start.
     pub async fn stop_all_instances(&self, timeout: Duration) {
+        self.stop().await;
         let _pass = self.pass.lock().await;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -590,6 +620,9 @@ impl Controller {
     /// One pass over every function.
     pub async fn reconcile(&self) -> Result<(), ControlError> {
         let _pass = self.pass.lock().await;
+        if self.is_stopped() {
+            return Ok(());
+        }
         let nodes = self.backend.nodes().await?;
         let observed = self.backend.list().await?;
         let now = self.clock.now_ns();

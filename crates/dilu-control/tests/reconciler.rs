@@ -332,7 +332,7 @@ async fn a_model_update_rolls_the_old_instance_drains_after_its_requests() {
     let old = rig.ready("r")[0].clone();
     let mut v2 = inference("r", v1);
     v2.model.as_mut().unwrap().path = "/m/r-v2.onnx".into();
-    let view = rig.c.update(v2).unwrap();
+    let view = rig.c.update(v2).await.unwrap();
     assert_eq!(view.generation, 2);
     rig.step(10).await;
     let v = rig.view("r");
@@ -381,7 +381,7 @@ async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() 
     let old = rig.ready("r")[0].clone();
     let mut bad = inference("r", v1);
     bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
-    rig.c.update(bad).unwrap();
+    rig.c.update(bad).await.unwrap();
     rig.run_for(3_000, 100).await;
     let v = rig.view("r");
     let kept = v.instances.iter().find(|i| i.id == old).unwrap();
@@ -395,7 +395,7 @@ async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() 
     // A later good update replaces both.
     let mut v3 = inference("r", v1);
     v3.model.as_mut().unwrap().path = "/m/r-v3.onnx".into();
-    rig.c.update(v3).unwrap();
+    rig.c.update(v3).await.unwrap();
     rig.run_for(1_000, 100).await;
     let ready = rig.ready("r");
     assert_eq!(ready.len(), 1);
@@ -550,7 +550,7 @@ async fn a_quota_update_is_pushed_to_running_instances_without_a_restart() {
     let mut spec2 = spec1.clone();
     spec2.quota.as_mut().unwrap().request = 0.3;
     spec2.quota.as_mut().unwrap().limit = 0.6;
-    rig.c.update(spec2).unwrap();
+    rig.c.update(spec2).await.unwrap();
     rig.step(10).await;
     assert_eq!(
         rig.calls("set_quota"),
@@ -590,7 +590,7 @@ async fn errors_are_typed_with_their_status_and_field() {
     let e = rig.c.deploy(s).unwrap_err();
     assert!(matches!(e, ControlError::Exists(_)));
     assert_eq!(e.status(), 409);
-    let e = rig.c.update(inference("nope", "")).unwrap_err();
+    let e = rig.c.update(inference("nope", "")).await.unwrap_err();
     assert_eq!(e.status(), 404);
     let e = rig
         .c
@@ -610,7 +610,7 @@ async fn an_update_back_to_a_running_template_reuses_its_instance() {
     let old = rig.ready("r")[0].clone();
     let mut bad = inference("r", v1);
     bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
-    rig.c.update(bad).unwrap();
+    rig.c.update(bad).await.unwrap();
     rig.run_for(1_000, 100).await;
     assert!(
         rig.view("r")
@@ -623,7 +623,7 @@ async fn an_update_back_to_a_running_template_reuses_its_instance() {
         "r",
         "quota: {request: 0.3, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n",
     );
-    rig.c.update(back).unwrap();
+    rig.c.update(back).await.unwrap();
     rig.run_for(500, 100).await;
     assert_eq!(rig.ready("r"), vec![old.clone()]);
     assert_eq!(
@@ -645,7 +645,7 @@ async fn a_quota_that_does_not_fit_is_refused_with_409_and_changes_nothing() {
     rig.c.deploy(inference("a", &q(0.5))).unwrap();
     rig.c.deploy(inference("b", &q(0.4))).unwrap();
     rig.run_for(500, 100).await;
-    let e = rig.c.update(inference("b", &q(0.6))).unwrap_err();
+    let e = rig.c.update(inference("b", &q(0.6))).await.unwrap_err();
     assert_eq!(e.status(), 409, "{e}");
     let f = e.field().unwrap();
     assert_eq!(
@@ -654,4 +654,26 @@ async fn a_quota_that_does_not_fit_is_refused_with_409_and_changes_nothing() {
     );
     assert_eq!(rig.view("b").generation, 1, "nothing stored");
     assert!(rig.calls("set_quota").is_empty());
+}
+
+#[tokio::test]
+async fn a_stopped_controller_leaves_instances_alone_or_stops_them_all() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "s",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 2, capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    rig.c.stop().await;
+    rig.backend.vanish(&rig.ready("s")[0]);
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.backend.ids().len(), 1, "no replacement after stop");
+    rig.c
+        .stop_all_instances(std::time::Duration::from_secs(1))
+        .await;
+    assert!(rig.backend.ids().is_empty());
+    rig.run_for(500, 100).await;
+    assert!(rig.backend.ids().is_empty(), "nothing comes back");
 }

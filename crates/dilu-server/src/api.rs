@@ -171,7 +171,9 @@ async fn replace(
         )
         .into());
     }
-    Ok(Json(to_value(&st.platform.controller().update(spec)?)))
+    Ok(Json(to_value(
+        &st.platform.controller().update(spec).await?,
+    )))
 }
 
 async fn list(State(st): State<Arc<ApiState>>) -> Json<Value> {

@@ -139,7 +139,12 @@ impl Platform {
         self.started.elapsed()
     }
 
-    /// Stops every instance (a clean shutdown); the functions stay in the store.
+    /// Stops reconciling; what runs keeps running for the next start to adopt.
+    pub async fn stop(&self) {
+        self.controller.stop().await;
+    }
+
+    /// Stops reconciling and every instance (a clean shutdown); the functions stay in the store.
     pub async fn stop_all_instances(&self) {
         self.controller
             .stop_all_instances(Duration::from_secs(60))

@@ -153,6 +153,32 @@ fn control_api_and_gateway_refuse_bad_input_precisely_and_serve_good_input() {
     assert_eq!(instance["quota"]["request"], 0.3, "{instance}");
     assert_eq!(instance["quota"]["limit"], 0.6, "{instance}");
 
+    // A quota that does not fit beside what runs is refused by the ledger with 409, field and rule, and
+    // nothing changes.
+    let (s, b) = up.deploy_yaml(
+        &spec
+            .replace("name: ocr", "name: other")
+            .replace("request: 0.2, limit: 0.5", "request: 0.6, limit: 0.6"),
+    );
+    assert_eq!(s, 201, "{b}");
+    up.wait_running("other", 1, Duration::from_secs(60));
+    let too_big = spec.replace("request: 0.2, limit: 0.5", "request: 0.5, limit: 0.6");
+    let (s, b) = up.call(
+        Method::PUT,
+        "/v1/functions/ocr",
+        Some(("application/yaml", too_big.into_bytes())),
+        true,
+    );
+    assert_eq!(s, 409, "{b}");
+    assert_eq!(b["field"], "quota.request", "{b}");
+    assert_eq!(b["value"], "0.5", "{b}");
+    assert!(
+        b["rule"].as_str().unwrap_or("").contains("does not fit"),
+        "{b}"
+    );
+    let (_, view) = up.get("/v1/functions/ocr");
+    assert_eq!(view["spec"]["quota"]["request"], 0.3, "{view}");
+
     // Metrics from all three parts.
     let text = up
         .client()

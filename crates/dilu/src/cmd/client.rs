@@ -319,12 +319,14 @@ pub fn status(args: ListArgs) -> Result<()> {
     }
     for d in v["devices"].as_array().into_iter().flatten() {
         println!(
-            "{} {} ({}) on {}: requested {} of the device, training budget {}",
+            "{} {} ({}) on {}: requested {} of the device (booked {}), controller {}, training budget {}",
             d["kind"].as_str().unwrap_or("?"),
             d["uuid"].as_str().unwrap_or("?"),
             d["name"].as_str().unwrap_or("?"),
             d["node"].as_str().unwrap_or("?"),
             share(&d["requested"]),
+            share(&d["booked"]),
+            d["controller"].as_str().unwrap_or("?"),
             share(&d["training_budget"]),
         );
         println!(

@@ -108,7 +108,9 @@ pub fn run(args: UpArgs) -> Result<()> {
             .await
             .context("serving the API")?;
         eprintln!("dilu up: shutting down");
-        if !args.keep_instances {
+        if args.keep_instances {
+            platform.stop().await;
+        } else {
             platform.stop_all_instances().await;
         }
         Ok(())
