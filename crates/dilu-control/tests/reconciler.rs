@@ -677,3 +677,43 @@ async fn a_stopped_controller_leaves_instances_alone_or_stops_them_all() {
     rig.run_for(500, 100).await;
     assert!(rig.backend.ids().is_empty(), "nothing comes back");
 }
+
+#[tokio::test]
+async fn has_scales_vertically_first_with_real_partition_and_headroom_inputs() {
+    let rig = Rig::new(1, PolicyName::Has);
+    rig.c
+        .deploy(inference(
+            "h",
+            "quota: {request: 0.4, limit: 0.5}\nscaling: {max_instances: 3, capacity_rps: 100}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("h")[0].clone();
+    let q = rig.backend.instance(&id).unwrap().quota;
+    assert_eq!(
+        (q.request, q.limit),
+        (0.4, 0.4),
+        "HAS: a partition of the request"
+    );
+    // Idle: HAS gives back time quota before it would remove the instance.
+    rig.run_for(30_000, 100).await;
+    let q = rig.backend.instance(&id).unwrap().quota;
+    assert!(
+        q.request < 0.4 && q.limit == 0.4,
+        "time quota lowered: {q:?}"
+    );
+    assert_eq!(rig.backend.ids(), vec![id.clone()]);
+    let lowered = q.request;
+    assert!(
+        (rig.c.booked()[0].1 - lowered).abs() < 1e-3,
+        "the ledger books partition × time quota"
+    );
+    // Busy beyond what the instance serves: the quota grows back first (there is headroom on the device).
+    rig.load.set_rps("h", 90.0);
+    rig.run_for(10_000, 100).await;
+    let q = rig.backend.instance(&id).unwrap().quota;
+    assert!(
+        q.request > lowered,
+        "time quota raised again: {q:?} (was {lowered})"
+    );
+}
