@@ -209,6 +209,15 @@ fn profile_from_spec(spec: &FunctionSpec) -> Option<Profile> {
     })
 }
 
+/// The quota an instance of `spec` with `terms` is given on its device.
+fn device_quota(spec: &FunctionSpec, terms: &InstanceQuota) -> Quota {
+    Quota {
+        request: terms.grant_request,
+        limit: terms.grant_limit,
+        memory: spec.quota.and_then(|q| q.memory),
+    }
+}
+
 /// The terms an instance of `spec` with `profile` runs with under `policy`, at `time_quota`.
 fn terms_of(spec: &FunctionSpec, p: &Profile, policy: &Policy, time_quota: f64) -> InstanceQuota {
     let base = if spec.kind == InstanceKind::Training {
@@ -262,14 +271,6 @@ impl Function {
     fn terms(&self, policy: &Policy, time_quota: f64) -> Option<InstanceQuota> {
         let p = self.profile.as_ref()?;
         Some(terms_of(&self.spec, p, policy, time_quota))
-    }
-
-    fn quota_of(&self, terms: &InstanceQuota) -> Quota {
-        Quota {
-            request: terms.grant_request,
-            limit: terms.grant_limit,
-            memory: self.spec.quota.and_then(|q| q.memory),
-        }
     }
 
     fn record_error(&mut self, message: String) {
@@ -996,69 +997,62 @@ impl Controller {
             f.profiling = None;
             return;
         };
-        match p.run.as_mut() {
-            None => {
-                if t.obs.phase == InstancePhase::Ready {
-                    let goal = match f.spec.quota {
-                        Some(q) => ProfileGoal::Calibrate(q),
-                        None => ProfileGoal::Search,
-                    };
-                    p.run = Some(self.profiler.start(ProfileJob {
-                        spec: f.spec.clone(),
-                        goal,
-                        instance: p.instance.clone(),
-                        endpoint: t.obs.endpoint.clone().unwrap_or_default(),
-                        usable_share: t.obs.usable_share,
-                    }));
-                } else if let Some(exit) = &t.obs.last_exit {
-                    let reason = format!(
+        // Why the run failed, and whether the instance's log tells more.
+        let failure: Option<(String, bool)> = match p.run.as_mut() {
+            None if t.obs.phase == InstancePhase::Ready => {
+                let goal = match f.spec.quota {
+                    Some(q) => ProfileGoal::Calibrate(q),
+                    None => ProfileGoal::Search,
+                };
+                p.run = Some(self.profiler.start(ProfileJob {
+                    spec: f.spec.clone(),
+                    goal,
+                    instance: p.instance.clone(),
+                    endpoint: t.obs.endpoint.clone().unwrap_or_default(),
+                    usable_share: t.obs.usable_share,
+                }));
+                None
+            }
+            None => match &t.obs.last_exit {
+                Some(exit) => Some((
+                    format!(
                         "instance {} exited before it was ready ({exit})",
                         p.instance
-                    );
-                    pass.actions.push(Action::FailProfile {
-                        function: name,
-                        id: p.instance.clone(),
-                        reason,
-                        with_log: true,
-                    });
-                    f.profiling = None;
-                } else if pass.now.saturating_sub(p.since_ns) >= ready_timeout {
-                    let reason = format!(
+                    ),
+                    true,
+                )),
+                None if pass.now.saturating_sub(p.since_ns) >= ready_timeout => Some((
+                    format!(
                         "instance {} was not ready within {:?}",
                         p.instance, self.config.ready_timeout
-                    );
-                    pass.actions.push(Action::FailProfile {
-                        function: name,
-                        id: p.instance.clone(),
-                        reason,
-                        with_log: false,
-                    });
-                    f.profiling = None;
-                }
-            }
-            Some(run) => match run.poll() {
-                None => {}
-                Some(Ok(profile)) => {
-                    let id = p.instance.clone();
-                    let terms = terms_of(&f.spec, &profile, &self.config.policy, 1.0);
-                    let quota = f.quota_of(&terms);
-                    pass.actions.push(Action::ApplyProfile {
-                        function: name,
-                        id,
-                        profile,
-                        quota,
-                    });
-                }
-                Some(Err(reason)) => {
-                    pass.actions.push(Action::FailProfile {
-                        function: name,
-                        id: p.instance.clone(),
-                        reason,
-                        with_log: false,
-                    });
-                    f.profiling = None;
-                }
+                    ),
+                    false,
+                )),
+                None => None,
             },
+            Some(run) => match run.poll() {
+                None => None,
+                Some(Ok(profile)) => {
+                    let terms = terms_of(&f.spec, &profile, &self.config.policy, 1.0);
+                    pass.actions.push(Action::ApplyProfile {
+                        function: name.clone(),
+                        id: p.instance.clone(),
+                        quota: device_quota(&f.spec, &terms),
+                        profile,
+                    });
+                    None
+                }
+                Some(Err(reason)) => Some((reason, false)),
+            },
+        };
+        if let Some((reason, with_log)) = failure {
+            pass.actions.push(Action::FailProfile {
+                function: name,
+                id: p.instance.clone(),
+                reason,
+                with_log,
+            });
+            f.profiling = None;
         }
     }
 
@@ -1152,7 +1146,7 @@ impl Controller {
             let Some(terms) = f.terms(&self.config.policy, 1.0) else {
                 return;
             };
-            let quota = f.quota_of(&terms);
+            let quota = device_quota(&f.spec, &terms);
             for _ in live..desired {
                 if !self.plan_create(f, pass, &terms, quota, false) {
                     break;
@@ -1188,7 +1182,7 @@ impl Controller {
             let Some(terms) = f.terms(policy, t.time_quota) else {
                 continue;
             };
-            let quota = f.quota_of(&terms);
+            let quota = device_quota(&f.spec, &terms);
             if t.obs.quota.same_as(&quota) {
                 continue;
             }

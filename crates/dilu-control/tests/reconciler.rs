@@ -145,6 +145,22 @@ impl Rig {
     }
 }
 
+/// Function `r` with one ready instance (returned), then updated to a model that cannot load.
+async fn serving_then_broken() -> (Rig, String) {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c.deploy(inference("r", V1)).unwrap();
+    rig.run_for(500, 100).await;
+    let old = rig.ready("r")[0].clone();
+    let mut bad = inference("r", V1);
+    bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
+    rig.c.update(bad).await.unwrap();
+    (rig, old)
+}
+
+/// A quota and a capacity, one instance at most.
+const V1: &str =
+    "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
+
 fn spec(yaml: &str) -> FunctionSpec {
     parse_spec(yaml, SpecFormat::Yaml).unwrap()
 }
@@ -374,14 +390,7 @@ async fn a_model_update_rolls_the_old_instance_drains_after_its_requests() {
 
 #[tokio::test]
 async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() {
-    let rig = Rig::new(1, PolicyName::Dilu);
-    let v1 = "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
-    rig.c.deploy(inference("r", v1)).unwrap();
-    rig.run_for(500, 100).await;
-    let old = rig.ready("r")[0].clone();
-    let mut bad = inference("r", v1);
-    bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
-    rig.c.update(bad).await.unwrap();
+    let (rig, old) = serving_then_broken().await;
     rig.run_for(3_000, 100).await;
     let v = rig.view("r");
     let kept = v.instances.iter().find(|i| i.id == old).unwrap();
@@ -393,7 +402,7 @@ async fn an_update_to_a_model_that_cannot_load_keeps_the_old_instance_serving() 
         "{error}"
     );
     // A later good update replaces both.
-    let mut v3 = inference("r", v1);
+    let mut v3 = inference("r", V1);
     v3.model.as_mut().unwrap().path = "/m/r-v3.onnx".into();
     rig.c.update(v3).await.unwrap();
     rig.run_for(1_000, 100).await;
@@ -603,14 +612,7 @@ async fn errors_are_typed_with_their_status_and_field() {
 
 #[tokio::test]
 async fn an_update_back_to_a_running_template_reuses_its_instance() {
-    let rig = Rig::new(1, PolicyName::Dilu);
-    let v1 = "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
-    rig.c.deploy(inference("r", v1)).unwrap();
-    rig.run_for(500, 100).await;
-    let old = rig.ready("r")[0].clone();
-    let mut bad = inference("r", v1);
-    bad.model.as_mut().unwrap().path = "/m/broken.onnx".into();
-    rig.c.update(bad).await.unwrap();
+    let (rig, old) = serving_then_broken().await;
     rig.run_for(1_000, 100).await;
     assert!(
         rig.view("r")

@@ -7,8 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::dilu_bin;
 use common::platform::ensure_models;
+use common::{AgentProc, alive, dilu_bin};
 
 /// Runs the quickstart with `up_args` for `dilu up`; returns its stdout after checking the answers.
 fn quickstart(cache: &std::path::Path, up_args: &str) -> String {
@@ -43,6 +43,15 @@ fn quickstart(cache: &std::path::Path, up_args: &str) -> String {
     }
     let log = std::fs::read_to_string(dir.path().join("data/up.log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "dilu up log: {log}");
+    // A stopped `dilu up` leaves no instance behind (none restarted after the stop).
+    let survivors: Vec<u32> = AgentProc::recorded_pids(&dir.path().join("data/agent"))
+        .into_iter()
+        .filter(|pid| alive(*pid))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "instances outlived dilu up: {survivors:?}"
+    );
     stdout.into_owned()
 }
 
