@@ -3,6 +3,7 @@
 //! index), so it stays the same across agent restarts.
 
 use dilu_api::agent::Device;
+use dilu_core::hash::{FNV_OFFSET, fnv1a64};
 use dilu_quota::DeviceKind;
 
 use crate::config::AgentConfig;
@@ -91,12 +92,8 @@ pub fn cpu_device_id(index: u32) -> String {
         i => format!("{}/cpu{i}", machine.trim()),
     };
     // Two FNV-1a passes with different offsets give 128 bits; this is an identifier, not a secret.
-    let fnv = |offset: u64| {
-        seed.trim().bytes().fold(offset, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-        })
-    };
-    let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142));
+    let fnv = |offset: u64| fnv1a64(seed.trim().as_bytes(), offset);
+    let (a, b) = (fnv(FNV_OFFSET), fnv(0x6c62_272e_07bb_0142));
     format!(
         "CPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         a >> 32,

@@ -90,7 +90,8 @@ impl DeviceTokens {
             .collect()
     }
 
-    fn resync(&mut self, now_ns: u64) {
+    /// Tells the controller the residents changed; returns their states.
+    fn resync(&mut self, now_ns: u64) -> Vec<ResidentState> {
         let states = self.states();
         self.grants.resize(states.len(), Grant::spatial(0.0, 0.0));
         self.controller.on_event(
@@ -100,6 +101,7 @@ impl DeviceTokens {
             &mut self.grants,
         );
         self.changed = false;
+        states
     }
 
     fn tick(&mut self, now_ns: u64, window_ns: u64) {
@@ -145,20 +147,18 @@ impl DeviceTokens {
             self.controller
                 .on_event(now_ns, event, &states, &mut self.grants);
         }
-        self.write_budgets(now_ns);
+        self.write_budgets(now_ns, &states);
     }
 
-    /// Divides the device with the grant → share rule and writes each resident's budget for the next window.
-    fn write_budgets(&mut self, now_ns: u64) {
-        let states = self.states();
-        let busy: Vec<bool> = self.residents.iter().map(|r| r.busy).collect();
+    /// Divides the device with the grant → share rule and writes each resident's budget for the next window;
+    /// `states` are the residents' states as the controller saw them.
+    fn write_budgets(&mut self, now_ns: u64, states: &[ResidentState]) {
         let mut shares = vec![0.0; self.residents.len()];
         let mut claims = vec![false; self.residents.len()];
         device_shares(
             self.controller.as_ref(),
-            &states,
+            states,
             &self.grants,
-            &busy,
             &mut shares,
             &mut claims,
         );
@@ -307,8 +307,8 @@ impl TokenManager {
             if let Some(r) = d.residents.iter_mut().find(|r| r.id == id) {
                 r.quota = quota;
                 r.channel.set_mem_cap(quota.memory.unwrap_or(UNLIMITED));
-                d.resync(now_ns);
-                d.write_budgets(now_ns);
+                let states = d.resync(now_ns);
+                d.write_budgets(now_ns, &states);
                 return true;
             }
         }

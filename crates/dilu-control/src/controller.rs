@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use dilu_api::profile::source;
 use dilu_api::{Endpoint, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route, Runtime};
+use dilu_core::hash::{FNV_OFFSET, fnv1a64};
 use dilu_core::ledger::{DeviceRef, Ledger, LedgerError};
 use dilu_core::policy::{InstanceQuota, Policy};
 use dilu_core::profiler::TrainingQuota;
@@ -174,10 +175,41 @@ pub struct Controller {
 
 /// A stable 64-bit FNV-1a hash, hex: what the `dilu.io/template` label holds.
 pub fn template_hash(key: &str) -> String {
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    });
-    format!("{h:016x}")
+    format!("{:016x}", fnv1a64(key.as_bytes(), FNV_OFFSET))
+}
+
+/// The horizontal scaler `policy` runs for `spec` (its lazy settings apply to the lazy scaler).
+fn scaler_for(
+    policy: &Policy,
+    spec: &FunctionSpec,
+) -> Result<Box<dyn HorizontalScaler>, FieldError> {
+    policy
+        .horizontal(Some(spec.scaling.lazy))
+        .map_err(|e| e.within("scaling"))
+}
+
+/// A function's phase once its profile is known, or not yet.
+fn phase_for(profile: Option<&Profile>) -> FunctionPhase {
+    match profile {
+        Some(_) => FunctionPhase::Running,
+        None => FunctionPhase::Starting,
+    }
+}
+
+/// A node inventory the ledger cannot use.
+fn inventory_error(e: LedgerError) -> ControlError {
+    ControlError::Invalid(FieldError::new(
+        "nodes",
+        "(from the backend)",
+        e.to_string(),
+    ))
+}
+
+/// The next number of the instance numbering.
+fn take(next: &mut u64) -> u64 {
+    let n = *next;
+    *next += 1;
+    n
 }
 
 fn memory_mib(spec: &FunctionSpec) -> u64 {
@@ -238,20 +270,13 @@ impl Function {
         profile: Option<Profile>,
         policy: &Policy,
     ) -> Result<Function, FieldError> {
-        let scaler = policy
-            .horizontal(Some(spec.scaling.lazy))
-            .map_err(|e| e.within("scaling"))?;
         Ok(Function {
+            scaler: scaler_for(policy, &spec)?,
             template: template_hash(&spec.template_key()),
-            phase: if profile.is_some() {
-                FunctionPhase::Running
-            } else {
-                FunctionPhase::Starting
-            },
+            phase: phase_for(profile.as_ref()),
             spec,
             generation,
             profile,
-            scaler,
             desired: None,
             last_decision_ns: 0,
             last_rps: 0.0,
@@ -271,6 +296,53 @@ impl Function {
     fn terms(&self, policy: &Policy, time_quota: f64) -> Option<InstanceQuota> {
         let p = self.profile.as_ref()?;
         Some(terms_of(&self.spec, p, policy, time_quota))
+    }
+
+    /// The ledger request of an instance with `terms`.
+    fn booking(&self, terms: &InstanceQuota) -> dilu_core::InstanceRequest {
+        terms.request(self.spec.kind, &self.spec.name, memory_mib(&self.spec))
+    }
+
+    /// The live instances (not on their way out) that run the current template (`outdated == false`) or an
+    /// earlier one (`true`).
+    fn live_ids(&self, outdated: bool) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter(|(_, t)| t.state.is_live() && self.outdated(t) == outdated)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Takes `id` out of the routes: it stops once its requests in flight are done. An instance being profiled
+    /// stops being profiled.
+    fn drain(&mut self, id: &str, now: u64) {
+        if let Some(t) = self.instances.get_mut(id)
+            && t.state.is_live()
+        {
+            t.state = InstanceState::Draining;
+            t.since_ns = now;
+        }
+        if self.profiling.as_ref().is_some_and(|p| p.instance == id)
+            && let Some(mut p) = self.profiling.take()
+            && let Some(run) = p.run.as_mut()
+        {
+            run.cancel();
+        }
+    }
+
+    /// Starts tracking `obs`, numbered `seq`, as starting.
+    fn track(&mut self, obs: ObservedInstance, seq: u64, now: u64) {
+        self.instances.insert(
+            obs.id.clone(),
+            Tracked {
+                seq,
+                state: InstanceState::Starting,
+                obs,
+                time_quota: 1.0,
+                since_ns: now,
+                reported_exit: None,
+            },
+        );
     }
 
     fn record_error(&mut self, message: String) {
@@ -387,8 +459,7 @@ impl Controller {
 
     /// Deploys a function: checks it against the backend, stores it and lets the loop bring it up.
     pub fn deploy(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
-        spec.validate()?;
-        self.backend.check(&spec.runtime())?;
+        self.admit(&spec)?;
         let name = spec.name.clone();
         let f = Function::new(spec.clone(), 1, None, &self.config.policy)?;
         if !self.store.insert(&spec)? {
@@ -415,14 +486,10 @@ impl Controller {
     /// The synchronous part of [`Controller::update`]: checks and stores the new spec and changes the desired
     /// state.
     fn set_spec(&self, spec: FunctionSpec) -> Result<(), ControlError> {
-        spec.validate()?;
-        self.backend.check(&spec.runtime())?;
+        self.admit(&spec)?;
         let name = spec.name.clone();
-        let scaler = self
-            .config
-            .policy
-            .horizontal(Some(spec.scaling.lazy))
-            .map_err(|e| e.within("scaling"))?;
+        let scaler = scaler_for(&self.config.policy, &spec)?;
+        let template = template_hash(&spec.template_key());
         let mut st = lock(&self.state);
         let State {
             functions, ledger, ..
@@ -430,7 +497,7 @@ impl Controller {
         let f = functions
             .get_mut(&name)
             .ok_or_else(|| ControlError::NotFound(name.clone()))?;
-        let template_changed = f.spec.template_key() != spec.template_key();
+        let template_changed = f.template != template;
         let reprofile = template_changed || (f.spec.quota.is_some() && spec.quota.is_none());
         let profile = if reprofile {
             profile_from_spec(&spec)
@@ -486,18 +553,21 @@ impl Controller {
                 f.roll_before = Some(generation);
             }
         }
-        f.template = template_hash(&spec.template_key());
+        f.template = template;
         f.spec = spec;
         f.generation = generation;
         f.scaler = scaler;
-        f.phase = if profile.is_some() {
-            FunctionPhase::Running
-        } else {
-            FunctionPhase::Starting
-        };
+        f.phase = phase_for(profile.as_ref());
         f.profile = profile;
         drop(st);
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether `spec` is valid and its backend can run it.
+    fn admit(&self, spec: &FunctionSpec) -> Result<(), ControlError> {
+        spec.validate()?;
+        self.backend.check(&spec.runtime())?;
         Ok(())
     }
 
@@ -648,9 +718,7 @@ impl Controller {
         let policy = &self.config.policy;
         match st.ledger.as_mut() {
             Some(ledger) => {
-                let lost = ledger.set_nodes(nodes).map_err(|e| {
-                    ControlError::Invalid(FieldError::new("nodes", "", e.to_string()))
-                })?;
+                let lost = ledger.set_nodes(nodes).map_err(inventory_error)?;
                 for key in lost {
                     eprintln!("dilu: instance {key} was on a device that is gone");
                 }
@@ -663,9 +731,7 @@ impl Controller {
                     .max()
                     .unwrap_or(0)
                     + 1;
-                st.ledger = Some(Ledger::new(nodes, policy.placer()).map_err(|e| {
-                    ControlError::Invalid(FieldError::new("nodes", "", e.to_string()))
-                })?);
+                st.ledger = Some(Ledger::new(nodes, policy.placer()).map_err(inventory_error)?);
             }
         }
         let mut by_function: BTreeMap<String, Vec<ObservedInstance>> = BTreeMap::new();
@@ -700,11 +766,6 @@ impl Controller {
             self.decide_function(f, &mut pass, mine);
         }
         Ok(actions)
-    }
-
-    /// The ledger request of an instance of `f` with `terms`.
-    fn booking(f: &Function, terms: &InstanceQuota) -> dilu_core::InstanceRequest {
-        terms.request(f.spec.kind, &f.spec.name, memory_mib(&f.spec))
     }
 
     fn decide_function(
@@ -745,23 +806,11 @@ impl Controller {
                     }
                     .unwrap_or_else(|| InstanceQuota::spatial(o.quota.request, o.quota.limit, 0.0));
                     if !pass.ledger.contains(&o.name)
-                        && let Err(e) = pass.ledger.adopt(&o.name, &o.at, &Self::booking(f, &terms))
+                        && let Err(e) = pass.ledger.adopt(&o.name, &o.at, &f.booking(&terms))
                     {
                         eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
                     }
-                    let seq = *pass.next_seq;
-                    *pass.next_seq += 1;
-                    f.instances.insert(
-                        o.id.clone(),
-                        Tracked {
-                            seq,
-                            state: InstanceState::Starting,
-                            obs: o,
-                            time_quota: 1.0,
-                            since_ns: pass.now,
-                            reported_exit: None,
-                        },
-                    );
+                    f.track(o, take(pass.next_seq), pass.now);
                 }
             }
         }
@@ -819,7 +868,7 @@ impl Controller {
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            self.start_draining(f, &id, pass.now);
+            f.drain(&id, pass.now);
         }
         // 4. Profile, or size the function.
         if matches!(f.phase, FunctionPhase::Failed(_)) {
@@ -847,14 +896,8 @@ impl Controller {
             .any(|t| t.state == InstanceState::Ready && !f.outdated(t));
         let may_be_empty = f.phase == FunctionPhase::Running && f.spec.scaling.min_instances == 0;
         if current_serves || may_be_empty {
-            let old: Vec<String> = f
-                .instances
-                .iter()
-                .filter(|(_, t)| t.state.is_live() && f.outdated(t))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in old {
-                self.start_draining(f, &id, pass.now);
+            for id in f.live_ids(true) {
+                f.drain(&id, pass.now);
             }
         }
         // 6. Stop drained instances.
@@ -871,21 +914,6 @@ impl Controller {
         }
     }
 
-    fn start_draining(&self, f: &mut Function, id: &str, now: u64) {
-        if let Some(t) = f.instances.get_mut(id)
-            && t.state.is_live()
-        {
-            t.state = InstanceState::Draining;
-            t.since_ns = now;
-        }
-        if f.profiling.as_ref().is_some_and(|p| p.instance == id) {
-            if let Some(run) = f.profiling.as_mut().and_then(|p| p.run.as_mut()) {
-                run.cancel();
-            }
-            f.profiling = None;
-        }
-    }
-
     /// Books a device for a new instance of `f` and plans its creation; when nothing fits, the instances left
     /// from an earlier generation are retired first (the next pass tries again), or the function's view
     /// says why.
@@ -898,9 +926,9 @@ impl Controller {
         profiling: bool,
     ) -> bool {
         let key = format!("{}-{}", f.spec.name, *pass.next_seq);
-        match pass.ledger.place(&key, &Self::booking(f, terms)) {
+        match pass.ledger.place(&key, &f.booking(terms)) {
             Ok(at) => {
-                *pass.next_seq += 1;
+                take(pass.next_seq);
                 let batch = match (&f.profile, f.spec.runtime()) {
                     (Some(p), _) if p.batch > 0 && !profiling => p.batch,
                     (_, Runtime::Onnx { model }) => model.max_batch,
@@ -925,12 +953,7 @@ impl Controller {
                 true
             }
             Err(e) => {
-                let old: Vec<String> = f
-                    .instances
-                    .iter()
-                    .filter(|(_, t)| t.state.is_live() && f.outdated(t))
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let old = f.live_ids(true);
                 if old.is_empty() {
                     let message = match e {
                         LedgerError::Unschedulable(_) => {
@@ -943,7 +966,7 @@ impl Controller {
                     // No room beside the instances an update replaces: retire them first (recreate
                     // instead of roll).
                     for id in old {
-                        self.start_draining(f, &id, pass.now);
+                        f.drain(&id, pass.now);
                     }
                 }
                 false
@@ -956,12 +979,7 @@ impl Controller {
         f.phase = FunctionPhase::Profiling;
         if f.profiling.is_none() {
             // Any current instance that is coming up will do (one adopted after a restart, too).
-            let candidate = f
-                .instances
-                .iter()
-                .find(|(_, t)| t.state.is_live() && !f.outdated(t))
-                .map(|(id, _)| id.clone());
-            match candidate {
+            match f.live_ids(false).into_iter().next() {
                 Some(id) => {
                     f.profiling = Some(Profiling {
                         instance: id,
@@ -1059,13 +1077,8 @@ impl Controller {
     fn decide_size(&self, f: &mut Function, pass: &mut Pass<'_>) {
         let name = f.spec.name.clone();
         let (min, max) = (f.spec.scaling.min_instances, f.spec.scaling.max_instances);
-        let current: Vec<String> = f
-            .instances
-            .iter()
-            .filter(|(_, t)| t.state.is_live() && !f.outdated(t))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let live = current.len() as u32;
+        let current = f.live_ids(false);
+        let mut live = current.len() as u32;
         let mut desired = f.desired.unwrap_or(live.max(min)).clamp(min, max);
         if f.spec.kind == InstanceKind::Training {
             // A training job runs `min_instances`; its elasticity is vertical.
@@ -1119,7 +1132,7 @@ impl Controller {
                         .find(|(_, t)| t.seq == *victim && t.state.is_live())
                         .map(|(id, _)| id.clone());
                     if let Some(id) = id {
-                        self.start_draining(f, &id, pass.now);
+                        f.drain(&id, pass.now);
                         self.metrics.scaling_action(&name, "in");
                         removed += 1;
                     }
@@ -1130,6 +1143,7 @@ impl Controller {
                 desired = (live + decision.add)
                     .saturating_sub(removed)
                     .clamp(min, max);
+                live -= removed;
             }
             if std::mem::take(&mut f.woken) && live == 0 && max >= 1 && desired == 0 {
                 desired = 1;
@@ -1137,11 +1151,6 @@ impl Controller {
             }
         }
         f.desired = Some(desired);
-        let live = f
-            .instances
-            .values()
-            .filter(|t| t.state.is_live() && !f.outdated(t))
-            .count() as u32;
         if live < desired {
             let Some(terms) = f.terms(&self.config.policy, 1.0) else {
                 return;
@@ -1154,57 +1163,42 @@ impl Controller {
             }
         } else if live > desired {
             // Fewer wanted than run (the bounds changed): the newest go first.
-            let mut newest: Vec<(u64, String)> = f
-                .instances
-                .iter()
-                .filter(|(_, t)| t.state.is_live() && !f.outdated(t))
-                .map(|(id, t)| (t.seq, id.clone()))
-                .collect();
-            newest.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
-            for (_, id) in newest.into_iter().take((live - desired) as usize) {
-                self.start_draining(f, &id, pass.now);
+            let mut newest = f.live_ids(false);
+            newest.sort_unstable_by_key(|id| std::cmp::Reverse(f.instances.get(id).map(|t| t.seq)));
+            for id in newest.into_iter().take((live - desired) as usize) {
+                f.drain(&id, pass.now);
             }
         }
     }
 
     /// Pushes each current instance's quota when it differs from what the policy gives it.
     fn decide_quotas(&self, f: &mut Function, ledger: &mut Ledger, actions: &mut Vec<Action>) {
-        let policy = &self.config.policy;
         let mut errors = Vec::new();
-        let ids: Vec<String> = f.instances.keys().cloned().collect();
-        for id in ids {
-            let Some(t) = f.instances.get(&id) else {
-                continue;
-            };
+        for (id, t) in &f.instances {
             if !t.state.is_live() || t.state == InstanceState::Profiling || f.outdated(t) {
                 continue;
             }
-            let Some(terms) = f.terms(policy, t.time_quota) else {
+            let Some(terms) = f.terms(&self.config.policy, t.time_quota) else {
                 continue;
             };
             let quota = device_quota(&f.spec, &terms);
             if t.obs.quota.same_as(&quota) {
                 continue;
             }
-            match ledger.resize(&t.obs.name, &Self::booking(f, &terms)) {
+            // An instance whose adoption did not fit has no booking yet: book it now.
+            let booked = match ledger.resize(&t.obs.name, &f.booking(&terms)) {
+                Err(LedgerError::UnknownKey(_)) => {
+                    ledger.adopt(&t.obs.name, &t.obs.at, &f.booking(&terms))
+                }
+                other => other,
+            };
+            match booked {
                 Ok(()) => actions.push(Action::SetQuota {
                     function: f.spec.name.clone(),
                     id: id.clone(),
                     quota,
                 }),
-                Err(LedgerError::UnknownKey(_)) => {
-                    if let Err(e) = ledger.adopt(&t.obs.name, &t.obs.at, &Self::booking(f, &terms))
-                    {
-                        errors.push(format!("booking instance {id}: {e}"));
-                    } else {
-                        actions.push(Action::SetQuota {
-                            function: f.spec.name.clone(),
-                            id: id.clone(),
-                            quota,
-                        });
-                    }
-                }
-                Err(e) => errors.push(format!("resizing instance {id}: {e}")),
+                Err(e) => errors.push(format!("booking the quota of instance {id}: {e}")),
             }
         }
         for e in errors {
@@ -1242,19 +1236,7 @@ impl Controller {
                             });
                         }
                         f.last_error = None;
-                        let seq = *next_seq;
-                        *next_seq += 1;
-                        f.instances.insert(
-                            obs.id.clone(),
-                            Tracked {
-                                seq,
-                                state: InstanceState::Starting,
-                                obs,
-                                time_quota: 1.0,
-                                since_ns: now,
-                                reported_exit: None,
-                            },
-                        );
+                        f.track(obs, take(next_seq), now);
                     }
                     // Deleted while it started: the next pass stops it as an orphan.
                     (Ok(_), None) => {}
@@ -1336,11 +1318,13 @@ impl Controller {
     }
 
     async fn apply_profile(&self, function: &str, id: &str, profile: Profile, quota: Quota) {
-        let applied = self.backend.set_quota(id, quota).await;
-        let stored = applied
-            .as_ref()
-            .ok()
-            .map(|_| self.store.set_profile(function, Some(&profile)));
+        let outcome = match self.backend.set_quota(id, quota).await {
+            Ok(()) => self
+                .store
+                .set_profile(function, Some(&profile))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the profiled quota does not fit the device: {e}")),
+        };
         let mut st = lock(&self.state);
         let State {
             functions, ledger, ..
@@ -1353,8 +1337,8 @@ impl Controller {
             return;
         }
         f.profiling = None;
-        match (applied, stored) {
-            (Ok(()), Some(Ok(()))) => {
+        match outcome {
+            Ok(()) => {
                 self.metrics.profiled(function, &profile.source, true);
                 f.profile = Some(profile);
                 f.phase = FunctionPhase::Running;
@@ -1362,7 +1346,7 @@ impl Controller {
                     f.terms(&self.config.policy, 1.0),
                     ledger.as_mut(),
                     f.instances.get(id),
-                ) && let Err(e) = ledger.resize(&t.obs.name, &Self::booking(f, &terms))
+                ) && let Err(e) = ledger.resize(&t.obs.name, &f.booking(&terms))
                 {
                     eprintln!("dilu: {function}: booking the profiled quota: {e}");
                 }
@@ -1370,17 +1354,8 @@ impl Controller {
                     t.obs.quota = quota;
                 }
             }
-            (Err(e), _) => {
-                let reason = format!("the profiled quota does not fit the device: {e}");
-                f.record_error(reason.clone());
-                f.phase = FunctionPhase::Failed(reason);
+            Err(reason) => {
                 self.metrics.profiled(function, "live", false);
-            }
-            (Ok(()), stored) => {
-                let reason = match stored {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "the profile was not stored".to_string(),
-                };
                 f.record_error(reason.clone());
                 f.phase = FunctionPhase::Failed(reason);
             }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod frag;
 pub mod gorand;
+pub mod hash;
 pub mod ledger;
 pub mod perf;
 pub mod placement;

@@ -221,7 +221,7 @@ async fn nodes(State(st): State<Arc<ApiState>>) -> Json<Value> {
         "devices": to_value(&agent.devices()),
         "instances": agent.instances().len(),
         "notes": agent.notes(),
-        "placer": controller.placer_name().unwrap_or(controller.policy().placer().name()),
+        "placer": controller.policy().placer_name().as_str(),
         "policy": controller.policy().name().as_str(),
     }]}))
 }

@@ -180,22 +180,33 @@ pub struct PlacerConfigError {
     pub what: &'static str,
 }
 
+/// The placers that need nothing but Dilu's constants (every placer a serving policy uses); `None` for FGD's
+/// placers, which are built over a cluster by [`build_placer`].
+pub fn serving_placer(name: PlacerName, dilu: DiluParams) -> Option<Box<dyn Placer>> {
+    Some(match name {
+        PlacerName::Dilu => Box::new(DiluPlacer::new(dilu)),
+        PlacerName::Exclusive => Box::new(ExclusivePlacer),
+        PlacerName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
+        PlacerName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
+        PlacerName::Tgs => Box::new(TgsPlacer),
+        PlacerName::Has => Box::new(HasPlacer::default()),
+        _ => return None,
+    })
+}
+
 /// Builds the placer for a policy.
 pub fn build_placer(
     name: PlacerName,
     cluster: &Cluster,
     config: &PlacerConfig,
 ) -> Result<Box<dyn Placer>, PlacerConfigError> {
+    if let Some(placer) = serving_placer(name, config.dilu) {
+        return Ok(placer);
+    }
     let kube = |policy| -> Box<dyn Placer> {
         Box::new(KubePlacer::new(policy, cluster, config.seed, None))
     };
     Ok(match name {
-        PlacerName::Dilu => Box::new(DiluPlacer::new(config.dilu)),
-        PlacerName::Exclusive => Box::new(ExclusivePlacer),
-        PlacerName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
-        PlacerName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
-        PlacerName::Tgs => Box::new(TgsPlacer),
-        PlacerName::Has => Box::new(HasPlacer::default()),
         PlacerName::Random => kube(KubePolicy::Random),
         PlacerName::DotProd => kube(KubePolicy::DotProd),
         PlacerName::Clustering => kube(KubePolicy::Clustering),
@@ -212,6 +223,13 @@ pub fn build_placer(
                 config.seed,
                 Some(typical),
             ))
+        }
+        // Built by `serving_placer` above.
+        other => {
+            return Err(PlacerConfigError {
+                policy: other.as_str(),
+                what: "a constructor of its own",
+            });
         }
     })
 }

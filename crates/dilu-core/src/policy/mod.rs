@@ -26,10 +26,7 @@ pub use quota::InstanceQuota;
 use serde::Serialize;
 
 use crate::error::FieldError;
-use crate::placement::{
-    DiluParams, DiluPlacer, ExclusivePlacer, HasPlacer, InflessPlacer, InflessVariant, Placer,
-    PlacerName, TgsPlacer,
-};
+use crate::placement::{DiluParams, DiluPlacer, Placer, PlacerName, serving_placer};
 use crate::profiler::quota::{InferenceQuota, LIMIT_KNEE_FRACTION, TrainingQuota};
 use crate::scaling::{
     FastGShareScaler, HasScaler, HorizontalScaler, InflessScaler, KpaScaler, LazyConfig,
@@ -192,14 +189,9 @@ impl Policy {
 
     /// A new placer. Every serving placer is deterministic and needs nothing but Dilu's constants.
     pub fn placer(&self) -> Box<dyn Placer> {
-        match self.placer_name() {
-            PlacerName::Exclusive => Box::new(ExclusivePlacer),
-            PlacerName::InflessL => Box::new(InflessPlacer::new(InflessVariant::Limit)),
-            PlacerName::InflessR => Box::new(InflessPlacer::new(InflessVariant::Request)),
-            PlacerName::Tgs => Box::new(TgsPlacer),
-            PlacerName::Has => Box::new(HasPlacer::default()),
-            _ => Box::new(DiluPlacer::new(DiluParams::default())),
-        }
+        // Every policy places with a serving placer; Dilu's stands in should that ever change.
+        serving_placer(self.placer_name(), DiluParams::default())
+            .unwrap_or_else(|| Box::new(DiluPlacer::new(DiluParams::default())))
     }
 
     /// A new vertical controller for one device.

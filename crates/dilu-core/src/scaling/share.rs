@@ -17,13 +17,12 @@ use crate::scaling::vertical::{Grant, ResidentState, VerticalController, arbitra
 /// The rule's name, as policies report it.
 pub const RULE_NAME: &str = "capped-claims";
 
-/// Applies the rule: fills `shares[i]` (and `claims[i]`) for resident `i` from `grants[i]`; `busy[i]` says
-/// whether it has work in progress. All slices have one entry per resident, in the same order.
+/// Applies the rule: fills `shares[i]` (and `claims[i]`) for resident `i` from `grants[i]`. All slices have one
+/// entry per resident, in the same order.
 pub fn device_shares(
     controller: &dyn VerticalController,
     residents: &[ResidentState],
     grants: &[Grant],
-    busy: &[bool],
     shares: &mut [f64],
     claims: &mut [bool],
 ) {
@@ -37,8 +36,8 @@ pub fn device_shares(
             ..*g
         })
         .collect();
-    for ((claim, r), &b) in claims.iter_mut().zip(residents).zip(busy) {
-        *claim = b || !r.kind.is_inference() || reserved;
+    for (claim, r) in claims.iter_mut().zip(residents) {
+        *claim = r.busy || !r.kind.is_inference() || reserved;
     }
     arbitrate(controller.arbitration(), &capped, claims, shares);
     for ((share, grant), &claim) in shares.iter_mut().zip(&capped).zip(claims.iter()) {
@@ -79,14 +78,7 @@ mod tests {
         assert_eq!(grants[0].partition, 1.0);
         let (mut shares, mut claims) = ([0.0; 2], [false; 2]);
         // Released (no burst seen yet): idle inference does not claim; training gets its limit.
-        device_shares(
-            &rckm,
-            &residents,
-            &grants,
-            &[false, true],
-            &mut shares,
-            &mut claims,
-        );
+        device_shares(&rckm, &residents, &grants, &mut shares, &mut claims);
         assert_eq!(claims, [false, true]);
         assert_eq!(shares, [0.3, 1.0]);
         // A burst reserves the device: inference claims even when idle, training keeps its guarantee and
@@ -101,14 +93,7 @@ mod tests {
         rckm.on_event(1, VerticalEvent::BusyStart { index: 0 }, &busy, &mut grants);
         rckm.on_event(5_000_000, VerticalEvent::Timer, &busy, &mut grants);
         assert!(rckm.reserves_device());
-        device_shares(
-            &rckm,
-            &residents,
-            &grants,
-            &[false, true],
-            &mut shares,
-            &mut claims,
-        );
+        device_shares(&rckm, &residents, &grants, &mut shares, &mut claims);
         assert_eq!(claims, [true, true]);
         assert!(
             (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,

@@ -68,7 +68,6 @@ struct GpuRt {
     who: Vec<Who>,
     states: Vec<ResidentState>,
     grants: Vec<Grant>,
-    busy: Vec<bool>,
     shares: Vec<f64>,
     /// Whether each resident claims the device this moment (the grant → share rule).
     claims: Vec<bool>,
@@ -157,7 +156,6 @@ impl<'a> Engine<'a> {
                 who: Vec::new(),
                 states: Vec::new(),
                 grants: Vec::new(),
-                busy: Vec::new(),
                 shares: Vec::new(),
                 claims: Vec::new(),
                 controller: bundle.vertical(),
@@ -394,7 +392,6 @@ impl<'a> Engine<'a> {
             inst.busy_since = now;
             let gpu = inst.gpu;
             let slot = self.slot(gpu, Who::Inst(i));
-            self.gpus[gpu].busy[slot] = true;
             self.gpus[gpu].states[slot].busy = true;
             self.vertical(gpu, VerticalEvent::BusyStart { index: slot });
         } else {
@@ -442,7 +439,6 @@ impl<'a> Engine<'a> {
             inst.busy_since = u64::MAX;
             let gpu = inst.gpu;
             let slot = self.slot(gpu, Who::Inst(i));
-            self.gpus[gpu].busy[slot] = false;
             self.gpus[gpu].states[slot].busy = false;
             self.vertical(
                 gpu,
@@ -519,7 +515,6 @@ impl<'a> Engine<'a> {
             g.controller.as_ref(),
             &g.states,
             &g.grants,
-            &g.busy,
             &mut g.shares,
             &mut g.claims,
         );
@@ -603,7 +598,6 @@ impl<'a> Engine<'a> {
         g.states.push(state);
         g.grants
             .push(Grant::spatial(state.sm_limit, state.sm_request));
-        g.busy.push(state.busy);
         g.shares.push(0.0);
         g.claims.push(false);
         self.vertical(gpu, VerticalEvent::ResidentsChanged);
@@ -620,7 +614,6 @@ impl<'a> Engine<'a> {
         g.who.remove(slot);
         g.states.remove(slot);
         g.grants.remove(slot);
-        g.busy.remove(slot);
         g.shares.remove(slot);
         g.claims.remove(slot);
         self.vertical(gpu, VerticalEvent::ResidentsChanged);
@@ -990,8 +983,8 @@ impl<'a> Engine<'a> {
                 sm_used += rt
                     .shares
                     .iter()
-                    .zip(&rt.busy)
-                    .filter(|(_, busy)| **busy)
+                    .zip(&rt.states)
+                    .filter(|(_, r)| r.busy)
                     .map(|(s, _)| s)
                     .sum::<f64>();
             }

@@ -24,7 +24,8 @@ pub use setup::{Setup, prepare};
 
 /// Runs one policy over a prepared scenario.
 pub fn run_policy(setup: &Setup, policy: PolicyName) -> Result<PolicyRun, EngineError> {
-    let bundle = policy::bundle(policy, &setup.parameters);
+    let bundle = policy::bundle(policy, &setup.parameters)
+        .map_err(|e| EngineError::Policy(e.to_string()))?;
     let engine = Engine::new(&setup.prepared, bundle, setup.parameters.batching)?;
     let mut run = engine.run();
     run.report.policy = policy.as_str().to_owned();

@@ -78,11 +78,11 @@ pub fn parameters_from_map(
     Ok(params)
 }
 
-/// Builds the bundle for `policy` with `params` (already validated).
-pub fn bundle(policy: PolicyName, params: &PolicyParameters) -> Bundle {
-    let policy = Policy::new(policy, params.clone()).unwrap_or_else(|_| Policy::named(policy));
-    Bundle {
+/// Builds the bundle for `policy` with `params`.
+pub fn bundle(policy: PolicyName, params: &PolicyParameters) -> Result<Bundle, ParameterError> {
+    let policy = Policy::new(policy, params.clone()).map_err(|e| ParameterError(e.to_string()))?;
+    Ok(Bundle {
         placer: policy.placer(),
         policy,
-    }
+    })
 }
