@@ -177,6 +177,7 @@ impl Agent {
         if let Some(saved) = saved {
             agent.readopt(saved.instances);
         }
+        agent.remove_stray_logs();
         let ticker = ticker::spawn(
             agent.tokens.clone(),
             agent.tick_stats.clone(),
@@ -262,6 +263,34 @@ impl Agent {
                     restart_at,
                 },
             );
+        }
+    }
+
+    /// Removes the logs in the log directory that belong to no instance this agent knows: left by instances
+    /// deleted before logs were removed with them, or dropped at re-adoption. Only `*.log` and `*.log.1`
+    /// files are touched.
+    fn remove_stray_logs(&self) {
+        let known: Vec<PathBuf> = lock(&self.instances)
+            .map
+            .values()
+            .map(|e| e.record.log.clone())
+            .collect();
+        let Ok(dir) = std::fs::read_dir(self.config.log_dir()) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let log = match name.strip_suffix(".1") {
+                Some(current) => path.with_file_name(current),
+                None => path.clone(),
+            };
+            let is_log = log.extension().is_some_and(|e| e == "log")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if is_log && !known.contains(&log) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 
@@ -527,6 +556,7 @@ impl Agent {
         }
         lock(&self.tokens).remove(id);
         let _ = std::fs::remove_file(&entry.record.channel);
+        remove_logs(&entry.record.log);
         self.persist();
         Ok(())
     }
@@ -711,8 +741,128 @@ fn restarts(policy: RestartPolicy, exit: &Exit) -> bool {
     }
 }
 
+/// Removes an instance's log and its rotated generation: a deleted instance leaves nothing behind. (Its cause
+/// of death is read before it is deleted: the control plane puts it in the function's `last_error`, and a
+/// caller of the agent's API reads `GET /instances/{id}/logs` first.)
+fn remove_logs(log: &std::path::Path) {
+    for path in [log.to_path_buf(), supervisor::rotated_path(log)] {
+        if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("dilu agent: removing {}: {error}", path.display());
+        }
+    }
+}
+
 /// Makes a directory private to the agent's user (quota channels are writable only by their owner).
 fn restrict(dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dilu_api::{InstanceKind, Quota};
+
+    fn config(dir: &std::path::Path) -> AgentConfig {
+        let mut config = AgentConfig::new(dir.to_path_buf());
+        config.discover_gpus = false;
+        config.cpu_cores = Some(1.0);
+        config.stop_grace = Duration::from_millis(500);
+        config
+    }
+
+    fn sh(agent: &Agent, name: &str, script: &str) -> InstanceSpec {
+        InstanceSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            device: agent.devices()[0].uuid.clone(),
+            quota: Quota {
+                request: 0.1,
+                limit: 0.2,
+                memory: None,
+            },
+            kind: InstanceKind::Training,
+            health_url: None,
+            restart: RestartPolicy::Never,
+            name: Some(name.into()),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_files(agent: &Agent) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(agent.config().log_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_deleted_instance_leaves_no_log_files_and_a_live_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(config(dir.path())).unwrap();
+        for i in 0..3 {
+            agent
+                .create_instance(
+                    sh(&agent, &format!("churn-{i}"), "echo hi; sleep 30"),
+                    false,
+                )
+                .unwrap();
+        }
+        agent
+            .create_instance(sh(&agent, "keep", "echo kept; sleep 30"), false)
+            .unwrap();
+        wait_for("the logs", || {
+            ["churn-0", "churn-1", "churn-2", "keep"]
+                .iter()
+                .all(|id| agent.logs(id, 100).unwrap_or_default().contains('\n'))
+        });
+        // A rotated generation goes too.
+        let rotated = supervisor::rotated_path(&agent.config().log_dir().join("churn-0.log"));
+        std::fs::write(&rotated, "older\n").unwrap();
+        for i in 0..3 {
+            agent.delete_instance(&format!("churn-{i}")).unwrap();
+        }
+        assert_eq!(log_files(&agent), ["keep.log"]);
+        assert_eq!(agent.logs("keep", 100).unwrap(), "kept\n");
+        agent.delete_instance("keep").unwrap();
+        assert!(log_files(&agent).is_empty());
+        agent.shutdown();
+    }
+
+    #[test]
+    fn a_restarted_agent_removes_logs_of_instances_it_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(config(dir.path())).unwrap();
+        agent
+            .create_instance(sh(&agent, "alive", "echo up; sleep 30"), false)
+            .unwrap();
+        wait_for("the log", || {
+            agent.logs("alive", 100).unwrap_or_default().contains("up")
+        });
+        agent.shutdown();
+        drop(agent);
+        // Left by an earlier version, which never removed them.
+        let logs = dir.path().join("logs");
+        for stray in ["i-000007.log", "i-000007.log.1", "gone-3.log"] {
+            std::fs::write(logs.join(stray), "old\n").unwrap();
+        }
+        std::fs::write(logs.join("notes.txt"), "not ours\n").unwrap();
+        let agent = Agent::start(config(dir.path())).unwrap();
+        assert_eq!(log_files(&agent), ["alive.log", "notes.txt"]);
+        assert_eq!(agent.logs("alive", 100).unwrap(), "up\n");
+        agent.delete_instance("alive").unwrap();
+        agent.shutdown();
+    }
 }

@@ -31,6 +31,40 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 /// (e.g. inside a hung driver call) dies only when that call returns.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// The variables of the agent's environment an instance inherits, by exact name: where programs and libraries
+/// are found, whose home and locale, the time zone, the temporary directory, and Rust's diagnostics switches.
+/// Nothing else is inherited — not the agent's API token (`DILU_TOKEN`), not cloud credentials, not
+/// `LD_PRELOAD` or `CUDA_VISIBLE_DEVICES` (the agent sets those itself where they apply). What an instance
+/// needs beyond this goes in its spec's `env`. Documented in the README (`dilu agent`, Instances).
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    // Where the CUDA driver and libraries are, on GPU nodes; the interposer's own switches.
+    "LD_LIBRARY_PATH",
+    "DILU_REAL_LIBCUDA",
+    "DILU_CUDA_QUIET",
+];
+
+/// Prefixes of inherited variables: the locale categories (`LC_ALL`, `LC_CTYPE`, …).
+pub const INHERITED_ENV_PREFIXES: &[&str] = &["LC_"];
+
+/// Whether an instance inherits the agent's variable `name` ([`INHERITED_ENV`], [`INHERITED_ENV_PREFIXES`]).
+pub fn inherits(name: &str) -> bool {
+    INHERITED_ENV.contains(&name)
+        || INHERITED_ENV_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && name.starts_with(p))
+}
+
 /// How to start one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LaunchSpec {
@@ -38,9 +72,10 @@ pub struct LaunchSpec {
     pub program: String,
     /// Arguments after the program name.
     pub args: Vec<String>,
-    /// Environment variables to set (after clearing, when `clear_env`).
+    /// Environment variables to set, over what is inherited.
     pub env: Vec<(String, String)>,
-    /// Start from an empty environment instead of the agent's.
+    /// Inherit nothing from the agent's environment; otherwise the variables [`inherits`] allows are inherited
+    /// (never the whole environment).
     pub clear_env: bool,
     /// Working directory; the agent's when None.
     pub cwd: Option<PathBuf>,
@@ -187,7 +222,8 @@ fn parse_stat(text: &[u8]) -> Option<ProcStat> {
 ///
 /// The child calls `setsid()` before `exec`, so it leads its own session and process group (group id = pid)
 /// and has no controlling terminal; its stdin is `/dev/null`; stdout and stderr are the same `O_APPEND` file.
-/// No other descriptor of the agent is inherited (the standard library opens everything close-on-exec).
+/// No other descriptor of the agent is inherited (the standard library opens everything close-on-exec), and of
+/// the agent's environment only the variables [`inherits`] allows, then `spec.env`.
 pub fn spawn(spec: &LaunchSpec) -> Result<Process, SupervisorError> {
     let open_log = |reason| SupervisorError::OpenLog {
         path: spec.log_path.clone(),
@@ -203,8 +239,10 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Process, SupervisorError> {
 
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args);
-    if spec.clear_env {
-        cmd.env_clear();
+    // Never the agent's whole environment: it holds the API token and whatever else the agent was given.
+    cmd.env_clear();
+    if !spec.clear_env {
+        cmd.envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherits)));
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(cwd) = &spec.cwd {
@@ -732,6 +770,82 @@ mod tests {
         let mut p = spawn(&spec).unwrap();
         wait_exit(&mut p);
         assert_eq!(fs::read_to_string(&log).unwrap(), want.repeat(2));
+    }
+
+    /// The variables in `env -0` output.
+    fn env_names(log: &Path) -> Vec<String> {
+        let text = fs::read(log).unwrap();
+        text.split(|&b| b == 0)
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=').map_or(&*kv, |(k, _)| k).to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn instances_inherit_only_the_allow_listed_environment() {
+        // Cargo and nextest give every test process CARGO_* variables: a stand-in for a secret such as
+        // DILU_TOKEN in the agent's environment, which no instance may read from /proc/<pid>/environ.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        assert!(std::env::var_os("PATH").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("env.log");
+        let mut p = spawn(&LaunchSpec {
+            program: "env".into(),
+            args: vec!["-0".into()],
+            env: vec![("DILU_QUOTA_FILE".into(), "/run/q".into())],
+            log_path: log.clone(),
+            ..LaunchSpec::default()
+        })
+        .unwrap();
+        assert_eq!(wait_exit(&mut p), Exit::Code(0));
+        let names = env_names(&log);
+        assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+        assert!(names.iter().any(|n| n == "DILU_QUOTA_FILE"), "{names:?}");
+        let leaked: Vec<&String> = names
+            .iter()
+            .filter(|n| !inherits(n) && *n != "DILU_QUOTA_FILE")
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "inherited beyond the allow-list: {leaked:?}"
+        );
+        assert!(!names.iter().any(|n| n.starts_with("CARGO")), "{names:?}");
+    }
+
+    #[test]
+    fn the_allow_list_names_locale_paths_and_diagnostics_only() {
+        for name in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "LC_CTYPE",
+            "TZ",
+            "TMPDIR",
+            "RUST_LOG",
+            "RUST_BACKTRACE",
+            "LD_LIBRARY_PATH",
+        ] {
+            assert!(inherits(name), "{name}");
+        }
+        for name in [
+            "DILU_TOKEN",
+            "DILU_SERVER",
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_TOKEN",
+            "LD_PRELOAD",
+            "CUDA_VISIBLE_DEVICES",
+            "DILU_QUOTA_FILE",
+            "SSH_AUTH_SOCK",
+            "LC",
+            "path",
+            "",
+        ] {
+            assert!(!inherits(name), "{name}");
+        }
     }
 
     #[test]
