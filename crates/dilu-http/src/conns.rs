@@ -1,0 +1,158 @@
+//! The live connections of one listener: which are idle, and since when, so that the longest-idle one can be
+//! closed when the listener is at its connection cap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// One connection's activity, shared by its task and the registry.
+pub(crate) struct Connection {
+    id: u64,
+    epoch: Instant,
+    /// Requests whose response has not been produced yet.
+    in_flight: AtomicUsize,
+    /// Microseconds since `epoch` when the connection last became idle (or was accepted).
+    idle_since_us: AtomicU64,
+    evicting: AtomicBool,
+    evict: Notify,
+}
+
+impl Connection {
+    /// Marks a request as started; the returned guard marks it finished when dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> Active {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Active(Arc::clone(self))
+    }
+
+    /// Resolves when the registry chose this connection to be closed.
+    pub(crate) async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+
+    fn idle_since(&self) -> Option<u64> {
+        (self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.idle_since_us.load(Ordering::Acquire))
+    }
+}
+
+/// A request in progress on a connection.
+pub(crate) struct Active(Arc<Connection>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let now = self.0.epoch.elapsed().as_micros() as u64;
+        self.0.idle_since_us.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The live connections of one listener.
+pub(crate) struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Registry {
+    /// Records a newly accepted connection (idle until its first request).
+    pub(crate) fn register(&self) -> Arc<Connection> {
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch: self.epoch,
+            in_flight: AtomicUsize::new(0),
+            idle_since_us: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
+            evicting: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        self.lock().insert(connection.id, Arc::clone(&connection));
+        connection
+    }
+
+    /// Forgets a closed connection.
+    pub(crate) fn remove(&self, connection: &Connection) {
+        self.lock().remove(&connection.id);
+    }
+
+    /// Connections open now.
+    pub(crate) fn live(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Asks the connection that has been idle longest (no request in progress) to close; false when every
+    /// connection is busy. Busy connections are never cut.
+    pub(crate) fn evict_idle(&self) -> bool {
+        let chosen = {
+            let live = self.lock();
+            live.values()
+                .filter(|c| !c.evicting.load(Ordering::Acquire))
+                .filter_map(|c| c.idle_since().map(|since| (since, c)))
+                .min_by_key(|(since, c)| (*since, c.id))
+                .map(|(_, c)| Arc::clone(c))
+        };
+        match chosen {
+            Some(connection) => {
+                connection.evicting.store(true, Ordering::Release);
+                // notify_one keeps the wake-up if the task is not waiting yet.
+                connection.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_idle_connection_goes_first_and_busy_ones_never() {
+        let registry = Registry::default();
+        let first = registry.register();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = registry.register();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let third = registry.register();
+        let _busy = first.begin();
+        assert!(registry.evict_idle());
+        assert!(second.evicting.load(Ordering::Acquire));
+        assert!(!first.evicting.load(Ordering::Acquire));
+        assert!(registry.evict_idle());
+        assert!(third.evicting.load(Ordering::Acquire));
+        // Only the busy one is left: nothing to evict.
+        assert!(!registry.evict_idle());
+        registry.remove(&second);
+        registry.remove(&third);
+        assert_eq!(registry.live(), 1);
+    }
+
+    #[test]
+    fn a_finished_request_makes_the_connection_the_most_recently_idle() {
+        let registry = Registry::default();
+        let old = registry.register();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let young = registry.register();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        drop(old.begin());
+        assert!(registry.evict_idle());
+        assert!(young.evicting.load(Ordering::Acquire));
+        assert!(!old.evicting.load(Ordering::Acquire));
+    }
+}

@@ -1,0 +1,29 @@
+//! The HTTP server under every Dilu listener (the control API and gateway of `dilu up`, the agent API, the
+//! workers and trainers, the standalone gateway), so that each gets the same protection:
+//!
+//! - a **header-read timeout** that also closes idle kept-alive connections ([`Limits::header_read`]);
+//! - a **body deadline**: a request's body must arrive in full within [`Limits::body_read`] of its head;
+//! - a **connection cap** below the open-file limit; at the cap the longest-idle connection is closed to
+//!   admit a new one, so idle sockets cannot starve `/health` or inference ([`Limits::max_connections`]);
+//! - the client's identity on every request ([`Peer`]: its address, or its user id on a Unix socket);
+//! - middleware for `Host` checks (DNS rebinding), `Content-Type: application/json` on state-changing
+//!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]).
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! dilu_http::serve(listener, router, dilu_http::Limits::default(), std::future::pending()).await
+//! # }
+//! ```
+
+mod body;
+mod conns;
+pub mod guard;
+mod limits;
+mod serve;
+pub mod token;
+
+pub use body::BodyError;
+pub use limits::{Limits, open_file_limit, raise_open_file_limit};
+pub use serve::{Listener, Peer, serve};

@@ -1,0 +1,239 @@
+//! The accept loop and the per-connection task: HTTP/1.1 with a header-read (and idle) timeout, a body
+//! deadline, and at most [`Limits::max_connections`] connections, evicting the longest-idle one to make room.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
+use tower_service::Service;
+
+use crate::body::DeadlineBody;
+use crate::conns::{Connection, Registry};
+use crate::limits::{Limits, open_file_limit};
+
+/// A bound listener: TCP, or a Unix socket (whose clients are known by their user id).
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix stream socket listener.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Listener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(listener: UnixListener) -> Self {
+        Listener::Unix(listener)
+    }
+}
+
+/// Who is on the other end of a request's connection; every request carries one as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address (TCP).
+    pub addr: Option<SocketAddr>,
+    /// The client process's user id, from the kernel (Unix sockets).
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// Whether the client runs as this process's user or as root (only known on a Unix socket).
+    pub fn is_local_owner(&self) -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        self.uid.is_some_and(|uid| uid == me || uid == 0)
+    }
+}
+
+/// Serves `router` on `listener` under `limits` until `shutdown` resolves; then stops accepting, lets
+/// requests in flight finish (up to [`Limits::shutdown_grace`]) and returns.
+///
+/// Errors only if the listener cannot be used at all; a failed `accept` (a client that went away, or no file
+/// descriptor left) is handled in the loop.
+pub async fn serve(
+    listener: impl Into<Listener>,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = listener.into();
+    let cap = limits
+        .max_connections
+        .unwrap_or_else(|| Limits::connection_cap(open_file_limit()))
+        .max(1);
+    let slots = Arc::new(Semaphore::new(cap));
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        // A slot first: at the cap, close the longest-idle connection and wait for its slot.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                registry.evict_idle();
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            () = &mut shutdown => break,
+        };
+        let (io, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                drop(permit);
+                if out_of_descriptors(&error) {
+                    // The process, not the client, is out of files: make room and retry soon.
+                    registry.evict_idle();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let connection = registry.register();
+        let task = ConnectionTask {
+            router: router.clone(),
+            builder: Arc::clone(&builder),
+            body_read: limits.body_read,
+            peer,
+            connection,
+            registry: Arc::clone(&registry),
+            stop: stop_rx.clone(),
+        };
+        tokio::spawn(async move {
+            task.run(io).await;
+            drop(permit);
+        });
+    }
+
+    // Graceful stop: every connection finishes the request it is on and closes.
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + limits.shutdown_grace;
+    while registry.live() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Resolves when the listener stops (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// A stream of either kind, for one connection task type.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
+    match listener {
+        Listener::Tcp(listener) => {
+            let (stream, addr) = listener.accept().await?;
+            // Responses are written whole; Nagle would only add latency to small ones.
+            let _ = stream.set_nodelay(true);
+            Ok((
+                Stream::Tcp(stream),
+                Peer {
+                    addr: Some(addr),
+                    uid: None,
+                },
+            ))
+        }
+        Listener::Unix(listener) => {
+            let (stream, _) = listener.accept().await?;
+            let uid = stream.peer_cred().ok().map(|cred| cred.uid());
+            Ok((Stream::Unix(stream), Peer { addr: None, uid }))
+        }
+    }
+}
+
+/// EMFILE / ENFILE / ENOBUFS / ENOMEM: the process or the system ran out of something an `accept` needs.
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+struct ConnectionTask {
+    router: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    body_read: Duration,
+    peer: Peer,
+    connection: Arc<Connection>,
+    registry: Arc<Registry>,
+    stop: watch::Receiver<bool>,
+}
+
+impl ConnectionTask {
+    async fn run(self, stream: Stream) {
+        match stream {
+            Stream::Tcp(stream) => self.serve_io(stream).await,
+            Stream::Unix(stream) => self.serve_io(stream).await,
+        }
+    }
+
+    async fn serve_io<I>(mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
+        let peer = self.peer;
+        let body_read = self.body_read;
+        let tracker = Arc::clone(&self.connection);
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let active = tracker.begin();
+            let started = Instant::now();
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(peer);
+            let body = axum::body::Body::new(DeadlineBody::new(body, started + body_read));
+            let mut router = router.clone();
+            let response = router.call(hyper::Request::from_parts(parts, body));
+            async move {
+                let response = response.await;
+                drop(active);
+                response
+            }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = self.connection.evicted() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.as_mut().await;
+            }
+            () = stopped(&mut self.stop) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.as_mut().await;
+            }
+        }
+        self.registry.remove(&self.connection);
+    }
+}
