@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::backend::{InstanceBackend, InstancePlan, ObservedInstance};
 use crate::clock::Clock;
+use crate::diagnosis;
 use crate::error::ControlError;
 use crate::load::LoadSource;
 use crate::metrics::ControlMetrics;
@@ -33,6 +34,10 @@ use crate::store::FunctionStore;
 use crate::views::{FunctionView, InstanceSummary};
 
 use dilu_api::agent::InstancePhase;
+
+/// How much of the end of an instance's log is read for the cause of its end: enough to reach above a long
+/// backtrace (`diagnosis::cause` keeps one line of it).
+const LOG_READ_BYTES: u64 = 64 * 1024;
 
 /// The reconciler's settings.
 #[derive(Debug, Clone)]
@@ -140,6 +145,9 @@ struct Function {
     last_decision_ns: u64,
     last_rps: f64,
     last_error: Option<String>,
+    /// `last_error` says why an instance could not be placed or started: a started instance clears it (and
+    /// nothing else, so an exit report outlives the replacement of the instance that ended).
+    start_error: bool,
     /// Instances created before this generation are outdated too (a re-profile without a template change).
     roll_before: Option<u64>,
     profiling: Option<Profiling>,
@@ -281,6 +289,7 @@ impl Function {
             last_decision_ns: 0,
             last_rps: 0.0,
             last_error: None,
+            start_error: false,
             roll_before: None,
             profiling: None,
             instances: BTreeMap::new(),
@@ -350,6 +359,13 @@ impl Function {
             eprintln!("dilu: {}: {message}", self.spec.name);
         }
         self.last_error = Some(message);
+        self.start_error = false;
+    }
+
+    /// Records why an instance could not be placed or started; the next instance that starts clears it.
+    fn record_start_error(&mut self, message: String) {
+        self.record_error(message);
+        self.start_error = true;
     }
 }
 
@@ -817,6 +833,7 @@ impl Controller {
         // 2. Each instance's state from what the node reports.
         let profiling_id = f.profiling.as_ref().map(|p| p.instance.clone());
         let mut exits = Vec::new();
+        let mut ended = Vec::new();
         for (id, t) in f.instances.iter_mut() {
             if t.obs.terminating {
                 t.state = InstanceState::Stopping;
@@ -843,7 +860,7 @@ impl Controller {
                 // It will not come back: stop tracking it through the node.
                 t.state = InstanceState::Stopping;
                 t.since_ns = pass.now;
-                pass.actions.push(Action::Delete { id: id.clone() });
+                ended.push(id.clone());
             }
         }
         for (id, exit) in exits {
@@ -854,6 +871,10 @@ impl Controller {
                     exit,
                 });
             }
+        }
+        // After the reports: deleting an instance removes its log, which the report reads.
+        for id in ended {
+            pass.actions.push(Action::Delete { id });
         }
         // 3. Instances of another kind cannot share the function's route; instances left from an earlier
         // generation that do not serve are of no use.
@@ -961,7 +982,7 @@ impl Controller {
                         }
                         other => format!("booking an instance of {}: {other}", f.spec.name),
                     };
-                    f.record_error(message);
+                    f.record_start_error(message);
                 } else {
                     // No room beside the instances an update replaces: retire them first (recreate
                     // instead of roll).
@@ -1235,7 +1256,9 @@ impl Controller {
                                 since_ns: now,
                             });
                         }
-                        f.last_error = None;
+                        if std::mem::take(&mut f.start_error) {
+                            f.last_error = None;
+                        }
                         f.track(obs, take(next_seq), now);
                     }
                     // Deleted while it started: the next pass stops it as an orphan.
@@ -1245,7 +1268,9 @@ impl Controller {
                             ledger.release(&key);
                         }
                         if let Some(f) = f {
-                            f.record_error(format!("starting an instance of {function}: {e}"));
+                            f.record_start_error(format!(
+                                "starting an instance of {function}: {e}"
+                            ));
                         }
                     }
                 }
@@ -1270,8 +1295,7 @@ impl Controller {
                 }
             },
             Action::ReportExit { function, id, exit } => {
-                let log = self.log_tail(&id).await;
-                let message = format!("instance {id} exited ({exit}); its log ends: {log}");
+                let message = format!("instance {id} exited ({exit}){}", self.log_cause(&id).await);
                 if let Some(f) = lock(&self.state).functions.get_mut(&function) {
                     f.record_error(message);
                 }
@@ -1289,7 +1313,7 @@ impl Controller {
                 with_log,
             } => {
                 let reason = if with_log {
-                    format!("{reason}; its log ends: {}", self.log_tail(&id).await)
+                    format!("{reason}{}", self.log_cause(&id).await)
                 } else {
                     reason
                 };
@@ -1308,13 +1332,16 @@ impl Controller {
         }
     }
 
-    async fn log_tail(&self, id: &str) -> String {
-        self.backend
-            .logs(id, 600)
+    /// `; its log says: <cause>` with the readable cause of `id`'s end from the end of its log
+    /// ([`diagnosis::cause`]: the panic or error message, not the backtrace frames after it); empty when the log
+    /// tells nothing.
+    async fn log_cause(&self, id: &str) -> String {
+        let log = self
+            .backend
+            .logs(id, LOG_READ_BYTES)
             .await
-            .unwrap_or_default()
-            .trim()
-            .replace('\n', " | ")
+            .unwrap_or_default();
+        diagnosis::cause(&log).map_or_else(String::new, |c| format!("; its log says: {c}"))
     }
 
     async fn apply_profile(&self, function: &str, id: &str, profile: Profile, quota: Quota) {

@@ -25,7 +25,8 @@ struct FakeInstance {
 }
 
 /// A backend in memory. Instances become ready `ready_after_ns` after they are created; those whose model
-/// path contains `broken` exit instead, over and over; deleted ones are gone on the next `list`.
+/// path contains `broken` exit instead, over and over; deleted ones are gone on the next `list`, and their logs
+/// at once (as the agent removes a deleted instance's log files).
 pub struct FakeBackend {
     clock: Arc<dyn Clock>,
     nodes: Mutex<Vec<NodeInfo>>,
@@ -33,6 +34,7 @@ pub struct FakeBackend {
     ready_after_ns: u64,
     calls: Mutex<Vec<String>>,
     deleted: Mutex<BTreeSet<String>>,
+    logs: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeBackend {
@@ -55,6 +57,7 @@ impl FakeBackend {
             ready_after_ns,
             calls: Mutex::new(Vec::new()),
             deleted: Mutex::new(BTreeSet::new()),
+            logs: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -85,6 +88,19 @@ impl FakeBackend {
             i.obs.restarts += 1;
             i.ready_at_ns = self.clock.now_ns() + restart_after_ns;
         }
+    }
+
+    /// The process of `id` exits for good: the node does not restart it (its restart policy says so).
+    pub fn exit(&self, id: &str, exit: &str) {
+        if let Some(i) = lock(&self.instances).get_mut(id) {
+            i.obs.phase = InstancePhase::Exited;
+            i.obs.last_exit = Some(exit.to_string());
+        }
+    }
+
+    /// What the log of `id` holds from now on (by default two lines, the last one `the last line`).
+    pub fn set_log(&self, id: &str, text: &str) {
+        lock(&self.logs).insert(id.to_string(), text.to_string());
     }
 
     /// `id` vanishes without being asked to (its node went away with it).
@@ -217,10 +233,24 @@ impl InstanceBackend for FakeBackend {
     fn logs<'a>(
         &'a self,
         id: &'a str,
-        _max_bytes: u64,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<String, BackendError>> {
-        let text = format!("log of {id}\nthe last line");
-        Box::pin(async move { Ok(text) })
+        let gone = lock(&self.deleted).contains(id) || !lock(&self.instances).contains_key(id);
+        let result = if gone {
+            Err(BackendError::NotFound(id.to_string()))
+        } else {
+            let text = lock(&self.logs)
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| format!("log of {id}\nthe last line"));
+            // The last `max_bytes`, as a node reads the end of a log file.
+            let mut start = text.len().saturating_sub(max_bytes as usize);
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            Ok(text[start..].to_string())
+        };
+        Box::pin(async move { result })
     }
 
     fn check(&self, runtime: &Runtime) -> Result<(), FieldError> {

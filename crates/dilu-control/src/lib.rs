@@ -7,7 +7,8 @@
 //! - [`state`]: the explicit function and instance states.
 //! - [`profile`]: profiling runs ([`Profiler`]) and the live profiler.
 //! - [`store`], [`load`], [`clock`]: where functions are kept, where traffic counts come from, what time it is.
-//! - [`views`], [`metrics`], [`error`]: what the API shows and returns.
+//! - [`views`], [`metrics`], [`error`]: what the API shows and returns; [`diagnosis`]: the readable cause of an
+//!   instance's end, from its log.
 //! - [`fake`]: a backend, a profiler and a load source in memory, for tests in virtual time.
 //!
 //! This crate never depends on the node agent, the worker or the simulator: it sees nodes and instances only
@@ -18,6 +19,7 @@
 pub mod backend;
 pub mod clock;
 pub mod controller;
+pub mod diagnosis;
 pub mod error;
 pub mod fake;
 pub mod load;

@@ -719,3 +719,122 @@ async fn has_scales_vertically_first_with_real_partition_and_headroom_inputs() {
         "time quota raised again: {q:?} (was {lowered})"
     );
 }
+
+/// A Rust worker that aborted on a huge allocation with RUST_BACKTRACE=1: the cause is on the first line, the
+/// frames after it fill any short tail.
+const ALLOC_FAILURE_LOG: &str = "dilu worker: serving r on 127.0.0.1:40001
+memory allocation of 400000000000 bytes failed
+stack backtrace:
+   0: std::alloc::rust_oom
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/std/src/alloc.rs:424:5
+   1: __rustc::__rust_alloc_error_handler
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/std/src/alloc.rs:423:1
+   2: alloc::alloc::handle_alloc_error::rt_error
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs:531:13
+   3: alloc::alloc::handle_alloc_error
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/alloc.rs:537:9
+   4: alloc::raw_vec::handle_error
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/raw_vec/mod.rs:888:38
+   5: alloc::raw_vec::RawVecInner<A>::with_capacity_in
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/raw_vec/mod.rs:441:25
+   6: alloc::vec::Vec<T>::with_capacity
+             at /rustc/59807616e1fa2540724bfbac14d7976d7e4a3860/library/alloc/src/vec/mod.rs:524:9
+   7: dilu_worker::batcher::run
+             at ./crates/dilu-worker/src/batcher.rs:96:20
+note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.
+";
+
+#[tokio::test]
+async fn a_crash_is_reported_with_its_readable_cause_not_the_backtrace_frames() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c.deploy(inference("r", V1)).unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("r")[0].clone();
+    rig.backend.set_log(&id, ALLOC_FAILURE_LOG);
+    rig.backend.crash(&id, "killed by signal 6", 500_000_000);
+    rig.step(10).await;
+    let error = rig.view("r").last_error.unwrap();
+    assert!(
+        error.contains("memory allocation of 400000000000 bytes failed"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&id) && error.contains("killed by signal 6"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("rust_oom") && !error.contains("stack backtrace"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_ends_for_good_is_reported_before_it_is_removed() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c.deploy(inference("e", V1)).unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("e")[0].clone();
+    rig.backend.set_log(
+        &id,
+        "thread 'main' (4242) panicked at crates/dilu-worker/src/server.rs:88:14:\n\
+         the listener closed: Too many open files (os error 24)\n\
+         note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+    );
+    rig.backend.exit(&id, "exit code 101");
+    rig.step(10).await;
+    let error = rig.view("e").last_error.unwrap();
+    assert!(
+        error.contains("the listener closed: Too many open files (os error 24)"),
+        "{error}"
+    );
+    assert!(error.contains("exit code 101"), "{error}");
+    rig.run_for(500, 100).await;
+    assert!(
+        !rig.backend.ids().contains(&id),
+        "the ended instance is removed"
+    );
+}
+
+#[tokio::test]
+async fn an_exit_of_unknown_status_reads_once() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c.deploy(inference("u", V1)).unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("u")[0].clone();
+    // What the agent reports for an adopted process that ended (its status is its old parent's to learn).
+    rig.backend.crash(&id, "status unknown", 500_000_000);
+    rig.step(10).await;
+    let error = rig.view("u").last_error.unwrap();
+    assert!(
+        error.starts_with(&format!("instance {id} exited (status unknown)")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_function_while_its_instance_starts_or_is_profiled_leaves_nothing() {
+    // Deleted while its profiling instance starts.
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(spec("name: p\nmodel: {path: /m/p.onnx}\nslo_ms: 100\n"))
+        .unwrap();
+    rig.step(10).await;
+    assert_eq!(rig.backend.ids().len(), 1, "a profiling instance starts");
+    rig.c.delete("p").unwrap();
+    rig.run_for(300, 50).await;
+    assert!(rig.backend.ids().is_empty(), "{:?}", rig.backend.ids());
+    assert!(rig.c.booked().iter().all(|(_, share)| *share == 0.0));
+
+    // Deleted while it is being profiled.
+    rig.c
+        .deploy(spec("name: q\nmodel: {path: /m/q.onnx}\nslo_ms: 100\n"))
+        .unwrap();
+    rig.run_for(600, 100).await;
+    assert_eq!(rig.view("q").status, FunctionPhase::Profiling);
+    assert_eq!(rig.profiler.jobs().len(), 1);
+    rig.c.delete("q").unwrap();
+    rig.run_for(300, 50).await;
+    assert!(rig.backend.ids().is_empty(), "{:?}", rig.backend.ids());
+    assert!(rig.c.booked().iter().all(|(_, share)| *share == 0.0));
+    assert!(rig.c.owners().is_empty());
+}
