@@ -231,7 +231,7 @@ impl Agent {
                 _ => None,
             };
             let restart_at = if process.is_none() && record.status != InstancePhase::Exited {
-                record.last_exit = Some("exited while the agent was down".into());
+                record.last_exit = Some(format!("{}, ended while no agent ran", Exit::Unknown));
                 record.pid = None;
                 record.start_ticks = None;
                 if restarts(record.spec.restart, &Exit::Unknown) {
@@ -838,6 +838,43 @@ mod tests {
         assert_eq!(agent.logs("keep", 100).unwrap(), "kept\n");
         agent.delete_instance("keep").unwrap();
         assert!(log_files(&agent).is_empty());
+        agent.shutdown();
+    }
+
+    #[test]
+    fn an_instance_that_ended_while_no_agent_ran_reads_status_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(config(dir.path())).unwrap();
+        agent
+            .create_instance(sh(&agent, "brief", "echo up; sleep 30"), false)
+            .unwrap();
+        wait_for("the log", || {
+            agent.logs("brief", 100).unwrap_or_default().contains("up")
+        });
+        let record = agent.metric_rows().remove(0).0;
+        agent.shutdown();
+        drop(agent);
+        // SAFETY: signalling the process group this test started.
+        let pid = record.pid.unwrap();
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        // Dead (a zombie of this test process, which no agent reaps) before the next agent looks.
+        wait_for("the kill", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        });
+        let agent = Agent::start(config(dir.path())).unwrap();
+        let status = agent.instance("brief").unwrap();
+        assert_eq!(status.status, InstancePhase::Exited);
+        let exit = status.last_exit.unwrap();
+        let report = format!("instance brief exited ({exit})");
+        assert_eq!(report.matches("exited").count(), 1, "{report}");
+        assert!(exit.starts_with("status unknown"), "{exit}");
+        agent.delete_instance("brief").unwrap();
         agent.shutdown();
     }
 

@@ -157,7 +157,8 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exit code {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
-            Exit::Unknown => write!(f, "exited (status unknown)"),
+            // A status, not a sentence: reports read "exited (<exit>)".
+            Exit::Unknown => write!(f, "status unknown"),
         }
     }
 }
@@ -846,6 +847,17 @@ mod tests {
         ] {
             assert!(!inherits(name), "{name}");
         }
+    }
+
+    #[test]
+    fn an_exit_reads_as_a_status_that_composes_with_exited() {
+        // Reports say "instance X exited (<exit>)": an adopted process's unknown status read "exited (exited
+        // (status unknown))".
+        for exit in [Exit::Code(3), Exit::Signal(libc::SIGKILL), Exit::Unknown] {
+            let report = format!("instance i-1 exited ({exit})");
+            assert_eq!(report.matches("exited").count(), 1, "{report}");
+        }
+        assert_eq!(Exit::Unknown.to_string(), "status unknown");
     }
 
     #[test]

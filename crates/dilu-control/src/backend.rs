@@ -77,7 +77,8 @@ pub struct ObservedInstance {
     pub terminating: bool,
     /// Where it serves (`http://host:port`), once known.
     pub endpoint: Option<String>,
-    /// How its last process ended.
+    /// How its last process ended, as a status (`exit code 1`, `killed by signal 9`, `status unknown`): reports
+    /// read "instance X exited (<last_exit>)".
     pub last_exit: Option<String>,
     /// Restarts so far.
     pub restarts: u32,
