@@ -5,7 +5,7 @@
 //! Instances are not stored: the agent keeps them with the labels that say whose they are. The `instances`
 //! table of schema versions 1 and 2 is still read, so instances started by an older `dilu up` are adopted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use dilu_api::{FunctionSpec, Profile};
 use dilu_control::store::{FunctionStore, StoreError as ControlStoreError, StoredFunction};
+
+/// The mode of `dilu.db` and of SQLite's `-wal` and `-shm` files next to it: the functions' specs are the
+/// operator's business only. SQLite creates the `-wal` and `-shm` files with the database file's mode.
+pub const DB_FILE_MODE: u32 = 0o600;
 
 /// Schema version kept in `PRAGMA user_version`; a newer file is refused rather than misread.
 /// Version 2 added `instances.model_key`.
@@ -31,6 +35,16 @@ pub enum StoreError {
         key: String,
         /// Why.
         reason: String,
+    },
+    /// A database file could not be created private or made private.
+    #[error(
+        "store: {path}: cannot make it readable by its owner only ({DB_FILE_MODE:o}): {reason}"
+    )]
+    Private {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        reason: std::io::Error,
     },
     /// The file was written by a newer Dilu.
     #[error(
@@ -75,8 +89,11 @@ fn unix_now() -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`. The database file is created with mode
+    /// [`DB_FILE_MODE`], so SQLite creates its `-wal` and `-shm` files so too; files an earlier version left
+    /// readable by others are tightened to it first.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        make_private(path)?;
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -259,6 +276,39 @@ impl Store {
     }
 }
 
+/// Creates the database file with mode [`DB_FILE_MODE`] when it is absent, and sets that mode on it and on
+/// its `-wal` and `-shm` files when they exist.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // An empty file is an empty database to SQLite.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+        .map_err(|reason| private(path, reason))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o777 == DB_FILE_MODE => {}
+            Ok(_) => std::fs::set_permissions(&file, std::fs::Permissions::from_mode(DB_FILE_MODE))
+                .map_err(|reason| private(&file, reason))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(private(&file, e)),
+        }
+    }
+    Ok(())
+}
+
+fn private(path: &Path, reason: std::io::Error) -> StoreError {
+    StoreError::Private {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 type FunctionRow = (String, String, Option<String>, i64, i64);
 
 fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRow> {
@@ -382,6 +432,55 @@ mod tests {
         assert!(store.instances().unwrap().is_empty());
         assert!(!store.delete_function("a").unwrap());
         assert!(store.function("a").unwrap().is_none());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn db_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        ["dilu.db", "dilu.db-wal", "dilu.db-shm"]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect()
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_private_to_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dilu.db");
+        let store = Store::open(&path).unwrap();
+        assert!(store.insert_function(&spec("a")).unwrap());
+        for file in db_files(dir.path()) {
+            assert_eq!(mode(&file), 0o600, "{}: {:o}", file.display(), mode(&file));
+        }
+    }
+
+    #[test]
+    fn existing_world_readable_database_files_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dilu.db");
+        let store = Store::open(&path).unwrap();
+        assert!(store.insert_function(&spec("a")).unwrap());
+        // As an earlier version left them (with a umask of 022); the first connection keeps the WAL open.
+        for file in db_files(dir.path()) {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = Store::open(&path).unwrap();
+        assert_eq!(again.functions().unwrap().len(), 1);
+        for file in db_files(dir.path()) {
+            assert_eq!(mode(&file), 0o600, "{}: {:o}", file.display(), mode(&file));
+        }
+        drop((store, again));
+        // Closed, the WAL is gone; a 0644 database file is tightened too, and its new WAL follows it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.insert_function(&spec("b")).unwrap());
+        for file in db_files(dir.path()) {
+            assert_eq!(mode(&file), 0o600, "{}: {:o}", file.display(), mode(&file));
+        }
     }
 
     #[test]
