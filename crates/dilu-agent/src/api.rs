@@ -2,6 +2,13 @@
 //! `GET /devices`, `GET /instances`, `GET /instances/{id}`, `POST /instances`, `PATCH /instances/{id}/quota`,
 //! `DELETE /instances/{id}`, `GET /instances/{id}/logs`, `GET /metrics`, `GET /health`.
 //!
+//! Starting instances runs commands, so every endpoint but `GET /health` needs `Authorization: Bearer
+//! <token>` (the token file in the agent's data directory), except for clients on the Unix socket that run
+//! as the agent's user or root (the kernel reports their uid). State-changing requests must be
+//! `Content-Type: application/json` (a browser cannot send that cross-site without a preflight), and on a
+//! loopback listener the `Host` must be a loopback name (DNS rebinding). Connections get `dilu-http`'s
+//! timeouts and cap.
+//!
 //! Errors are JSON: `{"error": message, "field": …, "value": …, "rule": …}` with 400 for invalid input, 404
 //! for an unknown instance, 409 for over-commit or a name in use, 500 for failures of the node.
 //! `?overcommit=true` on `POST /instances` and `PATCH …/quota` lets Σ requests exceed the device.
@@ -14,6 +21,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use serde::Deserialize;
@@ -23,6 +31,8 @@ use serde_json::json;
 use crate::agent::{Agent, AgentError};
 use dilu_api::QuotaUpdate;
 use dilu_api::agent::InstanceSpec;
+use dilu_http::guard::{HostPolicy, Token, check_host, require_json, require_token};
+use dilu_http::{Limits, Listener};
 
 /// Where the API listens.
 #[derive(Debug, Clone)]
@@ -197,8 +207,8 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
         .into_response()
 }
 
-/// The API's routes.
-pub fn router(agent: Arc<Agent>) -> Router {
+/// The API's routes behind its checks: `Host` (per `host`), the bearer `token`, JSON bodies.
+pub fn router(agent: Arc<Agent>, token: Token, host: HostPolicy) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/devices", get(devices))
@@ -208,33 +218,43 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/instances/{id}/logs", get(logs))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(require_json))
+        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn_with_state(host, check_host))
         .with_state(agent)
 }
 
 /// Serves the API until `shutdown` resolves; `on_ready` receives the bound address (e.g. the port picked for
-/// port 0) once the listener is open.
+/// port 0) once the listener is open. A Unix socket is created 0600.
 pub async fn serve(
     agent: Arc<Agent>,
     listen: Listen,
+    token: Token,
     on_ready: impl FnOnce(String),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(agent);
-    match listen {
+    let (listener, host): (Listener, HostPolicy) = match listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await?;
-            on_ready(format!("http://{}", listener.local_addr()?));
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let bound = listener.local_addr()?;
+            on_ready(format!("http://{bound}"));
+            (listener.into(), HostPolicy::for_listener(bound))
         }
         Listen::Unix(path) => {
+            use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::remove_file(&path);
             let listener = tokio::net::UnixListener::bind(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             on_ready(format!("unix:{}", path.display()));
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            // Browsers cannot reach a Unix socket: no Host to check; the peer's uid is checked instead.
+            (listener.into(), HostPolicy::Any)
         }
-    }
+    };
+    dilu_http::serve(
+        listener,
+        router(agent, token, host),
+        Limits::default(),
+        shutdown,
+    )
+    .await
 }

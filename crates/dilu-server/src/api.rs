@@ -11,8 +11,10 @@
 //! | GET | `/v1/policy` | the policy and the components it selects |
 //! | GET | `/metrics`, `/health` | Prometheus metrics, liveness |
 //!
-//! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). Errors are JSON
-//! `{"error", "field", "value", "rule"}` (the last three when a field is at fault).
+//! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). On a loopback listener only
+//! loopback `Host` names are answered (421 otherwise: DNS rebinding). Errors are JSON
+//! `{"error", "field", "value", "rule"}` (the last three when a field is at fault), a body over the limit
+//! included (413). Specs are parsed on a blocking thread, never on the threads that serve `/v2` and `/health`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,7 +22,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +34,8 @@ use serde_json::{Value, json};
 
 use dilu_api::{FieldError, FunctionSpec, SpecFormat, parse_spec};
 use dilu_control::ControlError;
+use dilu_http::Limits;
+use dilu_http::guard::{HostPolicy, Token, check_host};
 
 use crate::platform::Platform;
 
@@ -39,13 +44,15 @@ const MAX_SPEC_BYTES: usize = 1 << 20;
 
 struct ApiState {
     platform: Arc<Platform>,
-    token: String,
+    token: Token,
 }
 
 /// An error response.
 struct ApiError {
     status: StatusCode,
     body: Value,
+    /// The request's body was not read to its end.
+    body_unread: bool,
 }
 
 impl ApiError {
@@ -53,13 +60,23 @@ impl ApiError {
         Self {
             status,
             body: json!({ "error": message.into() }),
+            body_unread: false,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.body_unread {
+            // The body may be unread: the connection cannot carry another request, so say so (a client
+            // that pooled it would otherwise send its next request into a closing socket).
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 
@@ -72,7 +89,11 @@ impl From<ControlError> for ApiError {
             body["value"] = json!(f.value);
             body["rule"] = json!(f.rule);
         }
-        Self { status, body }
+        Self {
+            status,
+            body,
+            body_unread: false,
+        }
     }
 }
 
@@ -91,39 +112,57 @@ async fn require_token(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
-    if mutating && request.uri().path().starts_with("/v1/") {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes())) {
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({
-                    "error": "this endpoint changes state and needs the API token",
-                    "field": "Authorization",
-                    "value": if given.is_some() { "Bearer (wrong token)" } else { "(missing)" },
-                    "rule": "must be 'Bearer <token>' with the token dilu up printed (DILU_TOKEN)"
-                })),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
-        }
+    if mutating
+        && request.uri().path().starts_with("/v1/")
+        && !state.token.presented_in(request.headers())
+    {
+        return state.token.refusal(request.headers());
     }
     next.run(request).await
 }
 
-/// Compares secrets without an early exit on the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A body the control API would not read: over [`MAX_SPEC_BYTES`] (413), or cut off or too slow (400).
+fn body_refusal(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let rule = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("a spec is at most {MAX_SPEC_BYTES} bytes")
+    } else {
+        "must arrive whole within the listener's body deadline".to_string()
+    };
+    ApiError {
+        status,
+        body: json!({
+            "error": rejection.body_text(),
+            "field": "body",
+            "value": "(as sent)",
+            "rule": rule,
+        }),
+        body_unread: true,
+    }
 }
 
-fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<FunctionSpec, ApiError> {
+/// Parses a spec off the async threads (a hostile document costs only a blocking thread, never `/health`
+/// or inference).
+async fn spec_from(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<FunctionSpec, ApiError> {
+    let body = body.map_err(body_refusal)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    tokio::task::spawn_blocking(move || parse_body(content_type.as_deref(), &body))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("parsing the spec failed: {e}"),
+            )
+        })?
+}
+
+fn parse_body(content_type: Option<&str>, body: &Bytes) -> Result<FunctionSpec, ApiError> {
     if body.len() > MAX_SPEC_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -136,20 +175,15 @@ fn spec_from(headers: &HeaderMap, body: &Bytes) -> Result<FunctionSpec, ApiError
             format!("the spec is not UTF-8: {e}"),
         )
     })?;
-    let format = SpecFormat::from_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    parse_spec(text, format).map_err(ApiError::from)
+    parse_spec(text, SpecFormat::from_content_type(content_type)).map_err(ApiError::from)
 }
 
 async fn create(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let spec = spec_from(&headers, &body)?;
+    let spec = spec_from(&headers, body).await?;
     let view = st.platform.controller().deploy(spec)?;
     Ok((StatusCode::CREATED, Json(to_value(&view))))
 }
@@ -158,9 +192,9 @@ async fn replace(
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let spec = spec_from(&headers, &body)?;
+    let spec = spec_from(&headers, body).await?;
     if spec.name != name {
         return Err(FieldError::new(
             "name",
@@ -371,9 +405,11 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
 
-/// The whole HTTP surface: `/v1` (control), `/v2` (gateway), `/metrics`, `/health`.
-pub fn router(platform: Arc<Platform>, token: String) -> Router {
+/// The whole HTTP surface: `/v1` (control), `/v2` (gateway), `/metrics`, `/health`; on a loopback
+/// listener (`host`), only loopback `Host` names are answered.
+pub fn router(platform: Arc<Platform>, token: String, host: HostPolicy) -> Router {
     let gateway = platform.gateway().router();
+    let token = Token::new(token, "DATA_DIR/token (printed by dilu up), or DILU_TOKEN");
     let state = Arc::new(ApiState { platform, token });
     let control = Router::new()
         .route("/v1/functions", get(list).post(create))
@@ -388,22 +424,30 @@ pub fn router(platform: Arc<Platform>, token: String) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
         ))
         .with_state(state);
-    gateway.merge(control)
+    gateway
+        .merge(control)
+        .layer(middleware::from_fn_with_state(host, check_host))
 }
 
-/// Serves [`router`] on `listener` until `shutdown` resolves.
+/// Serves [`router`] on `listener` until `shutdown` resolves, with `dilu-http`'s timeouts and connection cap.
 pub async fn serve(
     platform: Arc<Platform>,
     token: String,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(platform, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let host = HostPolicy::for_listener(listener.local_addr()?);
+    dilu_http::serve(
+        listener,
+        router(platform, token, host),
+        Limits::default(),
+        shutdown,
+    )
+    .await
 }

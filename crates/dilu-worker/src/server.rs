@@ -424,9 +424,13 @@ where
             }
         }
     };
-    axum::serve(listener, router(state, max_body_bytes))
-        .with_graceful_shutdown(stop)
-        .await?;
+    dilu_http::serve(
+        listener,
+        router(state, max_body_bytes),
+        dilu_http::Limits::default(),
+        stop,
+    )
+    .await?;
     let failed = failure.lock().ok().and_then(|mut f| f.take());
     match failed {
         Some(e) => Err(e),

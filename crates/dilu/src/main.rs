@@ -61,6 +61,9 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Servers need descriptors for their connections; take what the hard limit allows (each listener
+    // still caps its connections below it).
+    dilu_http::raise_open_file_limit();
     match cli.command {
         Command::Sim { command } => cmd::sim::run(command),
         Command::Profile(args) => cmd::profile::run(args),

@@ -327,9 +327,13 @@ where
             _ = done_rx => {}
         }
     };
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop_serving)
-        .await;
+    let served = dilu_http::serve(
+        listener,
+        router(state),
+        dilu_http::Limits::default(),
+        stop_serving,
+    )
+    .await;
     stop.store(true, Relaxed);
     sampler.abort();
     let deadline = Instant::now() + STOP_GRACE;

@@ -166,12 +166,18 @@ fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
 
 /// Runs the agent until SIGTERM or SIGINT; instances keep running for the next agent to adopt.
 pub fn run(args: AgentArgs) -> Result<()> {
-    let config = args.node.agent_config(args.data_dir.clone())?;
+    let data_dir = super::datadir::claim(&args.data_dir, "--data-dir")?;
+    let token_path = data_dir.path.join("token");
+    let token = dilu_http::token::load_or_create(&token_path)
+        .context("the agent API token (every endpoint but /health needs it)")?;
+    let config = args.node.agent_config(data_dir.path.clone())?;
     let agent = start_agent(config, "dilu agent")?;
     let listen = match args.unix_socket {
         Some(path) => Listen::Unix(path),
         None => Listen::Tcp(args.listen),
     };
+    eprintln!("dilu agent: API token in {}", token_path.display());
+    let token = dilu_http::guard::Token::new(token, token_path.display().to_string());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -180,11 +186,13 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let served = runtime.block_on(api::serve(
         agent.clone(),
         listen,
+        token,
         |address| {
             println!("dilu agent listening on {address}");
         },
         termination(),
     ));
     agent.shutdown();
+    drop(data_dir);
     served.context("serving the agent API")
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod burn;
 pub mod client;
+pub mod datadir;
 pub mod models;
 pub mod output;
 pub mod profile;

@@ -2,7 +2,7 @@
 //! everything (store, agent state, quota channels, logs, API token) under one data directory.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -34,48 +34,19 @@ pub struct UpArgs {
     node: NodeArgs,
 }
 
-/// The token in `data_dir/token`, created (0600, random) when absent.
-pub fn load_or_create_token(data_dir: &Path) -> Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("token");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let token = text.trim().to_string();
-        if !token.is_empty() {
-            return Ok(token);
-        }
-    }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom for the API token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join("token.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(file, "{token}")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
-}
-
 /// Runs the platform until SIGTERM or SIGINT.
 pub fn run(args: UpArgs) -> Result<()> {
     let policy = args.node.policy()?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)
-        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let claimed = super::datadir::claim(&args.data_dir, "--data-dir")?;
+    let data_dir = claimed.path.clone();
+    let agent_dir = super::datadir::claim(&data_dir.join("agent"), "--data-dir")?;
     let token = match &args.token {
         Some(t) if t.trim().is_empty() => bail!("--token: must not be empty"),
         Some(t) => t.trim().to_string(),
-        None => load_or_create_token(&data_dir)?,
+        None => dilu_http::token::load_or_create(&data_dir.join("token"))
+            .context("the API token (mutating endpoints need it)")?,
     };
-    let agent_config = args.node.agent_config(data_dir.join("agent"))?;
+    let agent_config = args.node.agent_config(agent_dir.path.clone())?;
     let agent = start_agent(agent_config, "dilu up")?;
     let program = std::env::current_exe().context("finding the dilu binary for instances")?;
     let mut config = PlatformConfig::new(data_dir.clone(), program, policy.clone());

@@ -21,6 +21,8 @@ pub struct AgentProc {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The agent API's token (from `DATA_DIR/token`).
+    pub token: String,
     client: reqwest::blocking::Client,
 }
 
@@ -47,10 +49,15 @@ impl AgentProc {
             .strip_prefix("dilu agent listening on ")
             .unwrap_or_else(|| panic!("unexpected agent banner {line:?}"))
             .to_string();
+        let token = std::fs::read_to_string(data_dir.join("token"))
+            .expect("the agent writes its API token before it listens")
+            .trim()
+            .to_string();
         AgentProc {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            token,
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -59,7 +66,10 @@ impl AgentProc {
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -65,7 +65,33 @@ pub struct UpProc {
 impl UpProc {
     /// Starts `dilu up` on a free port with `data_dir` and extra flags; waits for its banner.
     pub fn start(data_dir: &Path, extra: &[&str]) -> UpProc {
-        let mut child = Command::new(dilu_bin())
+        Self::start_with_open_files(data_dir, extra, None)
+    }
+
+    /// [`UpProc::start`] with the open-file limit (soft and hard) set to `open_files` when given.
+    pub fn start_with_open_files(
+        data_dir: &Path,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> UpProc {
+        let mut command = Command::new(dilu_bin());
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args([
                 "up",
                 "--listen",
