@@ -18,7 +18,7 @@ use dilu_core::ledger::{DeviceInventory, DeviceRef, NodeInventory};
 use dilu_core::sync::lock;
 use dilu_quota::DeviceKind;
 
-use crate::store::StoredInstance;
+use crate::store::{Store, StoreError, StoredInstance};
 
 /// Where an instance serves, as the backend records it among the instance's labels.
 const ENDPOINT: &str = "dilu.io/endpoint";
@@ -30,8 +30,11 @@ pub struct ProcessBackend {
     program: PathBuf,
     /// Instances being stopped (the agent's stop blocks for the grace period; it runs on its own thread).
     terminating: Arc<Mutex<BTreeSet<String>>>,
-    /// Instances recorded by a `dilu up` from before labels: their function, template and endpoint.
-    legacy: BTreeMap<String, StoredInstance>,
+    /// Instances recorded by a `dilu up` from before labels (the store's `instances` table): their function,
+    /// template and endpoint. A row lives as long as its instance: rows of instances the agent no longer runs
+    /// are deleted from the store at start and as soon as a `list` no longer sees them.
+    legacy: Mutex<BTreeMap<String, StoredInstance>>,
+    store: Arc<Store>,
 }
 
 fn internal(context: &str) -> impl FnOnce(tokio::task::JoinError) -> BackendError + '_ {
@@ -75,20 +78,51 @@ fn free_port() -> Result<u16, BackendError> {
 
 impl ProcessBackend {
     /// A backend naming its node `node`, starting `program` (the `dilu` binary) for the built-in runtimes.
-    /// `legacy` lists instances recorded before instances carried labels.
+    /// The instances `store` recorded before instances carried labels are adopted through their rows; the rows
+    /// of those the agent no longer runs are deleted.
     pub fn new(
         node: impl Into<String>,
         agent: Arc<Agent>,
         program: PathBuf,
-        legacy: Vec<StoredInstance>,
-    ) -> ProcessBackend {
-        ProcessBackend {
+        store: Arc<Store>,
+    ) -> Result<ProcessBackend, StoreError> {
+        let backend = ProcessBackend {
             node: node.into(),
+            legacy: Mutex::new(
+                store
+                    .instances()?
+                    .into_iter()
+                    .map(|i| (i.id.clone(), i))
+                    .collect(),
+            ),
             agent,
             program,
             terminating: Arc::new(Mutex::new(BTreeSet::new())),
-            legacy: legacy.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            store,
+        };
+        let running: BTreeSet<String> = backend
+            .agent
+            .instances()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        backend.forget_legacy_except(&running)?;
+        Ok(backend)
+    }
+
+    /// Deletes the legacy rows of instances not in `running`.
+    fn forget_legacy_except(&self, running: &BTreeSet<String>) -> Result<(), StoreError> {
+        let mut legacy = lock(&self.legacy);
+        let gone: Vec<String> = legacy
+            .keys()
+            .filter(|id| !running.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.store.delete_instance(&id)?;
+            legacy.remove(&id);
         }
+        Ok(())
     }
 
     /// The agent.
@@ -162,7 +196,8 @@ impl ProcessBackend {
         s: InstanceStatus,
         terminating: &BTreeSet<String>,
     ) -> Option<ObservedInstance> {
-        let legacy = self.legacy.get(&s.id);
+        let legacy_rows = lock(&self.legacy);
+        let legacy = legacy_rows.get(&s.id);
         let function = s
             .labels
             .get(labels::FUNCTION)
@@ -207,9 +242,14 @@ impl ProcessBackend {
 
     fn list_now(&self) -> Vec<ObservedInstance> {
         let terminating = lock(&self.terminating).clone();
-        self.agent
-            .instances()
-            .into_iter()
+        let all = self.agent.instances();
+        if !lock(&self.legacy).is_empty() {
+            let running: BTreeSet<String> = all.iter().map(|s| s.id.clone()).collect();
+            if let Err(e) = self.forget_legacy_except(&running) {
+                eprintln!("dilu: forgetting instances that are gone: {e}");
+            }
+        }
+        all.into_iter()
             .filter_map(|s| self.observe(s, &terminating))
             .collect()
     }

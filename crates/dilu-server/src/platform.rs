@@ -86,8 +86,8 @@ impl Platform {
             config.node_name.clone(),
             agent,
             config.worker_program.clone(),
-            store.instances()?,
-        ));
+            Arc::clone(&store),
+        )?);
         let gateway = Gateway::new(GatewayConfig::default());
         let profiler = Arc::new(LiveProfiler::new(
             backend.clone(),
@@ -149,5 +149,102 @@ impl Platform {
         self.controller
             .stop_all_instances(Duration::from_secs(60))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use dilu_agent::AgentConfig;
+    use dilu_api::agent::{InstanceSpec, RestartPolicy};
+    use dilu_api::{InstanceKind, Quota};
+    use dilu_core::policy::PolicyName;
+
+    use crate::store::StoredInstance;
+
+    fn legacy_row(id: &str, device: &str) -> StoredInstance {
+        StoredInstance {
+            id: id.into(),
+            function: "legacy-fn".into(),
+            node: "local".into(),
+            device: device.into(),
+            port: 9,
+            profiling: false,
+            model_key: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_instance_rows_go_with_their_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent_config = AgentConfig::new(dir.path().join("agent"));
+        agent_config.discover_gpus = false;
+        agent_config.cpu_cores = Some(1.0);
+        agent_config.stop_grace = Duration::from_millis(200);
+        let agent = Agent::start(agent_config).unwrap();
+        let device = agent.devices()[0].uuid.clone();
+        // An instance a `dilu up` from before labels started and recorded in its `instances` table.
+        agent
+            .create_instance(
+                InstanceSpec {
+                    command: vec!["sleep".into(), "30".into()],
+                    env: BTreeMap::new(),
+                    device: device.clone(),
+                    quota: Quota {
+                        request: 0.1,
+                        limit: 0.2,
+                        memory: None,
+                    },
+                    kind: InstanceKind::Inference,
+                    health_url: None,
+                    restart: RestartPolicy::OnFailure,
+                    name: Some("i-000001".into()),
+                    labels: BTreeMap::new(),
+                },
+                true,
+            )
+            .unwrap();
+        let db = dir.path().join("dilu.db");
+        {
+            let store = Store::open(&db).unwrap();
+            store
+                .insert_instance(&legacy_row("i-000001", &device))
+                .unwrap();
+            // One whose instance is long gone.
+            store
+                .insert_instance(&legacy_row("i-000002", &device))
+                .unwrap();
+        }
+        let mut config = PlatformConfig::new(
+            dir.path().to_path_buf(),
+            "/nonexistent/dilu".into(),
+            Policy::named(PolicyName::Dilu),
+        );
+        config.node_name = "local".into();
+        let platform = Platform::start(config, Arc::clone(&agent)).unwrap();
+        let rows = || -> Vec<String> {
+            Store::open(&db)
+                .unwrap()
+                .instances()
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect()
+        };
+        // Its function is gone, so the reconciler stops the instance; neither row may outlive its instance.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(agent.instances().is_empty() && rows().is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "rows {:?} with instances {:?}",
+                rows(),
+                agent.instances().iter().map(|i| &i.id).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        platform.stop().await;
+        agent.shutdown();
     }
 }

@@ -3,7 +3,9 @@
 //! crash loses at most the write in progress.
 //!
 //! Instances are not stored: the agent keeps them with the labels that say whose they are. The `instances`
-//! table of schema versions 1 and 2 is still read, so instances started by an older `dilu up` are adopted.
+//! table of schema versions 1 and 2 is still read, so instances started by an older `dilu up` are adopted; the
+//! process backend deletes a row once the agent no longer runs its instance (at start, or when a later `list`
+//! no longer sees it), so no row outlives its instance.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
