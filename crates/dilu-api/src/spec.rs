@@ -37,6 +37,12 @@ fn default_max_batch() -> u32 {
     8
 }
 
+/// The most elements `model.input_shape` may describe: 2^28, 1 GiB of FP32. Every datatype the worker serves
+/// takes at least 4 bytes an element, so a larger tensor cannot arrive in one request under the largest
+/// `gateway.max_body` (1 GiB); the worker would only fail allocating it at load. The worker's configuration
+/// applies the same bound.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+
 /// The training loop a training function runs (the built-in MLP trainer).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -430,6 +436,21 @@ impl FunctionSpec {
                 "must have at least one dimension (the batch), none of them 0",
             ));
         }
+        if let Some(shape) = &model.input_shape
+            && shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .is_none_or(|n| n > MAX_INPUT_ELEMENTS)
+        {
+            return Err(FieldError::new(
+                "model.input_shape",
+                format!("{shape:?}"),
+                format!(
+                    "must hold at most {MAX_INPUT_ELEMENTS} (2^28) elements, 1 GiB of FP32: the largest request \
+                     body gateway.max_body allows"
+                ),
+            ));
+        }
         if self.training.is_some() {
             return Err(FieldError::new(
                 "training",
@@ -675,5 +696,27 @@ mod tests {
         assert_eq!(e.field, "scaling.lazy.out_votes");
         let e = err(&format!("{OK}gateway: {{max_body: 12}}\n"));
         assert_eq!(e.field, "gateway.max_body");
+    }
+
+    /// Issue 14, defect 8: `input_shape` had no upper bound, so a worker died allocating 400 GB at load.
+    #[test]
+    fn input_shape_is_bounded() {
+        let e = err(
+            "name: ocr\nmodel: {path: /m.onnx, input_shape: [1, 100000, 100000, 10]}\nslo_ms: 1\n",
+        );
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("model.input_shape", "[1, 100000, 100000, 10]")
+        );
+        assert!(e.rule.contains("268435456"), "{e}");
+        // Overflowing usize is the same refusal, not a wrap-around.
+        let e = err(&format!(
+            "name: ocr\nmodel: {{path: /m.onnx, input_shape: [{0}, {0}, {0}]}}\nslo_ms: 1\n",
+            u64::MAX / 2
+        ));
+        assert_eq!(e.field, "model.input_shape");
+        // The bound itself is accepted: 1 GiB of FP32.
+        let spec = "name: ocr\nmodel: {path: /m.onnx, input_shape: [1, 16384, 16384]}\nslo_ms: 1\n";
+        assert!(parse_spec(spec, SpecFormat::Yaml).is_ok());
     }
 }

@@ -11,6 +11,12 @@ use crate::error::WorkerError;
 /// The default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
+/// The most elements `input_shape` may describe: 2^28, 1 GiB of FP32. Every datatype the worker serves takes at
+/// least 4 bytes an element, so a larger tensor cannot arrive in one request under the largest body a function
+/// may accept (the spec's `gateway.max_body`, at most 1 GiB); the worker would only fail allocating it at load.
+/// The spec (`dilu_api::spec`) applies the same bound.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+
 /// A worker's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -102,14 +108,23 @@ impl WorkerConfig {
         if self.model_path.as_os_str().is_empty() {
             return invalid("model_path", "\"\"".into(), "must name an ONNX file");
         }
-        if let Some(shape) = &self.input_shape
-            && (shape.is_empty() || shape.contains(&0))
-        {
-            return invalid(
-                "input_shape",
-                format!("{shape:?}"),
-                "must have at least one dimension (the batch), none of them 0",
-            );
+        if let Some(shape) = &self.input_shape {
+            if shape.is_empty() || shape.contains(&0) {
+                return invalid(
+                    "input_shape",
+                    format!("{shape:?}"),
+                    "must have at least one dimension (the batch), none of them 0",
+                );
+            }
+            let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if elements.is_none_or(|n| n > MAX_INPUT_ELEMENTS) {
+                return invalid(
+                    "input_shape",
+                    format!("{shape:?}"),
+                    "must hold at most 268435456 (2^28) elements, 1 GiB of FP32: the largest request body a \
+                     function may accept",
+                );
+            }
         }
         if self.max_batch == 0 || self.max_batch > 4096 {
             return invalid(
@@ -165,7 +180,7 @@ mod tests {
         );
         let bad = WorkerConfig {
             input_shape: Some(vec![1, 0]),
-            ..ok
+            ..ok.clone()
         };
         assert!(
             bad.validate()
@@ -173,5 +188,24 @@ mod tests {
                 .to_string()
                 .contains("input_shape")
         );
+        // Issue 14, defect 8: no upper bound let a worker try to allocate 400 GB at load.
+        let bad = WorkerConfig {
+            input_shape: Some(vec![1, 100_000, 100_000, 10]),
+            ..ok.clone()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        for needle in ["input_shape", "[1, 100000, 100000, 10]", "268435456"] {
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        }
+        let bad = WorkerConfig {
+            input_shape: Some(vec![usize::MAX, 2]),
+            ..ok.clone()
+        };
+        assert!(bad.validate().is_err());
+        let at_bound = WorkerConfig {
+            input_shape: Some(vec![1, 1 << 14, 1 << 14]),
+            ..ok
+        };
+        assert!(at_bound.validate().is_ok());
     }
 }
