@@ -186,14 +186,15 @@ fn binary_slices<'a>(
 }
 
 /// Checks a request against the model: every model input present once and nothing else, each with the
-/// model's datatype, a shape matching the model's (except a dynamic batch dimension, which must agree across
-/// inputs), and as many elements as its shape holds, given as JSON or as `binary` bytes (the body's part after
-/// the JSON header; empty without the binary extension). Errors name the tensor and the rule.
+/// model's datatype, a shape matching the model's (except a dynamic batch dimension, which must be in
+/// 1..=`max_batch` and agree across inputs), and as many elements as its shape holds, given as JSON or as
+/// `binary` bytes (the body's part after the JSON header; empty without the binary extension). Errors name the
+/// tensor, the value and the rule.
 pub fn check_request(
     model: &Model,
     request: InferRequest,
     binary: &[u8],
-    max_batch_items: usize,
+    max_batch: usize,
 ) -> Result<CheckedRequest, String> {
     let slices = binary_slices(&request.inputs, binary)?;
     for input in &request.inputs {
@@ -254,9 +255,15 @@ pub fn check_request(
             ));
         }
         let n = shape[0];
-        if n == 0 || n > max_batch_items {
+        if n == 0 {
             return Err(format!(
-                "input '{name}' has batch size {n}: it must be in 1..={max_batch_items}"
+                "input '{name}' has batch size 0 (shape[0]): it must be at least 1"
+            ));
+        }
+        // A model with a fixed batch takes exactly that (the shape check above); a dynamic one at most max_batch.
+        if spec.shape[0] < 0 && n > max_batch {
+            return Err(format!(
+                "input '{name}' has batch size {n} (shape[0]): it must be in 1..={max_batch}, the worker's max_batch"
             ));
         }
         if let Some(b) = batch

@@ -1,11 +1,12 @@
 //! The HTTP side: the Open Inference Protocol v2 routes, `GET /metrics`, and [`serve`].
 //!
-//! Routes (KServe v2 / Triton REST): `GET /v2`, `GET /v2/health/live`, `GET /v2/health/ready`,
-//! `GET /v2/models/{name}[/versions/{version}]`, `GET /v2/models/{name}[/versions/{version}]/ready`,
+//! Routes (KServe v2 / Triton REST): `GET /v2`, `GET /v2/health/live` (`{"live": true}`), `GET /v2/health/ready`
+//! (`{"ready": true}`, 503 with `"ready": false` while the model loads), `GET /v2/models/{name}[/versions/{version}]`,
+//! `GET /v2/models/{name}[/versions/{version}]/ready` (`{"name": …, "ready": true}`),
 //! `POST /v2/models/{name}[/versions/{version}]/infer` (JSON tensors or the binary tensor data extension), and
-//! `GET /metrics`. Every error is a JSON body `{"error": "..."}`: 400 for a malformed request, 404 for an
-//! unknown model or route, 413 for a body over the limit, 415 for a compressed body, 503 while the model is
-//! loading, 500 when a batch fails.
+//! `GET /metrics`. Every error is a JSON body `{"error": "..."}`: 400 for a malformed request (a batch over
+//! `max_batch` included), 404 for an unknown model or route, 413 for a body over the limit, 415 for a
+//! compressed body, 503 while the model is loading, 500 when a batch fails.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -32,9 +33,6 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::protocol::{self, InferRequest, ModelMetadata, ServerMetadata};
 
-/// The largest batch dimension one request may carry.
-pub const MAX_REQUEST_BATCH: usize = 1024;
-
 /// The loaded model and the queue to its executor.
 struct Ready {
     model: Arc<Model>,
@@ -46,6 +44,8 @@ struct AppState {
     name: String,
     version: String,
     ready: OnceLock<Ready>,
+    /// The largest batch (first dimension) one request may carry: the worker's `max_batch`.
+    max_batch: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -111,16 +111,27 @@ async fn server_metadata() -> axum::Json<ServerMetadata> {
     })
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+/// `GET /v2/health/live`: the Open Inference Protocol's body (KServe's client reads `live`, not the status).
+async fn live() -> Response {
+    axum::Json(serde_json::json!({ "live": true })).into_response()
 }
 
-async fn server_ready(State(st): Shared) -> StatusCode {
+/// `GET /v2/health/ready`: `{"ready": true}` once the model is loaded; 503 with `"ready": false` before.
+async fn server_ready(State(st): Shared) -> Response {
     if st.ready.get().is_some() {
-        StatusCode::OK
+        axum::Json(serde_json::json!({ "ready": true })).into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        let body = serde_json::json!({
+            "ready": false,
+            "error": format!("model '{}' is loading", st.name),
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
+}
+
+/// A model readiness body: `{"name": …, "ready": true}` (not ready is an [`ApiError`]).
+fn model_ready_body(st: &AppState) -> Response {
+    axum::Json(serde_json::json!({ "name": st.name, "ready": true })).into_response()
 }
 
 fn metadata_for(st: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -146,15 +157,16 @@ async fn metadata_version(
     metadata_for(&st, &name, Some(&version))
 }
 
-async fn model_ready(State(st): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    st.model(&name, None).map(|_| StatusCode::OK)
+async fn model_ready(State(st): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    st.model(&name, None).map(|_| model_ready_body(&st))
 }
 
 async fn model_ready_version(
     State(st): Shared,
     Path((name, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    st.model(&name, Some(&version)).map(|_| StatusCode::OK)
+) -> Result<Response, ApiError> {
+    st.model(&name, Some(&version))
+        .map(|_| model_ready_body(&st))
 }
 
 async fn infer(
@@ -279,7 +291,7 @@ async fn infer_inner(
         )
     })?;
     let id = request.id.clone();
-    let checked = protocol::check_request(&ready.model, request, binary_part, MAX_REQUEST_BATCH)
+    let checked = protocol::check_request(&ready.model, request, binary_part, st.max_batch)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let (reply, outputs) = oneshot::channel();
     st.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -378,6 +390,7 @@ where
         name: config.model_name.clone(),
         version: config.model_version.clone(),
         ready: OnceLock::new(),
+        max_batch: config.max_batch,
         metrics: Arc::clone(&metrics),
     });
     let settings = BatchSettings {

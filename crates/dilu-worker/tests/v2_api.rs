@@ -102,6 +102,23 @@ fn health_metadata_and_metrics() {
             "{path}"
         );
     }
+    // The Open Inference Protocol's health bodies: KServe's client reads `live` and `ready` from them.
+    for (path, body) in [
+        ("/v2/health/live", json!({"live": true})),
+        ("/v2/health/ready", json!({"ready": true})),
+        (
+            "/v2/models/squeezenet/ready",
+            json!({"name": "squeezenet", "ready": true}),
+        ),
+        (
+            "/v2/models/squeezenet/versions/1/ready",
+            json!({"name": "squeezenet", "ready": true}),
+        ),
+    ] {
+        let r = client.get(w.url(path)).send().unwrap();
+        assert_eq!(r.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(r.json::<Value>().unwrap(), body, "{path}");
+    }
     let meta = metadata(&client, &w);
     eprintln!("metadata: {meta}");
     assert_eq!(meta["name"], NAME);
@@ -432,6 +449,41 @@ fn bad_requests_are_400_naming_the_input_and_rule() {
             );
         }
     }
+}
+
+/// Issue 14, defect 8: a request whose batch exceeds the worker's max_batch was served (64 items at max_batch
+/// 8). It is refused with a 400 naming the input, the value and the rule; a batch of max_batch is served.
+#[test]
+fn a_request_batch_over_max_batch_is_400_naming_the_rule() {
+    let Some(model) = common::ppocr_cls() else {
+        return;
+    };
+    let mut config = WorkerConfig::new("ppocr-cls", model);
+    config.input_shape = Some(vec![1, 3, 48, 192]);
+    config.max_batch = 8;
+    let w = Worker::start(config);
+    let client = Client::new();
+    let meta = metadata_of(&client, &w, "ppocr-cls");
+    let url = w.url("/v2/models/ppocr-cls/infer");
+    let post = |batch: usize| {
+        let (name, shape) = input_of(&meta, batch);
+        let n = shape.iter().product();
+        let r = client
+            .post(&url)
+            .json(&request(&name, &shape, pattern(n, 3)))
+            .send()
+            .unwrap();
+        (name, r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    let (name, status, body) = post(64);
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    for needle in [&format!("'{name}'"), "64", "max_batch", "1..=8"] {
+        assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+    }
+    let (_, status, body) = post(8);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"][0], 8, "{body}");
 }
 
 #[test]
