@@ -22,8 +22,8 @@ use super::route::{self, FunctionState};
 pub(crate) fn router(gateway: &Arc<Gateway>) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(healthy))
-        .route("/v2/health/ready", get(healthy))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
         .route("/v2/models/{function}", get(model_metadata))
         .route("/v2/models/{function}/ready", get(model_ready))
         .route("/v2/models/{function}/infer", post(infer))
@@ -52,8 +52,15 @@ async fn server_metadata() -> Response {
     axum::Json(body).into_response()
 }
 
-async fn healthy() -> StatusCode {
-    StatusCode::OK
+/// `GET /v2/health/live`: the Open Inference Protocol's body, `{"live": true}` (KServe's client reads it).
+async fn live() -> Response {
+    axum::Json(serde_json::json!({ "live": true })).into_response()
+}
+
+/// `GET /v2/health/ready`: `{"ready": true}`. The gateway is ready once it serves: a function without a ready
+/// instance cold-starts on demand, and `/v2/models/{function}/ready` tells whether one is ready now.
+async fn ready() -> Response {
+    axum::Json(serde_json::json!({ "ready": true })).into_response()
 }
 
 async fn infer(
@@ -363,7 +370,9 @@ async fn metadata(
 
 fn serve_ready(gateway: &Gateway, function: &str) -> Response {
     match known(gateway, function) {
-        Ok(state) if state.has_ready() => StatusCode::OK.into_response(),
+        Ok(state) if state.has_ready() => {
+            axum::Json(serde_json::json!({ "name": &*state.name, "ready": true })).into_response()
+        }
         Ok(state) => GatewayError::NotReady {
             function: state.name.to_string(),
         }

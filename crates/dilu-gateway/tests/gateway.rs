@@ -878,8 +878,20 @@ async fn health_readiness_and_metadata() {
     let (_, addr) = fake_worker().await;
     let h = Harness::with_function(policy(), vec![]).await;
     let get = |path: &str| h.client.get(format!("{}{path}", h.base)).send();
-    assert_eq!(get("/v2/health/live").await.unwrap().status(), 200);
-    assert_eq!(get("/v2/health/ready").await.unwrap().status(), 200);
+    // The Open Inference Protocol's health bodies (KServe's client reads them, not only the status).
+    let body = |path: &'static str| {
+        let response = get(path);
+        async move {
+            let response = response.await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let live = body("/v2/health/live").await;
+    assert_eq!(live, (200, serde_json::json!({"live": true})));
+    let ready = body("/v2/health/ready").await;
+    assert_eq!(ready, (200, serde_json::json!({"ready": true})));
     let server: serde_json::Value = get("/v2").await.unwrap().json().await.unwrap();
     assert_eq!(server["name"], "dilu-gateway");
     assert_eq!(server["version"], env!("CARGO_PKG_VERSION"));
@@ -896,7 +908,16 @@ async fn health_readiness_and_metadata() {
     assert!(error_of(response).await.contains("no instance"));
 
     h.gateway.set_endpoints("f", vec![endpoint("f-0", addr)]);
-    assert_eq!(get("/v2/models/f/ready").await.unwrap().status(), 200);
+    let ready = body("/v2/models/f/ready").await;
+    assert_eq!(
+        ready,
+        (200, serde_json::json!({"name": "f", "ready": true}))
+    );
+    let ready = body("/v2/models/f/versions/3/ready").await;
+    assert_eq!(
+        ready,
+        (200, serde_json::json!({"name": "f", "ready": true}))
+    );
     let metadata: serde_json::Value = get("/v2/models/f").await.unwrap().json().await.unwrap();
     assert_eq!(metadata["name"], "f");
     assert_eq!(metadata["platform"], "fake");
