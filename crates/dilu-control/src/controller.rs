@@ -1333,15 +1333,19 @@ impl Controller {
     }
 
     /// `; its log says: <cause>` with the readable cause of `id`'s end from the end of its log
-    /// ([`diagnosis::cause`]: the panic or error message, not the backtrace frames after it); empty when the log
-    /// tells nothing.
+    /// ([`diagnosis::cause`]: the panic or error message, not the backtrace frames after it), or `; its log
+    /// ends: <line>` when the log holds no failure report; empty when the log tells nothing.
     async fn log_cause(&self, id: &str) -> String {
         let log = self
             .backend
             .logs(id, LOG_READ_BYTES)
             .await
             .unwrap_or_default();
-        diagnosis::cause(&log).map_or_else(String::new, |c| format!("; its log says: {c}"))
+        match diagnosis::cause(&log) {
+            Some(diagnosis::Cause::Report(cause)) => format!("; its log says: {cause}"),
+            Some(diagnosis::Cause::LastLine(line)) => format!("; its log ends: {line}"),
+            None => String::new(),
+        }
     }
 
     async fn apply_profile(&self, function: &str, id: &str, profile: Profile, quota: Quota) {

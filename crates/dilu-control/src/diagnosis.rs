@@ -18,21 +18,36 @@
 /// The most characters a cause keeps (longer ones end with `…`).
 pub const MAX_CAUSE_CHARS: usize = 400;
 
+/// What the end of a log says about why its instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// A failure report: a panic, an allocation failure, an error from `main`, a Python exception.
+    Report(String),
+    /// No failure report: the last line that is not noise (a process killed from outside says nothing).
+    LastLine(String),
+}
+
+impl Cause {
+    /// The text, whichever kind.
+    pub fn text(&self) -> &str {
+        match self {
+            Cause::Report(t) | Cause::LastLine(t) => t,
+        }
+    }
+}
+
 /// The readable cause of an instance's end, from the end of its log; `None` when the log has nothing but
 /// noise.
-pub fn cause(log: &str) -> Option<String> {
+pub fn cause(log: &str) -> Option<Cause> {
     let lines: Vec<&str> = log.lines().map(|l| l.trim_end()).collect();
-    let found = (0..lines.len())
+    if let Some(report) = (0..lines.len()).rev().find_map(|i| report_at(&lines, i)) {
+        return Some(Cause::Report(clip(&report)));
+    }
+    lines
+        .iter()
         .rev()
-        .find_map(|i| report_at(&lines, i))
-        .or_else(|| {
-            lines
-                .iter()
-                .rev()
-                .find(|l| !is_noise(l))
-                .map(|l| l.trim().to_string())
-        })?;
-    Some(clip(&found))
+        .find(|l| !is_noise(l))
+        .map(|l| Cause::LastLine(clip(l.trim())))
 }
 
 /// The cause a failure report starting at line `i` gives, if a report starts there.
@@ -126,6 +141,22 @@ fn clip(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The text of a failure report found in `log`.
+    fn report(log: &str) -> String {
+        match cause(log) {
+            Some(Cause::Report(text)) => text,
+            other => panic!("no report in {log:?}: {other:?}"),
+        }
+    }
+
+    /// The last line `log` falls back to.
+    fn last_line(log: &str) -> String {
+        match cause(log) {
+            Some(Cause::LastLine(text)) => text,
+            other => panic!("expected the last line of {log:?}: {other:?}"),
+        }
+    }
+
     /// `RUST_BACKTRACE=1`, Rust 1.90: the message on its own line after the location.
     const PANIC_WITH_BACKTRACE: &str = "\
 dilu worker: serving ocr on 127.0.0.1:40001
@@ -172,21 +203,20 @@ onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 :
     #[test]
     fn a_rust_panic_with_a_backtrace_gives_its_message_and_location() {
         assert_eq!(
-            cause(PANIC_WITH_BACKTRACE).unwrap(),
+            report(PANIC_WITH_BACKTRACE),
             "panicked at crates/dilu-worker/src/model.rs:42:9: \
              model file /m/x.onnx is corrupt: invalid protobuf wire type 7"
         );
         // Without a backtrace, and in the format before Rust 1.73.
         assert_eq!(
-            cause(
+            report(
                 "thread 'tokio-runtime-worker' panicked at src/a.rs:1:2:\nboom\nnote: run with `RUST_BACKTRACE=1` \
                  environment variable to display a backtrace\n"
-            )
-            .unwrap(),
+            ),
             "panicked at src/a.rs:1:2: boom"
         );
         assert_eq!(
-            cause("thread 'main' panicked at 'boom', src/a.rs:1:2\n").unwrap(),
+            report("thread 'main' panicked at 'boom', src/a.rs:1:2\n"),
             "panicked at 'boom', src/a.rs:1:2"
         );
     }
@@ -194,7 +224,7 @@ onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 :
     #[test]
     fn an_allocation_failure_beats_the_frames_after_it() {
         assert_eq!(
-            cause(ALLOC_FAILURE).unwrap(),
+            report(ALLOC_FAILURE),
             "memory allocation of 400000000000 bytes failed"
         );
         // The frames alone (the report cut off) still give no frame as the cause.
@@ -205,7 +235,7 @@ onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 :
     #[test]
     fn a_python_traceback_gives_its_exception_line() {
         assert_eq!(
-            cause(PYTHON_TRACEBACK).unwrap(),
+            report(PYTHON_TRACEBACK),
             "onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 : NO_SUCHFILE : \
              Load model from /m/x.onnx failed. File doesn't exist"
         );
@@ -215,7 +245,7 @@ onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 :
                        Traceback (most recent call last):\n  File \"a.py\", line 3, in <module>\n    g()\n\
                        RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n";
         assert_eq!(
-            cause(chained).unwrap(),
+            report(chained),
             "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
         );
     }
@@ -226,43 +256,46 @@ onnxruntime.capi.onnxruntime_pybind11_state.NoSuchFile: [ONNXRuntimeError] : 3 :
                    1: unsupported operator NonMaxSuppression\n\nStack backtrace:\n   0: anyhow::error::<impl \
                    anyhow::Error>::msg\n             at /cargo/anyhow-1.0/src/error.rs:83:36\n";
         assert_eq!(
-            cause(log).unwrap(),
+            report(log),
             "loading the model /m/x.onnx: parsing the graph: unsupported operator NonMaxSuppression"
         );
         assert_eq!(
-            cause("Error: listening on 127.0.0.1:9: Address already in use (os error 98)\n")
-                .unwrap(),
+            report("Error: listening on 127.0.0.1:9: Address already in use (os error 98)\n"),
             "listening on 127.0.0.1:9: Address already in use (os error 98)"
         );
-        assert_eq!(cause("Error: a\n\nCaused by:\n    b\n").unwrap(), "a: b");
+        assert_eq!(report("Error: a\n\nCaused by:\n    b\n"), "a: b");
     }
 
     #[test]
     fn the_last_report_wins_and_other_logs_give_their_last_line() {
         // A crash loop appends: the latest crash is the one that matters.
         let log = format!("{ALLOC_FAILURE}restarting\n{PANIC_WITH_BACKTRACE}");
-        assert!(
-            cause(&log)
-                .unwrap()
-                .starts_with("panicked at crates/dilu-worker")
-        );
+        assert!(report(&log).starts_with("panicked at crates/dilu-worker"));
         let log = format!("{PANIC_WITH_BACKTRACE}{ALLOC_FAILURE}");
         assert_eq!(
-            cause(&log).unwrap(),
+            report(&log),
             "memory allocation of 400000000000 bytes failed"
         );
         assert_eq!(
-            cause("starting\nterminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n\n")
-                .unwrap(),
+            last_line(
+                "starting\nterminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n\n"
+            ),
             "what():  std::bad_alloc"
         );
         assert_eq!(cause(""), None);
         assert_eq!(cause("\n  \n"), None);
         let long = "x".repeat(1000);
-        let clipped = cause(&long).unwrap();
+        let clipped = last_line(&long);
         assert_eq!(clipped.chars().count(), MAX_CAUSE_CHARS + 1);
         assert!(clipped.ends_with('…'));
         // A multi-byte character at the cut.
-        assert!(cause(&"é".repeat(500)).unwrap().ends_with('…'));
+        assert!(last_line(&"é".repeat(500)).ends_with('…'));
+        // A process killed from outside leaves no report: its last line is only that.
+        assert_eq!(
+            cause("dilu train listening on http://127.0.0.1:4000\n"),
+            Some(Cause::LastLine(
+                "dilu train listening on http://127.0.0.1:4000".into()
+            ))
+        );
     }
 }
