@@ -129,8 +129,10 @@ fn main() -> BenchResult<()> {
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
     let (direct_addr, mut worker_task) = match &upstream {
         Upstream::Worker(model) => {
+            // One request per run, as sent: the model's fixed batch of 3 (a dynamic batch over max_batch is 400).
             let config = WorkerConfig {
                 max_batch: 1,
+                dynamic_batch: false,
                 fixed_wait_us: Some(0),
                 ..WorkerConfig::new(MODEL, model)
             };
