@@ -379,11 +379,15 @@ impl Agent {
         let device = self.device(&spec.device).ok_or_else(|| {
             FieldError::new("device", &spec.device, "no such device on this node")
         })?;
-        let mut env: Vec<(String, String)> = spec
-            .env
+        // The operator's pass-through variables first, so the spec's own env wins over them.
+        let mut env: Vec<(String, String)> = self
+            .config
+            .pass_env
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|name| !spec.env.contains_key(name.as_str()))
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v)))
             .collect();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push((
             "DILU_QUOTA_FILE".into(),
             record.channel.display().to_string(),
@@ -838,6 +842,42 @@ mod tests {
         assert_eq!(agent.logs("keep", 100).unwrap(), "kept\n");
         agent.delete_instance("keep").unwrap();
         assert!(log_files(&agent).is_empty());
+        agent.shutdown();
+    }
+
+    #[test]
+    fn pass_env_adds_named_variables_and_the_spec_still_wins() {
+        // CARGO_PKG_NAME is not on the allow-list: passed through by name here; the spec's own value wins.
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.pass_env = vec!["CARGO_PKG_NAME".into(), "DILU_NOT_SET_ANYWHERE".into()];
+        let agent = Agent::start(config).unwrap();
+        // SAFETY: the tests in this module do not read or write this variable concurrently.
+        unsafe { std::env::set_var("CARGO_PKG_NAME", "from-agent") };
+        agent
+            .create_instance(
+                sh(
+                    &agent,
+                    "passed",
+                    "echo \"pkg=$CARGO_PKG_NAME unset=${DILU_NOT_SET_ANYWHERE-none}\"; sleep 30",
+                ),
+                false,
+            )
+            .unwrap();
+        let mut spec = sh(&agent, "mine", "echo \"pkg=$CARGO_PKG_NAME\"; sleep 30");
+        spec.env.insert("CARGO_PKG_NAME".into(), "from-spec".into());
+        agent.create_instance(spec, false).unwrap();
+        wait_for("the logs", || {
+            agent.logs("passed", 200).unwrap_or_default().contains('\n')
+                && agent.logs("mine", 200).unwrap_or_default().contains('\n')
+        });
+        assert_eq!(
+            agent.logs("passed", 200).unwrap(),
+            "pkg=from-agent unset=none\n"
+        );
+        assert_eq!(agent.logs("mine", 200).unwrap(), "pkg=from-spec\n");
+        agent.delete_instance("passed").unwrap();
+        agent.delete_instance("mine").unwrap();
         agent.shutdown();
     }
 

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// The policy whose vertical controller divides each device (and its constants).
     pub policy: Policy,
+    /// Variables of the agent's environment instances inherit beyond the built-in allow-list
+    /// (`supervisor::INHERITED_ENV`), e.g. `SSL_CERT_FILE` or `HTTPS_PROXY`; never the rest.
+    pub pass_env: Vec<String>,
 }
 
 impl AgentConfig {
@@ -61,6 +64,7 @@ impl AgentConfig {
             log_max_bytes: 8 << 20,
             stop_grace: Duration::from_secs(5),
             policy: Policy::named(PolicyName::Dilu),
+            pass_env: Vec::new(),
         }
     }
 

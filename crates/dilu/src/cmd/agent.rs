@@ -64,6 +64,23 @@ pub struct NodeArgs {
     /// Seconds a stopped instance gets between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 5.0)]
     stop_grace_s: f64,
+    /// A variable of this process's environment that instances inherit too (repeatable). By default they get
+    /// only PATH, HOME, the locale, TZ, TMPDIR and diagnostics switches (docs/security.md), never the rest.
+    #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
+    pass_env: Vec<String>,
+}
+
+fn parse_env_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?}: a variable name is letters, digits and _, not starting with a digit"
+        ))
+    }
 }
 
 impl NodeArgs {
@@ -89,6 +106,7 @@ impl NodeArgs {
             .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
         config.log_max_bytes = self.log_max;
         config.stop_grace = Duration::from_secs_f64(self.stop_grace_s.max(0.0));
+        config.pass_env = self.pass_env.clone();
         Ok(config)
     }
 }
