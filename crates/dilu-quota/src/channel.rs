@@ -372,9 +372,10 @@ impl AgentChannel {
         self.control().agent_tick_ns.store(now_ns, Relaxed);
     }
 
-    /// Bumps the epoch so instances re-read the control fields; returns the new epoch.
+    /// Bumps the epoch so instances re-read the control fields; returns the new epoch. The epoch wraps (as the
+    /// atomic does) after `u64::MAX`: instances only compare it for a change.
     pub fn publish(&self) -> u64 {
-        self.control().epoch.fetch_add(1, AcqRel) + 1
+        self.control().epoch.fetch_add(1, AcqRel).wrapping_add(1)
     }
 
     /// Reads every field.

@@ -88,6 +88,27 @@ fn reopening_after_an_agent_restart_keeps_values() {
     assert_eq!(agent.snapshot().epoch, 2);
 }
 
+/// Found by fuzzing (fuzz/ quota_channel): a channel file whose epoch is at its largest value, opened by a
+/// restarted agent, made the next publish panic on overflow (debug builds) instead of wrapping like the atomic.
+#[test]
+fn publishing_at_the_largest_epoch_wraps_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrap.quota");
+    AgentChannel::create(&path, &spec(), 0o600).unwrap();
+    let agent = AgentChannel::open(&path).unwrap();
+    agent
+        .control()
+        .epoch
+        .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    let instance = InstanceChannel::open(&path).unwrap();
+    assert_eq!(instance.snapshot().epoch, u64::MAX);
+    // The returned epoch is the one now stored, which an instance sees as a change.
+    assert_eq!(agent.set_budget(7), 0);
+    assert_eq!(instance.snapshot().epoch, 0);
+    assert_eq!(agent.set_mem_cap(1 << 20), 1);
+    assert_eq!(instance.snapshot().budget_per_window, 7);
+}
+
 #[test]
 fn truncated_file_is_too_small() {
     let dir = tempfile::tempdir().unwrap();
