@@ -260,6 +260,15 @@ pub enum PyLiteralError {
         /// The escape text that was found.
         found: String,
     },
+    /// Containers nested deeper than [`MAX_DEPTH`] (the parser recurses once per level, so an unbounded depth
+    /// would overflow the stack).
+    #[error("column {column}: more than {limit} nested brackets")]
+    TooDeep {
+        /// 1-based byte column of the bracket one level too deep.
+        column: usize,
+        /// The limit, [`MAX_DEPTH`].
+        limit: usize,
+    },
     /// A number that is malformed or does not fit in its type.
     #[error("column {column}: invalid number {text:?}: {reason}")]
     InvalidNumber {
@@ -564,18 +573,29 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// How deeply dicts, lists and tuples (parenthesised values included) may nest: CPython's own limit of
+/// nested brackets. A trace line needs three levels.
+pub const MAX_DEPTH: usize = 200;
+
 /// Recursive-descent parser over the token stream, with one token of lookahead.
 struct Parser<'a> {
     lexer: Lexer<'a>,
     tok: Tok,
     at: usize,
+    /// Containers open around the current token.
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
     fn new(src: &'a str) -> Result<Self, PyLiteralError> {
         let mut lexer = Lexer::new(src);
         let (tok, at) = lexer.next_token()?;
-        Ok(Self { lexer, tok, at })
+        Ok(Self {
+            lexer,
+            tok,
+            at,
+            depth: 0,
+        })
     }
 
     /// Consumes the current token and returns it with its offset.
@@ -603,7 +623,24 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Parses one value; a container counts one level of [`MAX_DEPTH`] while its items are parsed.
     fn value(&mut self) -> Result<PyValue, PyLiteralError> {
+        if !matches!(self.tok, Tok::LBrace | Tok::LBracket | Tok::LParen) {
+            return self.value_at_depth();
+        }
+        if self.depth == MAX_DEPTH {
+            return Err(PyLiteralError::TooDeep {
+                column: self.at + 1,
+                limit: MAX_DEPTH,
+            });
+        }
+        self.depth += 1;
+        let value = self.value_at_depth();
+        self.depth -= 1;
+        value
+    }
+
+    fn value_at_depth(&mut self) -> Result<PyValue, PyLiteralError> {
         match &self.tok {
             Tok::LBrace => self.dict(),
             Tok::LBracket => {
@@ -903,6 +940,37 @@ mod tests {
 
     fn err(src: &str) -> PyLiteralError {
         parse_py_literal(src).unwrap_err()
+    }
+
+    /// A line nested deeper than the limit is an error at the bracket that goes one level too deep, not a
+    /// stack overflow (which aborted the process: a 200,000-deep line crashed the instance-trace reader).
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        for (open, close) in [("[", "]"), ("(", ")"), ("{1: ", "}")] {
+            let deep = open.repeat(1_000_000);
+            match err(&deep) {
+                PyLiteralError::TooDeep { column, limit } => {
+                    assert_eq!(limit, MAX_DEPTH);
+                    assert_eq!(column, MAX_DEPTH * open.len() + 1, "{open}");
+                }
+                other => panic!("{open}: {other:?}"),
+            }
+            // Exactly at the limit still parses.
+            let ok = format!("{}0{}", open.repeat(MAX_DEPTH), close.repeat(MAX_DEPTH));
+            assert!(parse_py_literal(&ok).is_ok(), "{open}");
+            let over = format!(
+                "{}0{}",
+                open.repeat(MAX_DEPTH + 1),
+                close.repeat(MAX_DEPTH + 1)
+            );
+            assert_eq!(
+                err(&over).to_string(),
+                format!(
+                    "column {}: more than {MAX_DEPTH} nested brackets",
+                    MAX_DEPTH * open.len() + 1
+                )
+            );
+        }
     }
 
     #[test]

@@ -230,3 +230,23 @@ fn generated_trace_can_be_read_from_disk() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(read.unwrap(), events);
 }
+
+/// Found by fuzzing the reader (fuzz/ instance_trace, docs/fuzzing.md): a line of 200,000 `[` overflowed the
+/// stack of the recursive literal parser and killed the process (SIGSEGV); it is now a syntax error naming the
+/// line and the column where the nesting goes too deep.
+#[test]
+fn a_deeply_nested_line_is_a_syntax_error_not_a_crash() {
+    for open in ["[", "(", "{'a': "] {
+        let text = format!(
+            "{{'Time': '2024-06-19 15:46:09', 'Action': 'start', 'Instance': {}\n",
+            open.repeat(200_000)
+        );
+        let err = parse_instance_trace(&text, "deep.txt").expect_err(open);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("deep.txt:1: not a Python literal: column ")
+                && message.ends_with("nested brackets"),
+            "{open}: {message}"
+        );
+    }
+}
