@@ -96,17 +96,17 @@ fn the_token_file_is_private_and_a_readable_one_is_refused() {
     assert_eq!(mode, 0o600);
     drop(agent);
     std::fs::set_permissions(data.join("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new(common::dilu_bin())
-        .args([
-            "agent",
-            "--no-nvml",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = common::refused_start(
+        &[
+            "agent".as_ref(),
+            "--no-nvml".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+        "dilu agent with a token file others can read",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mode 0644"), "{stderr}");

@@ -88,11 +88,17 @@ fn a_second_dilu_up_on_the_same_data_directory_is_refused_and_the_first_keeps_se
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = UpProc::start(&data, &["--cpu-cores", "1"]);
-    let out = std::process::Command::new(common::dilu_bin())
-        .args(["up", "--no-nvml", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = common::refused_start(
+        &[
+            "up".as_ref(),
+            "--no-nvml".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+        "a second dilu up on the same data directory",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already in use by pid"), "{stderr}");
@@ -116,11 +122,17 @@ fn a_second_dilu_up_on_the_same_data_directory_is_refused_and_the_first_keeps_se
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = std::process::Command::new(common::dilu_bin())
-        .args(["up", "--no-nvml", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&open)
-        .output()
-        .unwrap();
+    let out = common::refused_start(
+        &[
+            "up".as_ref(),
+            "--no-nvml".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            open.as_os_str(),
+        ],
+        "dilu up on a world-writable data directory",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mode 0777"), "{stderr}");

@@ -16,6 +16,27 @@ pub fn dilu_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dilu")
 }
 
+/// Runs `dilu ARGS…` that must refuse to start: its output once it exits; a panic naming `what` if it is
+/// still running after 20 s (it started when it should not have), after killing it.
+pub fn refused_start(args: &[&std::ffi::OsStr], what: &str) -> std::process::Output {
+    let mut child = Command::new(dilu_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dilu");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what}: it started and kept running");
+}
+
 /// A running agent; killed (SIGKILL) on drop, and every instance it recorded is killed too.
 pub struct AgentProc {
     child: Child,
