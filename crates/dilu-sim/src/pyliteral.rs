@@ -18,6 +18,8 @@
 //! [`PyValue`]'s `Display` prints Python's `repr` of the value, so values can
 //! be written back in the same format (see [`python_float_repr`]).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 
 /// A parsed Python literal value.
@@ -732,6 +734,8 @@ impl<'a> Parser<'a> {
     fn dict(&mut self) -> Result<PyValue, PyLiteralError> {
         self.expect(Tok::LBrace, "'{'")?;
         let mut pairs: Vec<(PyValue, PyValue)> = Vec::new();
+        // Where each key is in `pairs`, so a repeated key is found without comparing it with every other.
+        let mut index: HashMap<Key, usize> = HashMap::new();
         while self.tok != Tok::RBrace {
             let key_at = self.at;
             let key = self.value()?;
@@ -744,10 +748,12 @@ impl<'a> Parser<'a> {
             }
             self.expect(Tok::Colon, "':' after dict key")?;
             let value = self.value()?;
-            if let Some(slot) = pairs.iter_mut().find(|(k, _)| *k == key) {
-                slot.1 = value;
-            } else {
-                pairs.push((key, value));
+            match index.entry(Key::of(&key)) {
+                Entry::Occupied(at) => pairs[*at.get()].1 = value,
+                Entry::Vacant(slot) => {
+                    slot.insert(pairs.len());
+                    pairs.push((key, value));
+                }
             }
             if self.tok == Tok::Comma {
                 self.bump()?;
@@ -757,6 +763,33 @@ impl<'a> Parser<'a> {
         }
         self.bump()?;
         Ok(PyValue::Dict(pairs))
+    }
+}
+
+/// A hashable dict key, equal exactly when the [`PyValue`]s are (`==`): floats by their bits with `-0.0` taken
+/// as `0.0` (a literal is never NaN, so float equality is an equivalence here).
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Str(String),
+    Tuple(Vec<Key>),
+}
+
+impl Key {
+    /// The key of a value [`is_hashable`] accepted.
+    fn of(v: &PyValue) -> Key {
+        match v {
+            PyValue::None => Key::None,
+            PyValue::Bool(b) => Key::Bool(*b),
+            PyValue::Int(i) => Key::Int(*i),
+            PyValue::Float(x) => Key::Float(if *x == 0.0 { 0 } else { x.to_bits() }),
+            PyValue::Str(s) => Key::Str(s.clone()),
+            PyValue::Tuple(items) => Key::Tuple(items.iter().map(Key::of).collect()),
+            PyValue::List(_) | PyValue::Dict(_) => unreachable!("not a hashable key: {v}"),
+        }
     }
 }
 
@@ -940,6 +973,21 @@ mod tests {
 
     fn err(src: &str) -> PyLiteralError {
         parse_py_literal(src).unwrap_err()
+    }
+
+    /// A repeated key keeps its first position and takes the last value, as in Python. Keys are equal as
+    /// values are: `0.0` and `-0.0` are one key, tuples compare by their items, and `1` and `1.0` are two
+    /// keys (Python would merge those; trace files never mix them).
+    #[test]
+    fn repeated_keys_keep_their_position_and_take_the_last_value() {
+        let v = parse_py_literal(
+            "{'a': 1, 0.0: 2, (1, 'x'): 3, 'b': 4, 'a': 5, -0.0: 6, (1, 'x'): 7, 1: 8, 1.0: 9, (1, 'y'): 10}",
+        )
+        .unwrap();
+        assert_eq!(
+            v.to_string(),
+            "{'a': 5, 0.0: 6, (1, 'x'): 7, 'b': 4, 1: 8, 1.0: 9, (1, 'y'): 10}"
+        );
     }
 
     /// A line nested deeper than the limit is an error at the bracket that goes one level too deep, not a
