@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -158,66 +160,79 @@ impl Drop for Outcome<'_> {
     }
 }
 
-async fn serve_infer(gateway: &Gateway, function: &str, request: Request) -> Response {
-    let state = match known(gateway, function) {
-        Ok(state) => state,
-        Err(e) => {
-            // Read the body (within the global limit) before answering, so a client still sending it gets
-            // the 404 instead of a connection reset.
-            let (parts, body) = request.into_parts();
-            let _ = proxy::read_body(body, &parts.headers, gateway.config.max_body_bytes).await;
-            return e.into_response();
-        }
-    };
-    let policy = state.policy();
-    let outcome = Outcome::start(&state.metrics, policy.slo);
-    let deadline = tokio::time::Instant::now() + policy.request_timeout;
-    let elsewhere_ns = AtomicU64::new(0);
-    let attempt = infer_within_deadline(gateway, &state, &policy, request, &elsewhere_ns);
-    let response = match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => e.into_response(),
-        Err(_elapsed) => GatewayError::Timeout {
-            function: function.to_string(),
-            timeout: policy.request_timeout,
-        }
-        .into_response(),
-    };
-    let elsewhere = Duration::from_nanos(elsewhere_ns.load(Relaxed));
-    outcome.finish(response.status(), elsewhere);
-    response
+/// Serves one inference request for `function`. The function is looked up and the request taken apart before
+/// the returned future is built, so that the future (boxed once per request by whoever serves it) holds only
+/// what the request needs.
+pub(crate) fn serve_infer(
+    gateway: &Arc<Gateway>,
+    function: &str,
+    request: Request,
+) -> impl Future<Output = Response> + Send + 'static {
+    let gateway = Arc::clone(gateway);
+    let found = known(&gateway, function);
+    let (parts, body) = request.into_parts();
+    async move {
+        let state = match found {
+            Ok(state) => state,
+            Err(e) => {
+                // Read the body (within the global limit) before answering, so a client still sending it
+                // gets the 404 instead of a connection reset.
+                let _ = proxy::read_body(body, &parts.headers, gateway.config.max_body_bytes).await;
+                return e.into_response();
+            }
+        };
+        let policy = state.policy();
+        let outcome = Outcome::start(&state.metrics, policy.slo);
+        let deadline = tokio::time::Instant::from_std(outcome.start) + policy.request_timeout;
+        let elsewhere_ns = AtomicU64::new(0);
+        let attempt = infer_within_deadline(&gateway, &state, &policy, &parts, body, &elsewhere_ns);
+        let response = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => e.into_response(),
+            Err(_elapsed) => GatewayError::Timeout {
+                function: state.name.to_string(),
+                timeout: policy.request_timeout,
+            }
+            .into_response(),
+        };
+        let elsewhere = Duration::from_nanos(elsewhere_ns.load(Relaxed));
+        outcome.finish(response.status(), elsewhere);
+        response
+    }
 }
 
-/// Runs `work`, adding the time it took to `elsewhere_ns`: what the gateway waits on rather than does. The time
-/// is added even when the request's deadline cancels `work` midway, so a timed-out request is not counted as
-/// the gateway's own time.
-async fn away<T>(elsewhere_ns: &AtomicU64, work: impl Future<Output = T>) -> T {
-    /// Adds the time since `start` to `sink` when dropped, whether `work` finished or was cancelled.
-    struct Stopwatch<'a> {
-        start: Instant,
-        sink: &'a AtomicU64,
-    }
-    impl Drop for Stopwatch<'_> {
-        fn drop(&mut self) {
-            let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.sink.fetch_add(ns, Relaxed);
+/// Adds the time since it started to `sink` when dropped: what the gateway waits on rather than does. The time
+/// is added even when the request's deadline cancels the work midway, so a timed-out request is not counted
+/// as the gateway's own time.
+struct Stopwatch<'a> {
+    start: Instant,
+    sink: &'a AtomicU64,
+}
+
+impl<'a> Stopwatch<'a> {
+    fn start(sink: &'a AtomicU64) -> Self {
+        Stopwatch {
+            start: Instant::now(),
+            sink,
         }
     }
-    let _stopwatch = Stopwatch {
-        start: Instant::now(),
-        sink: elsewhere_ns,
-    };
-    work.await
+}
+
+impl Drop for Stopwatch<'_> {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.sink.fetch_add(ns, Relaxed);
+    }
 }
 
 async fn infer_within_deadline(
     gateway: &Gateway,
     state: &Arc<FunctionState>,
     policy: &super::FunctionPolicy,
-    request: Request,
+    parts: &Parts,
+    body: Body,
     elsewhere_ns: &AtomicU64,
 ) -> Result<Response, GatewayError> {
-    let (parts, body) = request.into_parts();
     let limit = policy.max_body_bytes.min(gateway.config.max_body_bytes);
     let body = proxy::read_body(body, &parts.headers, limit)
         .await
@@ -239,48 +254,46 @@ async fn infer_within_deadline(
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    // Cloning `Bytes` shares the buffer: the retry sends the very same bytes.
-    let send = |slot: &route::Slot| {
-        let base_url = Arc::clone(slot.base_url_arc());
-        let (headers, body) = (&parts.headers, body.clone());
-        async move {
-            let call = proxy::forward(client, Method::POST, &base_url, path, headers, Some(body));
-            away(elsewhere_ns, call).await
-        }
-    };
-    let acquire = || {
-        away(
-            elsewhere_ns,
-            route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook),
+    // From here on the request waits: for a slot, then for the instance (twice when retried).
+    let _away = Stopwatch::start(elsewhere_ns);
+    // (instance, error) of each failed attempt.
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for attempt in 0..2 {
+        let slot =
+            route::acquire(state, policy.cold_start_timeout, &gateway.cold_start_hook).await?;
+        // The retry sends the very same frames.
+        let sent = proxy::send(
+            client,
+            &Method::POST,
+            slot.base_url_arc(),
+            path,
+            &parts.headers,
+            &body,
         )
-    };
-
-    let slot = acquire().await?;
-    let first_error = match send(&slot).await {
-        Ok(response) => return Ok(response),
-        Err(ForwardError::Body(e)) => return Err(upstream_error(state, &[(slot.instance(), &e)])),
-        Err(ForwardError::Transport(e)) => e,
-    };
-    // The instance looks dead: keep new requests off it, free its slot, and retry once on another one.
-    state.mark_dead(slot.instance_id());
-    let first_instance = slot.instance().to_string();
-    drop(slot);
-    state.metrics.count_retry();
-    let slot = acquire().await?;
-    match send(&slot).await {
-        Ok(response) => Ok(response),
-        Err(ForwardError::Body(e)) => Err(upstream_error(
-            state,
-            &[(&first_instance, &first_error), (slot.instance(), &e)],
-        )),
-        Err(ForwardError::Transport(e)) => {
-            state.mark_dead(slot.instance_id());
-            Err(upstream_error(
-                state,
-                &[(&first_instance, &first_error), (slot.instance(), &e)],
-            ))
+        .await;
+        match sent {
+            Ok(response) => return Ok(response),
+            Err(ForwardError::Body(e)) => {
+                failures.push((slot.instance().to_string(), e));
+                break;
+            }
+            Err(ForwardError::Transport(e)) => {
+                // The instance looks dead: keep new requests off it, free its slot, and retry once on
+                // another one.
+                state.mark_dead(slot.instance_id());
+                failures.push((slot.instance().to_string(), e));
+                drop(slot);
+                if attempt == 0 {
+                    state.metrics.count_retry();
+                }
+            }
         }
     }
+    let attempts: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|(i, e)| (i.as_str(), e.as_str()))
+        .collect();
+    Err(upstream_error(state, &attempts))
 }
 
 fn upstream_error(state: &FunctionState, attempts: &[(&str, &str)]) -> GatewayError {

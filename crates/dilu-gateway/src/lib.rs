@@ -12,11 +12,20 @@
 //!   for [`Gateway::set_endpoints`], and the cold-start hook asks the control plane for an instance;
 //! - a whole-request deadline (504), body limits enforced while reading (413);
 //! - one retry on another instance when the first fails at the transport level (the failed instance gets no
-//!   new requests for 2 s); HTTP error statuses from instances are relayed, never retried;
+//!   new requests for 2 s); HTTP error statuses from instances are relayed, never retried. A kept-alive
+//!   connection that the instance closed while it was idle is not a failure: the request goes once more, on a
+//!   new connection to the same instance;
+//! - after a burst of large bodies, the memory they took is returned to the system (glibc);
 //! - per-function window counts for the autoscaler ([`Gateway::take_window`]) and Prometheus metrics
 //!   ([`Gateway::render_metrics`]).
 //!
 //! Errors the gateway makes itself are JSON `{"error": "..."}` (see [`GatewayError`]).
+//!
+//! Forwarding takes one task per request and nothing else: the gateway's own HTTP/1.1 client writes the
+//! request and reads the answer on the request's task over pooled keep-alive connections (a stack per
+//! thread). [`Gateway::router`] serves the routes through `axum`; [`Gateway::service`] serves the same
+//! routes but recognises inference requests by their path first, for a listener that serves only the
+//! gateway (`dilu gateway`).
 //!
 //! What to route comes from an [`EndpointSource`] ([`Gateway::follow`]); [`Gateway::upsert_function`] and
 //! [`Gateway::set_endpoints`] set it by hand.
@@ -35,9 +44,11 @@
 mod config;
 mod errors;
 mod handlers;
+mod memory;
 mod metrics;
 mod proxy;
 mod route;
+mod service;
 mod source;
 
 use std::collections::HashMap;
@@ -47,6 +58,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 pub use config::{DEFAULT_MAX_BODY_BYTES, FunctionPolicy, GatewayConfig, WindowCounts};
 pub use dilu_api::Endpoint;
 pub use errors::GatewayError;
+pub use service::GatewayService;
 pub use source::{EndpointSource, RoutingTable, StaticEndpoints, policy_of};
 
 use route::{ColdStartHook, FunctionState};
@@ -57,7 +69,7 @@ use route::{ColdStartHook, FunctionState};
 pub struct Gateway {
     config: GatewayConfig,
     /// The client every forward uses, or why it could not be built (then every forward answers 500).
-    client: Result<reqwest::Client, String>,
+    client: Result<proxy::Client, String>,
     functions: RwLock<HashMap<String, Arc<FunctionState>>>,
     cold_start_hook: RwLock<Option<ColdStartHook>>,
     unknown_function_requests: AtomicU64,
@@ -66,6 +78,7 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway with no functions.
     pub fn new(config: GatewayConfig) -> Arc<Gateway> {
+        memory::tune_allocator();
         Arc::new(Gateway {
             client: proxy::build_client(&config),
             config,
@@ -205,6 +218,14 @@ impl Gateway {
     /// server metadata endpoints. Request bodies are not limited by axum; the gateway enforces the limits.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         handlers::router(self)
+    }
+
+    /// The same routes as [`Gateway::router`] as one `tower` service that recognises inference requests by
+    /// their path and serves them without going through a router (no path extraction, no per-request
+    /// router machinery); every other request goes to the router. For a listener that serves only the
+    /// gateway.
+    pub fn service(self: &Arc<Self>) -> GatewayService {
+        GatewayService::new(self)
     }
 
     /// Appends the Prometheus text exposition of the gateway's metrics (families `dilu_gateway_*`, functions
