@@ -37,6 +37,9 @@ enum Command {
     Burn(cmd::burn::BurnArgs),
     /// Serve one ONNX model over the Open Inference Protocol v2 (the built-in worker) until SIGTERM/SIGINT.
     Worker(cmd::worker::WorkerArgs),
+    /// The inference gateway on its own, in front of fixed instances (`--route NAME=URL[,URL...]`), until
+    /// SIGTERM/SIGINT.
+    Gateway(cmd::gateway::GatewayArgs),
     /// A training function: trains an MLP on synthetic data under a CPU quota, serving /health, /status and
     /// /metrics.
     Train(cmd::train::TrainArgs),
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Burn(args) => cmd::burn::run(args),
         Command::Worker(args) => cmd::worker::run(args),
+        Command::Gateway(args) => cmd::gateway::run(args),
         Command::Train(args) => cmd::train::run(args),
         Command::Models { command } => cmd::models::run(command),
         Command::Up(args) => cmd::up::run(args),

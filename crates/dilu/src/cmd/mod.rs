@@ -4,6 +4,7 @@ pub mod agent;
 pub mod burn;
 pub mod client;
 pub mod datadir;
+pub mod gateway;
 pub mod models;
 pub mod output;
 pub mod profile;
