@@ -1,5 +1,6 @@
 //! The live connections of one listener: which are idle, and since when, so that the longest-idle one can be
-//! closed when the listener is at its connection cap.
+//! closed when the listener is at its connection cap, and a connection idle for longer than the header-read
+//! timeout is closed by the listener's sweep ([`Registry::expire_idle`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,9 +15,13 @@ pub(crate) struct Connection {
     epoch: Instant,
     /// Requests whose response has not been produced yet.
     in_flight: AtomicUsize,
-    /// Microseconds since `epoch` when the connection last became idle (or was accepted).
+    /// Microseconds since `epoch` when the connection last became idle, was accepted, or wrote to its client.
     idle_since_us: AtomicU64,
+    /// The registry's coarse clock (microseconds since `epoch`), read when the connection writes.
+    clock_us: Arc<AtomicU64>,
     evicting: AtomicBool,
+    /// Chosen by the sweep: close at once (nothing is in flight), not gracefully.
+    expired: AtomicBool,
     evict: Notify,
 }
 
@@ -32,7 +37,21 @@ impl Connection {
         self.evict.notified().await;
     }
 
-    fn idle_since(&self) -> Option<u64> {
+    /// Whether the sweep closed it (idle past the header-read timeout), rather than the cap.
+    pub(crate) fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+
+    /// The connection wrote to its client: it is not idle then (a slow reader of a long response is not cut
+    /// off), as of the registry's coarse clock, so that a write costs no clock read.
+    pub(crate) fn wrote(&self) {
+        self.idle_since_us
+            .store(self.clock_us.load(Ordering::Relaxed), Ordering::Release);
+    }
+
+    /// When the connection became idle (microseconds since the registry's epoch); `None` while a request is
+    /// in progress.
+    pub(crate) fn idle_since(&self) -> Option<u64> {
         (self.in_flight.load(Ordering::Acquire) == 0)
             .then(|| self.idle_since_us.load(Ordering::Acquire))
     }
@@ -53,6 +72,8 @@ impl Drop for Active {
 pub(crate) struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
+    /// Microseconds since `epoch`, advanced by every sweep.
+    clock_us: Arc<AtomicU64>,
     live: Mutex<HashMap<u64, Arc<Connection>>>,
 }
 
@@ -61,6 +82,7 @@ impl Default for Registry {
         Registry {
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
+            clock_us: Arc::new(AtomicU64::new(0)),
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -74,7 +96,9 @@ impl Registry {
             epoch: self.epoch,
             in_flight: AtomicUsize::new(0),
             idle_since_us: AtomicU64::new(self.epoch.elapsed().as_micros() as u64),
+            clock_us: Arc::clone(&self.clock_us),
             evicting: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             evict: Notify::new(),
         });
         self.lock().insert(connection.id, Arc::clone(&connection));
@@ -113,6 +137,30 @@ impl Registry {
         }
     }
 
+    /// The sweep: advances the coarse clock and closes every connection that has had no request in
+    /// progress and written nothing for `timeout` (a client that says nothing, sends a request head too slowly,
+    /// or keeps an idle connection). Returns how many it closed.
+    pub(crate) fn expire_idle(&self, timeout: std::time::Duration) -> usize {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.clock_us.store(now, Ordering::Relaxed);
+        let timeout = timeout.as_micros() as u64;
+        let live = self.lock();
+        let mut closed = 0;
+        for connection in live.values() {
+            let idle_for = connection
+                .idle_since()
+                .map(|since| now.saturating_sub(since));
+            if idle_for.is_some_and(|idle| idle >= timeout)
+                && !connection.expired.swap(true, Ordering::AcqRel)
+            {
+                connection.evicting.store(true, Ordering::Release);
+                connection.evict.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -141,6 +189,38 @@ mod tests {
         registry.remove(&second);
         registry.remove(&third);
         assert_eq!(registry.live(), 1);
+    }
+
+    #[test]
+    fn the_sweep_closes_connections_idle_past_the_timeout_only() {
+        let registry = Registry::default();
+        let idle = registry.register();
+        let busy = registry.register();
+        let _request = busy.begin();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let writing = registry.register();
+        assert_eq!(
+            registry.expire_idle(std::time::Duration::from_millis(10)),
+            1
+        );
+        assert!(idle.expired() && !busy.expired() && !writing.expired());
+        // A write counts as activity, as of the sweep's clock (which the last sweep set).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            registry.expire_idle(std::time::Duration::from_millis(100)),
+            0
+        );
+        writing.wrote();
+        assert_eq!(
+            registry.expire_idle(std::time::Duration::from_millis(10)),
+            0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            registry.expire_idle(std::time::Duration::from_millis(10)),
+            1
+        );
+        assert!(writing.expired() && !busy.expired());
     }
 
     #[test]
