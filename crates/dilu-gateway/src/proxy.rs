@@ -191,6 +191,9 @@ const MAX_HEAD: usize = 64 << 10;
 /// A connection's read buffer is allocated in steps of this.
 const READ_CHUNK: usize = 8 << 10;
 
+/// A response body up to this size is copied out of the connection's buffer rather than split off it.
+const COPY_BELOW: usize = 16 << 10;
+
 /// A connection whose read buffer grew past this (a large response) gets a fresh one before it is kept.
 const MAX_KEPT_BUFFER: usize = 64 << 10;
 
@@ -722,6 +725,12 @@ async fn read_exact(connection: &mut Connection, length: usize) -> Result<Bytes,
             Ok(_) => {}
             Err(e) => return Err(format!("broke off: {e}")),
         }
+    }
+    if length <= COPY_BELOW {
+        // A small body is copied out: the buffer stays unshared and is reused as it is for the next answer.
+        let body = Bytes::copy_from_slice(&connection.buf[..length]);
+        connection.buf.advance(length);
+        return Ok(body);
     }
     Ok(connection.buf.split_to(length).freeze())
 }

@@ -30,6 +30,13 @@ impl GatewayService {
             router: gateway.router(),
         }
     }
+
+    /// Adds `routes` (say `GET /metrics`) to those served through the router; they must not overlap the
+    /// gateway's.
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.router = self.router.merge(routes);
+        self
+    }
 }
 
 /// The function of an inference path, `/v2/models/{function}[/versions/{version}]/infer`, when the path is

@@ -15,7 +15,7 @@ use clap::Args;
 use dilu_api::spec::GatewaySpec;
 use dilu_api::{Endpoint, Route};
 use dilu_core::units::parse_bytes;
-use dilu_gateway::{Gateway, GatewayConfig, StaticEndpoints};
+use dilu_gateway::{Gateway, GatewayConfig, GatewayService, StaticEndpoints};
 use dilu_http::Limits;
 use tokio::sync::watch;
 
@@ -129,27 +129,25 @@ fn routes(args: &GatewayArgs) -> Result<Vec<Route>> {
 }
 
 /// The gateway's service plus `GET /metrics`.
-fn router(gateway: &Arc<Gateway>) -> axum::Router {
+fn service(gateway: &Arc<Gateway>) -> GatewayService {
     let metrics = Arc::clone(gateway);
-    axum::Router::new()
-        .fallback_service(gateway.service())
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let gateway = Arc::clone(&metrics);
-                async move {
-                    let mut out = String::new();
-                    gateway.render_metrics(&mut out);
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        out,
-                    )
-                }
-            }),
-        )
+    gateway.service().with_routes(axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let gateway = Arc::clone(&metrics);
+            async move {
+                let mut out = String::new();
+                gateway.render_metrics(&mut out);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    out,
+                )
+            }
+        }),
+    ))
 }
 
 /// Runs `dilu gateway` until SIGTERM or SIGINT.
@@ -184,7 +182,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         let gateway = Gateway::new(config);
         let source = StaticEndpoints::new(table);
         let _following = gateway.follow(source.clone());
-        let router = router(&gateway);
+        let service = service(&gateway);
         let listener = bind_and_announce("gateway", args.listen)
             .await?
             .into_std()
@@ -193,7 +191,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             let listener = listener
                 .try_clone()
                 .context("sharing the listener between threads")?;
-            let (router, limits, mut stop) = (router.clone(), limits.clone(), stop_rx.clone());
+            let (service, limits, mut stop) = (service.clone(), limits.clone(), stop_rx.clone());
             let event_loop = move || -> Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -205,7 +203,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
                     let stopped = async move {
                         let _ = stop.wait_for(|stop| *stop).await;
                     };
-                    dilu_http::serve(listener, router, limits, stopped)
+                    dilu_http::serve(listener, service, limits, stopped)
                         .await
                         .context("serving the gateway")
                 })
