@@ -108,7 +108,7 @@ pub(crate) async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = body;
     if declared.is_some_and(|len| len > limit as u64) {
-        drain(&mut body, declared).await;
+        Box::pin(drain(&mut body, declared)).await;
         return Err(BodyError::TooLarge);
     }
     let mut payload = Payload::Empty;
@@ -123,7 +123,7 @@ pub(crate) async fn read_body(
         }
         len += data.len();
         if len > limit {
-            drain(&mut body, declared).await;
+            Box::pin(drain(&mut body, declared)).await;
             return Err(BodyError::TooLarge);
         }
         payload = match payload {

@@ -504,6 +504,25 @@ pub(crate) async fn acquire(
             fire_hook,
         } => (waiter_id, rx, cold, fire_hook),
     };
+    // Waiting is the uncommon case: its future is boxed, so that the common one (a free slot) stays small.
+    Box::pin(wait_for_slot(
+        function,
+        cold_start_timeout,
+        hook,
+        (waiter_id, rx, cold, fire_hook),
+    ))
+    .await
+}
+
+/// The rest of [`acquire`] for a request that had to queue: `queued` is its waiter id, receiver, whether the
+/// function had no ready instance, and whether to fire the cold-start hook.
+async fn wait_for_slot(
+    function: &Arc<FunctionState>,
+    cold_start_timeout: Duration,
+    hook: &RwLock<Option<ColdStartHook>>,
+    queued: (u64, oneshot::Receiver<Result<Ticket, Removed>>, bool, bool),
+) -> Result<Slot, GatewayError> {
+    let (waiter_id, rx, cold, fire_hook) = queued;
     let mut wait = WaitGuard {
         function: Arc::clone(function),
         waiter_id,
