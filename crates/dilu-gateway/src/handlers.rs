@@ -276,15 +276,20 @@ async fn infer_within_deadline(
         // The retry sends the very same frames. The forward's future is boxed on its own: this one and it
         // each stay below 1 KiB, sizes the allocator serves from its per-thread cache, where one 1.6 KiB
         // block per request took its slow path.
-        let sent = Box::pin(proxy::send(
-            client,
-            &Method::POST,
-            slot.base_url_arc(),
-            path,
-            &parts.headers,
-            &body,
-        ))
-        .await;
+        let sent = match slot.upstream() {
+            Ok(upstream) => {
+                Box::pin(proxy::send_to(
+                    client,
+                    &Method::POST,
+                    upstream,
+                    path,
+                    &parts.headers,
+                    &body,
+                ))
+                .await
+            }
+            Err(e) => Err(ForwardError::Transport(e.to_string())),
+        };
         match sent {
             Ok(response) => return Ok(response),
             Err(ForwardError::Body(e)) => {

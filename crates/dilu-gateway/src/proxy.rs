@@ -206,8 +206,9 @@ fn stack_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-/// One instance address and its idle connections.
-struct Upstream {
+/// One instance address and its idle connections. Each instance the router knows has its own (see
+/// [`Upstream::for_instance`]); the client keeps one per base URL for requests addressed by URL.
+pub(crate) struct Upstream {
     /// What to connect to: `host:port`.
     address: String,
     /// The `Host` header's value: the base URL's authority as written.
@@ -227,6 +228,13 @@ struct Connection {
 }
 
 impl Upstream {
+    /// The upstream of an instance at `base_url`; a URL the client cannot use fails each send, naming it.
+    pub(crate) fn for_instance(base_url: &str) -> Result<Arc<Upstream>, Arc<str>> {
+        Upstream::parse(base_url)
+            .map(Arc::new)
+            .map_err(|e| Arc::from(e.as_str()))
+    }
+
     fn parse(base_url: &str) -> Result<Upstream, String> {
         let rest = base_url
             .strip_prefix("http://")
@@ -370,6 +378,18 @@ pub(crate) async fn send(
     body: &Payload,
 ) -> Result<Response, ForwardError> {
     let upstream = client.upstream(base_url).map_err(ForwardError::Transport)?;
+    send_to(client, method, &upstream, path_and_query, headers, body).await
+}
+
+/// [`send`] to an instance's own [`Upstream`] (no lookup by URL).
+pub(crate) async fn send_to(
+    client: &Client,
+    method: &Method,
+    upstream: &Upstream,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &Payload,
+) -> Result<Response, ForwardError> {
     if !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ForwardError::Transport(format!(
             "{path_and_query:?} is not a request target"
@@ -377,7 +397,7 @@ pub(crate) async fn send(
     }
     let request = RequestHead {
         method,
-        upstream: &upstream,
+        upstream,
         path_and_query,
         headers,
         body,

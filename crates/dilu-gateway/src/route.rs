@@ -17,6 +17,7 @@ use dilu_api::Endpoint;
 use super::config::FunctionPolicy;
 use super::errors::GatewayError;
 use super::metrics::FunctionMetrics;
+use super::proxy::Upstream;
 
 /// How long an instance that failed at the transport level gets no new requests.
 pub(crate) const DEAD_FOR: Duration = Duration::from_secs(2);
@@ -38,11 +39,12 @@ pub(crate) struct FunctionState {
 }
 
 /// A slot on one instance, handed to one request.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Ticket {
     instance_id: u64,
     name: Arc<str>,
     base_url: Arc<str>,
+    upstream: Result<Arc<Upstream>, Arc<str>>,
 }
 
 /// The waiter was answered without a slot: the function was removed.
@@ -57,6 +59,8 @@ struct Instance {
     id: u64,
     name: Arc<str>,
     base_url: Arc<str>,
+    /// Its keep-alive connections, or why its URL cannot be used.
+    upstream: Result<Arc<Upstream>, Arc<str>>,
     outstanding: usize,
     /// In the control plane's latest endpoint list; unlisted instances only finish what they have.
     listed: bool,
@@ -77,6 +81,7 @@ impl Instance {
             instance_id: self.id,
             name: self.name.clone(),
             base_url: self.base_url.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 }
@@ -237,6 +242,7 @@ impl FunctionState {
                         id,
                         name: Arc::from(endpoint.instance.as_str()),
                         base_url: Arc::from(base_url),
+                        upstream: Upstream::for_instance(base_url),
                         outstanding: 0,
                         listed: true,
                         dead_until: None,
@@ -416,8 +422,12 @@ impl Slot {
         &self.grant.name
     }
 
-    pub(crate) fn base_url_arc(&self) -> &Arc<str> {
-        &self.grant.base_url
+    /// The instance's upstream, or why its URL cannot be used.
+    pub(crate) fn upstream(&self) -> Result<&Upstream, &str> {
+        match &self.grant.upstream {
+            Ok(upstream) => Ok(upstream),
+            Err(e) => Err(e),
+        }
     }
 }
 
