@@ -7,6 +7,7 @@
 //! the guard either removes the waiter or, when a slot was already handed over, gives that slot back.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,17 +34,81 @@ pub(crate) use dilu_core::sync::lock;
 /// One function: its policy, counters and routing state.
 pub(crate) struct FunctionState {
     pub(crate) name: Arc<str>,
-    pub(crate) policy: RwLock<FunctionPolicy>,
+    /// Its policy, read on every request without a lock (see [`PolicyCell`]).
+    policy: PolicyCell,
     pub(crate) metrics: FunctionMetrics,
     route: Mutex<RouteState>,
+}
+
+/// A function's policy as atomics: every request reads it, and a read that takes a lock writes the lock's
+/// word, which bounces that cache line between the cores serving requests. Fields are read one by one, so a
+/// request racing an update may see some of each (harmless: every value is valid on its own).
+struct PolicyCell {
+    queue_capacity: AtomicUsize,
+    max_outstanding_per_instance: AtomicUsize,
+    request_timeout_ns: AtomicU64,
+    cold_start_timeout_ns: AtomicU64,
+    max_body_bytes: AtomicUsize,
+    /// `u64::MAX`: no SLO.
+    slo_ns: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+impl PolicyCell {
+    fn new(policy: &FunctionPolicy) -> Self {
+        let cell = PolicyCell {
+            queue_capacity: AtomicUsize::new(0),
+            max_outstanding_per_instance: AtomicUsize::new(0),
+            request_timeout_ns: AtomicU64::new(0),
+            cold_start_timeout_ns: AtomicU64::new(0),
+            max_body_bytes: AtomicUsize::new(0),
+            slo_ns: AtomicU64::new(u64::MAX),
+        };
+        cell.set(policy);
+        cell
+    }
+
+    fn set(&self, p: &FunctionPolicy) {
+        self.queue_capacity.store(p.queue_capacity, Relaxed);
+        self.max_outstanding_per_instance
+            .store(p.max_outstanding_per_instance, Relaxed);
+        self.request_timeout_ns
+            .store(nanos(p.request_timeout), Relaxed);
+        self.cold_start_timeout_ns
+            .store(nanos(p.cold_start_timeout), Relaxed);
+        self.max_body_bytes.store(p.max_body_bytes, Relaxed);
+        self.slo_ns.store(p.slo.map_or(u64::MAX, nanos), Relaxed);
+    }
+
+    fn get(&self) -> FunctionPolicy {
+        let slo = self.slo_ns.load(Relaxed);
+        FunctionPolicy {
+            queue_capacity: self.queue_capacity.load(Relaxed),
+            max_outstanding_per_instance: self.max_outstanding_per_instance.load(Relaxed),
+            request_timeout: Duration::from_nanos(self.request_timeout_ns.load(Relaxed)),
+            cold_start_timeout: Duration::from_nanos(self.cold_start_timeout_ns.load(Relaxed)),
+            max_body_bytes: self.max_body_bytes.load(Relaxed),
+            slo: (slo != u64::MAX).then(|| Duration::from_nanos(slo)),
+        }
+    }
 }
 
 /// A slot on one instance, handed to one request.
 #[derive(Clone)]
 pub(crate) struct Ticket {
     instance_id: u64,
+    /// One shared handle (one reference count to touch per request, not three).
+    info: Arc<InstanceInfo>,
+}
+
+/// What a request needs to know about the instance it was given.
+struct InstanceInfo {
     name: Arc<str>,
     base_url: Arc<str>,
+    /// Its keep-alive connections, or why its URL cannot be used.
     upstream: Result<Arc<Upstream>, Arc<str>>,
 }
 
@@ -57,10 +122,7 @@ struct Waiter {
 
 struct Instance {
     id: u64,
-    name: Arc<str>,
-    base_url: Arc<str>,
-    /// Its keep-alive connections, or why its URL cannot be used.
-    upstream: Result<Arc<Upstream>, Arc<str>>,
+    info: Arc<InstanceInfo>,
     outstanding: usize,
     /// In the control plane's latest endpoint list; unlisted instances only finish what they have.
     listed: bool,
@@ -79,9 +141,7 @@ impl Instance {
     fn grant(&self) -> Ticket {
         Ticket {
             instance_id: self.id,
-            name: self.name.clone(),
-            base_url: self.base_url.clone(),
-            upstream: self.upstream.clone(),
+            info: Arc::clone(&self.info),
         }
     }
 }
@@ -195,17 +255,14 @@ impl FunctionState {
         FunctionState {
             name: Arc::from(name),
             metrics: FunctionMetrics::new(name),
-            policy: RwLock::new(policy),
+            policy: PolicyCell::new(&policy),
             route: Mutex::new(route),
         }
     }
 
-    /// A copy of the current policy (cheap: plain numbers).
+    /// A copy of the current policy (cheap: plain numbers, no lock).
     pub(crate) fn policy(&self) -> FunctionPolicy {
-        self.policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.policy.get()
     }
 
     pub(crate) fn set_policy(&self, policy: FunctionPolicy) {
@@ -213,7 +270,7 @@ impl FunctionState {
             policy.max_outstanding_per_instance.max(1),
             policy.queue_capacity,
         );
-        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+        self.policy.set(&policy);
         let mut route = lock(&self.route);
         route.cap = cap;
         route.queue_capacity = queue_capacity;
@@ -229,10 +286,9 @@ impl FunctionState {
         }
         for endpoint in endpoints {
             let base_url = endpoint.url.trim_end_matches('/');
-            let known = route
-                .instances
-                .iter_mut()
-                .find(|inst| *inst.name == *endpoint.instance && *inst.base_url == *base_url);
+            let known = route.instances.iter_mut().find(|inst| {
+                *inst.info.name == *endpoint.instance && *inst.info.base_url == *base_url
+            });
             match known {
                 Some(inst) => inst.listed = true,
                 None => {
@@ -240,9 +296,11 @@ impl FunctionState {
                     route.next_id += 1;
                     route.instances.push(Instance {
                         id,
-                        name: Arc::from(endpoint.instance.as_str()),
-                        base_url: Arc::from(base_url),
-                        upstream: Upstream::for_instance(base_url),
+                        info: Arc::new(InstanceInfo {
+                            name: Arc::from(endpoint.instance.as_str()),
+                            base_url: Arc::from(base_url),
+                            upstream: Upstream::for_instance(base_url),
+                        }),
                         outstanding: 0,
                         listed: true,
                         dead_until: None,
@@ -327,7 +385,7 @@ impl FunctionState {
         route
             .instances
             .iter()
-            .map(|inst| (inst.name.to_string(), inst.outstanding))
+            .map(|inst| (inst.info.name.to_string(), inst.outstanding))
             .collect()
     }
 
@@ -419,12 +477,12 @@ impl Slot {
     }
 
     pub(crate) fn instance(&self) -> &str {
-        &self.grant.name
+        &self.grant.info.name
     }
 
     /// The instance's upstream, or why its URL cannot be used.
     pub(crate) fn upstream(&self) -> Result<&Upstream, &str> {
-        match &self.grant.upstream {
+        match &self.grant.info.upstream {
             Ok(upstream) => Ok(upstream),
             Err(e) => Err(e),
         }
@@ -443,11 +501,11 @@ impl Ticket {
     }
 
     pub(crate) fn instance(&self) -> &str {
-        &self.name
+        &self.info.name
     }
 
     pub(crate) fn base_url(&self) -> &str {
-        &self.base_url
+        &self.info.base_url
     }
 }
 
@@ -616,7 +674,7 @@ mod tests {
         let mut route = lock(&f.route);
         let picks: Vec<String> = (0..4)
             .filter_map(|_| route.pick())
-            .map(|g| g.name.to_string())
+            .map(|g| g.info.name.to_string())
             .collect();
         assert_eq!(picks.len(), 4);
         assert_eq!(picks.iter().filter(|n| *n == "a").count(), 2);
@@ -624,11 +682,11 @@ mod tests {
         let b = route.instances[1].id;
         route.give_back(b);
         assert_eq!(
-            route.pick().map(|g| g.name.to_string()).as_deref(),
+            route.pick().map(|g| g.info.name.to_string()).as_deref(),
             Some("b")
         );
         assert_eq!(
-            &*route.instances[0].base_url, "http://a",
+            &*route.instances[0].info.base_url, "http://a",
             "trailing slash trimmed"
         );
     }
