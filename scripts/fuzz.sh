@@ -88,7 +88,11 @@ for t in "${TARGETS[@]}"; do
     nice -n "$NICE" "$BIN_DIR/$t" "$corpus" "$ROOT/fuzz/seeds/$t" \
         -max_total_time="$SECONDS_PER_TARGET" -timeout="${FUZZ_TIMEOUT:-10}" \
         -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -artifact_prefix="$artifacts/" -print_final_stats=1 \
-        ${FUZZ_ARGS:-} >"$log" 2>&1 || rc=$?
+        ${FUZZ_ARGS:-} >"$log" 2>&1 &
+    pid=$!
+    wait "$pid" || rc=$?
+    # quota_channel's channel files, in a directory named after the fuzzer's pid (nice execs the fuzzer).
+    rm -rf "/dev/shm/dilu-fuzz-quota-$pid" "${TMPDIR:-/tmp}/dilu-fuzz-quota-$pid"
     elapsed=$(($(date +%s) - start))
     stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -n 1; }
     execs=$(stat number_of_executed_units)
