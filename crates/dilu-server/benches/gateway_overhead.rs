@@ -318,7 +318,7 @@ fn main() -> BenchResult<()> {
     }
     println!(
         "Setup: one process, three one-thread tokio runtimes: the worker's (plus its model executor thread), the \
-         gateway's (`Gateway::router()` under axum, forwarding with its pooled reqwest client) and the load \
+         gateway's (`Gateway::router()` under axum, forwarding over its own pooled HTTP/1.1 client) and the load \
          generator's (reqwest, pooled keep-alive HTTP/1.1, 10 s timeout), all on 127.0.0.1. The main thread \
          releases requests on a fixed open-loop schedule; latency is measured from each request's scheduled \
          send time. Request: one v2 FP32 tensor `x` {INPUT_SHAPE:?} ({} bytes of JSON), its answer checked once \

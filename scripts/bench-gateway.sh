@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# The gateway against nginx, side by side in front of the same `dilu worker` (`relu.onnx`), measured with wrk
+# over keep-alive connections on this machine:
+#
+#   direct:   wrk -> dilu worker
+#   nginx:    wrk -> nginx (Debian's, a keep-alive reverse proxy) -> dilu worker
+#   gateway:  wrk -> dilu gateway (static route)                   -> dilu worker
+#
+# For each of RUNS runs and each path (the order rotates from run to run): wrk with 1 connection (serial p50)
+# and with CONNS connections (req/s, p99), every request a v2 JSON infer POST. Prints one table row per run and
+# path, the proxies' CPU time per request, and the ratios the acceptance asks for: gateway req/s / nginx req/s,
+# and the p50 each proxy adds to the direct path. Then it sends bursts of large bodies through the gateway and
+# reports its resident memory before, right after and some seconds after them.
+#
+#   scripts/bench-gateway.sh
+#
+# Environment: DILU_BIN (use this binary instead of building target/release/dilu), RUNS (3), DURATION (wrk
+# seconds per measurement, 10), WARMUP (seconds per path before the runs, 3), CONNS (16), THREADS (the gateway's
+# event loops = nginx's worker_processes = wrk's threads at CONNS; 2), WORKER_ARGS (more flags for
+# `dilu worker`), BIG_MB (size of a large body, 8), BIG_CONNS (concurrent large bodies, 48), DILU_MODEL_CACHE.
+# Needs root (or nginx and wrk installed) to install nginx and wrk from Debian when they are missing.
+#
+# nginx is set up as a keep-alive reverse proxy and nothing more: upstream keepalive 64 with
+# proxy_http_version 1.1 and an empty Connection header, access_log off, no limit on requests per connection
+# on either side, and as many worker processes as the gateway has event loops. Both proxies run their default
+# buffering (nginx reads a body of this size into memory, as the gateway does). Everything (wrk, the proxy,
+# the worker) shares this machine's CPUs, so a proxy's throughput is mostly its CPU time per request.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS="${RUNS:-3}"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-3}"
+CONNS="${CONNS:-16}"
+THREADS="${THREADS:-2}"
+BIG_MB="${BIG_MB:-8}"
+BIG_CONNS="${BIG_CONNS:-48}"
+CACHE="${DILU_MODEL_CACHE:-$HOME/.cache/dilu/models}"
+
+need=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+    echo "== installing ${need[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${need[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+DILU="${DILU_BIN:-}"
+if [[ -z "$DILU" ]]; then
+    echo "== building the release dilu"
+    cargo build --release -p dilu
+    DILU=target/release/dilu
+fi
+scripts/fetch-models.sh "$CACHE" >/dev/null
+MODEL="$CACHE/onnx-light/relu.onnx"
+test -s "$MODEL"
+
+tmp="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts `dilu WHAT ARGS...` in the background; sets started_pid, and started_url from its `listening on` line.
+start_dilu() {
+    local what="$1"
+    shift
+    "$DILU" "$what" "$@" >"$tmp/$what.out" 2>"$tmp/$what.err" &
+    started_pid=$!
+    pids+=("$started_pid")
+    started_url=""
+    for _ in $(seq 1 300); do
+        started_url="$(sed -n "s/^dilu $what listening on //p" "$tmp/$what.out" | head -n1)"
+        [[ -n "$started_url" ]] && break
+        kill -0 "$started_pid" 2>/dev/null || { cat "$tmp/$what.err" >&2; exit 1; }
+        sleep 0.1
+    done
+    [[ -n "$started_url" ]] || { echo "dilu $what did not start" >&2; exit 1; }
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# shellcheck disable=SC2086 # WORKER_ARGS is a list of flags
+start_dilu worker --name relu --model "$MODEL" --listen 127.0.0.1:0 ${WORKER_ARGS:-}
+worker="$started_url" worker_pid="$started_pid"
+for _ in $(seq 1 300); do
+    curl -sf "$worker/v2/health/ready" >/dev/null && break
+    sleep 0.1
+done
+start_dilu gateway --listen 127.0.0.1:0 --route "relu=$worker" --threads "$THREADS"
+gateway="$started_url" gateway_pid="$started_pid"
+
+# nginx as a keep-alive reverse proxy: HTTP/1.1 to the worker over pooled connections, no access log, as many
+# worker processes as the gateway has runtime threads, and no cap on requests per connection on either side
+# (nginx's default of 1,000 would make wrk and nginx reconnect, which the gateway never does).
+nginx_port="$(free_port)"
+mkdir -p "$tmp/nginx"
+cat >"$tmp/nginx/nginx.conf" <<EOF
+worker_processes $THREADS;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $tmp/nginx/body;
+    proxy_temp_path $tmp/nginx/proxy;
+    fastcgi_temp_path $tmp/nginx/fastcgi;
+    uwsgi_temp_path $tmp/nginx/uwsgi;
+    scgi_temp_path $tmp/nginx/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    upstream worker {
+        server ${worker#http://};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        client_max_body_size 64m;
+        location / {
+            proxy_pass http://worker;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+"$NGINX" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' 2>"$tmp/nginx/stderr" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+nginx="http://127.0.0.1:$nginx_port"
+
+# The request: test_relu's input x, FP32 [3, 4, 5], half of it negative.
+body="$(python3 -c '
+import json
+x = [round((i - 30) / 7.0, 3) for i in range(60)]
+print(json.dumps({"inputs": [{"name": "x", "shape": [3, 4, 5], "datatype": "FP32", "data": x}]}, separators=(",", ":")))')"
+cat >"$tmp/post.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '$body'
+EOF
+path=/v2/models/relu/infer
+for base in "$worker" "$nginx" "$gateway"; do
+    for _ in $(seq 1 100); do
+        curl -sf -o "$tmp/answer.json" -H 'Content-Type: application/json' -d "$body" "$base$path" && break
+        sleep 0.1
+    done
+    python3 - "$tmp/answer.json" "$body" <<'PY'
+import json, sys
+answer, request = json.load(open(sys.argv[1])), json.loads(sys.argv[2])
+y = answer["outputs"][0]["data"]
+expected = [max(v, 0.0) for v in request["inputs"][0]["data"]]
+assert all(abs(a - b) < 1e-3 for a, b in zip(y, expected)) and len(y) == 60, answer
+PY
+done
+echo "== direct $worker, nginx $nginx (worker_processes $THREADS), gateway $gateway (--threads $THREADS)"
+
+url_of() {
+    case "$1" in
+        direct) echo "$worker$path" ;;
+        nginx) echo "$nginx$path" ;;
+        gateway) echo "$gateway$path" ;;
+    esac
+}
+
+# CPU time (user + system, clock ticks) of a process and its children threads; for nginx, of all its processes.
+cpu_ticks() {
+    local total=0 pid
+    case "$1" in
+        direct) set -- "$worker_pid" ;;
+        nginx) set -- "$nginx_pid" $(pgrep -P "$nginx_pid" || true) ;;
+        gateway) set -- "$gateway_pid" ;;
+    esac
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat (after the command name in parentheses).
+        total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+
+# Runs wrk and prints "req_per_s p50_us p99_us errors".
+measure() {
+    local url="$1" conns="$2" threads="$3" secs="$4"
+    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$tmp/post.lua" "$url" >"$tmp/wrk.out" 2>&1 || true
+    python3 - "$tmp/wrk.out" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+try:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = us(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = us(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+except AttributeError:
+    sys.exit("wrk said:\n" + text)
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errors = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errors += sum(int(g) for g in m.groups()) if m else 0
+print(f"{rps:.0f} {p50:.0f} {p99:.0f} {errors}")
+PY
+}
+
+hz="$(getconf CLK_TCK)"
+targets=(direct nginx gateway)
+for t in "${targets[@]}"; do
+    measure "$(url_of "$t")" "$CONNS" "$THREADS" "$WARMUP" >/dev/null
+done
+
+echo "== machine: $(nproc) CPUs, load before the runs: $(cut -d' ' -f1-3 /proc/loadavg); busiest other processes:"
+ps -eo pcpu,ni,etime,comm --sort=-pcpu | grep -v -E ' (dilu|nginx|wrk)$' | head -5 | sed 's/^/   /'
+results="$tmp/results"
+: >"$results"
+for run in $(seq 1 "$RUNS"); do
+    # Rotate the order so that no path is always measured first or last.
+    order=()
+    for i in 0 1 2; do order+=("${targets[$(((i + run - 1) % 3))]}"); done
+    for t in "${order[@]}"; do
+        read -r _ serial_p50 _ e1 < <(measure "$(url_of "$t")" 1 1 "$DURATION")
+        before="$(cpu_ticks "$t")"
+        read -r rps _ p99 e2 < <(measure "$(url_of "$t")" "$CONNS" "$THREADS" "$DURATION")
+        after="$(cpu_ticks "$t")"
+        # CPU µs per request of the process(es) serving this path's first hop, at CONNS connections.
+        cpu_us="$(python3 -c "print(round(($after - $before) / $hz * 1e6 / max($rps * $DURATION, 1), 1))")"
+        echo "$run $t $serial_p50 $rps $p99 $((e1 + e2)) $cpu_us" >>"$results"
+        echo "   run $run $t: serial p50 ${serial_p50} µs; c=$CONNS ${rps} req/s, p99 ${p99} µs; CPU ${cpu_us} µs/req; errors $((e1 + e2))"
+    done
+done
+echo "== load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$results" "$CONNS" <<'PY'
+import sys
+rows = [line.split() for line in open(sys.argv[1])]
+conns = sys.argv[2]
+by = {}
+for run, target, p50, rps, p99, errors, cpu in rows:
+    by[(int(run), target)] = (float(p50), float(rps), float(p99), int(errors), float(cpu))
+runs = sorted({r for r, _ in by})
+print()
+print(f"| run | path | serial p50 (c=1) | c={conns}: req/s | c={conns}: p99 | CPU per request of the proxy (direct: of the worker) | errors |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for r in runs:
+    for t in ("direct", "nginx", "gateway"):
+        p50, rps, p99, errors, cpu = by[(r, t)]
+        print(f"| {r} | {t} | {p50:.0f} µs | {rps:,.0f} | {p99/1000:.2f} ms | {cpu:.1f} µs | {errors} |")
+print()
+print("| run | gateway req/s / nginx req/s | nginx added p50 | gateway added p50 | verdict |")
+print("|---:|---:|---:|---:|---|")
+failed = False
+for r in runs:
+    d, n, g = by[(r, "direct")], by[(r, "nginx")], by[(r, "gateway")]
+    ratio = g[1] / n[1]
+    n_added, g_added = n[0] - d[0], g[0] - d[0]
+    ok = ratio >= 1.0 and g_added <= n_added
+    failed |= not ok
+    print(f"| {r} | {ratio:.2f}x | {n_added:+.0f} µs | {g_added:+.0f} µs | {'met' if ok else 'NOT met'} |")
+errors = sum(v[3] for v in by.values())
+if errors:
+    print(f"\n{errors} requests failed (non-2xx or socket errors): the numbers above are not valid")
+PY
+
+# Large bodies: BIG_CONNS clients each sending BIG_MB MiB bodies through the gateway for 5 s (the worker refuses
+# them as bad JSON after reading them; the gateway reads and forwards every byte), then the gateway's RSS.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$gateway_pid/status"; }
+cat >"$tmp/big.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = string.rep("x", $BIG_MB * 1024 * 1024)
+EOF
+rss0="$(rss_kib)"
+wrk -t"$THREADS" -c"$BIG_CONNS" -d5s -s "$tmp/big.lua" "$gateway$path" >"$tmp/big.out" 2>&1 || true
+rss1="$(rss_kib)"
+sleep 5
+rss2="$(rss_kib)"
+echo
+echo "== large bodies through the gateway ($BIG_CONNS connections x $BIG_MB MiB bodies for 5 s, $(sed -n 's/^\s*\([0-9]*\) requests in.*/\1/p' "$tmp/big.out") requests): gateway RSS $((rss0 / 1024)) MiB before, $((rss1 / 1024)) MiB right after, $((rss2 / 1024)) MiB 5 s later"
