@@ -83,24 +83,27 @@ fn idle_connections_past_the_open_file_limit_do_not_starve_health_or_inference()
     drop(idle);
 }
 
+/// Runs a `dilu up` on `data` that must refuse to start; its stderr.
+fn refused_up(data: &std::path::Path, what: &str) -> String {
+    let args = [
+        "up".as_ref(),
+        "--no-nvml".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ];
+    let out = common::refused_start(&args, what);
+    assert!(!out.status.success(), "{what}: exited successfully");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_second_dilu_up_on_the_same_data_directory_is_refused_and_the_first_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = UpProc::start(&data, &["--cpu-cores", "1"]);
-    let out = common::refused_start(
-        &[
-            "up".as_ref(),
-            "--no-nvml".as_ref(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ],
-        "a second dilu up on the same data directory",
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_up(&data, "a second dilu up on the same data directory");
     assert!(stderr.contains("already in use by pid"), "{stderr}");
     assert!(
         stderr.contains("one dilu process per data directory"),
@@ -122,19 +125,7 @@ fn a_second_dilu_up_on_the_same_data_directory_is_refused_and_the_first_keeps_se
     let open = dir.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = common::refused_start(
-        &[
-            "up".as_ref(),
-            "--no-nvml".as_ref(),
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--data-dir".as_ref(),
-            open.as_os_str(),
-        ],
-        "dilu up on a world-writable data directory",
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_up(&open, "dilu up on a world-writable data directory");
     assert!(stderr.contains("mode 0777"), "{stderr}");
 }
 
