@@ -22,4 +22,7 @@ pub use dilu_core::{FieldError, InstanceKind};
 pub use profile::Profile;
 pub use quota::{Quota, QuotaUpdate};
 pub use route::{Endpoint, Route};
-pub use spec::{FunctionSpec, Runtime, RuntimeName, SpecFormat, parse_spec};
+pub use spec::{
+    FunctionSpec, MANIFEST_API_VERSION, MANIFEST_KIND, Runtime, RuntimeName, SpecFormat,
+    parse_spec, spec_of_manifest,
+};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// An instance's share of its device: the guaranteed `request`, the `limit` it may burst to (both fractions of
 /// the device in (0, 1]), and an optional memory cap in bytes.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
@@ -20,6 +21,10 @@ pub struct Quota {
         alias = "memory_bytes",
         deserialize_with = "de_size",
         skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::quota::size_schema")
     )]
     pub memory: Option<u64>,
 }
@@ -171,4 +176,13 @@ mod tests {
         let e = serde_json::from_str::<Quota>(r#"{"request":0.1,"limit":0.2,"memory":-1}"#);
         assert!(e.unwrap_err().to_string().contains("must not be negative"));
     }
+}
+
+/// The JSON Schema of a size (`"1GiB"` or a number of bytes): Kubernetes' int-or-string.
+#[cfg(feature = "schema")]
+pub(crate) fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "description": "bytes: a number, or a string with a unit (\"64MiB\", \"1GiB\")"
+    })
 }

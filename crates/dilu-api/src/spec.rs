@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::quota::{Quota, de_size_required};
 
 /// The model an inference function serves.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -44,6 +45,7 @@ fn default_max_batch() -> u32 {
 pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
 
 /// The training loop a training function runs (the built-in MLP trainer).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
@@ -62,6 +64,7 @@ pub struct TrainingSpec {
 }
 
 /// Horizontal scaling bounds and the lazy scaler's settings.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScalingSpec {
@@ -87,6 +90,7 @@ impl Default for ScalingSpec {
 }
 
 /// How the gateway treats the function's requests.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySpec {
@@ -100,6 +104,10 @@ pub struct GatewaySpec {
     pub cold_start_timeout_ms: u64,
     /// Largest request body (`"64MiB"` or a number of bytes).
     #[serde(deserialize_with = "de_size_required")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "crate::quota::size_schema")
+    )]
     pub max_body: u64,
 }
 
@@ -117,6 +125,7 @@ impl Default for GatewaySpec {
 
 /// What runs a function's instances. Every runtime serves the Open Inference Protocol v2 (inference) or
 /// reports its progress on `/status` (training), so the gateway and the profiler treat them alike.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeName {
@@ -153,6 +162,7 @@ pub enum Runtime {
 }
 
 /// A function as deployed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
@@ -241,8 +251,31 @@ impl SpecFormat {
     }
 }
 
+/// The `apiVersion` of a spec written as a Kubernetes object.
+pub const MANIFEST_API_VERSION: &str = "dilu.io/v1alpha1";
+/// The `kind` of a spec written as a Kubernetes object.
+pub const MANIFEST_KIND: &str = "Function";
+
 /// Parses a spec document and checks every rule that does not depend on the node ([`FunctionSpec::validate`]).
+///
+/// A spec is either the plain form (`name:` and the fields at the top) or the Kubernetes object that
+/// `kubectl apply -f` takes (`apiVersion: dilu.io/v1alpha1`, `kind: Function`, `metadata.name`, the fields under
+/// `spec:`), so one file serves `dilu deploy` and `kubectl apply`.
 pub fn parse_spec(text: &str, format: SpecFormat) -> Result<FunctionSpec, FieldError> {
+    if text.contains("apiVersion") {
+        let document: serde_json::Value = match format {
+            SpecFormat::Json => serde_json::from_str(text)
+                .map_err(|e| FieldError::new("spec", "(as written)", e.to_string()))?,
+            SpecFormat::Yaml => {
+                check_yaml_nesting(text)?;
+                serde_yaml::from_str(text)
+                    .map_err(|e| FieldError::new("spec", "(as written)", e.to_string()))?
+            }
+        };
+        if document.get("apiVersion").is_some() {
+            return spec_of_manifest(document);
+        }
+    }
     let spec: FunctionSpec = match format {
         SpecFormat::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
@@ -328,6 +361,69 @@ fn check_yaml_nesting(text: &str) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// The spec of a `Function` object: `metadata.name` and the fields under `spec`, checked like the plain form;
+/// errors name the fields as written (`spec.slo_ms`).
+pub fn spec_of_manifest(document: serde_json::Value) -> Result<FunctionSpec, FieldError> {
+    let serde_json::Value::Object(mut top) = document else {
+        return Err(FieldError::new("spec", "(as written)", "must be a mapping"));
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    let api_version = text(top.get("apiVersion")).unwrap_or_default();
+    if api_version != MANIFEST_API_VERSION {
+        return Err(FieldError::new(
+            "apiVersion",
+            format!("{api_version:?}"),
+            format!("must be {MANIFEST_API_VERSION}"),
+        ));
+    }
+    let kind = text(top.get("kind")).unwrap_or_default();
+    if kind != MANIFEST_KIND {
+        return Err(FieldError::new(
+            "kind",
+            format!("{kind:?}"),
+            format!("must be {MANIFEST_KIND}"),
+        ));
+    }
+    let name = text(top.get("metadata").and_then(|m| m.get("name")))
+        .ok_or_else(|| FieldError::new("metadata.name", "(missing)", "a Function needs a name"))?;
+    let mut body = match top.remove("spec") {
+        Some(serde_json::Value::Object(body)) => body,
+        None => serde_json::Map::new(),
+        Some(other) => {
+            return Err(FieldError::new(
+                "spec",
+                other.to_string(),
+                "must be a mapping",
+            ));
+        }
+    };
+    if body.contains_key("name") {
+        return Err(FieldError::new(
+            "spec.name",
+            "(present)",
+            "a Function's name is its metadata.name",
+        ));
+    }
+    body.insert("name".into(), serde_json::Value::String(name));
+    let spec: FunctionSpec = serde_path_to_error::deserialize(serde_json::Value::Object(body))
+        .map_err(|e| {
+            let e = path_error(e.path(), e.inner());
+            if e.field == "spec" {
+                e
+            } else {
+                e.within("spec")
+            }
+        })?;
+    spec.validate().map_err(|e| {
+        if e.field == "name" {
+            FieldError::new("metadata.name", e.value, e.rule)
+        } else {
+            e.within("spec")
+        }
+    })?;
+    Ok(spec)
 }
 
 fn path_error(path: &serde_path_to_error::Path, inner: &dyn std::fmt::Display) -> FieldError {

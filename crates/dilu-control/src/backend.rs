@@ -11,6 +11,7 @@ use std::pin::Pin;
 
 use dilu_api::agent::InstancePhase;
 use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
+use dilu_core::InstanceRequest;
 use dilu_core::ledger::{DeviceRef, NodeInventory};
 use serde::Serialize;
 
@@ -50,6 +51,9 @@ pub struct InstancePlan {
     pub at: DeviceRef,
     /// Its quota on that device.
     pub quota: Quota,
+    /// What the ledger booked for it (the policy's charge of `quota`): a cluster scheduler that places the
+    /// instance itself books exactly this.
+    pub booking: InstanceRequest,
 }
 
 /// An instance as its backend reports it.

@@ -947,7 +947,8 @@ impl Controller {
         profiling: bool,
     ) -> bool {
         let key = format!("{}-{}", f.spec.name, *pass.next_seq);
-        match pass.ledger.place(&key, &f.booking(terms)) {
+        let booking = f.booking(terms);
+        match pass.ledger.place(&key, &booking) {
             Ok(at) => {
                 take(pass.next_seq);
                 let batch = match (&f.profile, f.spec.runtime()) {
@@ -968,6 +969,7 @@ impl Controller {
                         max_body: f.spec.gateway.max_body,
                         at,
                         quota,
+                        booking,
                     },
                     profiling,
                 });

@@ -10,6 +10,7 @@ pub const SM_MILLI: u32 = 1000;
 
 /// What an instance does; placement policies treat the kinds differently (`docs/algorithms.md` §2, §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceKind {
     /// Latency-critical inference with a modest memory footprint.

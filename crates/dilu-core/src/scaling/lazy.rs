@@ -168,6 +168,7 @@ pub(crate) fn finish(load: &FunctionLoad<'_>, mut decision: ScaleDecision) -> Sc
 
 /// Settings of [`LazyScaler`]; the defaults are the published Dilu values (`docs/algorithms.md` §6).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct LazyConfig {
     /// Samples kept, one per interval (40: the last 40 seconds).
