@@ -56,6 +56,58 @@ pub struct InstancePlan {
     pub booking: InstanceRequest,
 }
 
+impl InstancePlan {
+    /// The path that answers 200 once the instance serves (the v2 readiness probe, or the trainer's health).
+    pub fn health_path(&self) -> &'static str {
+        match self.runtime {
+            Runtime::Onnx { .. } => "/v2/health/ready",
+            Runtime::Trainer { .. } => "/health",
+        }
+    }
+
+    /// The arguments of the `dilu` binary that runs this instance listening on `listen` (`HOST:PORT`): the
+    /// built-in worker (`worker …`) or trainer (`train …`). Every backend that runs the built-in runtimes
+    /// starts them with these, as a process or as a container's arguments.
+    pub fn args(&self, listen: &str) -> Vec<String> {
+        match &self.runtime {
+            Runtime::Onnx { model } => {
+                let mut args = vec![
+                    "worker".into(),
+                    "--name".into(),
+                    self.function.clone(),
+                    "--model".into(),
+                    model.path.display().to_string(),
+                    "--listen".into(),
+                    listen.to_string(),
+                    "--max-batch".into(),
+                    self.batch.max(1).to_string(),
+                    "--max-body".into(),
+                    self.max_body.to_string(),
+                ];
+                if let Some(shape) = &model.input_shape {
+                    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+                    args.extend(["--input-shape".into(), dims.join(",")]);
+                }
+                args
+            }
+            Runtime::Trainer { training } => {
+                let mut args = vec!["train".into(), "--listen".into(), listen.into()];
+                for (flag, value) in [
+                    ("--hidden", training.hidden.map(u64::from)),
+                    ("--layers", training.layers.map(u64::from)),
+                    ("--batch", training.batch.map(u64::from)),
+                    ("--seed", training.seed),
+                ] {
+                    if let Some(v) = value {
+                        args.extend([flag.to_string(), v.to_string()]);
+                    }
+                }
+                args
+            }
+        }
+    }
+}
+
 /// An instance as its backend reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ObservedInstance {

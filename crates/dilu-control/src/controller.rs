@@ -813,7 +813,22 @@ impl Controller {
         }
         for o in observed {
             match f.instances.get_mut(&o.id) {
-                Some(t) => t.obs = o,
+                Some(t) => {
+                    // A cluster scheduler may bind the instance elsewhere than planned: follow where it runs.
+                    if t.obs.at != o.at
+                        && !o.at.node.is_empty()
+                        && let Some(request) = pass.ledger.request_of(&o.name).cloned()
+                    {
+                        pass.ledger.release(&o.name);
+                        if let Err(e) = pass.ledger.adopt(&o.name, &o.at, &request) {
+                            eprintln!(
+                                "dilu: {name}: instance {} runs on {}/{}: {e}",
+                                o.id, o.at.node, o.at.device
+                            );
+                        }
+                    }
+                    t.obs = o;
+                }
                 None => {
                     let terms = if f.outdated_template(&o) {
                         None

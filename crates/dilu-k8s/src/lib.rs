@@ -3,13 +3,23 @@
 //!
 //! - [`crd`]: the `Function` custom resource, generated from the `dilu-api` spec types.
 //! - [`meta`]: the labels and annotations Dilu writes (node inventory, a pod's booking and assignment).
+//! - [`backend`]: the controller's instance backend: instances as Pods.
+//! - [`store`]: the controller's function store: `Function` objects, profiles in an annotation.
+//! - [`endpoints`]: the gateway's routes from `Function` objects and their ready pods; the activator's wake.
+//! - [`controller`]: the reconciler of `dilu-control` run against the API server.
+//! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
 //! - [`error`]: why Kubernetes-side work failed.
+//! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 
 #![warn(missing_docs)]
 
+pub mod backend;
+pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod leader;
 pub mod meta;
+pub mod store;
 
 pub use crd::{Function, FunctionStatus};
 pub use error::MetaError;

@@ -47,6 +47,11 @@ pub const BOOKING: &str = "dilu.io/booking";
 pub const QUOTA: &str = "dilu.io/quota";
 /// Pod annotation: where dilu-scheduler placed the pod, JSON ([`Assignment`]).
 pub const ASSIGNMENT: &str = "dilu.io/assignment";
+/// Pod annotation: where the controller's ledger planned the pod, JSON ([`Assignment`]); dilu-scheduler decides
+/// (with the same placer over the same inventory it usually agrees).
+pub const PLANNED: &str = "dilu.io/planned";
+/// Function annotation: the function's profile as the controller measured it, JSON (`dilu_api::Profile`).
+pub const PROFILE: &str = "dilu.io/profile";
 /// Pod annotation: the port the instance serves on.
 pub const PORT: &str = "dilu.io/port";
 /// Function annotation: the gateway saw a request wait for this function with no ready pod (RFC 3339 time).
@@ -64,16 +69,23 @@ pub struct NodeDevice {
     /// Whether it is a GPU.
     #[serde(default)]
     pub gpu: bool,
+    /// Cores of a CPU device (the built-in runtimes use one, so one instance uses at most 1/cores of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<f64>,
+}
+
+/// The devices of a node's [`INVENTORY`] annotation as written.
+pub fn node_devices(node: &str, annotation: &str) -> Result<Vec<NodeDevice>, MetaError> {
+    serde_json::from_str(annotation).map_err(|e| MetaError::Annotation {
+        object: format!("node {node}"),
+        key: INVENTORY,
+        reason: e.to_string(),
+    })
 }
 
 /// Reads a node's [`INVENTORY`] annotation into the ledger's form.
 pub fn node_inventory(node: &str, annotation: &str) -> Result<NodeInventory, MetaError> {
-    let devices: Vec<NodeDevice> =
-        serde_json::from_str(annotation).map_err(|e| MetaError::Annotation {
-            object: format!("node {node}"),
-            key: INVENTORY,
-            reason: e.to_string(),
-        })?;
+    let devices = node_devices(node, annotation)?;
     if devices.is_empty() {
         return Err(MetaError::Annotation {
             object: format!("node {node}"),
@@ -102,6 +114,7 @@ pub fn inventory_annotation(devices: &[DeviceInventory]) -> String {
             uuid: d.uuid.clone(),
             memory_mib: d.memory_mib,
             gpu: d.gpu,
+            cores: None,
         })
         .collect();
     // Serializing plain strings and numbers cannot fail.

@@ -137,44 +137,9 @@ impl ProcessBackend {
 
     /// The command line of an instance of `plan` listening on `listen`.
     fn command(&self, plan: &InstancePlan, listen: &str) -> Vec<String> {
-        let program = self.program.display().to_string();
-        match &plan.runtime {
-            Runtime::Onnx { model } => {
-                let mut cmd = vec![
-                    program,
-                    "worker".into(),
-                    "--name".into(),
-                    plan.function.clone(),
-                    "--model".into(),
-                    model.path.display().to_string(),
-                    "--listen".into(),
-                    listen.to_string(),
-                    "--max-batch".into(),
-                    plan.batch.max(1).to_string(),
-                    "--max-body".into(),
-                    plan.max_body.to_string(),
-                ];
-                if let Some(shape) = &model.input_shape {
-                    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-                    cmd.extend(["--input-shape".into(), dims.join(",")]);
-                }
-                cmd
-            }
-            Runtime::Trainer { training } => {
-                let mut cmd = vec![program, "train".into(), "--listen".into(), listen.into()];
-                for (flag, value) in [
-                    ("--hidden", training.hidden.map(u64::from)),
-                    ("--layers", training.layers.map(u64::from)),
-                    ("--batch", training.batch.map(u64::from)),
-                    ("--seed", training.seed),
-                ] {
-                    if let Some(v) = value {
-                        cmd.extend([flag.to_string(), v.to_string()]);
-                    }
-                }
-                cmd
-            }
-        }
+        let mut cmd = vec![self.program.display().to_string()];
+        cmd.extend(plan.args(listen));
+        cmd
     }
 
     /// The most of its device one instance of the built-in runtimes can use: they compute on one thread, so
@@ -282,10 +247,7 @@ impl InstanceBackend for ProcessBackend {
             let port = free_port()?;
             let listen = format!("127.0.0.1:{port}");
             let endpoint = format!("http://{listen}");
-            let health = match plan.runtime {
-                Runtime::Onnx { .. } => format!("{endpoint}/v2/health/ready"),
-                Runtime::Trainer { .. } => format!("{endpoint}/health"),
-            };
+            let health = format!("{endpoint}{}", plan.health_path());
             let spec = InstanceSpec {
                 command: self.command(&plan, &listen),
                 env: BTreeMap::new(),

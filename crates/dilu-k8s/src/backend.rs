@@ -1,0 +1,569 @@
+//! The controller's [`InstanceBackend`] on Kubernetes: an instance is a Pod in the functions' namespace.
+//!
+//! - `create` makes a Pod owned by its `Function` (owner reference), labelled with the function, template,
+//!   generation and instance name, annotated with its booking and quota, asking for `dilu-scheduler`; its
+//!   container runs the `dilu` image with the plan's arguments, listening on `$(POD_IP):8080`, with the
+//!   runtime's readiness probe;
+//! - `list` reads the pods back: phase from their status, place from dilu-scheduler's assignment (or the plan
+//!   until bound), endpoint from the pod IP;
+//! - `nodes` reads the inventory the node agents publish on their Node objects.
+//!
+//! Every call is one API request; the controller runs a pass a second and at once on watch events.
+
+use std::collections::BTreeMap;
+
+use dilu_api::agent::InstancePhase;
+use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
+use dilu_control::backend::{
+    BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance,
+};
+use dilu_core::ledger::DeviceRef;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Node, ObjectFieldSelector, Pod,
+    PodSpec, Probe,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+use crate::crd::{Function, KIND};
+use crate::meta::{self, Assignment, PodBooking};
+
+/// The port every instance container serves on (its pod has its own IP).
+pub const INSTANCE_PORT: u16 = 8080;
+
+/// How the backend makes pods.
+#[derive(Debug, Clone)]
+pub struct PodTemplate {
+    /// The namespace of the functions and their pods.
+    pub namespace: String,
+    /// The image whose entrypoint is the `dilu` binary.
+    pub image: String,
+    /// `imagePullPolicy`.
+    pub pull_policy: String,
+    /// Seconds a pod has to finish its requests when deleted.
+    pub termination_grace_s: i64,
+}
+
+impl PodTemplate {
+    /// Pods of `namespace` running `image`.
+    pub fn new(namespace: &str, image: &str) -> PodTemplate {
+        PodTemplate {
+            namespace: namespace.to_string(),
+            image: image.to_string(),
+            pull_policy: "IfNotPresent".into(),
+            termination_grace_s: 30,
+        }
+    }
+
+    /// The pod of `plan`, owned by the function object `owner_uid`.
+    pub fn pod(&self, plan: &InstancePlan, owner_uid: &str) -> Pod {
+        let labels = BTreeMap::from([
+            (meta::FUNCTION.to_string(), plan.function.clone()),
+            (meta::TEMPLATE.to_string(), plan.template.clone()),
+            (meta::GENERATION.to_string(), plan.generation.to_string()),
+            (meta::INSTANCE.to_string(), plan.name.clone()),
+            (meta::KIND.to_string(), plan.kind.as_str().to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "dilu".to_string(),
+            ),
+        ]);
+        // Plain data: serialising cannot fail.
+        let json = |v: serde_json::Value| v.to_string();
+        let annotations = BTreeMap::from([
+            (
+                meta::BOOKING.to_string(),
+                json(serde_json::to_value(PodBooking::of(&plan.booking)).unwrap_or_default()),
+            ),
+            (
+                meta::QUOTA.to_string(),
+                json(serde_json::to_value(plan.quota).unwrap_or_default()),
+            ),
+            (
+                meta::PLANNED.to_string(),
+                Assignment::of(&plan.at).annotation(),
+            ),
+            (meta::PORT.to_string(), INSTANCE_PORT.to_string()),
+        ]);
+        let listen = format!("$(POD_IP):{INSTANCE_PORT}");
+        let container = Container {
+            name: "instance".into(),
+            image: Some(self.image.clone()),
+            image_pull_policy: Some(self.pull_policy.clone()),
+            command: Some(vec!["dilu".into()]),
+            args: Some(plan.args(&listen)),
+            env: Some(vec![EnvVar {
+                name: "POD_IP".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }]),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: i32::from(INSTANCE_PORT),
+                ..ContainerPort::default()
+            }]),
+            readiness_probe: Some(Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(plan.health_path().into()),
+                    port: IntOrString::Int(i32::from(INSTANCE_PORT)),
+                    ..HTTPGetAction::default()
+                }),
+                period_seconds: Some(1),
+                ..Probe::default()
+            }),
+            ..Container::default()
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(plan.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: format!("{}/{}", meta::GROUP, meta::VERSION),
+                    kind: KIND.into(),
+                    name: plan.function.clone(),
+                    uid: owner_uid.to_string(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                scheduler_name: Some(meta::SCHEDULER_NAME.into()),
+                restart_policy: Some("Always".into()),
+                termination_grace_period_seconds: Some(self.termination_grace_s),
+                containers: vec![container],
+                ..PodSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+/// Instances as Pods through the API server.
+pub struct KubeBackend {
+    client: Client,
+    template: PodTemplate,
+}
+
+fn api_error(context: &str, e: kube::Error) -> BackendError {
+    match &e {
+        kube::Error::Api(status) if status.code == 404 => BackendError::NotFound(context.into()),
+        kube::Error::Api(status) if status.code == 409 => {
+            BackendError::Conflict(FieldError::new("name", context, status.message.clone()))
+        }
+        kube::Error::Api(_) => BackendError::Failed {
+            context: context.into(),
+            reason: e.to_string(),
+        },
+        _ => BackendError::Unavailable(format!("{context}: {e}")),
+    }
+}
+
+impl KubeBackend {
+    /// A backend making pods with `template` through `client`.
+    pub fn new(client: Client, template: PodTemplate) -> KubeBackend {
+        KubeBackend { client, template }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.template.namespace)
+    }
+
+    async fn usable_shares(&self) -> Result<BTreeMap<String, f64>, BackendError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let list = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_error("listing nodes", e))?;
+        let mut shares = BTreeMap::new();
+        for n in list {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if let Some(text) = annotation(&n.metadata, meta::INVENTORY)
+                && let Ok(devices) = meta::node_devices(&name, text)
+            {
+                for d in devices {
+                    let share = match (d.gpu, d.cores) {
+                        (false, Some(c)) if c > 1.0 => 1.0 / c,
+                        _ => 1.0,
+                    };
+                    shares.insert(d.uuid, share);
+                }
+            }
+        }
+        Ok(shares)
+    }
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The phase of a pod as the control plane counts it.
+pub fn pod_phase(pod: &Pod) -> InstancePhase {
+    let Some(status) = &pod.status else {
+        return InstancePhase::Starting;
+    };
+    match status.phase.as_deref() {
+        Some("Succeeded" | "Failed") => return InstancePhase::Exited,
+        Some("Running") => {}
+        _ => return InstancePhase::Starting,
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        return InstancePhase::Ready;
+    }
+    let waiting_to_restart = status.container_statuses.iter().flatten().any(|c| {
+        c.state
+            .as_ref()
+            .is_some_and(|s| s.waiting.is_some() || s.terminated.is_some())
+            && c.restart_count > 0
+    });
+    if waiting_to_restart {
+        InstancePhase::Restarting
+    } else {
+        InstancePhase::Starting
+    }
+}
+
+/// How a pod's container last ended (`exit code 1`, `killed by signal 9`, `OOMKilled`), when it did.
+fn last_exit(pod: &Pod) -> Option<String> {
+    let c = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    let terminated = c
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| c.last_state.as_ref().and_then(|s| s.terminated.as_ref()))?;
+    Some(match (terminated.reason.as_deref(), terminated.signal) {
+        (Some("OOMKilled"), _) => "out of memory (OOMKilled)".into(),
+        (_, Some(signal)) if signal > 0 => format!("killed by signal {signal}"),
+        _ => format!("exit code {}", terminated.exit_code),
+    })
+}
+
+/// The control plane's view of a Dilu pod; `None` for a pod without the function label.
+pub fn observe(pod: &Pod, usable: &BTreeMap<String, f64>) -> Option<ObservedInstance> {
+    let m = &pod.metadata;
+    let id = m.name.clone()?;
+    let function = label(m, meta::FUNCTION)?.to_string();
+    let at = annotation(m, meta::ASSIGNMENT)
+        .or_else(|| annotation(m, meta::PLANNED))
+        .and_then(|a| Assignment::parse(&id, a).ok())
+        .map(|a| a.device_ref())
+        .unwrap_or(DeviceRef {
+            node: String::new(),
+            device: String::new(),
+        });
+    let quota = annotation(m, meta::QUOTA)
+        .and_then(|q| meta::parse_quota(&id, q).ok())
+        .unwrap_or(Quota::new(1.0, 1.0));
+    let kind = match label(m, meta::KIND) {
+        Some("training") => InstanceKind::Training,
+        Some("llm-inference") => InstanceKind::LlmInference,
+        _ => InstanceKind::Inference,
+    };
+    let port = annotation(m, meta::PORT).unwrap_or("8080");
+    let endpoint = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| format!("http://{ip}:{port}"));
+    let restarts = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map_or(0, |c| c.restart_count.max(0) as u32);
+    Some(ObservedInstance {
+        name: label(m, meta::INSTANCE).unwrap_or(&id).to_string(),
+        function,
+        template: label(m, meta::TEMPLATE).unwrap_or_default().to_string(),
+        generation: label(m, meta::GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+        kind,
+        usable_share: usable.get(&at.device).copied().unwrap_or(1.0),
+        at,
+        quota,
+        phase: pod_phase(pod),
+        terminating: m.deletion_timestamp.is_some(),
+        endpoint,
+        last_exit: last_exit(pod),
+        restarts,
+        adopted: false,
+        id,
+    })
+}
+
+impl InstanceBackend for KubeBackend {
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            let list = nodes
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| api_error("listing nodes", e))?;
+            let mut out = Vec::new();
+            for n in list {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
+                    continue;
+                };
+                match meta::node_inventory(&name, text) {
+                    Ok(inv) => out.push(inv),
+                    Err(e) => eprintln!("dilu: {e}"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
+        Box::pin(async move {
+            let usable = self.usable_shares().await?;
+            let pods = self
+                .pods()
+                .list(&ListParams::default().labels(meta::FUNCTION))
+                .await
+                .map_err(|e| api_error("listing pods", e))?;
+            Ok(pods.iter().filter_map(|p| observe(p, &usable)).collect())
+        })
+    }
+
+    fn create(&self, plan: InstancePlan) -> BoxFuture<'_, Result<ObservedInstance, BackendError>> {
+        Box::pin(async move {
+            let functions: Api<Function> =
+                Api::namespaced(self.client.clone(), &self.template.namespace);
+            let owner = functions
+                .get(&plan.function)
+                .await
+                .map_err(|e| api_error(&format!("function {}", plan.function), e))?;
+            if owner.deleting() {
+                return Err(BackendError::Conflict(FieldError::new(
+                    "function",
+                    &plan.function,
+                    "is being deleted",
+                )));
+            }
+            let uid = owner.metadata.uid.clone().unwrap_or_default();
+            let pod = self.template.pod(&plan, &uid);
+            let created = self
+                .pods()
+                .create(&PostParams::default(), &pod)
+                .await
+                .map_err(|e| api_error(&format!("pod {}", plan.name), e))?;
+            observe(&created, &BTreeMap::new()).ok_or_else(|| BackendError::Failed {
+                context: format!("pod {}", plan.name),
+                reason: "created without its labels".into(),
+            })
+        })
+    }
+
+    fn set_quota<'a>(
+        &'a self,
+        id: &'a str,
+        quota: Quota,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let patch = serde_json::json!({
+                "metadata": { "annotations": {
+                    meta::QUOTA: serde_json::to_value(quota).unwrap_or_default().to_string(),
+                }}
+            });
+            self.pods()
+                .patch(
+                    id,
+                    &PatchParams::apply(meta::FIELD_MANAGER),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(|e| api_error(&format!("pod {id}"), e))?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match self.pods().delete(id, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(api_error(&format!("pod {id}"), e)),
+            }
+        })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        id: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<String, BackendError>> {
+        Box::pin(async move {
+            let params = kube::api::LogParams {
+                limit_bytes: Some(max_bytes as i64),
+                previous: false,
+                ..kube::api::LogParams::default()
+            };
+            self.pods()
+                .logs(id, &params)
+                .await
+                .map_err(|e| api_error(&format!("logs of pod {id}"), e))
+        })
+    }
+
+    fn check(&self, runtime: &Runtime) -> Result<(), FieldError> {
+        // Model files live in the image or a volume on the node: only the node can tell. A missing one makes
+        // the instance exit, and the function's status says why.
+        match runtime {
+            Runtime::Onnx { model } if !model.path.is_absolute() => Err(FieldError::new(
+                "model.path",
+                model.path.display().to_string(),
+                "must be an absolute path inside the instance's image or volume",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dilu_api::spec::ModelSpec;
+    use dilu_core::InstanceRequest;
+
+    fn plan() -> InstancePlan {
+        InstancePlan {
+            name: "ocr-3".into(),
+            function: "ocr".into(),
+            generation: 2,
+            template: "abc".into(),
+            kind: InstanceKind::Inference,
+            runtime: Runtime::Onnx {
+                model: ModelSpec {
+                    path: "/models/cls.onnx".into(),
+                    input_shape: Some(vec![1, 3, 48, 192]),
+                    max_batch: 8,
+                },
+            },
+            batch: 4,
+            max_body: 1 << 20,
+            at: DeviceRef {
+                node: "n1".into(),
+                device: "GPU-1".into(),
+            },
+            quota: Quota::new(0.2, 0.5),
+            booking: InstanceRequest {
+                kind: InstanceKind::Inference,
+                service: Some("ocr".into()),
+                gpu_count: 1,
+                sm_request: 200,
+                sm_limit: 500,
+                gpu_mem_mib: 0,
+                cpu_milli: 0,
+                mem_mib: 0,
+                gpu_types: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_plan_becomes_a_pod_for_dilu_scheduler_owned_by_its_function() {
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.scheduler_name.as_deref(), Some("dilu-scheduler"));
+        assert!(spec.node_name.is_none());
+        let c = &spec.containers[0];
+        let args = c.args.as_ref().unwrap();
+        assert_eq!(args[0], "worker");
+        assert!(
+            args.windows(2).any(|w| w == ["--listen", "$(POD_IP):8080"]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--max-batch", "4"]),
+            "{args:?}"
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/v2/health/ready"));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Function", "uid-1")
+        );
+        let booking =
+            PodBooking::parse("p", annotation(&pod.metadata, meta::BOOKING).unwrap()).unwrap();
+        assert_eq!((booking.sm_request, booking.sm_limit), (200, 500));
+    }
+
+    #[test]
+    fn a_pod_reads_back_as_the_instance_it_runs() {
+        let mut pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
+        let o = observe(&pod, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            (o.id.as_str(), o.name.as_str(), o.function.as_str()),
+            ("ocr-3", "ocr-3", "ocr")
+        );
+        assert_eq!(o.generation, 2);
+        assert_eq!(o.phase, InstancePhase::Starting);
+        assert_eq!(o.at.node, "n1", "the plan until bound");
+        assert_eq!(o.quota, Quota::new(0.2, 0.5));
+        assert!(o.endpoint.is_none());
+        let annotations = pod.metadata.annotations.as_mut().unwrap();
+        annotations.insert(
+            meta::ASSIGNMENT.into(),
+            Assignment {
+                node: "n2".into(),
+                device: "GPU-7".into(),
+            }
+            .annotation(),
+        );
+        pod.status = Some(serde_json::from_value(serde_json::json!({
+            "phase": "Running",
+            "podIP": "127.0.1.4",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "instance", "ready": true, "restartCount": 2, "image": "x", "imageID": "",
+                "lastState": {"terminated": {"exitCode": 137, "signal": 9}}}],
+        })).unwrap());
+        let o = observe(&pod, &BTreeMap::from([("GPU-7".to_string(), 1.0)])).unwrap();
+        assert_eq!(
+            o.at,
+            DeviceRef {
+                node: "n2".into(),
+                device: "GPU-7".into()
+            }
+        );
+        assert_eq!(o.phase, InstancePhase::Ready);
+        assert_eq!(o.endpoint.as_deref(), Some("http://127.0.1.4:8080"));
+        assert_eq!(o.restarts, 2);
+        assert_eq!(o.last_exit.as_deref(), Some("killed by signal 9"));
+    }
+}
