@@ -816,3 +816,58 @@ mod tests {
         assert!(parse_spec(spec, SpecFormat::Yaml).is_ok());
     }
 }
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+
+    const PLAIN: &str =
+        "name: ocr\nkind: inference\nmodel: {path: /m.onnx, max_batch: 4}\nslo_ms: 100\n";
+    const OBJECT: &str = "apiVersion: dilu.io/v1alpha1\nkind: Function\nmetadata: {name: ocr}\nspec:\n  kind: inference\n  model: {path: /m.onnx, max_batch: 4}\n  slo_ms: 100\n";
+
+    #[test]
+    fn a_function_object_reads_as_the_plain_spec() {
+        let plain = parse_spec(PLAIN, SpecFormat::Yaml).unwrap();
+        assert_eq!(parse_spec(OBJECT, SpecFormat::Yaml).unwrap(), plain);
+        let json =
+            serde_json::to_string(&serde_yaml::from_str::<serde_json::Value>(OBJECT).unwrap())
+                .unwrap();
+        assert_eq!(parse_spec(&json, SpecFormat::Json).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_bad_function_object_names_its_field() {
+        let cases = [
+            (
+                OBJECT.replace("dilu.io/v1alpha1", "dilu.io/v2"),
+                "apiVersion",
+            ),
+            (OBJECT.replace("kind: Function", "kind: Pod"), "kind"),
+            (
+                OBJECT.replace("metadata: {name: ocr}", "metadata: {}"),
+                "metadata.name",
+            ),
+            (
+                OBJECT.replace("metadata: {name: ocr}", "metadata: {name: Ocr}"),
+                "metadata.name",
+            ),
+            (OBJECT.replace("slo_ms: 100", "slo_ms: -1"), "spec.slo_ms"),
+            (
+                OBJECT.replace("slo_ms: 100", "slo_ms: 100\n  colour: red"),
+                "spec.colour",
+            ),
+            (
+                OBJECT.replace("slo_ms: 100", "slo_ms: 100\n  name: ocr"),
+                "spec.name",
+            ),
+            (
+                OBJECT.replace("max_batch: 4", "max_batch: many"),
+                "spec.model.max_batch",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse_spec(&text, SpecFormat::Yaml).unwrap_err();
+            assert_eq!(err.field, field, "{text}: {err}");
+        }
+    }
+}

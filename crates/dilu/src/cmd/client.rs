@@ -147,11 +147,13 @@ fn read_spec(file: &Path) -> Result<Value> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec: Value = serde_yaml::from_str(&text)
         .with_context(|| format!("{}: not YAML or JSON", file.display()))?;
-    if let Some(path) = spec
-        .get_mut("model")
-        .and_then(|m| m.get_mut("path"))
-        .filter(|p| p.is_string())
-    {
+    // A spec is the plain form or a Kubernetes `Function` object (its fields under `spec:`).
+    let model_path = if spec.get("apiVersion").is_some() {
+        "/spec/model/path"
+    } else {
+        "/model/path"
+    };
+    if let Some(path) = spec.pointer_mut(model_path).filter(|p| p.is_string()) {
         let raw = path.as_str().unwrap_or_default();
         let expanded = PathBuf::from(expand(raw)?);
         let absolute = if expanded.is_absolute() {
@@ -168,8 +170,10 @@ fn read_spec(file: &Path) -> Result<Value> {
 /// `dilu deploy -f SPEC`: creates the function, or replaces its spec when it exists.
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let spec = read_spec(&args.file)?;
-    let name = spec["name"]
-        .as_str()
+    let name = spec
+        .get("name")
+        .or_else(|| spec.pointer("/metadata/name"))
+        .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("{}: the spec has no name", args.file.display()))?
         .to_string();
     let s = &args.server;
