@@ -10,6 +10,7 @@
 //! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
 //! - [`error`]: why Kubernetes-side work failed.
 //! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
+//! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod meta;
+pub mod scheduler;
 pub mod store;
 
 pub use crd::{Function, FunctionStatus};
