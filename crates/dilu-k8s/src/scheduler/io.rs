@@ -256,7 +256,9 @@ pub async fn run(
         for line in core.take_log() {
             eprintln!("{line}");
         }
-        let wake = core.next_wakeup().map(|t| start + Duration::from_nanos(t));
+        let wake = core
+            .next_wakeup(since(start))
+            .map(|t| start + Duration::from_nanos(t));
         tokio::select! {
             biased;
             () = &mut shutdown => break,

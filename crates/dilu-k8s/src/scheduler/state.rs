@@ -191,6 +191,8 @@ pub struct Scheduling {
     pods: BTreeMap<String, Entry>,
     /// Pending pods in placement order: (creation time, key).
     queue: BTreeSet<(i64, String)>,
+    /// Bound pods the ledger does not hold (to adopt).
+    unbooked: BTreeSet<String>,
     /// Moves on whenever the nodes change or a booking is released: what was unschedulable may fit now.
     generation: u64,
     in_flight: usize,
@@ -224,6 +226,7 @@ impl Scheduling {
             node_errors: BTreeMap::new(),
             pods: BTreeMap::new(),
             queue: BTreeSet::new(),
+            unbooked: BTreeSet::new(),
             generation: 0,
             in_flight: 0,
             next_id: 1,
@@ -266,12 +269,14 @@ impl Scheduling {
         std::mem::take(&mut self.conditions)
     }
 
-    /// When the earliest back-off ends, if a pod waits for one.
-    pub fn next_wakeup(&self) -> Option<Nanos> {
+    /// When the earliest back-off still running at `now` ends, if a pod waits for one: the time to call
+    /// [`Scheduling::next_binds`] again when nothing else happens. (A back-off that has ended but whose pod
+    /// could not be placed yet waits for a bind in flight to come back, which is an event of its own.)
+    pub fn next_wakeup(&self, now: Nanos) -> Option<Nanos> {
         self.queue
             .iter()
             .filter_map(|(_, key)| match self.pods.get(key).map(|e| &e.state) {
-                Some(State::Pending { retry_at, .. }) if *retry_at > 0 => Some(*retry_at),
+                Some(State::Pending { retry_at, .. }) if *retry_at > now => Some(*retry_at),
                 _ => None,
             })
             .min()
@@ -350,11 +355,17 @@ impl Scheduling {
                         "{key}: its device left the inventory; booking dropped"
                     ));
                     if let Some(Entry {
-                        state: State::Bound { booked, .. },
+                        state: State::Bound { at, .. },
                         ..
-                    }) = self.pods.get_mut(&key)
+                    }) = self.pods.get(&key)
                     {
-                        *booked = false;
+                        let at = at.clone();
+                        let state = State::Bound {
+                            at,
+                            booked: false,
+                            tried: None,
+                        };
+                        self.set_state(&key, state);
                     }
                 }
             }
@@ -399,6 +410,7 @@ impl Scheduling {
         if let Some(entry) = self.pods.remove(key) {
             self.queue.remove(&(entry.view.created, key.to_string()));
         }
+        self.unbooked.remove(key);
         self.release(key);
     }
 
@@ -408,6 +420,8 @@ impl Scheduling {
         }
     }
 
+    /// Every change of a tracked pod's state goes through here, which keeps the queue of pending pods and
+    /// the set of bound pods to adopt in step with the states.
     fn set_state(&mut self, key: &str, state: State) {
         if let Some(entry) = self.pods.get_mut(key) {
             let slot = (entry.view.created, key.to_string());
@@ -415,6 +429,11 @@ impl Scheduling {
                 self.queue.insert(slot);
             } else {
                 self.queue.remove(&slot);
+            }
+            if matches!(state, State::Bound { booked: false, .. }) {
+                self.unbooked.insert(key.to_string());
+            } else {
+                self.unbooked.remove(key);
             }
             entry.state = state;
         }
@@ -599,8 +618,9 @@ impl Scheduling {
     fn adopt_bound(&mut self) {
         let generation = self.generation;
         let candidates: Vec<(String, DeviceRef, InstanceRequest)> = self
-            .pods
+            .unbooked
             .iter()
+            .filter_map(|key| self.pods.get(key).map(|e| (key, e)))
             .filter_map(|(key, e)| match (&e.state, &e.view.request) {
                 (
                     State::Bound {
@@ -621,25 +641,29 @@ impl Scheduling {
             } else {
                 self.ledger.adopt(&key, &at, &request)
             };
-            let Some(entry) = self.pods.get_mut(&key) else {
-                continue;
-            };
             match result {
                 Ok(()) => {
-                    entry.state = State::Bound {
+                    let state = State::Bound {
                         at,
                         booked: true,
                         tried: None,
                     };
-                    entry.adopt_error = None;
+                    self.set_state(&key, state);
+                    if let Some(entry) = self.pods.get_mut(&key) {
+                        entry.adopt_error = None;
+                    }
                     self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    entry.state = State::Bound {
+                    let state = State::Bound {
                         at: at.clone(),
                         booked: false,
                         tried: Some(generation),
+                    };
+                    self.set_state(&key, state);
+                    let Some(entry) = self.pods.get_mut(&key) else {
+                        continue;
                     };
                     if entry.adopt_error.as_ref() != Some(&why) {
                         entry.adopt_error = Some(why.clone());
@@ -749,6 +773,7 @@ impl Scheduling {
             Err(LedgerError::Unschedulable(message)) => {
                 self.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
                 let entry = self.pods.get_mut(key)?;
+                // Pending stays pending: the queue and the adoption set do not change.
                 entry.state = State::Pending {
                     retry_at: 0,
                     unschedulable_at: Some(generation),

@@ -160,7 +160,7 @@ fn pods_are_placed_in_creation_order_exactly_as_a_ledger_with_the_same_placer_pl
     let mut reference =
         Ledger::new(&sorted_nodes, Policy::named(PolicyName::Dilu).placer()).unwrap();
     let mut order = pods.clone();
-    order.sort_by(|x, y| (x.created, x.key()).cmp(&(y.created, y.key())));
+    order.sort_by_key(|x| (x.created, x.key()));
     let mut expected = Vec::new();
     for p in &order {
         let req = p.request.clone().unwrap().unwrap();
@@ -237,7 +237,7 @@ fn an_assumed_pod_is_booked_once_whatever_order_the_events_come_in() {
 fn a_conflict_adopts_what_the_pod_has() {
     let (mut core, counters) = core_with(64);
     let p = pod("p", 0, 500, 500);
-    sync(&mut core, &[node("n", 2)], &[p.clone()]);
+    sync(&mut core, &[node("n", 2)], std::slice::from_ref(&p));
     let binds = core.next_binds(0);
     assert_eq!(binds[0].at, at("n", 0));
     // Another replica bound it to the other device meanwhile.
@@ -274,16 +274,16 @@ fn a_failed_bind_is_released_and_retried_after_a_growing_back_off() {
     let b = core.next_binds(0);
     core.bind_done(&b[0], BindOutcome::Failed("connection reset".into()), 10);
     assert_eq!(booked(&core, "ns/p"), None, "released");
-    assert_eq!(core.next_wakeup(), Some(10 + SECOND));
+    assert_eq!(core.next_wakeup(10), Some(10 + SECOND));
     assert!(core.next_binds(SECOND).is_empty(), "still backing off");
     let b = core.next_binds(10 + SECOND);
     assert_eq!(b.len(), 1);
     core.bind_done(&b[0], BindOutcome::Failed("timeout".into()), 2 * SECOND);
-    assert_eq!(core.next_wakeup(), Some(4 * SECOND), "doubled");
+    assert_eq!(core.next_wakeup(2 * SECOND), Some(4 * SECOND), "doubled");
     let b = core.next_binds(4 * SECOND);
     core.bind_done(&b[0], BindOutcome::Bound, 4 * SECOND);
     assert_eq!(booked(&core, "ns/p"), Some(at("n", 0)));
-    assert_eq!(core.next_wakeup(), None);
+    assert_eq!(core.next_wakeup(4 * SECOND), None);
     assert_eq!(counters.snapshot().failures, 2);
     assert_eq!(counters.snapshot().binds, 1);
     let lines = core.take_log();
@@ -498,4 +498,26 @@ fn pods_of_another_scheduler_are_not_placed_and_a_recreated_pod_starts_afresh() 
     assert_eq!(b2.len(), 1);
     assert_eq!(b2[0].uid, "uid-p-2");
     assert_eq!(sm(&core, &at("n", 0)), 600);
+}
+
+#[test]
+fn a_back_off_that_ended_while_the_window_is_full_waits_for_a_bind_to_come_back() {
+    let (mut core, _) = core_with(1);
+    sync(
+        &mut core,
+        &[node("n", 2)],
+        &[pod("a", 0, 500, 500), pod("b", 1, 500, 500)],
+    );
+    let a = core.next_binds(0);
+    core.bind_done(&a[0], BindOutcome::Failed("reset".into()), 0);
+    let b = core.next_binds(0);
+    assert_eq!(b[0].key(), "ns/b", "a backs off, b goes");
+    // a's back-off is over but the one slot is taken: no timer to wake up for (it would fire at once, again
+    // and again); b's answer is what wakes the loop.
+    assert_eq!(core.next_wakeup(0), Some(SECOND));
+    assert_eq!(core.next_wakeup(2 * SECOND), None);
+    assert!(core.next_binds(2 * SECOND).is_empty());
+    core.bind_done(&b[0], BindOutcome::Bound, 2 * SECOND);
+    let again = core.next_binds(2 * SECOND);
+    assert_eq!(again[0].key(), "ns/a");
 }
