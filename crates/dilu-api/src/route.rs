@@ -1,5 +1,8 @@
 //! What the gateway routes by: for every inference function, its request policy and the instances ready to
-//! serve it. The control plane publishes these; the gateway follows them (through its `EndpointSource`).
+//! serve it. The control plane publishes these; the gateway follows them (through its `EndpointSource`). In a
+//! cluster the controller pulls each gateway's [`LoadReport`].
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,4 +28,29 @@ pub struct Route {
     pub slo_ms: Option<f64>,
     /// Its ready instances.
     pub endpoints: Vec<Endpoint>,
+}
+
+/// What a gateway reports at `GET /v1/load` (JSON
+/// `{"functions": {"NAME": {"arrivals": N, "queued_now": N, "in_flight": {"INSTANCE": N}}}}`): one entry per
+/// function it routes. Arrivals are counted since the previous report, so the endpoint has one consumer (the
+/// leader controller, which sums the reports of every gateway replica).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Per function, by name.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionLoad>,
+}
+
+/// One function's traffic at one gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionLoad {
+    /// Requests that arrived since the previous report.
+    #[serde(default)]
+    pub arrivals: u64,
+    /// Requests waiting for an instance slot now.
+    #[serde(default)]
+    pub queued_now: u64,
+    /// Requests in flight now, per instance (instances with none may be left out).
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, u64>,
 }

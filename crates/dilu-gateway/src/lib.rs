@@ -16,7 +16,8 @@
 //!   connection that the instance closed while it was idle is not a failure: the request goes once more, on a
 //!   new connection to the same instance;
 //! - after a burst of large bodies, the memory they took is returned to the system (glibc);
-//! - per-function window counts for the autoscaler ([`Gateway::take_window`]) and Prometheus metrics
+//! - per-function window counts for the autoscaler ([`Gateway::take_window`]; for a controller in another
+//!   process, `GET /v1/load` from [`Gateway::load_router`]) and Prometheus metrics
 //!   ([`Gateway::render_metrics`]).
 //!
 //! Errors the gateway makes itself are JSON `{"error": "..."}` (see [`GatewayError`]).
@@ -44,6 +45,7 @@
 mod config;
 mod errors;
 mod handlers;
+mod load;
 mod memory;
 mod metrics;
 mod proxy;
@@ -152,6 +154,49 @@ impl Gateway {
             queued_now: queued as u64,
             outstanding_now: outstanding as u64,
         })
+    }
+
+    /// Every function's [`Gateway::take_window`] (so arrivals since the previous call) and in-flight requests
+    /// per instance, as `GET /v1/load` reports them ([`Gateway::load_router`]).
+    pub fn take_load(&self) -> dilu_api::route::LoadReport {
+        let mut names: Vec<String> = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        let mut report = dilu_api::route::LoadReport::default();
+        for name in names {
+            // A function removed meanwhile has no window: left out.
+            let Some(window) = self.take_window(&name) else {
+                continue;
+            };
+            let in_flight = self
+                .outstanding(&name)
+                .into_iter()
+                .map(|(instance, n)| (instance, n as u64))
+                .collect();
+            report.functions.insert(
+                name,
+                dilu_api::route::FunctionLoad {
+                    arrivals: window.arrivals,
+                    queued_now: window.queued_now,
+                    in_flight,
+                },
+            );
+        }
+        report
+    }
+
+    /// `GET /v1/load`: the JSON [`Gateway::take_load`] report, for a controller in another process (the
+    /// leader of a cluster's controllers pulls it from every gateway replica). Arrivals are counted since the
+    /// previous report, so the endpoint has exactly one consumer. With `token`, a request without
+    /// `Authorization: Bearer <token>` is answered 401. Merge it with [`GatewayService::with_routes`]; neither
+    /// [`Gateway::router`] nor [`Gateway::service`] serves it on its own.
+    pub fn load_router(self: &Arc<Self>, token: Option<dilu_http::guard::Token>) -> axum::Router {
+        load::router(self, token)
     }
 
     /// Registers the hook called with a function's name when a request has to wait because the function has

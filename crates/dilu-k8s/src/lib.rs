@@ -6,10 +6,10 @@
 //! - [`backend`]: the controller's instance backend: instances as Pods.
 //! - [`store`]: the controller's function store: `Function` objects, profiles in an annotation.
 //! - [`endpoints`]: the gateway's routes from `Function` objects and their ready pods; the activator's wake.
+//! - [`load`]: the controller's traffic counts, pulled from the gateways' `GET /v1/load`.
 //! - [`controller`]: the reconciler of `dilu-control` run against the API server.
 //! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
 //! - [`error`]: why Kubernetes-side work failed.
-//! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 //! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 
 #![warn(missing_docs)]
@@ -17,8 +17,10 @@
 pub mod backend;
 pub mod controller;
 pub mod crd;
+pub mod endpoints;
 pub mod error;
 pub mod leader;
+pub mod load;
 pub mod meta;
 pub mod scheduler;
 pub mod store;

@@ -1,22 +1,30 @@
-//! `dilu gateway`: the inference gateway on its own, in front of fixed servers ([`dilu_gateway::StaticEndpoints`]),
-//! until SIGTERM or SIGINT.
+//! `dilu gateway`: the inference gateway on its own, until SIGTERM or SIGINT, in front of fixed servers
+//! ([`dilu_gateway::StaticEndpoints`]) or of a cluster's functions ([`dilu_k8s::endpoints::KubeEndpoints`]).
 //!
 //! Every `--route NAME=URL[,URL...]` deploys function `NAME` on the gateway with those instances (any server
-//! speaking the Open Inference Protocol v2 that serves model `NAME`, e.g. `dilu worker --name NAME`). The
+//! speaking the Open Inference Protocol v2 that serves model `NAME`, e.g. `dilu worker --name NAME`). With
+//! `--kubernetes` instead, the routes are the inference `Function` objects of `--namespace` with their ready
+//! pods, and a request waiting for a function at zero instances annotates its Function (the activator). The
 //! gateway applies its usual policy to them (queueing with 429, deadlines, one retry elsewhere on a transport
-//! failure) and serves `GET /metrics` besides its `/v2` routes. It binds `--listen` first and prints
-//! `dilu gateway listening on http://ADDR` on stdout.
+//! failure) and serves `GET /metrics` and `GET /v1/load` (the arrival counts the cluster's controller pulls;
+//! behind `--token-file`'s bearer token when given) besides its `/v2` routes. It binds `--listen` (after the
+//! first list of the cluster's objects, with `--kubernetes`) and prints `dilu gateway listening on
+//! http://ADDR` on stdout.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dilu_api::spec::GatewaySpec;
 use dilu_api::{Endpoint, Route};
 use dilu_core::units::parse_bytes;
-use dilu_gateway::{Gateway, GatewayConfig, GatewayService, StaticEndpoints};
+use dilu_gateway::{EndpointSource, Gateway, GatewayConfig, GatewayService, StaticEndpoints};
 use dilu_http::Limits;
+use dilu_http::guard::Token;
+use dilu_k8s::endpoints::KubeEndpoints;
 use tokio::sync::watch;
 
 use crate::cmd::worker::{bind_and_announce, termination};
@@ -71,9 +79,25 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// A function and its instances: `NAME=URL[,URL...]`, e.g. `relu=http://127.0.0.1:8001`. Repeatable.
-    #[arg(long = "route", value_parser = parse_route, required = true)]
+    /// Needed unless `--kubernetes` is given.
+    #[arg(long = "route", value_parser = parse_route)]
     routes: Vec<RouteArg>,
-    /// Concurrent requests one instance is given; more wait in the queue.
+    /// Route the cluster's functions: the inference `Function` objects of `--namespace` and their ready pods
+    /// (API server from `KUBECONFIG`, `~/.kube/config` or the pod's service account).
+    #[arg(long)]
+    kubernetes: bool,
+    /// With `--kubernetes`: the namespace of the functions (default: the configuration's, `default` outside
+    /// a cluster).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A file holding the bearer token that `GET /v1/load` requires (default: none required).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// With `--kubernetes`: how long to wait for the first list of Functions and pods before giving up.
+    #[arg(long, default_value_t = 30)]
+    sync_timeout_s: u64,
+    /// Concurrent requests one instance is given; more wait in the queue. With `--kubernetes` each function's
+    /// spec (`gateway:`) sets this and the two flags below.
     #[arg(long, default_value_t = GatewaySpec::default().max_outstanding_per_instance)]
     max_outstanding_per_instance: u32,
     /// Requests that may wait for an instance slot per function; one more is answered 429.
@@ -90,14 +114,65 @@ pub struct GatewayArgs {
     threads: usize,
 }
 
-/// The routing table the flags describe; a function named twice is refused.
-fn routes(args: &GatewayArgs) -> Result<Vec<Route>> {
+/// Where the routes come from.
+enum Routes {
+    /// `--route`: fixed.
+    Fixed(Vec<Route>),
+    /// `--kubernetes`: the cluster's functions in this namespace (`None`: the configuration's).
+    Kubernetes { namespace: Option<String> },
+}
+
+/// Where the flags say the routes come from: `--route` or `--kubernetes`, exactly one of them.
+fn source_of(args: &GatewayArgs) -> Result<Routes> {
+    match (args.kubernetes, args.routes.is_empty()) {
+        (true, false) => bail!(
+            "--route and --kubernetes exclude each other: with --kubernetes the routes are the cluster's \
+             Function objects and their ready pods; without it, give every function with --route NAME=URL"
+        ),
+        (false, true) => bail!(
+            "no routes: give --route NAME=URL[,URL...] (fixed instances) or --kubernetes (the cluster's functions)"
+        ),
+        (false, false) if args.namespace.is_some() => {
+            bail!("--namespace applies only with --kubernetes")
+        }
+        (true, true) => Ok(Routes::Kubernetes {
+            namespace: args.namespace.clone(),
+        }),
+        (false, false) => Ok(Routes::Fixed(routes(args)?)),
+    }
+}
+
+/// Reads `--token-file`: its content less surrounding whitespace, which must not be empty.
+fn token(args: &GatewayArgs) -> Result<Option<Token>> {
+    let Some(path) = &args.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}: reading", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        bail!(
+            "--token-file {}: the file is empty (rule: it holds the bearer token)",
+            path.display()
+        );
+    }
+    Ok(Some(Token::new(secret, path.display().to_string())))
+}
+
+/// The policy flags' own rules.
+fn check_policy_flags(args: &GatewayArgs) -> Result<()> {
     if args.max_outstanding_per_instance == 0 {
         bail!("--max-outstanding-per-instance must be at least 1");
     }
     if args.timeout_ms == 0 {
         bail!("--timeout-ms must be at least 1");
     }
+    Ok(())
+}
+
+/// The routing table the flags describe; a function named twice is refused.
+fn routes(args: &GatewayArgs) -> Result<Vec<Route>> {
+    check_policy_flags(args)?;
     let spec = GatewaySpec {
         queue: args.queue,
         max_outstanding_per_instance: args.max_outstanding_per_instance,
@@ -128,10 +203,11 @@ fn routes(args: &GatewayArgs) -> Result<Vec<Route>> {
     Ok(table)
 }
 
-/// The gateway's service plus `GET /metrics`.
-fn service(gateway: &Arc<Gateway>) -> GatewayService {
+/// The gateway's service plus `GET /metrics` and `GET /v1/load` (behind `token` when there is one).
+fn service(gateway: &Arc<Gateway>, token: Option<Token>) -> GatewayService {
     let metrics = Arc::clone(gateway);
-    gateway.service().with_routes(axum::Router::new().route(
+    let service = gateway.service().with_routes(gateway.load_router(token));
+    service.with_routes(axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let gateway = Arc::clone(&metrics);
@@ -158,7 +234,8 @@ fn service(gateway: &Arc<Gateway>) -> GatewayService {
 /// threads, so no request pays for waking another thread. The routing state (queues, slots, counters) is
 /// shared by all of them.
 pub fn run(args: GatewayArgs) -> Result<()> {
-    let table = routes(&args)?;
+    let routes = source_of(&args)?;
+    let token = token(&args)?;
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
@@ -180,9 +257,21 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     let result: Result<()> = control.block_on(async {
         let stop = termination()?;
         let gateway = Gateway::new(config);
-        let source = StaticEndpoints::new(table);
-        let _following = gateway.follow(source.clone());
-        let service = service(&gateway);
+        let source: Arc<dyn EndpointSource> = match routes {
+            Routes::Fixed(table) => StaticEndpoints::new(table),
+            Routes::Kubernetes { namespace } => {
+                let source = KubeEndpoints::connect(namespace.as_deref())
+                    .await
+                    .context("--kubernetes")?;
+                source
+                    .synced(Duration::from_secs(args.sync_timeout_s.max(1)))
+                    .await
+                    .context("--kubernetes")?;
+                source
+            }
+        };
+        let _following = gateway.follow(Arc::clone(&source));
+        let service = service(&gateway, token);
         let listener = bind_and_announce("gateway", args.listen)
             .await?
             .into_std()
@@ -232,6 +321,75 @@ pub fn run(args: GatewayArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    fn args(flags: &[&str]) -> GatewayArgs {
+        Cli::try_parse_from(std::iter::once("gateway").chain(flags.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    fn refusal(flags: &[&str]) -> String {
+        match source_of(&args(flags)) {
+            Ok(_) => panic!("{flags:?} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn routes_come_from_route_flags_or_the_cluster_never_both() {
+        let err = refusal(&["--kubernetes", "--route", "f=http://127.0.0.1:1"]);
+        assert!(
+            err.contains("--route and --kubernetes exclude each other"),
+            "{err}"
+        );
+        let err = refusal(&[]);
+        assert!(
+            err.contains("--route") && err.contains("--kubernetes"),
+            "{err}"
+        );
+        let err = refusal(&["--route", "f=http://127.0.0.1:1", "--namespace", "ml"]);
+        assert!(
+            err.contains("--namespace applies only with --kubernetes"),
+            "{err}"
+        );
+        match source_of(&args(&["--kubernetes", "--namespace", "ml"])) {
+            Ok(Routes::Kubernetes { namespace }) => assert_eq!(namespace.as_deref(), Some("ml")),
+            _ => panic!("--kubernetes --namespace ml refused"),
+        }
+        match source_of(&args(&["--route", "f=http://127.0.0.1:1"])) {
+            Ok(Routes::Fixed(table)) => assert_eq!(table[0].function, "f"),
+            _ => panic!("--route refused"),
+        }
+    }
+
+    #[test]
+    fn the_token_file_is_read_and_must_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let given = args(&["--kubernetes", "--token-file", path.to_str().unwrap()]);
+        let read = token(&given).unwrap().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer s3cret".parse().unwrap(),
+        );
+        assert!(read.presented_in(&headers));
+        std::fs::write(&path, " \n").unwrap();
+        let err = token(&given).unwrap_err().to_string();
+        assert!(
+            err.contains("--token-file") && err.contains("empty"),
+            "{err}"
+        );
+        assert!(token(&args(&["--kubernetes"])).unwrap().is_none());
+    }
 
     #[test]
     fn routes_parse_and_refuse_junk() {
