@@ -376,6 +376,16 @@ impl InstanceBackend for KubeBackend {
                 .create(&PostParams::default(), &pod)
                 .await
                 .map_err(|e| api_error(&format!("pod {}", plan.name), e))?;
+            eprintln!(
+                "dilu-controller: created pod {} (function {}, generation {}, planned {}/{}, request {:.2}, limit {:.2})",
+                plan.name,
+                plan.function,
+                plan.generation,
+                plan.at.node,
+                plan.at.device,
+                plan.quota.request,
+                plan.quota.limit
+            );
             observe(&created, &BTreeMap::new()).ok_or_else(|| BackendError::Failed {
                 context: format!("pod {}", plan.name),
                 reason: "created without its labels".into(),
@@ -409,7 +419,10 @@ impl InstanceBackend for KubeBackend {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             match self.pods().delete(id, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    eprintln!("dilu-controller: deleting pod {id}");
+                    Ok(())
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 Err(e) => Err(api_error(&format!("pod {id}"), e)),
             }

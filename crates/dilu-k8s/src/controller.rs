@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dilu_api::Profile;
+use dilu_api::Route;
 use dilu_control::profile::live::LiveSettings;
 use dilu_control::state::FunctionPhase;
 use dilu_control::{
@@ -26,7 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::backend::{KubeBackend, PodTemplate};
 use crate::crd::{Condition, Function, FunctionStatus};
@@ -145,6 +146,7 @@ pub async fn run(
     let reconciler = tokio::spawn(Arc::clone(&controller).run());
     let writer = tokio::spawn(write_profiles(functions.clone(), writes_rx));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &options.namespace);
+    let serving = tokio::spawn(mark_serving(pods.clone(), controller.routes()));
     let status = tokio::spawn(write_statuses(
         functions.clone(),
         pods,
@@ -173,6 +175,7 @@ pub async fn run(
     reconciler.abort();
     writer.abort();
     status.abort();
+    serving.abort();
     Ok(())
 }
 
@@ -354,6 +357,61 @@ async fn write_condition(
         .await
     {
         eprintln!("dilu-controller: {name}: writing its status: {e}");
+    }
+}
+
+/// Keeps the [`meta::SERVING`] label on exactly the pods the reconciler routes (ready, not draining, not being
+/// profiled), so that gateways send requests to those only: on every change of the routes, and every 5 s.
+async fn mark_serving(pods: Api<Pod>, mut routes: watch::Receiver<Arc<Vec<Route>>>) {
+    loop {
+        let serving: BTreeSet<String> = routes
+            .borrow_and_update()
+            .iter()
+            .flat_map(|r| r.endpoints.iter().map(|e| e.instance.clone()))
+            .collect();
+        match pods
+            .list(&ListParams::default().labels(meta::FUNCTION))
+            .await
+        {
+            Ok(list) => {
+                for pod in list {
+                    let Some(name) = pod.metadata.name.clone() else {
+                        continue;
+                    };
+                    let has = pod
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(meta::SERVING))
+                        .is_some_and(|v| v == "true");
+                    let want = serving.contains(&name) && pod.metadata.deletion_timestamp.is_none();
+                    if has == want {
+                        continue;
+                    }
+                    let value = if want {
+                        serde_json::json!("true")
+                    } else {
+                        serde_json::Value::Null
+                    };
+                    let patch =
+                        serde_json::json!({ "metadata": { "labels": { meta::SERVING: value } } });
+                    if let Err(e) = pods
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        eprintln!(
+                            "dilu-controller: pod {name}: marking it {}: {e}",
+                            if want { "serving" } else { "not serving" }
+                        );
+                    }
+                }
+            }
+            Err(e) => eprintln!("dilu-controller: listing pods: {e}"),
+        }
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 

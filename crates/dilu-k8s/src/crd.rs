@@ -10,8 +10,8 @@ use dilu_api::{FieldError, FunctionSpec, Quota};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
-    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresources,
-    CustomResourceValidation, JSONSchemaProps,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::TypeMeta;
@@ -167,8 +167,8 @@ impl From<Quota> for StatusQuota {
 }
 
 /// A status condition, as Kubernetes' own resources write them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Condition {
     /// `Ready`, `Profiled`, `SpecValid`.
     #[serde(rename = "type")]
@@ -176,13 +176,13 @@ pub struct Condition {
     /// `True`, `False` or `Unknown`.
     pub status: String,
     /// A CamelCase reason.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
     /// Words for people.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// When `status` last changed (RFC 3339).
-    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub last_transition_time: String,
 }
 
@@ -206,13 +206,20 @@ fn schema_of<T: JsonSchema>() -> Result<serde_json::Value, DefinitionError> {
         .map_err(|e| DefinitionError(e.to_string()))
 }
 
-/// Drops what Kubernetes does not accept in a CRD schema: `$schema`, `title`, and JSON Schema's `format`s it
-/// does not know (`uint32`, `double`, …, which it would only warn about).
+/// Drops what Kubernetes does not accept in a CRD schema: `$schema`, `title`, empty defaults, and JSON
+/// Schema's `format`s it does not know (`uint32`, `double`, …, which it would only warn about).
 fn tidy(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             map.remove("$schema");
             map.remove("title");
+            // A default of null (what schemars writes for `#[serde(default)]` fields without one) or of "" is
+            // refused by the API server ("must be of type string: null").
+            if matches!(map.get("default"), Some(serde_json::Value::Null))
+                || map.get("default") == Some(&serde_json::Value::String(String::new()))
+            {
+                map.remove("default");
+            }
             if let Some(serde_json::Value::String(f)) = map.get("format")
                 && !matches!(f.as_str(), "int32" | "int64" | "float" | "double")
             {
@@ -316,7 +323,7 @@ pub fn definition() -> Result<CustomResourceDefinition, DefinitionError> {
                     open_api_v3_schema: Some(schema()?),
                 }),
                 subresources: Some(CustomResourceSubresources {
-                    status: Some(Default::default()),
+                    status: Some(CustomResourceSubresourceStatus(serde_json::json!({}))),
                     scale: None,
                 }),
                 additional_printer_columns: Some(vec![

@@ -2,8 +2,9 @@
 //!
 //! It watches, in one namespace, the `Function` objects and the pods labelled [`meta::FUNCTION`], and publishes
 //! one route per inference function (`spec.kind` is an inference kind) with the spec's gateway policy and
-//! SLO. A route's endpoints are the function's pods that serve: condition `Ready` is `True`, no
-//! `deletionTimestamp`, a `status.podIP`; each is `Endpoint { instance: <pod name>, url:
+//! SLO. A route's endpoints are the function's pods that serve: label [`meta::SERVING`] `true` (the controller
+//! routes it: not draining, not being profiled), condition `Ready` is `True`, no `deletionTimestamp`, a
+//! `status.podIP`; each is `Endpoint { instance: <pod name>, url:
 //! http://<podIP>:<port> }`, the port being the pod's [`meta::PORT`] annotation (default
 //! [`DEFAULT_PORT`]). A function being deleted, or whose spec does not parse, gets no route (the latter is
 //! logged once, naming the field). Nothing is published before both watches have listed their objects once,
@@ -115,7 +116,9 @@ fn pod_endpoint(pod: &Pod) -> Result<Option<Endpoint>, String> {
             }
         },
     };
-    if pod.metadata.deletion_timestamp.is_some() {
+    if pod.metadata.deletion_timestamp.is_some()
+        || pod.labels().get(meta::SERVING).map(String::as_str) != Some("true")
+    {
         return Ok(None);
     }
     let Some(status) = pod.status.as_ref() else {
@@ -486,7 +489,13 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
-                labels: Some([(meta::FUNCTION.to_string(), function.to_string())].into()),
+                labels: Some(
+                    [
+                        (meta::FUNCTION.to_string(), function.to_string()),
+                        (meta::SERVING.to_string(), "true".to_string()),
+                    ]
+                    .into(),
+                ),
                 ..ObjectMeta::default()
             },
             status: Some(PodStatus {
@@ -548,6 +557,21 @@ mod tests {
                 endpoint("ocr-b", "http://10.0.0.2:8080"),
                 endpoint("ocr-v6", "http://[fd00::7]:8080"),
             ]
+        );
+    }
+
+    #[test]
+    fn a_ready_pod_the_controller_does_not_route_gets_no_request() {
+        // Draining, or being profiled: Ready, but the controller took its serving label away.
+        let mut profiling = pod("ocr-a", "ocr", true, Some("10.0.0.1"));
+        if let Some(labels) = profiling.metadata.labels.as_mut() {
+            labels.remove(meta::SERVING);
+        }
+        let serving = pod("ocr-b", "ocr", true, Some("10.0.0.2"));
+        let table = route_table(&[function(OCR)], &[profiling, serving]);
+        assert_eq!(
+            table.routes[0].endpoints,
+            vec![endpoint("ocr-b", "http://10.0.0.2:8080")]
         );
     }
 

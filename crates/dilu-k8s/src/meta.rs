@@ -36,6 +36,9 @@ pub const TEMPLATE: &str = dilu_control::backend::labels::TEMPLATE;
 pub const GENERATION: &str = dilu_control::backend::labels::GENERATION;
 /// Label: the instance name (`ocr-7`), unique among the function's instances.
 pub const INSTANCE: &str = "dilu.io/instance";
+/// Label: `true` while the controller routes requests to the pod (ready, not draining, not being profiled);
+/// the gateway sends requests only to pods with it (and Ready).
+pub const SERVING: &str = "dilu.io/serving";
 /// Label: what the instance does (`inference`, `training`).
 pub const KIND: &str = "dilu.io/kind";
 
@@ -247,10 +250,10 @@ mod tests {
         assert_eq!(inv.devices, devices);
         let err = node_inventory("n2", "[]").unwrap_err().to_string();
         assert!(err.contains("node n2") && err.contains(INVENTORY), "{err}");
-        let err = node_inventory("n3", r#"[{"uuid":"GPU-1","cores":4}]"#)
+        let err = node_inventory("n3", r#"[{"uuid":"GPU-1","colour":4}]"#)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cores"), "{err}");
+        assert!(err.contains("colour"), "{err}");
     }
 
     #[test]

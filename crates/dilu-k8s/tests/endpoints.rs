@@ -68,8 +68,8 @@ fn function(yaml: &str) -> Function {
     Function::new(NS, &spec).expect("an object")
 }
 
-/// A pod of `function`, bound to a node that does not exist (so that deleting it leaves it terminating: no
-/// kubelet confirms), with the port annotation when given.
+/// A pod of `function` the controller routes (label `dilu.io/serving=true`), bound to a node that does not
+/// exist (so that deleting it leaves it terminating: no kubelet confirms), with the port annotation when given.
 fn pod(name: &str, function: &str, port: Option<u16>) -> Pod {
     let mut annotations = serde_json::Map::new();
     if let Some(port) = port {
@@ -81,7 +81,7 @@ fn pod(name: &str, function: &str, port: Option<u16>) -> Pod {
         "metadata": {
             "name": name,
             "namespace": NS,
-            "labels": { meta::FUNCTION: function },
+            "labels": { meta::FUNCTION: function, meta::SERVING: "true" },
             "annotations": annotations,
         },
         "spec": {

@@ -60,6 +60,11 @@ enum Command {
     Invoke(cmd::client::InvokeArgs),
     /// Delete a function (its instances drain, then stop).
     Delete(cmd::client::DeleteArgs),
+    /// Dilu on Kubernetes: the Function CRD, the controller and dilu-scheduler.
+    Kube {
+        #[command(subcommand)]
+        command: cmd::kube::KubeCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -83,5 +88,6 @@ fn main() -> Result<()> {
         Command::Status(args) => cmd::client::status(args),
         Command::Invoke(args) => cmd::client::invoke(args),
         Command::Delete(args) => cmd::client::delete(args),
+        Command::Kube { command } => cmd::kube::run(command),
     }
 }

@@ -5,6 +5,7 @@ pub mod burn;
 pub mod client;
 pub mod datadir;
 pub mod gateway;
+pub mod kube;
 pub mod models;
 pub mod output;
 pub mod profile;

@@ -1,0 +1,212 @@
+//! `dilu kube`: Dilu on Kubernetes (`docs/kubernetes.md`). `crd` prints the Function CustomResourceDefinition;
+//! `controller` and `scheduler` are the cluster's control plane, each run with leader election so that 2+
+//! replicas can run (one works, the others wait to take over). Both reach the API server through the usual
+//! kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the pod's service account.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use dilu_control::LoadSource;
+use dilu_control::load::NoLoad;
+use dilu_core::policy::{Policy, PolicyName};
+use dilu_k8s::controller::ControllerOptions;
+use dilu_k8s::leader::{Election, lead};
+use dilu_k8s::load::{PullConfig, PulledLoad};
+use dilu_k8s::scheduler::SchedulerConfig;
+
+use crate::cmd::worker::termination;
+
+/// `dilu kube …`.
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// Print the Function CustomResourceDefinition (what `deploy/crd.yaml` holds).
+    Crd,
+    /// The controller: reconciles each Function into instance Pods (profiling, scaling, rolling updates,
+    /// scale to zero) and writes its status.
+    Controller(ControllerArgs),
+    /// dilu-scheduler: binds pending Dilu pods to a node and device with the policy's placer.
+    Scheduler(SchedulerArgs),
+}
+
+/// Leader election flags shared by the controller and the scheduler.
+#[derive(Debug, Args)]
+pub struct ElectionArgs {
+    /// Namespace of the Lease.
+    #[arg(long, default_value = "dilu-system")]
+    lease_namespace: String,
+    /// This replica's identity among replicas (default: `$POD_NAME`, else host name and pid).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Seconds a lease stays valid after its last renewal: how long a dead leader blocks a standby.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Run without leader election (one replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+}
+
+impl ElectionArgs {
+    fn election(&self, lease: &str) -> Election {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            std::env::var("POD_NAME").unwrap_or_else(|_| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "host".into());
+                format!("{host}-{}", std::process::id())
+            })
+        });
+        let mut e = Election::new(&self.lease_namespace, lease, &identity);
+        e.duration_s = self.lease_seconds.max(2);
+        e.grace_s = (e.duration_s / 3).max(1);
+        e
+    }
+}
+
+/// Arguments of `dilu kube controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Namespace of the Functions and their pods.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Image of the instance pods (its entrypoint is the `dilu` binary).
+    #[arg(long, default_value = "ghcr.io/dilu-platform/dilu:0.1.0")]
+    image: String,
+    /// Policy whose placer, scalers and quota rules run (dilu, exclusive, infless, fast-gshare, tgs, …).
+    #[arg(long, default_value = "dilu")]
+    policy: String,
+    /// A gateway (`http://HOST:PORT`) whose arrival counts (`GET /v1/load`, once a second) feed the horizontal
+    /// scaler. Repeatable: one per gateway replica.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// File holding the gateways' bearer token, when they require one.
+    #[arg(long)]
+    gateway_token_file: Option<std::path::PathBuf>,
+    /// The URL clients use, shown in each function's status (default: the first `--gateway`).
+    #[arg(long)]
+    public_url: Option<String>,
+    #[command(flatten)]
+    election: ElectionArgs,
+}
+
+/// Arguments of `dilu kube scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Namespace whose pods it binds (default: every namespace).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Policy whose placer places.
+    #[arg(long, default_value = "dilu")]
+    policy: String,
+    #[command(flatten)]
+    election: ElectionArgs,
+}
+
+fn policy_name(name: &str) -> Result<PolicyName> {
+    name.parse()
+        .map_err(|e| anyhow::anyhow!("--policy {name:?}: {e}"))
+}
+
+fn policy(name: &str) -> Result<Policy> {
+    Ok(Policy::named(policy_name(name)?))
+}
+
+/// Runs `dilu kube …`.
+pub fn run(command: KubeCommand) -> Result<()> {
+    match command {
+        KubeCommand::Crd => {
+            print!("{}", dilu_k8s::crd::definition_yaml()?);
+            Ok(())
+        }
+        KubeCommand::Controller(args) => crate::cmd::worker::runtime()?.block_on(controller(args)),
+        KubeCommand::Scheduler(args) => crate::cmd::worker::runtime()?.block_on(scheduler(args)),
+    }
+}
+
+async fn client() -> Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server (KUBECONFIG, ~/.kube/config or the pod's service account)")
+}
+
+async fn controller(args: ControllerArgs) -> Result<()> {
+    let client = client().await?;
+    let mut options = ControllerOptions::new(&args.namespace, &args.image);
+    options.policy = policy(&args.policy)?;
+    options.gateway_url = args
+        .public_url
+        .clone()
+        .or_else(|| args.gateways.first().cloned());
+    let load: Arc<dyn LoadSource> = if args.gateways.is_empty() {
+        Arc::new(NoLoad)
+    } else {
+        let token = match &args.gateway_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--gateway-token-file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Arc::new(
+            PulledLoad::start(PullConfig::new(args.gateways.clone(), token))
+                .context("--gateway")?,
+        )
+    };
+    let shutdown = termination()?;
+    if args.election.no_leader_election {
+        return dilu_k8s::controller::run(client, options, load, shutdown)
+            .await
+            .context("dilu controller");
+    }
+    let election = args.election.election("dilu-controller");
+    let work_client = client.clone();
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let failure = Arc::clone(&failed);
+    lead(client, &election, shutdown, move |lost| async move {
+        if let Err(e) = dilu_k8s::controller::run(work_client, options, load, lost).await
+            && let Ok(mut slot) = failure.lock()
+        {
+            *slot = Some(e);
+        }
+    })
+    .await
+    .context("dilu controller")?;
+    match failed.lock().ok().and_then(|mut slot| slot.take()) {
+        Some(e) => Err(e).context("dilu controller"),
+        None => Ok(()),
+    }
+}
+
+async fn scheduler(args: SchedulerArgs) -> Result<()> {
+    let client = client().await?;
+    let config = SchedulerConfig {
+        namespace: args.namespace.clone(),
+        policy: policy_name(&args.policy)?,
+        ..SchedulerConfig::default()
+    };
+    let shutdown = termination()?;
+    if args.election.no_leader_election {
+        return dilu_k8s::scheduler::run(client, config, shutdown)
+            .await
+            .context("dilu-scheduler");
+    }
+    let election = args.election.election("dilu-scheduler");
+    let work_client = client.clone();
+    let failed = Arc::new(std::sync::Mutex::new(None));
+    let failure = Arc::clone(&failed);
+    lead(client, &election, shutdown, move |lost| async move {
+        if let Err(e) = dilu_k8s::scheduler::run(work_client, config, lost).await
+            && let Ok(mut slot) = failure.lock()
+        {
+            *slot = Some(e);
+        }
+    })
+    .await
+    .context("dilu-scheduler")?;
+    match failed.lock().ok().and_then(|mut slot| slot.take()) {
+        Some(e) => Err(e).context("dilu-scheduler"),
+        None => Ok(()),
+    }
+}

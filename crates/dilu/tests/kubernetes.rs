@@ -1,0 +1,766 @@
+//! Dilu on a real Kubernetes API server (kube-apiserver 1.20 and etcd on loopback, `scripts/build-kube.sh`):
+//! `dilu kube controller`, `dilu kube scheduler` and `dilu gateway --kubernetes` as processes, the PaddleOCR
+//! example applied with kubectl, and the test kit's node runner standing in for the kubelet (no kubelet or
+//! container runtime here: it runs each bound pod's container command as a local process on a loopback
+//! address of its own). Without the binaries the tests print SKIPPED (and fail under `CI=true`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::platform::{argmax, ensure_models, output_data};
+use dilu_core::ledger::Ledger;
+use dilu_core::policy::{Policy, PolicyName};
+use dilu_k8s::Function;
+use dilu_k8s::meta::{self, Assignment, PodBooking};
+use dilu_k8s_testkit::{ApiServer, NodeRunner, fake_devices, fake_node};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+
+/// A child process killed (with its process group) on drop.
+struct Proc {
+    child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, kubeconfig: &Path, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(common::dilu_bin())
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        format!(
+            "--- {} ---\n{}",
+            self.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits for the gateway's "listening on" line in its log.
+fn gateway_url(gateway: &Proc) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&gateway.log).unwrap_or_default();
+        if let Some(url) = text
+            .lines()
+            .find_map(|l| l.split("listening on ").nth(1))
+            .map(|u| u.trim().to_string())
+        {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway never listened\n{}",
+            gateway.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The cluster of a test: API server, CRD, namespaces, CPU nodes, the node runner, and Dilu's processes.
+struct Cluster {
+    api: ApiServer,
+    dir: tempfile::TempDir,
+    runner: NodeRunner,
+    nodes: Vec<String>,
+}
+
+impl Cluster {
+    async fn start(nodes: usize) -> Option<Cluster> {
+        let api = ApiServer::start().await?;
+        let out = api.kubectl(&["apply", "-f", &repo("deploy/crd.yaml")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = api.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/functions.dilu.io",
+            "--timeout=60s",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The namespace and the least-privilege RBAC of deploy/, bound to the test users Dilu's processes run as
+        // (in a cluster they are bound to the processes' service accounts).
+        for file in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {
+            let out = api.kubectl(&["apply", "-f", &repo(file)]);
+            assert!(
+                out.status.success(),
+                "{file}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for user in ["dilu-controller", "dilu-scheduler", "dilu-gateway"] {
+            let out = api.kubectl(&[
+                "create",
+                "clusterrolebinding",
+                &format!("{user}-user"),
+                &format!("--clusterrole={user}"),
+                &format!("--user={user}"),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = api.kubectl(&[
+            "create",
+            "rolebinding",
+            "dilu-leader-election-users",
+            "-n",
+            "dilu-system",
+            "--role=dilu-leader-election",
+            "--user=dilu-controller",
+            "--user=dilu-scheduler",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let client = api.client();
+        let mut names = Vec::new();
+        for i in 0..nodes {
+            let name = format!("cpu-node-{i}");
+            fake_node(&client, &name, &fake_devices(&name, 0), 0)
+                .await
+                .unwrap();
+            names.push(name);
+        }
+        let runner = NodeRunner::start(
+            client,
+            "default",
+            names.clone(),
+            PathBuf::from(common::dilu_bin()),
+        )
+        .await;
+        Some(Cluster {
+            api,
+            dir: tempfile::tempdir().unwrap(),
+            runner,
+            nodes: names,
+        })
+    }
+
+    /// The kubeconfig of a Dilu process's user, with only the RBAC of deploy/rbac.yaml.
+    fn user(&self, user: &str) -> PathBuf {
+        self.api.kubeconfig(user)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.api.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn scheduler(&self, identity: &str) -> Proc {
+        Proc::spawn(
+            &format!("scheduler-{identity}"),
+            self.dir.path(),
+            &self.user("dilu-scheduler"),
+            &[
+                "kube",
+                "scheduler",
+                "--identity",
+                identity,
+                "--lease-seconds",
+                "6",
+            ],
+        )
+    }
+
+    fn controller(&self, identity: &str, gateway: Option<&str>) -> Proc {
+        let mut args = vec![
+            "kube",
+            "controller",
+            "--identity",
+            identity,
+            "--lease-seconds",
+            "6",
+            "--image",
+            "dilu:test",
+        ];
+        if let Some(g) = gateway {
+            args.extend(["--gateway", g]);
+        }
+        Proc::spawn(
+            &format!("controller-{identity}"),
+            self.dir.path(),
+            &self.user("dilu-controller"),
+            &args,
+        )
+    }
+
+    fn gateway(&self) -> (Proc, String) {
+        let g = Proc::spawn(
+            "gateway",
+            self.dir.path(),
+            &self.user("dilu-gateway"),
+            &[
+                "gateway",
+                "--kubernetes",
+                "--namespace",
+                "default",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let url = gateway_url(&g);
+        (g, url)
+    }
+
+    async fn pods(&self, function: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.api.client(), "default");
+        pods.list(&ListParams::default().labels(&format!("{}={function}", meta::FUNCTION)))
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn function(&self, name: &str) -> Option<Function> {
+        let functions: Api<Function> = Api::namespaced(self.api.client(), "default");
+        functions.get_opt(name).await.unwrap()
+    }
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// The PaddleOCR example with its model path expanded (what `envsubst` does before `kubectl apply`) and a
+/// shorter scaling window so that the test sees a scale-out and back within a minute.
+fn ocr_manifest(cache: &Path, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("examples/ocr-cls.yaml")).unwrap();
+    let text = text.replace("${DILU_MODEL_CACHE}", &cache.display().to_string());
+    let text = text.replace(
+        "    max_instances: 2\n",
+        "    max_instances: 2\n    lazy: {window: 8, out_votes: 4, in_votes: 6}\n",
+    );
+    assert!(
+        text.contains("lazy:"),
+        "the example's scaling section changed: {text}"
+    );
+    let path = dir.join("ocr-cls.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+    mut f: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ready_pods(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count()
+}
+
+/// What the registry's placer gives for these pods, in creation order, on the nodes' inventory.
+async fn placer_assignments(api: &ApiServer, pods: &[Pod]) -> Vec<Assignment> {
+    let nodes: Api<Node> = Api::all(api.client());
+    let inventory: Vec<_> = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            let text = n.metadata.annotations.as_ref()?.get(meta::INVENTORY)?;
+            meta::node_inventory(&name, text).ok()
+        })
+        .collect();
+    let mut ledger = Ledger::new(&inventory, Policy::named(PolicyName::Dilu).placer()).unwrap();
+    let mut sorted: Vec<&Pod> = pods.iter().collect();
+    sorted.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.metadata.name.clone(),
+        )
+    });
+    sorted
+        .iter()
+        .map(|p| {
+            let name = p.metadata.name.clone().unwrap();
+            let a = p.metadata.annotations.as_ref().unwrap();
+            let booking = PodBooking::parse(&name, &a[meta::BOOKING]).unwrap();
+            let function = &p.metadata.labels.as_ref().unwrap()[meta::FUNCTION];
+            Assignment::of(&ledger.place(&name, &booking.request(function)).unwrap())
+        })
+        .collect()
+}
+
+/// An open-loop load: `rate` requests per second until stopped; counts answers by status (0: no answer).
+struct Load {
+    stop: Arc<AtomicBool>,
+    statuses: Arc<Mutex<BTreeMap<u16, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: String, body: Vec<u8>, rate: f64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let statuses = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s, counts) = (stop.clone(), statuses.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                sent += 1;
+                let (client, url, body, counts) =
+                    (client.clone(), url.clone(), body.clone(), counts.clone());
+                tokio::spawn(async move {
+                    let status = match client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    *counts.lock().unwrap().entry(status).or_insert(0) += 1;
+                });
+            }
+        });
+        Load {
+            stop,
+            statuses,
+            task,
+        }
+    }
+
+    /// Stops sending, waits for the answers, and returns the count per status.
+    async fn finish(self) -> BTreeMap<u16, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.statuses.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
+    let Some(cache) = ensure_models() else { return };
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let (gateway, url) = cluster.gateway();
+    let scheduler = cluster.scheduler("s1");
+    let controller = cluster.controller("c1", Some(&url));
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            controller.log(),
+            scheduler.log(),
+            gateway.log()
+        )
+    };
+
+    let started = Instant::now();
+    let manifest = ocr_manifest(&cache, cluster.dir.path());
+    cluster.kubectl(&["apply", "-f", &manifest.display().to_string()]);
+
+    // Profiled on a live pod, then serving: the status says so.
+    let f = wait_until(
+        "ocr-cls running with a ready pod",
+        Duration::from_secs(180),
+        logs,
+        || async {
+            let f = cluster.function("ocr-cls").await?;
+            let s = f.status.clone()?;
+            (s.phase.as_deref() == Some("running") && s.ready_instances >= 1).then_some(f)
+        },
+    )
+    .await;
+    let ready_after = started.elapsed();
+    let status = f.status.clone().unwrap();
+    println!(
+        "ocr-cls running {:.1} s after kubectl apply: quota {:?}, batch {:?}, capacity {:?} req/s, url {:?}",
+        ready_after.as_secs_f64(),
+        status.quota,
+        status.batch,
+        status.capacity_rps,
+        status.url
+    );
+    assert!(status.quota.is_some(), "{status:?}");
+    assert!(
+        f.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|x| x == meta::FINALIZER),
+        "the controller keeps its finalizer on the function"
+    );
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("{url}/v2/models/ocr-cls/infer").as_str())
+    );
+
+    // Every pod was bound by dilu-scheduler, where the registry's placer puts it on the same inventory.
+    let pods = cluster.pods("ocr-cls").await;
+    for p in &pods {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.scheduler_name.as_deref(), Some("dilu-scheduler"));
+        let a = Assignment::parse(
+            "p",
+            &p.metadata.annotations.as_ref().unwrap()[meta::ASSIGNMENT],
+        )
+        .unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(a.node.as_str()));
+        assert!(cluster.nodes.contains(&a.node));
+    }
+    let expected = placer_assignments(&cluster.api, &pods).await;
+    let mut actual: Vec<(Option<_>, Assignment)> = pods
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.creation_timestamp.clone().map(|t| t.0),
+                Assignment::parse(
+                    "p",
+                    &p.metadata.annotations.as_ref().unwrap()[meta::ASSIGNMENT],
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    actual.sort_by_key(|(t, _)| *t);
+    let actual: Vec<Assignment> = actual.into_iter().map(|(_, a)| a).collect();
+    assert_eq!(actual, expected, "dilu-scheduler agrees with the placer");
+
+    // Inference through the gateway: upright text is class 0, flipped text class 1.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let infer = format!("{url}/v2/models/ocr-cls/infer");
+    for (input, class) in [("text-upright.json", 0), ("text-flipped.json", 1)] {
+        let body = std::fs::read(cache.join("inputs").join(input)).unwrap();
+        let r = client
+            .post(&infer)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{input}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(argmax(&output_data(&v)), class, "{input}: {v}");
+    }
+
+    // A load step past one pod's capacity: a second pod appears, and goes once the load is gone.
+    let capacity = status.capacity_rps.unwrap_or(10.0).max(1.0);
+    let rate = (1.5 * capacity).min(300.0);
+    let upright = std::fs::read(cache.join("inputs/text-upright.json")).unwrap();
+    let step = Instant::now();
+    let load = Load::start(infer.clone(), upright, rate);
+    wait_until(
+        "a second ready pod under the load step",
+        Duration::from_secs(60),
+        logs,
+        || async { (ready_pods(&cluster.pods("ocr-cls").await) >= 2).then_some(()) },
+    )
+    .await;
+    let scaled_out = step.elapsed();
+    let statuses = load.finish().await;
+    let quiet = Instant::now();
+    wait_until(
+        "back to one pod after the load",
+        Duration::from_secs(60),
+        logs,
+        || async {
+            let pods = cluster.pods("ocr-cls").await;
+            (pods.len() == 1).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "load step {rate:.1} req/s (capacity {capacity:.1}): second pod ready after {:.1} s; answers by status {statuses:?}; back to one pod {:.1} s after the load stopped",
+        scaled_out.as_secs_f64(),
+        quiet.elapsed().as_secs_f64()
+    );
+    // Overload may be refused with 429 (the queue is bounded); nothing else may fail: no request goes to a pod
+    // that is not ready or already stopping.
+    let failed: u64 = statuses
+        .iter()
+        .filter(|(s, _)| !matches!(**s, 200 | 429))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 0, "answers by status: {statuses:?}");
+
+    // kubectl delete: every pod goes, the finalizer is removed, no process is left.
+    cluster.kubectl(&["delete", "function", "ocr-cls", "--wait=false"]);
+    let deleting = Instant::now();
+    wait_until(
+        "the function object gone",
+        Duration::from_secs(60),
+        logs,
+        || async { cluster.function("ocr-cls").await.is_none().then_some(()) },
+    )
+    .await;
+    assert!(cluster.pods("ocr-cls").await.is_empty());
+    wait_until(
+        "no instance process left",
+        Duration::from_secs(20),
+        logs,
+        || async { cluster.runner.running().is_empty().then_some(()) },
+    )
+    .await;
+    println!(
+        "kubectl delete function: object, pods and processes gone in {:.1} s",
+        deleting.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_controller_and_scheduler_take_over_from_a_killed_leader() {
+    let Some(cache) = ensure_models() else { return };
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let mut controllers = [
+        cluster.controller("c1", None),
+        cluster.controller("c2", None),
+    ];
+    let mut schedulers = [cluster.scheduler("s1"), cluster.scheduler("s2")];
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.api.client(), "dilu-system");
+    let holder = |name: &'static str| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity)
+        }
+    };
+    let logs = || String::new();
+    let leader_c = wait_until("a controller leads", Duration::from_secs(30), logs, || {
+        holder("dilu-controller")
+    })
+    .await;
+    let leader_s = wait_until("a scheduler leads", Duration::from_secs(30), logs, || {
+        holder("dilu-scheduler")
+    })
+    .await;
+
+    // A deploy (quota given: no profiling) with two instances; kill both leaders as soon as the first pod exists.
+    let manifest = ocr_manifest(&cache, cluster.dir.path());
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(
+            "  slo_ms: 100\n",
+            "  slo_ms: 100\n  quota: {request: 0.2, limit: 0.5}\n",
+        )
+        .replace("min_instances: 1", "min_instances: 2");
+    std::fs::write(&manifest, text).unwrap();
+    cluster.kubectl(&["apply", "-f", &manifest.display().to_string()]);
+    wait_until("the first pod", Duration::from_secs(60), logs, || async {
+        (!cluster.pods("ocr-cls").await.is_empty()).then_some(())
+    })
+    .await;
+    let killed = Instant::now();
+    let ci = if leader_c == "c1" { 0 } else { 1 };
+    let si = if leader_s == "s1" { 0 } else { 1 };
+    controllers[ci].kill9();
+    schedulers[si].kill9();
+    let new_c = wait_until(
+        "the standby controller leads",
+        Duration::from_secs(60),
+        || controllers[1 - ci].log(),
+        || async { holder("dilu-controller").await.filter(|h| *h != leader_c) },
+    )
+    .await;
+    let took_over = killed.elapsed();
+    wait_until(
+        "two ready pods",
+        Duration::from_secs(120),
+        || {
+            format!(
+                "{}\n{}",
+                controllers[1 - ci].log(),
+                schedulers[1 - si].log()
+            )
+        },
+        || async { (ready_pods(&cluster.pods("ocr-cls").await) == 2).then_some(()) },
+    )
+    .await;
+    let pods = cluster.pods("ocr-cls").await;
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    if std::env::var_os("DILU_TEST_LOGS").is_some() {
+        println!(
+            "{}\n{}\n{}\n{}",
+            controllers[0].log(),
+            controllers[1].log(),
+            schedulers[0].log(),
+            schedulers[1].log()
+        );
+    }
+    assert_eq!(pods.len(), 2, "no duplicate pod: {names:?}");
+    assert!(
+        cluster.function("ocr-cls").await.is_some(),
+        "the function is not lost"
+    );
+    println!(
+        "leaders {leader_c}/{leader_s} killed during the deploy: {new_c} leads after {:.1} s (lease 6 s); both pods ready {:.1} s after the kill: {names:?}",
+        took_over.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_manifests_pass_a_server_side_dry_run() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    // The CRD and the namespace first (a dry run creates nothing that later objects could refer to).
+    for file in ["deploy/crd.yaml", "deploy/namespace.yaml"] {
+        let out = api.kubectl(&["apply", "-f", &repo(file)]);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = api.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/functions.dilu.io",
+        "--timeout=60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = api.kubectl(&["apply", "--dry-run=server", "-f", &repo("deploy")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/functions.dilu.io",
+        "clusterrole.rbac.authorization.k8s.io/dilu-controller",
+        "deployment.apps/dilu-controller",
+        "deployment.apps/dilu-scheduler",
+        "deployment.apps/dilu-gateway",
+        "service/dilu-gateway",
+    ] {
+        assert!(
+            stdout.contains(object),
+            "{object} missing from the dry run:\n{stdout}"
+        );
+    }
+    // The example specs are valid Function objects for the API server too.
+    let cache = "/models";
+    for example in [
+        "examples/ocr-cls.yaml",
+        "examples/squeezenet.yaml",
+        "examples/mlp-train.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo(example))
+            .unwrap()
+            .replace("${DILU_MODEL_CACHE}", cache);
+        let path = std::env::temp_dir().join(format!("dilu-dry-run-{}.yaml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let out = api.kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &path.display().to_string(),
+        ]);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
