@@ -764,3 +764,145 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_at_zero_starts_on_its_first_request_and_a_spec_change_rolls_its_pods() {
+    let Some(cache) = ensure_models() else { return };
+    let Some(cluster) = Cluster::start(1).await else {
+        return;
+    };
+    let (gateway, url) = cluster.gateway();
+    let scheduler = cluster.scheduler("s1");
+    let controller = cluster.controller("c1", Some(&url));
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            controller.log(),
+            scheduler.log(),
+            gateway.log()
+        )
+    };
+
+    // SqueezeNet with its quota given, allowed to scale to zero, with a short scaling window.
+    let text = std::fs::read_to_string(repo("examples/squeezenet.yaml"))
+        .unwrap()
+        .replace("${DILU_MODEL_CACHE}", &cache.display().to_string())
+        .replace("min_instances: 1", "min_instances: 0")
+        .replace(
+            "    max_instances: 2\n",
+            "    max_instances: 2\n    lazy: {window: 4, out_votes: 2, in_votes: 3}\n",
+        );
+    assert!(
+        text.contains("min_instances: 0") && text.contains("lazy:"),
+        "{text}"
+    );
+    let manifest = cluster.dir.path().join("squeezenet.yaml");
+    std::fs::write(&manifest, &text).unwrap();
+    cluster.kubectl(&["apply", "-f", &manifest.display().to_string()]);
+
+    // With no traffic it goes to zero pods, and says so.
+    let f = wait_until(
+        "squeezenet at zero pods",
+        Duration::from_secs(120),
+        logs,
+        || async {
+            let f = cluster.function("squeezenet").await?;
+            let ready = f
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .clone();
+            (cluster.pods("squeezenet").await.is_empty() && ready.reason == "ScaledToZero")
+                .then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(f.status.as_ref().unwrap().ready_instances, 0);
+
+    // The first request waits while the gateway wakes the function (its wake annotation) and a pod starts.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let infer = format!("{url}/v2/models/squeezenet/infer");
+    let body = std::fs::read(cache.join("inputs/squeezenet.json")).unwrap();
+    let sent = Instant::now();
+    let r = client
+        .post(&infer)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let cold = sent.elapsed();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let woken = cluster.function("squeezenet").await.unwrap();
+    assert!(
+        woken
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(meta::WAKE)),
+        "the gateway marked the function woken"
+    );
+
+    // A spec change that changes what runs: new pods replace the old ones, and requests keep being served.
+    let before: Vec<String> = cluster
+        .pods("squeezenet")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(meta::TEMPLATE).cloned())
+        .collect();
+    assert!(!before.is_empty());
+    cluster.kubectl(&[
+        "patch",
+        "function",
+        "squeezenet",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"model":{"max_batch":2}}}"#,
+    ]);
+    let load = Load::start(infer.clone(), body, 5.0);
+    let rolled = Instant::now();
+    wait_until(
+        "every pod on the new template",
+        Duration::from_secs(90),
+        logs,
+        || async {
+            let pods = cluster.pods("squeezenet").await;
+            let fresh = pods.iter().all(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(meta::TEMPLATE))
+                    .is_some_and(|t| !before.contains(t))
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(meta::GENERATION))
+                        .map(String::as_str)
+                        == Some("2")
+            });
+            (!pods.is_empty() && fresh && ready_pods(&pods) >= 1).then_some(())
+        },
+    )
+    .await;
+    let roll = rolled.elapsed();
+    let statuses = load.finish().await;
+    println!(
+        "scale to zero: first request answered after {:.2} s (cold start through the gateway's wake); roll to the new spec in {:.1} s, answers during it {statuses:?}",
+        cold.as_secs_f64(),
+        roll.as_secs_f64()
+    );
+    let failed: u64 = statuses
+        .iter()
+        .filter(|(s, _)| **s != 200)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(failed, 0, "answers during the roll: {statuses:?}");
+}
