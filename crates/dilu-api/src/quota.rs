@@ -134,6 +134,15 @@ pub fn de_size_required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error
     size_of(SizeText::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
+/// The JSON Schema of a size (`"1GiB"` or a number of bytes): Kubernetes' int-or-string.
+#[cfg(feature = "schema")]
+pub(crate) fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "description": "bytes: a number, or a string with a unit (\"64MiB\", \"1GiB\")"
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,13 +185,4 @@ mod tests {
         let e = serde_json::from_str::<Quota>(r#"{"request":0.1,"limit":0.2,"memory":-1}"#);
         assert!(e.unwrap_err().to_string().contains("must not be negative"));
     }
-}
-
-/// The JSON Schema of a size (`"1GiB"` or a number of bytes): Kubernetes' int-or-string.
-#[cfg(feature = "schema")]
-pub(crate) fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "x-kubernetes-int-or-string": true,
-        "description": "bytes: a number, or a string with a unit (\"64MiB\", \"1GiB\")"
-    })
 }

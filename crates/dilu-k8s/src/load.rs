@@ -290,7 +290,10 @@ mod tests {
     use super::*;
     use dilu_api::route::FunctionLoad;
 
-    fn report(entries: &[(&str, u64, u64, &[(&str, u64)])]) -> LoadReport {
+    /// A function's line in a report: name, arrivals, queued, in flight per instance.
+    type Line<'a> = (&'a str, u64, u64, &'a [(&'a str, u64)]);
+
+    fn report(entries: &[Line<'_>]) -> LoadReport {
         LoadReport {
             functions: entries
                 .iter()
