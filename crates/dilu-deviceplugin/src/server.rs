@@ -183,7 +183,12 @@ impl RunningPlugin {
                     }
                 }
                 let kubelet = uds::identity(&config.kubelet_socket());
-                if serving.is_some() && kubelet.is_some() && kubelet != registered_with {
+                // A starting kubelet removes our socket before it creates its own: look again, so that we do
+                // not register an endpoint that was just removed (the next round would bind and register).
+                let still_ours = serving
+                    .as_ref()
+                    .is_some_and(|s| s.identity == uds::identity(&config.socket()));
+                if still_ours && kubelet.is_some() && kubelet != registered_with {
                     match register(
                         &config.kubelet_socket(),
                         &config.socket_name,

@@ -260,6 +260,7 @@ pub struct FakeKubelet {
     socket: PathBuf,
     started: Instant,
     plugins: mpsc::UnboundedReceiver<Result<PluginConn, Error>>,
+    unreachable: Vec<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -299,6 +300,7 @@ impl FakeKubelet {
             socket,
             started,
             plugins,
+            unreachable: Vec::new(),
             shutdown: Some(shutdown),
             task: Some(task),
         })
@@ -310,14 +312,27 @@ impl FakeKubelet {
     }
 
     /// The next plugin that registered (and answered options and its first list), waiting up to `timeout`.
+    /// A registration whose endpoint could not be reached is skipped and counted in
+    /// [`FakeKubelet::unreachable`], as the kubelet logs it and waits for the plugin to register again.
     pub async fn next_plugin(&mut self, timeout: Duration) -> Result<PluginConn, Error> {
-        match tokio::time::timeout(timeout, self.plugins.recv()).await {
-            Ok(Some(conn)) => conn,
-            _ => Err(Error::Timeout {
-                call: "Register",
-                millis: timeout.as_millis(),
-            }),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.plugins.recv()).await {
+                Ok(Some(Ok(conn))) => return Ok(conn),
+                Ok(Some(Err(error))) => self.unreachable.push(error.to_string()),
+                _ => {
+                    return Err(Error::Timeout {
+                        call: "Register",
+                        millis: timeout.as_millis(),
+                    });
+                }
+            }
         }
+    }
+
+    /// Registrations whose endpoint the kubelet could not reach (skipped by [`FakeKubelet::next_plugin`]).
+    pub fn unreachable(&self) -> &[String] {
+        &self.unreachable
     }
 
     /// Stops serving and removes `kubelet.sock` (a kubelet going down).

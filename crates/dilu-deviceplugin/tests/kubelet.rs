@@ -301,11 +301,18 @@ async fn the_plugin_registers_again_after_each_kubelet_restart() {
             admitted.response.envs["DILU_QUOTA_DIR"],
             CONTAINER_QUOTA_DIR
         );
+        // One registration and one bind per restart: the new kubelet removed our socket before creating its
+        // own, and the plugin never registers an endpoint that is gone.
         let state = running.wait_registered(1 + restart, WAIT).await.unwrap();
         assert_eq!(
             (state.count, state.binds),
             (1 + restart, 1 + restart),
             "{state:?}"
+        );
+        assert!(
+            kubelet.unreachable().is_empty(),
+            "{:?}",
+            kubelet.unreachable()
         );
     }
     println!(
