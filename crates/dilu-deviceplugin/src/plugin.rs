@@ -446,3 +446,75 @@ impl device_plugin_server::DevicePlugin for DevicePlugin {
         Ok(Response::new(PreStartContainerResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(devices: &[(&str, bool)]) -> DevicePlugin {
+        DevicePlugin::new(
+            PluginConfig {
+                resource_name: "dilu.io/gpu-share".into(),
+                shares: 4,
+                gpu: true,
+                interposer: Some("/opt/libdilu_cuda.so".into()),
+                channel_root: std::env::temp_dir().join("dilu-deviceplugin-unit"),
+            },
+            devices
+                .iter()
+                .map(|(uuid, healthy)| PhysicalDevice {
+                    uuid: uuid.to_string(),
+                    healthy: *healthy,
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn all(uuids: &[&str]) -> Vec<String> {
+        uuids
+            .iter()
+            .flat_map(|u| (0..4).map(move |i| ids::virtual_id(u, i)))
+            .collect()
+    }
+
+    #[test]
+    fn the_preference_keeps_must_include_and_fills_from_its_device() {
+        let p = plugin(&[("GPU-a", true), ("GPU-b", true)]);
+        let available = all(&["GPU-a", "GPU-b"]);
+        let must = vec!["GPU-b::02".to_string()];
+        assert_eq!(
+            p.prefer(&available, &must, 3),
+            ["GPU-b::02", "GPU-b::00", "GPU-b::01"]
+        );
+    }
+
+    #[test]
+    fn without_a_hook_the_healthy_device_with_most_free_shares_wins_and_others_fill_up() {
+        let p = plugin(&[("GPU-a", true), ("GPU-b", true), ("GPU-c", false)]);
+        let available: Vec<String> = all(&["GPU-a", "GPU-b", "GPU-c"])
+            .into_iter()
+            .filter(|id| id != "GPU-a::00")
+            .collect();
+        // GPU-c has the most free shares but is unhealthy; GPU-b has 4, GPU-a 3.
+        assert_eq!(p.prefer(&available, &[], 2), ["GPU-b::00", "GPU-b::01"]);
+        // More than one device holds: the rest comes from the others.
+        assert_eq!(p.prefer(&available, &[], 5).len(), 5);
+        assert!(
+            p.prefer(&available, &[], 5)[..4]
+                .iter()
+                .all(|id| id.starts_with("GPU-b"))
+        );
+    }
+
+    #[test]
+    fn a_hook_naming_a_device_without_free_shares_is_ignored() {
+        let p = plugin(&[("GPU-a", true), ("GPU-b", true)]);
+        p.handle()
+            .set_preference(Some(Arc::new(|_: &[&str]| Some("GPU-z".to_string()))));
+        assert_eq!(p.prefer(&all(&["GPU-a"]), &[], 1), ["GPU-a::00"]);
+        p.handle()
+            .set_preference(Some(Arc::new(|c: &[&str]| c.last().map(|d| d.to_string()))));
+        assert_eq!(p.prefer(&all(&["GPU-a", "GPU-b"]), &[], 1), ["GPU-b::00"]);
+    }
+}
