@@ -71,15 +71,14 @@ impl PodTemplate {
             ),
         ]);
         // Plain data: serialising cannot fail.
-        let json = |v: serde_json::Value| v.to_string();
         let annotations = BTreeMap::from([
             (
                 meta::BOOKING.to_string(),
-                json(serde_json::to_value(PodBooking::of(&plan.booking)).unwrap_or_default()),
+                serde_json::to_string(&PodBooking::of(&plan.booking)).unwrap_or_default(),
             ),
             (
                 meta::QUOTA.to_string(),
-                json(serde_json::to_value(plan.quota).unwrap_or_default()),
+                serde_json::to_string(&plan.quota).unwrap_or_default(),
             ),
             (
                 meta::PLANNED.to_string(),
@@ -153,6 +152,8 @@ impl PodTemplate {
 pub struct KubeBackend {
     client: Client,
     template: PodTemplate,
+    /// The usable share of each device (by UUID), from the last read of the nodes.
+    usable: std::sync::Mutex<BTreeMap<String, f64>>,
 }
 
 fn api_error(context: &str, e: kube::Error) -> BackendError {
@@ -172,35 +173,45 @@ fn api_error(context: &str, e: kube::Error) -> BackendError {
 impl KubeBackend {
     /// A backend making pods with `template` through `client`.
     pub fn new(client: Client, template: PodTemplate) -> KubeBackend {
-        KubeBackend { client, template }
+        KubeBackend {
+            client,
+            template,
+            usable: std::sync::Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.template.namespace)
     }
 
-    async fn usable_shares(&self) -> Result<BTreeMap<String, f64>, BackendError> {
+    /// Reads the nodes once: their inventories, and (kept for `list`) each device's usable share.
+    async fn read_nodes(&self) -> Result<Vec<NodeInfo>, BackendError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let list = nodes
             .list(&ListParams::default())
             .await
             .map_err(|e| api_error("listing nodes", e))?;
+        let mut inventories = Vec::new();
         let mut shares = BTreeMap::new();
         for n in list {
             let name = n.metadata.name.clone().unwrap_or_default();
-            if let Some(text) = annotation(&n.metadata, meta::INVENTORY)
-                && let Ok(devices) = meta::node_devices(&name, text)
-            {
-                for d in devices {
-                    let share = match (d.gpu, d.cores) {
-                        (false, Some(c)) if c > 1.0 => 1.0 / c,
-                        _ => 1.0,
-                    };
-                    shares.insert(d.uuid, share);
-                }
+            let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
+                continue;
+            };
+            match meta::node_inventory(&name, text) {
+                Ok(inv) => inventories.push(inv),
+                Err(e) => eprintln!("dilu: {e}"),
+            }
+            for d in meta::node_devices(&name, text).into_iter().flatten() {
+                let share = match (d.gpu, d.cores) {
+                    (false, Some(c)) if c > 1.0 => 1.0 / c,
+                    _ => 1.0,
+                };
+                shares.insert(d.uuid, share);
             }
         }
-        Ok(shares)
+        *dilu_core::sync::lock(&self.usable) = shares;
+        Ok(inventories)
     }
 }
 
@@ -321,30 +332,16 @@ pub fn observe(pod: &Pod, usable: &BTreeMap<String, f64>) -> Option<ObservedInst
 
 impl InstanceBackend for KubeBackend {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
-        Box::pin(async move {
-            let nodes: Api<Node> = Api::all(self.client.clone());
-            let list = nodes
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| api_error("listing nodes", e))?;
-            let mut out = Vec::new();
-            for n in list {
-                let name = n.metadata.name.clone().unwrap_or_default();
-                let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
-                    continue;
-                };
-                match meta::node_inventory(&name, text) {
-                    Ok(inv) => out.push(inv),
-                    Err(e) => eprintln!("dilu: {e}"),
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(self.read_nodes())
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ObservedInstance>, BackendError>> {
         Box::pin(async move {
-            let usable = self.usable_shares().await?;
+            // The reconciler reads the nodes just before (one read a pass); on its own, read them here.
+            if dilu_core::sync::lock(&self.usable).is_empty() {
+                self.read_nodes().await?;
+            }
+            let usable = dilu_core::sync::lock(&self.usable).clone();
             let pods = self
                 .pods()
                 .list(&ListParams::default().labels(meta::FUNCTION))

@@ -234,24 +234,10 @@ impl Sync {
             }
             return;
         }
-        if !f
-            .metadata
-            .finalizers
-            .iter()
-            .flatten()
-            .any(|x| x == meta::FINALIZER)
+        if !has_finalizer(f)
+            && let Err(e) = set_finalizer(&self.functions, f, true).await
         {
-            let mut finalizers = f.metadata.finalizers.clone().unwrap_or_default();
-            finalizers.push(meta::FINALIZER.to_string());
-            let patch = serde_json::json!({ "metadata": { "finalizers": finalizers,
-                "resourceVersion": f.metadata.resource_version } });
-            if let Err(e) = self
-                .functions
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                eprintln!("dilu-controller: {name}: adding the finalizer: {e}");
-            }
+            eprintln!("dilu-controller: {name}: adding the finalizer: {e}");
         }
         if let Some(wake) = f
             .metadata
@@ -335,6 +321,39 @@ impl Sync {
             eprintln!("dilu-controller: deleting {name}: {e}");
         }
     }
+}
+
+fn has_finalizer(f: &Function) -> bool {
+    f.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|x| x == meta::FINALIZER)
+}
+
+/// Adds (`keep`) or removes the controller's finalizer, on the object's version as read (a conflict means it
+/// changed since; the next event or pass tries again).
+async fn set_finalizer(
+    functions: &Api<Function>,
+    f: &Function,
+    keep: bool,
+) -> kube::Result<Function> {
+    let mut finalizers: Vec<String> = f
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|x| *x != meta::FINALIZER)
+        .cloned()
+        .collect();
+    if keep {
+        finalizers.push(meta::FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers,
+        "resourceVersion": f.metadata.resource_version } });
+    functions
+        .patch(f.name(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
 }
 
 async fn write_condition(
@@ -539,13 +558,7 @@ async fn write_statuses(
         for f in objects {
             let name = f.name().to_string();
             if f.deleting() {
-                let mine = f
-                    .metadata
-                    .finalizers
-                    .iter()
-                    .flatten()
-                    .any(|x| x == meta::FINALIZER);
-                if !mine {
+                if !has_finalizer(&f) {
                     continue;
                 }
                 let left = pods
@@ -553,20 +566,7 @@ async fn write_statuses(
                     .await
                     .map(|l| l.items.len());
                 if matches!(left, Ok(0)) {
-                    let finalizers: Vec<String> = f
-                        .metadata
-                        .finalizers
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|x| x != meta::FINALIZER)
-                        .collect();
-                    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers,
-                        "resourceVersion": f.metadata.resource_version } });
-                    match functions
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                    {
+                    match set_finalizer(&functions, &f, false).await {
                         Ok(_) => eprintln!(
                             "dilu-controller: {name}: every pod is gone; finalizer removed"
                         ),

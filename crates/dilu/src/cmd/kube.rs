@@ -3,6 +3,8 @@
 //! replicas can run (one works, the others wait to take over). Both reach the API server through the usual
 //! kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the pod's service account.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -154,29 +156,10 @@ async fn controller(args: ControllerArgs) -> Result<()> {
                 .context("--gateway")?,
         )
     };
-    let shutdown = termination()?;
-    if args.election.no_leader_election {
-        return dilu_k8s::controller::run(client, options, load, shutdown)
-            .await
-            .context("dilu controller");
-    }
-    let election = args.election.election("dilu-controller");
-    let work_client = client.clone();
-    let failed = Arc::new(std::sync::Mutex::new(None));
-    let failure = Arc::clone(&failed);
-    lead(client, &election, shutdown, move |lost| async move {
-        if let Err(e) = dilu_k8s::controller::run(work_client, options, load, lost).await
-            && let Ok(mut slot) = failure.lock()
-        {
-            *slot = Some(e);
-        }
+    replica(client, &args.election, "dilu-controller", |client, stop| {
+        dilu_k8s::controller::run(client, options, load, stop)
     })
     .await
-    .context("dilu controller")?;
-    match failed.lock().ok().and_then(|mut slot| slot.take()) {
-        Some(e) => Err(e).context("dilu controller"),
-        None => Ok(()),
-    }
 }
 
 async fn scheduler(args: SchedulerArgs) -> Result<()> {
@@ -186,27 +169,38 @@ async fn scheduler(args: SchedulerArgs) -> Result<()> {
         policy: policy_name(&args.policy)?,
         ..SchedulerConfig::default()
     };
-    let shutdown = termination()?;
-    if args.election.no_leader_election {
-        return dilu_k8s::scheduler::run(client, config, shutdown)
-            .await
-            .context("dilu-scheduler");
-    }
-    let election = args.election.election("dilu-scheduler");
-    let work_client = client.clone();
-    let failed = Arc::new(std::sync::Mutex::new(None));
-    let failure = Arc::clone(&failed);
-    lead(client, &election, shutdown, move |lost| async move {
-        if let Err(e) = dilu_k8s::scheduler::run(work_client, config, lost).await
-            && let Ok(mut slot) = failure.lock()
-        {
-            *slot = Some(e);
-        }
+    replica(client, &args.election, "dilu-scheduler", |client, stop| {
+        dilu_k8s::scheduler::run(client, config, stop)
     })
     .await
-    .context("dilu-scheduler")?;
-    match failed.lock().ok().and_then(|mut slot| slot.take()) {
-        Some(e) => Err(e).context("dilu-scheduler"),
+}
+
+/// Runs `work` until SIGTERM or SIGINT: at once with `--no-leader-election`, else while this replica holds
+/// `lease` (its `stop` future then also completes when the lease is lost). An error of `work` is the command's.
+async fn replica<F, Fut, E>(
+    client: kube::Client,
+    election: &ElectionArgs,
+    lease: &'static str,
+    work: F,
+) -> Result<()>
+where
+    F: FnOnce(kube::Client, Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let shutdown = termination()?;
+    if election.no_leader_election {
+        return work(client, Box::pin(shutdown)).await.context(lease);
+    }
+    let work_client = client.clone();
+    let mut failure = None;
+    lead(client, &election.election(lease), shutdown, |stop| async {
+        failure = work(work_client, stop).await.err();
+    })
+    .await
+    .context(lease)?;
+    match failure {
+        Some(e) => Err(e).context(lease),
         None => Ok(()),
     }
 }
