@@ -60,6 +60,25 @@ pub const PORT: &str = "dilu.io/port";
 /// Function annotation: the gateway saw a request wait for this function with no ready pod (RFC 3339 time).
 pub const WAKE: &str = "dilu.io/wake";
 
+/// The node agents' heartbeats: each agent renews a `coordination.k8s.io/v1` Lease named
+/// [`node_lease_name`] in this namespace (the control plane's, where its leader-election Leases live too).
+pub const NODE_LEASE_NAMESPACE: &str = "dilu-system";
+/// Seconds a node agent's Lease stays valid after its last renewal (`leaseDurationSeconds`); the agent renews
+/// every third of it. A node whose Lease is older is lost: its pods are replaced elsewhere and not routed to.
+/// A node with no Lease at all runs no agent and is never judged lost.
+pub const NODE_LEASE_SECONDS: i32 = 6;
+/// Extended resource: one share of a GPU (the device plugin lists each GPU as several shares).
+pub const GPU_SHARE: &str = "dilu.io/gpu-share";
+/// Extended resource: one share of the CPU device.
+pub const CPU_SHARE: &str = "dilu.io/cpu-share";
+/// Env of every instance container: its pod UID (downward API `metadata.uid`).
+pub const POD_UID_ENV: &str = "DILU_POD_UID";
+
+/// The name of the Lease node agent `node` renews.
+pub fn node_lease_name(node: &str) -> String {
+    format!("dilu-node-{node}")
+}
+
 /// The devices of a node as its agent publishes them in [`INVENTORY`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
