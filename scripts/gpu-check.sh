@@ -8,6 +8,9 @@
 #    throughput took to follow (reaction time, from the 100 ms progress bins).
 # 3. Gives a third process a 2 GiB memory cap: a 3 GiB allocation must fail with an out-of-memory error, a
 #    1 GiB one must then succeed, and the process must live on; cuMemGetInfo must report the cap.
+# 4. Starts `dilu agent` with NVML discovery and runs two PyTorch instances through its API (requests 0.3 and
+#    0.7, limit 1.0): the agent's token manager, not hand-set budgets, divides the GPU; one runs alone first
+#    (it may take the whole GPU), then both, then their requests are swapped (scripts/gpu-check/agent.py).
 #
 # Usage: scripts/gpu-check.sh            (builds with cargo; or set DILU_BIN and DILU_CUDA_LIB to prebuilt files)
 set -euo pipefail
@@ -85,3 +88,6 @@ echo "== 3. memory cap 2 GiB"
 "$DILU_BIN" quota create "$WORK/m.quota" --device "$UUID" --mem-cap 2GiB >/dev/null
 run_worker "$WORK/m.quota" oom 2
 "$DILU_BIN" quota show "$WORK/m.quota" | grep -E "memory|compute"
+
+echo "== 4. the agent on the GPU: NVML discovery; its token manager divides the GPU between two instances"
+"$PYTHON" scripts/gpu-check/agent.py "$DILU_BIN" "$DILU_CUDA_LIB" "$PWD/$WORKER" "$(budget 1.0)" "$WORK"
