@@ -18,6 +18,7 @@ use dilu_core::sync::lock;
 use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, Snapshot, mode, monotonic_ns};
 use serde::{Deserialize, Serialize};
 
+use crate::attached::Attached;
 use crate::config::AgentConfig;
 use crate::device;
 use crate::state;
@@ -26,7 +27,7 @@ use crate::ticker::{self, TickStats};
 use crate::tokens::{TokenError, TokenManager};
 
 /// Σ requests may exceed the device by this much (rounding) without counting as over-commit.
-const OVERCOMMIT_SLACK: f64 = 1e-9;
+pub(crate) const OVERCOMMIT_SLACK: f64 = 1e-9;
 /// How often the supervisor looks at processes.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(50);
 /// State file layout version.
@@ -96,7 +97,7 @@ pub struct InstanceRecord {
 }
 
 /// The counters of a channel snapshot, as reports show them.
-fn counters(s: &Snapshot) -> Counters {
+pub(crate) fn counters(s: &Snapshot) -> Counters {
     Counters {
         cost: s.cost_launched,
         launches: s.launches,
@@ -133,8 +134,11 @@ pub struct Agent {
     config: AgentConfig,
     devices: Vec<Device>,
     notes: Vec<String>,
-    tokens: Arc<Mutex<TokenManager>>,
+    pub(crate) tokens: Arc<Mutex<TokenManager>>,
     instances: Mutex<Instances>,
+    /// Channels of processes the agent does not start (`attached`); locked before `tokens`, never together
+    /// with `instances`.
+    pub(crate) attached: Mutex<BTreeMap<String, Attached>>,
     tick_stats: Arc<TickStats>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -169,6 +173,7 @@ impl Agent {
                 map: BTreeMap::new(),
                 next_id: saved.as_ref().map_or(1, |s| s.next_id),
             }),
+            attached: Mutex::new(BTreeMap::new()),
             tick_stats: Arc::new(TickStats::default()),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -324,7 +329,7 @@ impl Agent {
         lock(&self.tokens).devices()
     }
 
-    fn device(&self, uuid: &str) -> Option<&Device> {
+    pub(crate) fn device(&self, uuid: &str) -> Option<&Device> {
         self.devices.iter().find(|d| d.uuid == uuid)
     }
 
@@ -341,21 +346,32 @@ impl Agent {
                 "no such device on this node; see GET /devices",
             )
         })?;
-        let channel_spec = ChannelSpec {
-            device_uuid: device.uuid.clone(),
-            device_kind: device.kind,
-            budget_per_window: tokens.initial_budget(&device.uuid, &spec.quota),
-            window_ns: self.config.window_ns,
-            mem_cap_bytes: spec.quota.memory.unwrap_or(dilu_quota::UNLIMITED),
-            mode: mode::ALL,
-            resident_threads: device.sm_count.map_or(0, |sms| u64::from(sms) * 2048),
-        };
+        let channel_spec = self.channel_spec(tokens, device, &spec.quota);
         AgentChannel::create(path, &channel_spec, 0o600).map_err(|e| {
             internal(format!("creating quota channel {}", path.display()))(e.to_string())
         })
     }
 
-    fn check_capacity(
+    /// What a new channel for `quota` on `device` starts with: the quota's initial budget, the agent's window,
+    /// the memory cap, every mode flag and the resident-threads hint.
+    pub(crate) fn channel_spec(
+        &self,
+        tokens: &TokenManager,
+        device: &Device,
+        quota: &dilu_api::Quota,
+    ) -> ChannelSpec {
+        ChannelSpec {
+            device_uuid: device.uuid.clone(),
+            device_kind: device.kind,
+            budget_per_window: tokens.initial_budget(&device.uuid, quota),
+            window_ns: self.config.window_ns,
+            mem_cap_bytes: quota.memory.unwrap_or(dilu_quota::UNLIMITED),
+            mode: mode::ALL,
+            resident_threads: device.sm_count.map_or(0, |sms| u64::from(sms) * 2048),
+        }
+    }
+
+    pub(crate) fn check_capacity(
         &self,
         tokens: &TokenManager,
         device: &str,

@@ -4,6 +4,7 @@
 //! runs, fed with the instances' real counters.
 
 pub mod agent;
+pub mod attached;
 pub mod config;
 pub mod device;
 pub mod nvml;
@@ -13,6 +14,7 @@ pub mod ticker;
 pub mod tokens;
 
 pub use agent::{Agent, AgentError};
+pub use attached::AttachedStatus;
 pub use config::AgentConfig;
 pub mod api;
 pub mod metrics;

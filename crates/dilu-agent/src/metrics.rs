@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use dilu_core::prometheus::Family;
 
-use dilu_api::agent::{Budgeting, InstancePhase};
+use dilu_api::agent::{Budgeting, Counters, InstancePhase};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, counters};
 use crate::ticker::LATENESS_BUCKETS_S;
 
 /// Renders every metric of `agent`.
@@ -60,125 +60,114 @@ pub fn render(agent: &Agent) -> String {
         f.sample(&[("device", &b.device)], b.training_budget);
     }
 
-    let rows = agent.metric_rows();
-    let labels = |r: &crate::agent::InstanceRecord| -> Vec<(&'static str, String)> {
-        vec![
-            ("instance", r.id.clone()),
-            ("device", r.spec.device.clone()),
-            ("kind", r.spec.kind.as_str().to_string()),
-        ]
-    };
-    type Getter = fn(
-        &crate::agent::InstanceRecord,
-        Option<&Budgeting>,
-        Option<&dilu_quota::Snapshot>,
-    ) -> Option<f64>;
+    let rows = rows(agent);
+    type Getter = fn(&Row) -> Option<f64>;
     let families: [(&str, &str, &str, Getter); 15] = [
         (
             "dilu_agent_instance_up",
             "gauge",
-            "1 while the instance's process runs.",
-            |r, _, _| Some(if r.pid.is_some() { 1.0 } else { 0.0 }),
+            "1 while the instance's process runs (instances the agent starts).",
+            |r| r.up,
         ),
         (
             "dilu_agent_instance_ready",
             "gauge",
-            "1 when the instance is ready.",
-            |r, _, _| {
-                Some(if r.status == InstancePhase::Ready {
-                    1.0
-                } else {
-                    0.0
-                })
-            },
+            "1 when the instance is ready (instances the agent starts).",
+            |r| r.ready,
         ),
         (
             "dilu_agent_instance_restarts_total",
             "counter",
-            "Restarts of the instance's process.",
-            |r, _, _| Some(f64::from(r.restarts)),
+            "Restarts of the instance's process (instances the agent starts).",
+            |r| r.restarts,
         ),
         (
             "dilu_agent_instance_request_ratio",
             "gauge",
             "Guaranteed share of the device.",
-            |r, _, _| Some(r.spec.quota.request),
+            |r| Some(r.request),
         ),
         (
             "dilu_agent_instance_limit_ratio",
             "gauge",
             "Most of the device the instance may use.",
-            |r, _, _| Some(r.spec.quota.limit),
+            |r| Some(r.limit),
         ),
         (
             "dilu_agent_instance_share_ratio",
             "gauge",
             "Share of the device granted for the current window.",
-            |_, v, _| v.map(|v| v.share),
+            |r| r.budgeting.as_ref().map(|v| v.share),
         ),
         (
             "dilu_agent_instance_budget_units",
             "gauge",
             "Budget per window in cost units (+Inf when unlimited).",
-            |_, v, _| v.map(|v| v.budget.map_or(f64::INFINITY, |b| b as f64)),
+            |r| {
+                r.budgeting
+                    .as_ref()
+                    .map(|v| v.budget.map_or(f64::INFINITY, |b| b as f64))
+            },
         ),
         (
             "dilu_agent_instance_usage_units",
             "gauge",
             "Cost units used in the last window.",
-            |_, v, _| v.map(|v| v.usage_last_window as f64),
+            |r| r.budgeting.as_ref().map(|v| v.usage_last_window as f64),
         ),
         (
             "dilu_agent_instance_usage_avg_units",
             "gauge",
             "Cost units used per window, averaged over about a second.",
-            |_, v, _| v.map(|v| v.usage_avg_per_window),
+            |r| r.budgeting.as_ref().map(|v| v.usage_avg_per_window),
         ),
         (
             "dilu_agent_instance_cost_units_total",
             "counter",
             "Cost units used since the channel was created.",
-            |_, _, s| s.map(|s| s.cost_launched as f64),
+            |r| r.counters.as_ref().map(|c| c.cost as f64),
         ),
         (
             "dilu_agent_instance_launches_total",
             "counter",
             "Launches (GPU) or work units (CPU) charged.",
-            |_, _, s| s.map(|s| s.launches as f64),
+            |r| r.counters.as_ref().map(|c| c.launches as f64),
         ),
         (
             "dilu_agent_instance_delayed_launches_total",
             "counter",
             "Launches that waited for budget.",
-            |_, _, s| s.map(|s| s.launches_delayed as f64),
+            |r| r.counters.as_ref().map(|c| c.launches_delayed as f64),
         ),
         (
             "dilu_agent_instance_delay_seconds_total",
             "counter",
             "Time launches spent waiting for budget.",
-            |_, _, s| s.map(|s| s.delay_ns as f64 / 1e9),
+            |r| r.counters.as_ref().map(|c| c.delay_seconds),
         ),
         (
             "dilu_agent_instance_memory_bytes",
             "gauge",
             "Device memory the instance holds.",
-            |_, _, s| s.map(|s| s.bytes_allocated as f64),
+            |r| r.counters.as_ref().map(|c| c.memory_bytes as f64),
         ),
         (
             "dilu_agent_instance_alloc_failures_total",
             "counter",
             "Allocations refused by the memory cap.",
-            |_, _, s| s.map(|s| s.alloc_failures as f64),
+            |r| r.counters.as_ref().map(|c| c.alloc_failures as f64),
         ),
     ];
     for (name, kind, help, get) in families {
         let mut f = Family::new(&mut out, name, kind, help);
-        for (record, view, snapshot) in &rows {
-            if let Some(value) = get(record, view.as_ref(), snapshot.as_ref()) {
-                let owned = labels(record);
-                let borrowed: Vec<(&str, &str)> =
-                    owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                f.sample(&borrowed, value);
+        for row in &rows {
+            if let Some(value) = get(row) {
+                let labels = [
+                    ("instance", row.id.as_str()),
+                    ("device", row.device.as_str()),
+                    ("kind", row.kind),
+                ];
+                f.sample(&labels, value);
             }
         }
     }
@@ -246,4 +235,54 @@ pub fn render(agent: &Agent) -> String {
     )
     .sample(&[], agent.uptime().as_secs_f64());
     out
+}
+
+/// One budgeted channel as the per-instance families show it: an instance the agent runs, or an attached
+/// channel (`instance` = the attached id), which has no process of the agent's and so no up/ready/restarts.
+struct Row {
+    id: String,
+    device: String,
+    kind: &'static str,
+    up: Option<f64>,
+    ready: Option<f64>,
+    restarts: Option<f64>,
+    request: f64,
+    limit: f64,
+    budgeting: Option<Budgeting>,
+    counters: Option<Counters>,
+}
+
+fn rows(agent: &Agent) -> Vec<Row> {
+    let instances = agent
+        .metric_rows()
+        .into_iter()
+        .map(|(r, budgeting, snapshot)| Row {
+            up: Some(if r.pid.is_some() { 1.0 } else { 0.0 }),
+            ready: Some(if r.status == InstancePhase::Ready {
+                1.0
+            } else {
+                0.0
+            }),
+            restarts: Some(f64::from(r.restarts)),
+            request: r.spec.quota.request,
+            limit: r.spec.quota.limit,
+            kind: r.spec.kind.as_str(),
+            device: r.spec.device,
+            id: r.id,
+            budgeting,
+            counters: snapshot.as_ref().map(counters),
+        });
+    let attached = agent.attached().into_iter().map(|a| Row {
+        up: None,
+        ready: None,
+        restarts: None,
+        request: a.quota.request,
+        limit: a.quota.limit,
+        kind: a.kind.as_str(),
+        device: a.device,
+        id: a.id,
+        budgeting: a.budgeting,
+        counters: a.counters,
+    });
+    instances.chain(attached).collect()
 }

@@ -2,7 +2,7 @@
 //! instance's (control mapped read-only, counters read-write).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release};
 
@@ -231,9 +231,10 @@ pub struct AgentChannel {
 }
 
 impl AgentChannel {
-    /// Creates a channel at `path` with file permissions `permissions` (e.g. `0o600`), atomically: the file is
-    /// laid out under a temporary name and renamed into place, so a reader never sees a half-written header.
-    /// An existing file at `path` is replaced.
+    /// Creates a channel at `path` with file permissions `permissions` (e.g. `0o600`; set exactly, whatever the
+    /// process's umask, so `0o666` gives a channel any uid can open), atomically: the file is laid out under a
+    /// temporary name and renamed into place, so a reader never sees a half-written header, nor a file whose
+    /// permissions are not yet final. An existing file at `path` is replaced.
     pub fn create(path: &Path, spec: &ChannelSpec, permissions: u32) -> Result<Self, QuotaError> {
         spec.validate()?;
         let tmp = temporary_sibling(path);
@@ -253,6 +254,8 @@ impl AgentChannel {
             .open(&tmp)
             .map_err(io("create"))?;
         let laid_out = (|| {
+            file.set_permissions(std::fs::Permissions::from_mode(permissions))
+                .map_err(io("chmod"))?;
             file.set_len(FILE_SIZE as u64).map_err(io("truncate"))?;
             let map = Mapping::new(&file, &tmp, 0, FILE_SIZE, Access::ReadWrite)?;
             let channel = Self {

@@ -50,6 +50,17 @@ fn agent_and_instance_see_the_same_fields() {
 }
 
 #[test]
+fn permissions_are_set_exactly_whatever_the_umask() {
+    // The agent's attached channels are 0666 so that a pod running as any uid can open them; a umask of 022
+    // would otherwise make them 0644.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pod.quota");
+    AgentChannel::create(&path, &spec(), 0o666).unwrap();
+    let mode_bits = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode_bits, 0o666);
+}
+
+#[test]
 fn the_instance_maps_the_control_page_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ro.quota");
