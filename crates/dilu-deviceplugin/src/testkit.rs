@@ -155,47 +155,7 @@ impl PluginConn {
     /// `Allocate`; on failure the IDs are released.
     pub async fn admit(&self, size: usize) -> Result<Admitted, Error> {
         let available = self.available();
-        if available.len() < size {
-            return Err(Error::Call {
-                call: "admit",
-                status: Status::resource_exhausted(format!(
-                    "{} IDs requested, {} available",
-                    size,
-                    available.len()
-                )),
-            });
-        }
-        let mut ids: Vec<String> = available.iter().take(size).cloned().collect();
-        let mut preferred = false;
-        if self.options.get_preferred_allocation_available {
-            let answer = self
-                .client
-                .clone()
-                .get_preferred_allocation(PreferredAllocationRequest {
-                    container_requests: vec![ContainerPreferredAllocationRequest {
-                        available_device_i_ds: available.clone(),
-                        must_include_device_i_ds: Vec::new(),
-                        allocation_size: i32::try_from(size).unwrap_or(i32::MAX),
-                    }],
-                })
-                .await
-                .map_err(|status| Error::Call {
-                    call: "GetPreferredAllocation",
-                    status,
-                })?
-                .into_inner();
-            if let Some(suggested) = answer.container_responses.into_iter().next() {
-                let valid = suggested.device_i_ds.len() == size
-                    && suggested
-                        .device_i_ds
-                        .iter()
-                        .all(|id| available.contains(id));
-                if valid {
-                    ids = suggested.device_i_ds;
-                    preferred = true;
-                }
-            }
-        }
+        let (ids, preferred) = self.pick(&available, size).await?;
         if let Ok(mut allocated) = self.allocated.lock() {
             allocated.extend(ids.iter().cloned());
         }
@@ -214,6 +174,58 @@ impl PluginConn {
                 Err(error)
             }
         }
+    }
+
+    /// Picks `size` IDs out of `available` as the kubelet does, without reserving or allocating them: the
+    /// plugin's `GetPreferredAllocation` answer when its options offer it and the answer is valid (`size` IDs,
+    /// all available), else the first `size` available IDs. The flag tells whether the preference was taken.
+    /// For a kubelet-side peer that keeps its own record of allocated IDs (the node runner's device manager).
+    pub async fn pick(
+        &self,
+        available: &[String],
+        size: usize,
+    ) -> Result<(Vec<String>, bool), Error> {
+        if available.len() < size {
+            return Err(Error::Call {
+                call: "admit",
+                status: Status::resource_exhausted(format!(
+                    "{} IDs requested, {} available",
+                    size,
+                    available.len()
+                )),
+            });
+        }
+        let first: Vec<String> = available.iter().take(size).cloned().collect();
+        if !self.options.get_preferred_allocation_available {
+            return Ok((first, false));
+        }
+        let answer = self
+            .client
+            .clone()
+            .get_preferred_allocation(PreferredAllocationRequest {
+                container_requests: vec![ContainerPreferredAllocationRequest {
+                    available_device_i_ds: available.to_vec(),
+                    must_include_device_i_ds: Vec::new(),
+                    allocation_size: i32::try_from(size).unwrap_or(i32::MAX),
+                }],
+            })
+            .await
+            .map_err(|status| Error::Call {
+                call: "GetPreferredAllocation",
+                status,
+            })?
+            .into_inner();
+        if let Some(suggested) = answer.container_responses.into_iter().next() {
+            let valid = suggested.device_i_ds.len() == size
+                && suggested
+                    .device_i_ds
+                    .iter()
+                    .all(|id| available.contains(id));
+            if valid {
+                return Ok((suggested.device_i_ds, true));
+            }
+        }
+        Ok((first, false))
     }
 
     /// Calls `Allocate` for one container with exactly `ids`.
