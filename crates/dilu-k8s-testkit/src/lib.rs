@@ -5,7 +5,9 @@
 //! - [`KubeScheduler`]: the real kube-scheduler 1.20 against it.
 //! - [`fake_node`], [`fake_nodes`]: Node objects with Dilu's inventory annotation and a Ready status.
 //! - [`NodeRunner`]: **the stand-in for the kubelet**: runs the pods bound to those nodes as local processes
-//!   on loopback addresses of their own, and reports their status.
+//!   on loopback addresses of their own, and reports their status; optionally with a device manager
+//!   ([`NodeRunnerBuilder::device_plugins`]): a fake kubelet per node that device plugins register with, the
+//!   Node's capacity from their lists, and `Allocate`'s env and mounts for the pods that ask for their resource.
 //!
 //! The binaries come from `scripts/build-kube.sh` (kube-apiserver, kube-scheduler in
 //! `${DILU_KUBE_CACHE:-~/.cache/dilu/kube-1.20}/bin`), Debian's etcd-server (`etcd`) and kubectl
@@ -22,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod apiserver;
+mod devices;
 mod expand;
 mod nodes;
 mod probe;
@@ -32,10 +35,11 @@ mod scheduler;
 pub use apiserver::{
     ADMIN, ApiServer, BUILD_COMMAND, Binaries, KUBE_SCHEDULER_USER, KUBECTL, USERS, skip,
 };
+pub use devices::{PluginRegistration, translate_mounts};
 pub use expand::expand;
 pub use nodes::{
     FAKE_GPU_MEMORY_MIB, GPU_RESOURCE, NODE_LABEL, fake_devices, fake_node, fake_nodes,
 };
 pub use probe::http_status;
-pub use runner::{HOST_IP, INHERITED_ENV, MAX_BACKOFF, MAX_GRACE, NodeRunner};
+pub use runner::{HOST_IP, INHERITED_ENV, MAX_BACKOFF, MAX_GRACE, NodeRunner, NodeRunnerBuilder};
 pub use scheduler::KubeScheduler;

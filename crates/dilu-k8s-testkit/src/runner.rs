@@ -5,7 +5,7 @@
 //! closely enough that controllers, schedulers and gateways cannot tell the difference in the API. It is
 //! test support, not a kubelet: see "What it does not do" below.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
@@ -26,6 +26,7 @@ use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::devices::{DeviceManager, DeviceRun, PluginRegistration, translate_mounts};
 use crate::expand::expand;
 use crate::probe::Readiness;
 use crate::process::{Proc, exit_code, signal_group};
@@ -90,10 +91,35 @@ pub const INHERITED_ENV: &[&str] = &[
 ///   pod's grace period (at most [`MAX_GRACE`]), then the pod is deleted with `gracePeriodSeconds=0` (with its
 ///   UID as precondition), as the kubelet does, so it leaves the API. A pod that disappears from the API
 ///   (force deletion) has its process group killed at once.
+/// - **Devices** (only with the device manager: [`NodeRunner::builder`] with
+///   [`NodeRunnerBuilder::device_plugins`] or [`NodeRunnerBuilder::device_plugin_dir`]): per node, a fake
+///   kubelet serves `Registration` on `kubelet.sock` in the node's device plugin directory
+///   ([`NodeRunner::device_plugin_dir`]); each plugin that registers is asked for its options and
+///   `ListAndWatch`ed, and the Node's `status.capacity` (all IDs) and `status.allocatable` (healthy IDs) get its
+///   resource. A pod whose first container has `limits` of a registered plugin's resource is admitted as the
+///   kubelet admits it: IDs picked among the free healthy ones (`GetPreferredAllocation` when offered), then
+///   `Allocate`; they are held until the pod is gone or finished ([`NodeRunner::devices`]). `Allocate`'s `envs`
+///   are set after the runner's own variables and before the container's `env` (the kubelet's order: a
+///   container variable of the same name wins); `$(VAR)` in command and args sees them, `$(VAR)` in the
+///   container's env values does not (as in the kubelet). Its `mounts` are applied by path translation (below).
+///   Not enough free IDs: the pod is rejected as the kubelet rejects it (phase `Failed`, reason
+///   `UnexpectedAdmissionError`, never started); an extended resource no plugin serves is checked against the
+///   Node's allocatable (`OutOf<resource>` when exceeded; admitted when the Node does not list it). Details in
+///   the `devices` module; [`NodeRunner::restart_kubelet`] restarts a node's fake kubelet.
 ///
 /// What it does not do: pull images, isolate anything (no namespaces, cgroups, limits), run more than one
-/// container, mount volumes, run liveness probes, report node status (see [`crate::fake_node`]), or notice a
-/// Node being deleted. Pods that are already finished (`Succeeded`, `Failed`) when it starts are left alone.
+/// container, mount volumes, run liveness probes, report node status other than device plugin resources (see
+/// [`crate::fake_node`]), or notice a Node being deleted. Pods that are already finished (`Succeeded`,
+/// `Failed`) when it starts are left alone. **Device plugin mounts are not mounted**: there is no mount
+/// namespace, so the process sees the host's file system, and a mount is applied by rewriting paths instead
+/// ([`crate::translate_mounts`]): after `$(VAR)` expansion, every value of the device plugins' `envs` and of
+/// the container's `env` (so `LD_PRELOAD`, `DILU_QUOTA_DIR`, and `DILU_QUOTA_FILE=/run/dilu/quota/<uid>`), and
+/// every word of command and args, that equals a mount's `containerPath` or begins with it followed by `/`
+/// has that prefix replaced by the mount's `hostPath` (the longest matching container path wins). Paths the
+/// process builds itself, reads from files, or finds in the middle of a value (the second element of
+/// `a:b`), and the variables the runner itself sets or inherits, are not rewritten; read-only mounts are
+/// writable; `devices` (device nodes) and `annotations` of `Allocate` are ignored, and `PreStartContainer` is
+/// never called. Only the first container is allocated for; init containers get nothing.
 ///
 /// Dropping it kills every process it started (their process groups).
 pub struct NodeRunner {
@@ -120,6 +146,8 @@ struct Shared {
     extra_env: Vec<(String, String)>,
     dir: TempDir,
     state: Mutex<State>,
+    /// The kubelet side of the device plugin API, for the nodes that have it.
+    devices: Option<DeviceManager>,
 }
 
 #[derive(Default)]
@@ -167,6 +195,42 @@ impl NodeRunner {
         dilu_binary: PathBuf,
         env: Vec<(String, String)>,
     ) -> NodeRunner {
+        NodeRunner::builder(client, namespace, nodes, dilu_binary)
+            .env(env)
+            .start()
+            .await
+    }
+
+    /// A runner with options: [`NodeRunnerBuilder::env`], and the device manager
+    /// ([`NodeRunnerBuilder::device_plugins`], [`NodeRunnerBuilder::device_plugin_dir`]).
+    pub fn builder(
+        client: kube::Client,
+        namespace: &str,
+        nodes: Vec<String>,
+        dilu_binary: PathBuf,
+    ) -> NodeRunnerBuilder {
+        NodeRunnerBuilder {
+            client,
+            namespace: namespace.to_string(),
+            nodes,
+            dilu_binary,
+            env: Vec::new(),
+            all_devices: false,
+            device_dirs: BTreeMap::new(),
+        }
+    }
+
+    async fn start_built(b: NodeRunnerBuilder) -> NodeRunner {
+        let NodeRunnerBuilder {
+            client,
+            namespace,
+            nodes,
+            dilu_binary,
+            env,
+            all_devices,
+            mut device_dirs,
+        } = b;
+        let namespace = namespace.as_str();
         let dir = tempfile::Builder::new()
             .prefix("dilu-node-runner-")
             .tempdir()
@@ -175,6 +239,18 @@ impl NodeRunner {
             std::fs::create_dir_all(dir.path().join(sub))
                 .expect("dilu-k8s-testkit: creating the node runner's directories");
         }
+        if all_devices {
+            for node in &nodes {
+                device_dirs
+                    .entry(node.clone())
+                    .or_insert_with(|| dir.path().join("device-plugins").join(node));
+            }
+        }
+        device_dirs.retain(|node, _| nodes.contains(node));
+        let devices = (!device_dirs.is_empty()).then(|| {
+            DeviceManager::start(client.clone(), device_dirs)
+                .expect("dilu-k8s-testkit: starting the node runner's device manager")
+        });
         let shared = Arc::new(Shared {
             pods: Api::namespaced(client.clone(), namespace),
             client,
@@ -184,6 +260,7 @@ impl NodeRunner {
             extra_env: env,
             dir,
             state: Mutex::new(State::default()),
+            devices,
         });
         let (listed_tx, listed) = tokio::sync::oneshot::channel();
         let watcher = tokio::spawn(watch_pods(shared.clone(), listed_tx));
@@ -196,6 +273,72 @@ impl NodeRunner {
             );
         }
         NodeRunner { shared, watcher }
+    }
+
+    /// The kubelet device plugin directory of `node` (where its `kubelet.sock` is served, and where a device
+    /// plugin such as `dilu agent --kubernetes --node-name <node> --device-plugin-dir <dir>` serves its own
+    /// socket); `None` when the node has no device manager.
+    pub fn device_plugin_dir(&self, node: &str) -> Option<&Path> {
+        self.shared.devices.as_ref()?.dir(node)
+    }
+
+    /// The registrations `node`'s fake kubelet accepted, oldest first (across its restarts).
+    pub fn plugin_registrations(&self, node: &str) -> Vec<PluginRegistration> {
+        self.shared
+            .devices
+            .as_ref()
+            .map(|d| d.registrations(node))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `node`'s fake kubelet has accepted at least `count` registrations (polling every 20 ms);
+    /// returns them all, or an error after `timeout`.
+    pub async fn wait_plugin_registrations(
+        &self,
+        node: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<PluginRegistration>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let registrations = self.plugin_registrations(node);
+            if registrations.len() >= count {
+                return Ok(registrations);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "node {node}: {} plugin registrations after {timeout:?}, {count} awaited",
+                    registrations.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// When `node`'s current fake kubelet created its `kubelet.sock`.
+    pub fn kubelet_started(&self, node: &str) -> Option<Instant> {
+        self.shared.devices.as_ref()?.kubelet_started(node)
+    }
+
+    /// Restarts `node`'s fake kubelet as a kubelet restart looks to a plugin: stops serving, removes
+    /// `kubelet.sock` and every other socket in the directory, and serves a new `kubelet.sock`. The new kubelet
+    /// knows no plugin until they register again (pods admitted meanwhile get no device); what pods hold is
+    /// kept, as the kubelet's checkpoint keeps it; the Node's counts are left as they were. Returns when the new
+    /// socket was created.
+    pub async fn restart_kubelet(&self, node: &str) -> anyhow::Result<Instant> {
+        match self.shared.devices.as_ref() {
+            Some(devices) => devices.restart_kubelet(node).await,
+            None => anyhow::bail!("the node runner has no device manager"),
+        }
+    }
+
+    /// The device IDs pod `pod` holds, by resource (empty when none, or the pod is gone or finished).
+    pub fn devices(&self, pod: &str) -> BTreeMap<String, Vec<String>> {
+        self.shared
+            .devices
+            .as_ref()
+            .map(|d| d.held(pod))
+            .unwrap_or_default()
     }
 
     /// The pods with a live process: (pod name, pid), by name. A pid is its process group's id too.
@@ -234,6 +377,56 @@ impl NodeRunner {
     /// The nodes it runs pods for.
     pub fn nodes(&self) -> impl Iterator<Item = &str> {
         self.shared.nodes.iter().map(String::as_str)
+    }
+}
+
+/// Options of a [`NodeRunner`] ([`NodeRunner::builder`]).
+#[must_use = "a builder does nothing until started"]
+pub struct NodeRunnerBuilder {
+    client: kube::Client,
+    namespace: String,
+    nodes: Vec<String>,
+    dilu_binary: PathBuf,
+    env: Vec<(String, String)>,
+    all_devices: bool,
+    device_dirs: BTreeMap<String, PathBuf>,
+}
+
+impl std::fmt::Debug for NodeRunnerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRunnerBuilder")
+            .field("namespace", &self.namespace)
+            .field("nodes", &self.nodes)
+            .field("all_devices", &self.all_devices)
+            .field("device_dirs", &self.device_dirs)
+            .finish()
+    }
+}
+
+impl NodeRunnerBuilder {
+    /// Extra environment variables for every pod's process (see [`NodeRunner::start_with_env`]).
+    pub fn env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// A device manager for every node: a device plugin directory of its own under the runner's directory
+    /// (`device-plugins/<node>/`, see [`NodeRunner::device_plugin_dir`]) with a fake kubelet's `kubelet.sock`.
+    pub fn device_plugins(mut self) -> Self {
+        self.all_devices = true;
+        self
+    }
+
+    /// A device manager for `node` serving in `dir` (created if missing; the sockets already in it are removed,
+    /// as a starting kubelet does). Keep the path short: a Unix socket path has at most 107 bytes.
+    pub fn device_plugin_dir(mut self, node: &str, dir: impl Into<PathBuf>) -> Self {
+        self.device_dirs.insert(node.to_string(), dir.into());
+        self
+    }
+
+    /// Starts the runner (see [`NodeRunner::start`]); panics if a fake kubelet cannot serve.
+    pub async fn start(self) -> NodeRunner {
+        NodeRunner::start_built(self).await
     }
 }
 
@@ -418,6 +611,8 @@ enum Waited {
 struct Prepared {
     program: PathBuf,
     args: Vec<String>,
+    /// The device plugins' variables, set before the container's (which win on a clash).
+    device_env: Vec<(String, String)>,
     env: Vec<(String, String)>,
     cwd: PathBuf,
 }
@@ -471,6 +666,7 @@ async fn run_pod(
             started_at: Value::Null,
         };
         run.live(&pod, &mut rx).await;
+        run.release_devices();
     }
     let mut state = shared.state();
     state.running.remove(&uid);
@@ -491,7 +687,19 @@ impl PodRun {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
-        let prepared = match self.prepare(pod).await {
+        let devices = match self.admit_devices(pod).await {
+            Ok(devices) => devices,
+            Err(rejection) => {
+                self.note(&format!(
+                    "rejected: {}: {}",
+                    rejection.reason, rejection.message
+                ));
+                self.reject(&rejection.reason, &rejection.message).await;
+                self.until_deleted(rx).await;
+                return;
+            }
+        };
+        let prepared = match self.prepare(pod, devices.as_ref()).await {
             Ok(p) => p,
             Err(message) => {
                 self.note(&format!("cannot start the container: {message}"));
@@ -567,6 +775,8 @@ impl PodRun {
             };
             if !restart {
                 let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                // A finished pod is no longer active: the kubelet gives its devices to others.
+                self.release_devices();
                 self.report(phase, json!({"terminated": status}), false)
                     .await;
                 self.until_deleted(rx).await;
@@ -592,8 +802,64 @@ impl PodRun {
         }
     }
 
-    /// Resolves the container's environment and command line.
-    async fn prepare(&self, pod: &Pod) -> Result<Prepared, String> {
+    /// Admits the pod on the device manager of its node, if any.
+    async fn admit_devices(
+        &self,
+        pod: &Pod,
+    ) -> Result<Option<DeviceRun>, crate::devices::Rejection> {
+        let (Some(devices), Some(node)) = (
+            self.shared.devices.as_ref(),
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        ) else {
+            return Ok(None);
+        };
+        let run = devices
+            .admit(node, &self.uid, &self.name, &self.container)
+            .await?;
+        if let Some(run) = &run {
+            let names: Vec<&str> = run.envs.iter().map(|(k, _)| k.as_str()).collect();
+            self.note(&format!(
+                "devices allocated: {:?}; env {names:?}; {} mounts",
+                devices.held(&self.name),
+                run.mounts.len()
+            ));
+        }
+        Ok(run)
+    }
+
+    /// Gives back what the pod holds on its node's device manager.
+    fn release_devices(&self) {
+        if let Some(devices) = self.shared.devices.as_ref() {
+            for node in &self.shared.nodes {
+                devices.release(node, &self.uid);
+            }
+        }
+    }
+
+    /// Writes the status of a pod the kubelet did not admit (its `rejectPod`): phase `Failed`, the reason, and
+    /// `Pod <message>`.
+    async fn reject(&self, reason: &str, message: &str) {
+        let body = json!({"status": {
+            "phase": "Failed",
+            "reason": reason,
+            "message": format!("Pod {message}"),
+        }});
+        if let Err(e) = self
+            .shared
+            .pods
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(body))
+            .await
+        {
+            match e {
+                kube::Error::Api(ref a) if a.code == 404 => {}
+                e => eprintln!("node-runner: pod {}: writing status: {e}", self.name),
+            }
+        }
+    }
+
+    /// Resolves the container's environment and command line: the device plugins' env (`devices`), then the
+    /// container's, with `$(VAR)` expanded as the kubelet does and mount paths translated.
+    async fn prepare(&self, pod: &Pod, devices: Option<&DeviceRun>) -> Result<Prepared, String> {
         let c = &self.container;
         if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
             return Err("envFrom is not supported by the node runner".into());
@@ -611,20 +877,35 @@ impl PodRun {
                 None => vars.push((var.name.clone(), value)),
             }
         }
+        // Command and args see the device plugins' variables too, the container's winning (the kubelet's
+        // ExpandContainerCommandAndArgs over all of the container's variables, devices' first); env values
+        // see only the container's own (its makeEnvironmentVariables).
+        let device_env: Vec<(String, String)> = devices.map(|d| d.envs.clone()).unwrap_or_default();
+        let mounts = devices.map(|d| d.mounts.as_slice()).unwrap_or_default();
+        let arg = |a: &String| {
+            let expanded = expand(a, |n| lookup(&vars, n).or_else(|| lookup(&device_env, n)));
+            translate_mounts(&expanded, mounts)
+        };
         let command = c.command.clone().unwrap_or_default();
         let args = c.args.clone().unwrap_or_default();
         let mut argv: Vec<String> = if command.is_empty() {
             // The image's entrypoint: Dilu's images run `dilu`.
             std::iter::once("dilu".to_string())
-                .chain(args.iter().map(|a| expand(a, |n| lookup(&vars, n))))
+                .chain(args.iter().map(arg))
                 .collect()
         } else {
-            command
-                .iter()
-                .chain(args.iter())
-                .map(|a| expand(a, |n| lookup(&vars, n)))
+            command.iter().chain(args.iter()).map(arg).collect()
+        };
+        let translate_all = |list: Vec<(String, String)>| -> Vec<(String, String)> {
+            list.into_iter()
+                .map(|(k, v)| {
+                    let v = translate_mounts(&v, mounts);
+                    (k, v)
+                })
                 .collect()
         };
+        let device_env = translate_all(device_env);
+        let vars = translate_all(vars);
         let first = argv.remove(0);
         let program = if first == "dilu" || first.ends_with("/dilu") {
             self.shared.dilu_binary.clone()
@@ -648,6 +929,7 @@ impl PodRun {
         Ok(Prepared {
             program,
             args: argv,
+            device_env,
             env: vars,
             cwd,
         })
@@ -763,6 +1045,7 @@ impl PodRun {
         }
         command.envs(self.shared.extra_env.iter().map(|(k, v)| (k, v)));
         command.env("HOSTNAME", &self.name);
+        command.envs(prepared.device_env.iter().map(|(k, v)| (k, v)));
         command.envs(prepared.env.iter().map(|(k, v)| (k, v)));
         Proc::spawn(command)
     }
