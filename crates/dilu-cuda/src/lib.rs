@@ -12,6 +12,10 @@
 //! Budgets and caps are read live from the channel, so the node agent changes them while the process runs.
 //!
 //! Environment: `DILU_QUOTA_FILE` (channels; unset or unusable = pass-through with one warning),
+//! `DILU_QUOTA_DIR` (set by Dilu's device plugin in Kubernetes, where the container can start before the agent
+//! creates its channel: a channel of `DILU_QUOTA_FILE` that does not exist yet is waited for at the first hooked
+//! call, polled every 50 ms, then opened; one that never appears means pass-through with one warning; unset =
+//! no wait), `DILU_QUOTA_WAIT_S` (the most seconds of that wait, default 30; 0 = none),
 //! `DILU_REAL_LIBCUDA` (the real driver, default `libcuda.so.1`), `DILU_CUDA_QUIET=1` (no warnings).
 //!
 //! Rules this crate lives by, because it runs inside other people's processes: no panics (clippy denies the

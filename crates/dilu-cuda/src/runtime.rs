@@ -7,8 +7,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
-use dilu_quota::{Gate, InstanceChannel, layout::uuid_str};
+use dilu_quota::{
+    Gate, InstanceChannel, channel_wait_from_env, layout::uuid_str, wait_for_channel,
+};
 
 use crate::cost::cost_multiplier;
 use crate::dl::{INITIALIZING, real_dlsym};
@@ -364,6 +367,15 @@ unsafe extern "C" fn null_dlsym(_: *mut c_void, _: *const std::ffi::c_char) -> *
 }
 
 /// Opens every channel named in `DILU_QUOTA_FILE` (colon-separated); unusable ones are reported and skipped.
+///
+/// Under `DILU_QUOTA_DIR` (Kubernetes: the container can start before the agent creates its channel) a channel
+/// that does not exist yet is waited for, polled every 50 ms, all of them within one bound (`DILU_QUOTA_WAIT_S`
+/// seconds, default 30); one that never appears is reported once and not enforced (pass-through). The wait runs
+/// once, on the first hooked call, inside the runtime's initialisation and after the real driver is loaded: it
+/// holds no lock but the initialisation's own (other threads' hooked calls wait for it, as they wait for any
+/// initialisation, and then run budgeted), calls neither the driver nor the dynamic loader, and only ends
+/// early when the files appear, so it cannot deadlock; it delays the process's first CUDA call by at most
+/// the bound.
 fn open_channels() -> Vec<Slot> {
     let Some(list) = std::env::var_os("DILU_QUOTA_FILE").filter(|v| !v.is_empty()) else {
         warn(format_args!(
@@ -371,6 +383,8 @@ fn open_channels() -> Vec<Slot> {
         ));
         return Vec::new();
     };
+    let wait = channel_wait_from_env();
+    let deadline = wait.map(|bound| (Instant::now() + bound, bound));
     let mut slots = Vec::new();
     for part in list
         .as_bytes()
@@ -382,6 +396,17 @@ fn open_channels() -> Vec<Slot> {
             warn(format_args!(
                 "more than {MAX_CHANNELS} quota channels; ignoring {}",
                 path.display()
+            ));
+            continue;
+        }
+        if let Some((deadline, bound)) = deadline
+            && !wait_for_channel(path, deadline.saturating_duration_since(Instant::now()))
+        {
+            warn(format_args!(
+                "quota channel {} did not appear within {:.1} s (DILU_QUOTA_DIR is set: the node agent \
+                 creates it; DILU_QUOTA_WAIT_S sets the wait); not enforced",
+                path.display(),
+                bound.as_secs_f64()
             ));
             continue;
         }

@@ -41,6 +41,7 @@ use crate::channel::InstanceChannel;
 use crate::error::QuotaError;
 use crate::gate::{Admission, Gate};
 use crate::layout::DeviceKind;
+use crate::wait::{channel_wait_from_env, wait_for_channel};
 
 /// The environment variable naming an instance's quota channel file (the same one the CUDA interposer reads).
 pub const QUOTA_FILE_ENV: &str = "DILU_QUOTA_FILE";
@@ -104,11 +105,26 @@ impl CpuQuota {
 
     /// Opens the channel named by [`QUOTA_FILE_ENV`] (`DILU_QUOTA_FILE`) as [`CpuQuota::open`] does;
     /// `Ok(None)` when the variable is unset or empty (no quota: run unthrottled). The value is one path.
+    ///
+    /// When [`QUOTA_DIR_ENV`](crate::QUOTA_DIR_ENV) (`DILU_QUOTA_DIR`) is set and the file does not exist yet
+    /// (in Kubernetes the container can start before the agent creates its channel), it first waits for the
+    /// file ([`crate::wait`]: polled every 50 ms, for at most `DILU_QUOTA_WAIT_S` seconds, default 30), and
+    /// returns [`QuotaError::NotCreated`] if it never appears: the CPU side fails closed, as for any missing
+    /// channel.
     pub fn from_env() -> Result<Option<Self>, QuotaError> {
-        match std::env::var_os(QUOTA_FILE_ENV).filter(|v| !v.is_empty()) {
-            Some(path) => Self::open(Path::new(&path)).map(Some),
-            None => Ok(None),
+        let Some(path) = std::env::var_os(QUOTA_FILE_ENV).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let path = Path::new(&path);
+        if let Some(bound) = channel_wait_from_env()
+            && !wait_for_channel(path, bound)
+        {
+            return Err(QuotaError::NotCreated {
+                path: path.to_path_buf(),
+                waited: bound,
+            });
         }
+        Self::open(path).map(Some)
     }
 
     /// Charges `cpu_ns` nanoseconds of CPU time already spent, and returns once the budget admits more work:

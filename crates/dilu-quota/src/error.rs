@@ -54,6 +54,19 @@ pub enum QuotaError {
         /// This version's size.
         expected: u32,
     },
+    /// Under `DILU_QUOTA_DIR` the channel did not appear within the wait (`DILU_QUOTA_WAIT_S`): the agent has
+    /// not created it (yet).
+    #[error(
+        "{path}: no quota channel appeared within {:.1} s (DILU_QUOTA_DIR is set, so the node agent creates it; \
+         is the agent running on this node? DILU_QUOTA_WAIT_S sets the wait)",
+        waited.as_secs_f64()
+    )]
+    NotCreated {
+        /// The channel file waited for.
+        path: PathBuf,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// A control value is outside its allowed range.
     #[error("{field} = {value}: {rule}")]
     InvalidParameter {

@@ -9,7 +9,8 @@
 //!
 //! On top of the layout: [`AgentChannel`] and [`InstanceChannel`] (creating, validating and mapping the file),
 //! [`Gate`] (the token bucket that admits launches against the live budget), [`memory`] (the cap ledger) and
-//! [`cpu`] (the CPU device's client: [`CpuQuota`] and [`ThreadMeter`] charge thread CPU time to the budget).
+//! [`cpu`] (the CPU device's client: [`CpuQuota`] and [`ThreadMeter`] charge thread CPU time to the budget)
+//! and [`wait`] (waiting, under `DILU_QUOTA_DIR`, for a channel the agent has not created yet).
 //! Nothing here allocates or takes a lock on the launch hot path; see [`gate`] for the exact costs.
 
 pub mod channel;
@@ -19,6 +20,7 @@ pub mod gate;
 pub mod layout;
 mod mapping;
 pub mod memory;
+pub mod wait;
 
 pub use channel::{AgentChannel, ChannelSpec, InstanceChannel, Snapshot};
 pub use cpu::{CpuQuota, QUOTA_FILE_ENV, ThreadMeter, thread_cpu_ns};
@@ -27,4 +29,8 @@ pub use gate::{Admission, Clock, Gate, SystemClock, monotonic_ns};
 pub use layout::{
     COST_UNITS_PER_WAVE, ControlPage, CounterPage, DEFAULT_WINDOW_NS, DeviceKind, FILE_SIZE,
     UNLIMITED, effective_window_ns, mode,
+};
+pub use wait::{
+    CHANNEL_POLL, DEFAULT_CHANNEL_WAIT, QUOTA_DIR_ENV, QUOTA_WAIT_ENV, channel_wait_from_env,
+    wait_for_channel,
 };

@@ -364,11 +364,29 @@ fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// Opens the CPU quota: `path`, or else the channel `DILU_QUOTA_FILE` names ([`CpuQuota::from_env`], which
+/// under `DILU_QUOTA_DIR` waits up to `DILU_QUOTA_WAIT_S` seconds for a channel the agent has not created yet;
+/// Kubernetes can start the container first). Runs on a blocking thread so that wait never stalls the async
+/// executor. `Ok(None)`: no quota, run unthrottled.
+pub(crate) async fn open_quota(
+    path: Option<&std::path::Path>,
+) -> Result<Option<CpuQuota>, WorkerError> {
+    let path = path.map(std::path::Path::to_path_buf);
+    let opened = tokio::task::spawn_blocking(move || match path {
+        Some(path) => CpuQuota::open(&path).map(Some),
+        None => CpuQuota::from_env(),
+    })
+    .await
+    .map_err(|e| WorkerError::Io(std::io::Error::other(e)))?;
+    Ok(opened?)
+}
+
 /// Serves `config`'s model on `listener` until `shutdown` resolves.
 ///
 /// The server answers at once (live, not ready) while the model loads on a blocking thread; once loaded it
 /// starts the executor thread and becomes ready. The CPU quota comes from `config.quota_file`, or from
-/// `DILU_QUOTA_FILE` when that is `None` (unthrottled when neither names one).
+/// `DILU_QUOTA_FILE` when that is `None` (unthrottled when neither names one; see [`open_quota`] for the wait
+/// under `DILU_QUOTA_DIR`).
 ///
 /// Errors: an invalid config or quota channel (before serving), a model that fails to load (serving stops),
 /// or an I/O failure of the server.
@@ -381,10 +399,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     config.validate()?;
-    let quota = match &config.quota_file {
-        Some(path) => Some(CpuQuota::open(path)?),
-        None => CpuQuota::from_env()?,
-    };
+    let quota = open_quota(config.quota_file.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
         name: config.model_name.clone(),

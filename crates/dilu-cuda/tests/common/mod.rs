@@ -48,6 +48,9 @@ impl Rig {
             None => command.env_remove("DILU_QUOTA_FILE"),
         };
         command.env_remove("DILU_CUDA_QUIET");
+        // No wait for missing channels unless a test asks for it.
+        command.env_remove("DILU_QUOTA_DIR");
+        command.env_remove("DILU_QUOTA_WAIT_S");
         command
     }
 

@@ -40,7 +40,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dilu_core::prometheus::Family;
-use dilu_quota::CpuQuota;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -258,7 +257,8 @@ fn router(state: Arc<AppState>) -> Router {
 /// resolves or `max_iterations` are done.
 ///
 /// The CPU quota comes from `config.quota_file`, or from `DILU_QUOTA_FILE` when that is `None` (unthrottled
-/// when neither names one). The data set is generated before serving starts (tens of milliseconds for the
+/// when neither names one; under `DILU_QUOTA_DIR` a channel not created yet is waited for, up to
+/// `DILU_QUOTA_WAIT_S` seconds). The data set is generated before serving starts (tens of milliseconds for the
 /// defaults). Errors: an invalid config or quota channel (before serving), a training thread
 /// that cannot start or that panics, or an I/O failure of the server.
 pub async fn serve_training<F>(
@@ -270,10 +270,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let trainer = Trainer::new(&config)?;
-    let quota = match &config.quota_file {
-        Some(path) => Some(CpuQuota::open(path)?),
-        None => CpuQuota::from_env()?,
-    };
+    let quota = crate::server::open_quota(config.quota_file.as_deref()).await?;
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     store_f64(&stats.loss, f64::NAN);
