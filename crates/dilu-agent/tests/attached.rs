@@ -113,23 +113,27 @@ fn attach_creates_the_channel_and_the_token_manager_divides_the_device() {
             }
         })
     };
+    // Both busy in the same window (a loaded machine may miss one): budgets and shares follow the requests.
+    let mut seen = None;
     wait_for("budgets that follow the requests", || {
         let (a, b) = (find(&agent, "pod-a"), find(&agent, "pod-b"));
         let busy = |s: &AttachedStatus| s.budgeting.as_ref().is_some_and(|b| b.busy);
-        match (budget(&a), budget(&b)) {
-            (Some(x), Some(y)) => busy(&a) && busy(&b) && x < y && x + y <= CAPACITY,
+        let share = |s: &AttachedStatus| s.budgeting.as_ref().map_or(0.0, |b| b.share);
+        let divided = match (budget(&a), budget(&b)) {
+            (Some(x), Some(y)) => x < y && x + y <= CAPACITY,
             _ => false,
+        };
+        let ok = busy(&a)
+            && busy(&b)
+            && divided
+            && (share(&a) - 0.3).abs() < 0.05
+            && (share(&b) - 0.7).abs() < 0.05;
+        if ok {
+            seen = Some(a);
         }
+        ok
     });
-    let (a, b) = (find(&agent, "pod-a"), find(&agent, "pod-b"));
-    let (share_a, share_b) = (
-        a.budgeting.as_ref().unwrap().share,
-        b.budgeting.as_ref().unwrap().share,
-    );
-    assert!(
-        (share_a - 0.3).abs() < 0.05 && (share_b - 0.7).abs() < 0.05,
-        "shares {share_a} and {share_b}"
-    );
+    let a = seen.unwrap();
     // The file holds what the token manager wrote; the counters are what the pods wrote.
     let snapshot = InstanceChannel::open(&a_path).unwrap().snapshot();
     assert!(snapshot.budget_per_window < CAPACITY * 9 / 10);
