@@ -9,6 +9,7 @@
 //! - [`load`]: the controller's traffic counts, pulled from the gateways' `GET /v1/load`.
 //! - [`controller`]: the reconciler of `dilu-control` run against the API server.
 //! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
+//! - [`node`]: the node agent's side (`dilu agent --kubernetes`): inventory, heartbeat Lease, pod channels.
 //! - [`error`]: why Kubernetes-side work failed.
 //! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod leader;
 pub mod load;
 pub mod meta;
+pub mod node;
 pub mod scheduler;
 pub mod store;
 
