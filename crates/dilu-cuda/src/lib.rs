@@ -11,7 +11,8 @@
 //!
 //! Budgets and caps are read live from the channel, so the node agent changes them while the process runs.
 //!
-//! Environment: `DILU_QUOTA_FILE` (channels; unset or unusable = pass-through with one warning),
+//! Environment: `DILU_QUOTA_FILE` (channels; unset or unusable = pass-through with one warning; when unset,
+//! `$DILU_QUOTA_DIR/$DILU_POD_UID` if both are set, as in a Kubernetes pod),
 //! `DILU_QUOTA_DIR` (set by Dilu's device plugin in Kubernetes, where the container can start before the agent
 //! creates its channel: a channel of `DILU_QUOTA_FILE` that does not exist yet is waited for at the first hooked
 //! call, polled every 50 ms, then opened; one that never appears means pass-through with one warning; unset =

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dilu_quota::{
-    Gate, InstanceChannel, channel_wait_from_env, layout::uuid_str, wait_for_channel,
+    Gate, InstanceChannel, channel_from_env, channel_wait_from_env, layout::uuid_str,
+    wait_for_channel,
 };
 
 use crate::cost::cost_multiplier;
@@ -366,7 +367,8 @@ unsafe extern "C" fn null_dlsym(_: *mut c_void, _: *const std::ffi::c_char) -> *
     std::ptr::null_mut()
 }
 
-/// Opens every channel named in `DILU_QUOTA_FILE` (colon-separated); unusable ones are reported and skipped.
+/// Opens every channel named in `DILU_QUOTA_FILE` (colon-separated), or else the pod's channel
+/// `$DILU_QUOTA_DIR/$DILU_POD_UID` (Kubernetes); unusable ones are reported and skipped.
 ///
 /// Under `DILU_QUOTA_DIR` (Kubernetes: the container can start before the agent creates its channel) a channel
 /// that does not exist yet is waited for, polled every 50 ms, all of them within one bound (`DILU_QUOTA_WAIT_S`
@@ -377,9 +379,10 @@ unsafe extern "C" fn null_dlsym(_: *mut c_void, _: *const std::ffi::c_char) -> *
 /// early when the files appear, so it cannot deadlock; it delays the process's first CUDA call by at most
 /// the bound.
 fn open_channels() -> Vec<Slot> {
-    let Some(list) = std::env::var_os("DILU_QUOTA_FILE").filter(|v| !v.is_empty()) else {
+    let Some(list) = channel_from_env() else {
         warn(format_args!(
-            "DILU_QUOTA_FILE is not set; passing CUDA calls through without quotas"
+            "no quota channel named (neither DILU_QUOTA_FILE nor DILU_QUOTA_DIR with DILU_POD_UID); passing \
+             CUDA calls through without quotas"
         ));
         return Vec::new();
     };

@@ -188,7 +188,7 @@ fn pass_through_without_a_channel_warns_once_and_changes_nothing() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("DILU_QUOTA_FILE is not set"),
+        run.stderr.contains("no quota channel named"),
         "{}",
         run.stderr
     );

@@ -14,6 +14,7 @@ const WORK: [&str; 3] = ["launch,kernel,5,264,1024", "alloc,v2,1048576", "sync"]
 
 #[test]
 fn a_channel_created_after_the_process_started_is_waited_for_and_budgets_it() {
+    // As in a Kubernetes pod: no DILU_QUOTA_FILE; the channel is $DILU_QUOTA_DIR/$DILU_POD_UID.
     let rig = Rig::new();
     let quota_dir = rig.cuda.dir().join("quota");
     std::fs::create_dir(&quota_dir).unwrap();
@@ -28,8 +29,9 @@ fn a_channel_created_after_the_process_started_is_waited_for_and_budgets_it() {
     };
     let start = Instant::now();
     let run = run_app(
-        rig.app(Resolve::Dlsym, Some(&path))
+        rig.app(Resolve::Dlsym, None)
             .env("DILU_QUOTA_DIR", &quota_dir)
+            .env("DILU_POD_UID", "0b3a4c1e-pod-uid")
             .env("DILU_QUOTA_WAIT_S", "20")
             .args(WORK),
     )

@@ -41,7 +41,7 @@ use crate::channel::InstanceChannel;
 use crate::error::QuotaError;
 use crate::gate::{Admission, Gate};
 use crate::layout::DeviceKind;
-use crate::wait::{channel_wait_from_env, wait_for_channel};
+use crate::wait::{channel_from_env, channel_wait_from_env, wait_for_channel};
 
 /// The environment variable naming an instance's quota channel file (the same one the CUDA interposer reads).
 pub const QUOTA_FILE_ENV: &str = "DILU_QUOTA_FILE";
@@ -103,8 +103,9 @@ impl CpuQuota {
         })
     }
 
-    /// Opens the channel named by [`QUOTA_FILE_ENV`] (`DILU_QUOTA_FILE`) as [`CpuQuota::open`] does;
-    /// `Ok(None)` when the variable is unset or empty (no quota: run unthrottled). The value is one path.
+    /// Opens the channel the environment names ([`channel_from_env`]: [`QUOTA_FILE_ENV`] (`DILU_QUOTA_FILE`),
+    /// else `$DILU_QUOTA_DIR/$DILU_POD_UID` in Kubernetes) as [`CpuQuota::open`] does; `Ok(None)` when none is
+    /// named (no quota: run unthrottled). The value is one path.
     ///
     /// When [`QUOTA_DIR_ENV`](crate::QUOTA_DIR_ENV) (`DILU_QUOTA_DIR`) is set and the file does not exist yet
     /// (in Kubernetes the container can start before the agent creates its channel), it first waits for the
@@ -112,7 +113,7 @@ impl CpuQuota {
     /// returns [`QuotaError::NotCreated`] if it never appears: the CPU side fails closed, as for any missing
     /// channel.
     pub fn from_env() -> Result<Option<Self>, QuotaError> {
-        let Some(path) = std::env::var_os(QUOTA_FILE_ENV).filter(|v| !v.is_empty()) else {
+        let Some(path) = channel_from_env() else {
             return Ok(None);
         };
         let path = Path::new(&path);

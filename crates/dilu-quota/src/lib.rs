@@ -31,6 +31,6 @@ pub use layout::{
     UNLIMITED, effective_window_ns, mode,
 };
 pub use wait::{
-    CHANNEL_POLL, DEFAULT_CHANNEL_WAIT, QUOTA_DIR_ENV, QUOTA_WAIT_ENV, channel_wait_from_env,
-    wait_for_channel,
+    CHANNEL_POLL, DEFAULT_CHANNEL_WAIT, POD_UID_ENV, QUOTA_DIR_ENV, QUOTA_WAIT_ENV,
+    channel_from_env, channel_wait_from_env, wait_for_channel,
 };

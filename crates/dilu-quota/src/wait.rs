@@ -9,12 +9,18 @@
 //! [`DEFAULT_CHANNEL_WAIT`]). The agent publishes a channel by renaming a complete file into place, so once the
 //! path exists it can be opened. Without `DILU_QUOTA_DIR` nothing waits.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::QUOTA_FILE_ENV;
 
 /// Set (non-empty) by the device plugin in Kubernetes: the directory of the device's channels. Its presence
 /// makes a missing channel something to wait for.
 pub const QUOTA_DIR_ENV: &str = "DILU_QUOTA_DIR";
+/// Set by the controller on every instance container in Kubernetes: its pod UID (downward API `metadata.uid`).
+/// With [`QUOTA_DIR_ENV`] it names the pod's channel, `$DILU_QUOTA_DIR/$DILU_POD_UID` ([`channel_from_env`]).
+pub const POD_UID_ENV: &str = "DILU_POD_UID";
 /// The most seconds to wait for a missing channel under [`QUOTA_DIR_ENV`] (a decimal number; 0 = no wait).
 pub const QUOTA_WAIT_ENV: &str = "DILU_QUOTA_WAIT_S";
 /// The wait when [`QUOTA_WAIT_ENV`] is unset or not a number.
@@ -41,6 +47,25 @@ pub fn wait_for_channel(path: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// The channel (or colon-separated channels) the environment names: [`QUOTA_FILE_ENV`] when it is set and
+/// non-empty (`dilu up`'s agent sets it); else, in Kubernetes, `$DILU_QUOTA_DIR/$DILU_POD_UID` — the device
+/// plugin sets the directory of the device's channels and the controller the pod UID, and neither can name the
+/// other's variable. `None` when neither names a channel, or when the pod UID is not one plain path segment.
+pub fn channel_from_env() -> Option<OsString> {
+    if let Some(file) = std::env::var_os(QUOTA_FILE_ENV).filter(|v| !v.is_empty()) {
+        return Some(file);
+    }
+    let dir = std::env::var_os(QUOTA_DIR_ENV).filter(|v| !v.is_empty())?;
+    let uid = std::env::var(POD_UID_ENV).ok()?;
+    pod_channel(Path::new(&dir), &uid).map(OsString::from)
+}
+
+/// `dir/uid` when `uid` is one plain path segment (what a Kubernetes UID always is).
+fn pod_channel(dir: &Path, uid: &str) -> Option<std::path::PathBuf> {
+    let plain = !uid.is_empty() && uid != "." && uid != ".." && !uid.contains(['/', ':', '\0']);
+    plain.then(|| dir.join(uid))
+}
+
 /// How long to wait for a missing channel, from the environment: `None` when [`QUOTA_DIR_ENV`] is unset or
 /// empty (do not wait: a missing channel is handled as it always was), else [`QUOTA_WAIT_ENV`] parsed as
 /// seconds, or [`DEFAULT_CHANNEL_WAIT`] when that is unset, negative or not a number.
@@ -62,6 +87,18 @@ fn parse_wait(value: Option<&str>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_channel_is_the_uid_under_the_quota_dir_and_only_a_plain_uid_names_one() {
+        let dir = Path::new("/run/dilu/quota");
+        assert_eq!(
+            pod_channel(dir, "0b6f3c1e-7d2a-4c1b-9a51-3f0c2d9e8a11"),
+            Some(dir.join("0b6f3c1e-7d2a-4c1b-9a51-3f0c2d9e8a11"))
+        );
+        for bad in ["", ".", "..", "../x", "a/b", "a:b"] {
+            assert_eq!(pod_channel(dir, bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_channel_created_meanwhile_ends_the_wait_when_it_appears() {

@@ -51,6 +51,7 @@ impl Rig {
         // No wait for missing channels unless a test asks for it.
         command.env_remove("DILU_QUOTA_DIR");
         command.env_remove("DILU_QUOTA_WAIT_S");
+        command.env_remove("DILU_POD_UID");
         command
     }
 
