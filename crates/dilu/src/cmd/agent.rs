@@ -16,15 +16,22 @@ use dilu_core::units::parse_bytes;
 pub struct AgentArgs {
     /// Directory for the state file, quota channels and instance logs.
     #[arg(long, default_value = "dilu-data/agent")]
-    data_dir: PathBuf,
+    pub(super) data_dir: PathBuf,
     /// Address of the local API (loopback by default; port 0 picks a free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:7071", conflicts_with = "unix_socket")]
-    listen: std::net::SocketAddr,
+    pub(super) listen: std::net::SocketAddr,
     /// Serve the API on this Unix socket instead of TCP.
     #[arg(long)]
-    unix_socket: Option<PathBuf>,
+    pub(super) unix_socket: Option<PathBuf>,
     #[command(flatten)]
-    node: NodeArgs,
+    pub(super) node: NodeArgs,
+    /// Run as the Kubernetes node agent (a DaemonSet): publish the node's devices and Lease, budget the quota
+    /// channel of every Dilu pod bound to the node, and offer the devices to the kubelet as shares (device
+    /// plugin). Needs --node-name (or NODE_NAME), and --interposer when the node has GPUs.
+    #[arg(long)]
+    pub(super) kubernetes: bool,
+    #[command(flatten)]
+    pub(super) kube: super::agent_kube::KubeNodeArgs,
 }
 
 /// The node's devices and budgeting: shared by `dilu agent` and `dilu up` (which runs an agent inside).
@@ -184,6 +191,9 @@ fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
 
 /// Runs the agent until SIGTERM or SIGINT; instances keep running for the next agent to adopt.
 pub fn run(args: AgentArgs) -> Result<()> {
+    if args.kubernetes {
+        return super::agent_kube::run(args);
+    }
     let data_dir = super::datadir::claim(&args.data_dir, "--data-dir")?;
     let token_path = data_dir.path.join("token");
     let token = dilu_http::token::load_or_create(&token_path)

@@ -1,6 +1,7 @@
 //! Subcommand implementations.
 
 pub mod agent;
+pub mod agent_kube;
 pub mod burn;
 pub mod client;
 pub mod datadir;
