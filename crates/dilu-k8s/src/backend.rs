@@ -3,7 +3,10 @@
 //! - `create` makes a Pod owned by its `Function` (owner reference), labelled with the function, template,
 //!   generation and instance name, annotated with its booking and quota, asking for `dilu-scheduler`; its
 //!   container runs the `dilu` image with the plan's arguments, listening on `$(POD_IP):8080`, with the
-//!   runtime's readiness probe;
+//!   runtime's readiness probe, its pod UID in `DILU_POD_UID` and its quota channel in `DILU_QUOTA_FILE`
+//!   (`/run/dilu/quota/$(DILU_POD_UID)`, where the node agent's device plugin mounts the device's channels),
+//!   and one share of its device kind as resource request and limit ([`share_resource`]), which makes the
+//!   kubelet ask the agent's device plugin for it;
 //! - `list` reads the pods back: phase from their status, place from dilu-scheduler's assignment (or the plan
 //!   until bound), endpoint from the pod IP;
 //! - `nodes` reads the inventory the node agents publish on their Node objects.
@@ -20,8 +23,9 @@ use dilu_control::backend::{
 use dilu_core::ledger::DeviceRef;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Node, ObjectFieldSelector, Pod,
-    PodSpec, Probe,
+    PodSpec, Probe, ResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -32,6 +36,45 @@ use crate::meta::{self, Assignment, PodBooking};
 
 /// The port every instance container serves on (its pod has its own IP).
 pub const INSTANCE_PORT: u16 = 8080;
+
+/// The extended resource an instance on a device asks one of: [`meta::GPU_SHARE`] on a GPU, else
+/// [`meta::CPU_SHARE`]. `gpu` is what the node's inventory says of the planned device (`None`: not in it);
+/// without that word, a booking with device memory, or a device UUID starting with `GPU-`, means a GPU.
+pub fn share_resource(
+    gpu: Option<bool>,
+    device: &str,
+    booking: &dilu_core::InstanceRequest,
+) -> &'static str {
+    if gpu.unwrap_or_else(|| booking.gpu_mem_mib > 0 || device.starts_with("GPU-")) {
+        meta::GPU_SHARE
+    } else {
+        meta::CPU_SHARE
+    }
+}
+
+/// The quota channel path inside an instance container: the device plugin mounts the device's channel
+/// directory at `dilu_deviceplugin::plugin::CONTAINER_QUOTA_DIR`, and the channel is named by the pod's UID.
+pub fn container_quota_file() -> String {
+    format!(
+        "{}/$({})",
+        dilu_deviceplugin::plugin::CONTAINER_QUOTA_DIR.trim_end_matches('/'),
+        meta::POD_UID_ENV
+    )
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
 
 /// How the backend makes pods.
 #[derive(Debug, Clone)]
@@ -57,8 +100,8 @@ impl PodTemplate {
         }
     }
 
-    /// The pod of `plan`, owned by the function object `owner_uid`.
-    pub fn pod(&self, plan: &InstancePlan, owner_uid: &str) -> Pod {
+    /// The pod of `plan`, owned by the function object `owner_uid`; it asks one `share` ([`share_resource`]).
+    pub fn pod(&self, plan: &InstancePlan, owner_uid: &str, share: &str) -> Pod {
         let labels = BTreeMap::from([
             (meta::FUNCTION.to_string(), plan.function.clone()),
             (meta::TEMPLATE.to_string(), plan.template.clone()),
@@ -93,17 +136,22 @@ impl PodTemplate {
             image_pull_policy: Some(self.pull_policy.clone()),
             command: Some(vec!["dilu".into()]),
             args: Some(plan.args(&listen)),
-            env: Some(vec![EnvVar {
-                name: "POD_IP".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "status.podIP".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            }]),
+            // The order matters: `$(DILU_POD_UID)` is expanded from the variables before it.
+            env: Some(vec![
+                field_env("POD_IP", "status.podIP"),
+                field_env(meta::POD_UID_ENV, "metadata.uid"),
+                EnvVar {
+                    name: meta::QUOTA_FILE_ENV.into(),
+                    value: Some(container_quota_file()),
+                    ..EnvVar::default()
+                },
+            ]),
+            // Extended resources: request and limit must be equal.
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([(share.to_string(), Quantity("1".into()))])),
+                limits: Some(BTreeMap::from([(share.to_string(), Quantity("1".into()))])),
+                ..ResourceRequirements::default()
+            }),
             ports: Some(vec![ContainerPort {
                 name: Some("http".into()),
                 container_port: i32::from(INSTANCE_PORT),
@@ -154,6 +202,8 @@ pub struct KubeBackend {
     template: PodTemplate,
     /// The usable share of each device (by UUID), from the last read of the nodes.
     usable: std::sync::Mutex<BTreeMap<String, f64>>,
+    /// Whether each device (by UUID) is a GPU, from the last read of the nodes.
+    gpu: std::sync::Mutex<BTreeMap<String, bool>>,
 }
 
 fn api_error(context: &str, e: kube::Error) -> BackendError {
@@ -177,6 +227,7 @@ impl KubeBackend {
             client,
             template,
             usable: std::sync::Mutex::new(BTreeMap::new()),
+            gpu: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -193,6 +244,7 @@ impl KubeBackend {
             .map_err(|e| api_error("listing nodes", e))?;
         let mut inventories = Vec::new();
         let mut shares = BTreeMap::new();
+        let mut gpu = BTreeMap::new();
         for n in list {
             let name = n.metadata.name.clone().unwrap_or_default();
             let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
@@ -207,10 +259,12 @@ impl KubeBackend {
                     (false, Some(c)) if c > 1.0 => 1.0 / c,
                     _ => 1.0,
                 };
+                gpu.insert(d.uuid.clone(), d.gpu);
                 shares.insert(d.uuid, share);
             }
         }
         *dilu_core::sync::lock(&self.usable) = shares;
+        *dilu_core::sync::lock(&self.gpu) = gpu;
         Ok(inventories)
     }
 }
@@ -367,7 +421,11 @@ impl InstanceBackend for KubeBackend {
                 )));
             }
             let uid = owner.metadata.uid.clone().unwrap_or_default();
-            let pod = self.template.pod(&plan, &uid);
+            let gpu = dilu_core::sync::lock(&self.gpu)
+                .get(&plan.at.device)
+                .copied();
+            let share = share_resource(gpu, &plan.at.device, &plan.booking);
+            let pod = self.template.pod(&plan, &uid, share);
             let created = self
                 .pods()
                 .create(&PostParams::default(), &pod)
@@ -501,7 +559,7 @@ mod tests {
 
     #[test]
     fn a_plan_becomes_a_pod_for_dilu_scheduler_owned_by_its_function() {
-        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.scheduler_name.as_deref(), Some("dilu-scheduler"));
         assert!(spec.node_name.is_none());
@@ -535,8 +593,57 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_finds_its_quota_channel_by_its_pod_uid_and_asks_one_share() {
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let env = c.env.as_ref().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["POD_IP", "DILU_POD_UID", "DILU_QUOTA_FILE"]);
+        let uid = env[1]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(uid.field_path, "metadata.uid");
+        assert_eq!(
+            env[2].value.as_deref(),
+            Some("/run/dilu/quota/$(DILU_POD_UID)")
+        );
+        // As the kubelet expands it (`$(VAR)` from the variables before).
+        let expanded = dilu_k8s_testkit::expand(env[2].value.as_deref().unwrap(), |n| {
+            (n == "DILU_POD_UID").then(|| "0f3c-uid".to_string())
+        });
+        assert_eq!(expanded, "/run/dilu/quota/0f3c-uid");
+        let r = c.resources.as_ref().unwrap();
+        let one = BTreeMap::from([(meta::GPU_SHARE.to_string(), Quantity("1".into()))]);
+        assert_eq!(r.requests.as_ref(), Some(&one));
+        assert_eq!(r.limits.as_ref(), Some(&one));
+    }
+
+    #[test]
+    fn gpu_instances_ask_a_gpu_share_and_the_others_a_cpu_share() {
+        let mut booking = plan().booking;
+        // The inventory's word wins.
+        assert_eq!(share_resource(Some(true), "X-1", &booking), meta::GPU_SHARE);
+        assert_eq!(
+            share_resource(Some(false), "GPU-1", &booking),
+            meta::CPU_SHARE
+        );
+        // Unknown device: by its name, or by device memory in the booking.
+        assert_eq!(share_resource(None, "GPU-1", &booking), meta::GPU_SHARE);
+        assert_eq!(share_resource(None, "CPU-n1", &booking), meta::CPU_SHARE);
+        booking.gpu_mem_mib = 512;
+        assert_eq!(share_resource(None, "dev-0", &booking), meta::GPU_SHARE);
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::CPU_SHARE);
+        let r = pod.spec.unwrap().containers[0].resources.clone().unwrap();
+        assert!(r.limits.unwrap().contains_key("dilu.io/cpu-share"));
+    }
+
+    #[test]
     fn a_pod_reads_back_as_the_instance_it_runs() {
-        let mut pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
+        let mut pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
         let o = observe(&pod, &BTreeMap::new()).unwrap();
         assert_eq!(
             (o.id.as_str(), o.name.as_str(), o.function.as_str()),

@@ -74,6 +74,10 @@ pub const CPU_SHARE: &str = "dilu.io/cpu-share";
 /// Env of every instance container: its pod UID (downward API `metadata.uid`).
 pub const POD_UID_ENV: &str = "DILU_POD_UID";
 
+/// Env of every instance container: its quota channel, `$DILU_QUOTA_DIR/$(DILU_POD_UID)`
+/// (`DILU_QUOTA_DIR` is what the device plugin's `Allocate` mounts the device's channel directory at).
+pub const QUOTA_FILE_ENV: &str = "DILU_QUOTA_FILE";
+
 /// The name of the Lease node agent `node` renews.
 pub fn node_lease_name(node: &str) -> String {
     format!("dilu-node-{node}")
