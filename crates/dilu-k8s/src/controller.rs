@@ -8,6 +8,10 @@
 //! - The reconciler's views are written back as each object's status once a second, when they change.
 //! - Profiles go to the object's `dilu.io/profile` annotation, so a controller that takes over (leader
 //!   election) keeps them.
+//! - A node whose agent's Lease ran out is lost ([`crate::nodes`]): each Dilu pod bound to it loses its
+//!   serving label (gateways stop routing to it at once) and is deleted with grace period 0 (its kubelet may
+//!   be gone with the node, so nobody would confirm a graceful deletion); the reconciler sees the instance
+//!   gone and creates a replacement, which dilu-scheduler places on a live node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -24,7 +28,7 @@ use dilu_control::{
 use dilu_core::policy::Policy;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
@@ -32,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backend::{KubeBackend, PodTemplate};
 use crate::crd::{Condition, Function, FunctionStatus};
 use crate::meta;
+use crate::nodes::LostNodes;
 use crate::store::{KubeStore, ProfileWrite};
 
 /// How the controller runs.
@@ -49,6 +54,9 @@ pub struct ControllerOptions {
     pub period: Duration,
     /// The URL the status shows for a function: `{gateway_url}/v2/models/{name}/infer`.
     pub gateway_url: Option<String>,
+    /// The namespace of the node agents' Leases (default [`meta::NODE_LEASE_NAMESPACE`]); the pods of a node
+    /// whose Lease ran out are replaced. `None`: Leases are not followed.
+    pub node_lease_namespace: Option<String>,
 }
 
 impl ControllerOptions {
@@ -61,6 +69,7 @@ impl ControllerOptions {
             profiling: LiveSettings::default(),
             period: Duration::from_secs(1),
             gateway_url: None,
+            node_lease_namespace: Some(meta::NODE_LEASE_NAMESPACE.to_string()),
         }
     }
 }
@@ -147,6 +156,10 @@ pub async fn run(
     let writer = tokio::spawn(write_profiles(functions.clone(), writes_rx));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &options.namespace);
     let serving = tokio::spawn(mark_serving(pods.clone(), controller.routes()));
+    let evicting = options.node_lease_namespace.as_deref().map(|ns| {
+        let lost = LostNodes::watch(client.clone(), ns, "dilu-controller");
+        tokio::spawn(replace_lost(pods.clone(), lost))
+    });
     let status = tokio::spawn(write_statuses(
         functions.clone(),
         pods,
@@ -176,6 +189,9 @@ pub async fn run(
     writer.abort();
     status.abort();
     serving.abort();
+    if let Some(task) = evicting {
+        task.abort();
+    }
     Ok(())
 }
 
@@ -431,6 +447,87 @@ async fn mark_serving(pods: Api<Pod>, mut routes: watch::Receiver<Arc<Vec<Route>
             changed = routes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+/// Replaces the pods of lost nodes: whenever the set of lost nodes changes, and every second while one is
+/// lost, every Dilu pod bound to a lost node is taken out of the routes ([`meta::SERVING`] removed) and deleted
+/// with grace period 0 (its UID as precondition). One line per node that becomes lost: when it was noticed and
+/// how many pods it had.
+async fn replace_lost(pods: Api<Pod>, lost: LostNodes) {
+    let mut changes = lost.subscribe();
+    let mut announced: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let nodes = changes.borrow_and_update().clone();
+        announced.retain(|n| nodes.contains(n));
+        if !nodes.is_empty() {
+            match pods
+                .list(&ListParams::default().labels(meta::FUNCTION))
+                .await
+            {
+                Ok(list) => {
+                    let mut by_node: BTreeMap<String, Vec<(String, Option<String>)>> =
+                        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
+                    for pod in list {
+                        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_ref());
+                        if let (Some(node), Some(name)) = (node, pod.metadata.name.clone())
+                            && let Some(slot) = by_node.get_mut(node)
+                        {
+                            slot.push((name, pod.metadata.uid.clone()));
+                        }
+                    }
+                    for (node, victims) in by_node {
+                        if announced.insert(node.clone()) {
+                            eprintln!(
+                                "dilu-controller: node {node} lost (noticed at {}): replacing its {} pod(s)",
+                                now_rfc3339(),
+                                victims.len()
+                            );
+                        } else if !victims.is_empty() {
+                            eprintln!(
+                                "dilu-controller: node {node} lost: replacing {} more pod(s)",
+                                victims.len()
+                            );
+                        }
+                        futures::stream::iter(victims)
+                            .for_each_concurrent(16, |(name, uid)| {
+                                let pods = pods.clone();
+                                async move { evict(&pods, &name, uid).await }
+                            })
+                            .await;
+                    }
+                }
+                Err(e) => eprintln!("dilu-controller: listing pods of lost nodes: {e}"),
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !nodes.is_empty() => {}
+        }
+    }
+}
+
+/// Takes pod `name` out of the routes, then deletes it at once (grace period 0).
+async fn evict(pods: &Api<Pod>, name: &str, uid: Option<String>) {
+    let patch = serde_json::json!({ "metadata": { "labels": { meta::SERVING: null } } });
+    match pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return,
+        Err(e) => eprintln!("dilu-controller: pod {name}: taking it out of the routes: {e}"),
+    }
+    let params = DeleteParams::background()
+        .grace_period(0)
+        .preconditions(Preconditions {
+            uid,
+            resource_version: None,
+        });
+    match pods.delete(name, &params).await {
+        Ok(_) => eprintln!("dilu-controller: pod {name}: deleted (its node is lost)"),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => eprintln!("dilu-controller: pod {name}: deleting it: {e}"),
     }
 }
 

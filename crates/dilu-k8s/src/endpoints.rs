@@ -4,9 +4,9 @@
 //! one route per inference function (`spec.kind` is an inference kind) with the spec's gateway policy and
 //! SLO. A route's endpoints are the function's pods that serve: label [`meta::SERVING`] `true` (the controller
 //! routes it: not draining, not being profiled), condition `Ready` is `True`, no `deletionTimestamp`, a
-//! `status.podIP`; each is `Endpoint { instance: <pod name>, url:
-//! http://<podIP>:<port> }`, the port being the pod's [`meta::PORT`] annotation (default
-//! [`DEFAULT_PORT`]). A function being deleted, or whose spec does not parse, gets no route (the latter is
+//! `status.podIP`, and not bound to a lost node (its node agent's Lease ran out, [`crate::nodes`]); each is
+//! `Endpoint { instance: <pod name>, url: http://<podIP>:<port> }`, the port being the pod's [`meta::PORT`]
+//! annotation (default [`DEFAULT_PORT`]). A function being deleted, or whose spec does not parse, gets no route (the latter is
 //! logged once, naming the field). Nothing is published before both watches have listed their objects once,
 //! and afterwards only when the table changes.
 //!
@@ -14,8 +14,16 @@
 //! current time (RFC 3339), so that the controller's watch sees a request waiting for a function at zero
 //! instances. The patch is sent by a background task; a failure is logged and never delays a request.
 //!
+//! Lost nodes: the controller takes the serving label off the pods of a lost node and deletes them as soon as
+//! it notices, which is enough while a controller runs. The gateway follows the node Leases itself as well,
+//! so that a pod on a lost node stops getting requests within a second of the Lease running out even while
+//! no controller leads (a failover takes up to the controller's lease duration) or the controller's writes are
+//! slow; a pod whose node is lost would otherwise keep its label and its last `Ready` status, as nobody is left
+//! to update them.
+//!
 //! What it needs from RBAC in its namespace: `list` and `watch` on `functions.dilu.io` and `pods`, `patch` on
-//! `functions.dilu.io`.
+//! `functions.dilu.io`; and in the node lease namespace, `list` and `watch` on `leases`
+//! (`coordination.k8s.io`). Without the latter it logs the refusal and routes by the label alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -35,6 +43,7 @@ use tokio::task::JoinHandle;
 
 use crate::crd::Function;
 use crate::meta;
+use crate::nodes::LostNodes;
 
 /// The port of a pod without a [`meta::PORT`] annotation.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -87,6 +96,8 @@ impl FunctionEntry {
 #[derive(Debug, Clone, PartialEq)]
 struct PodEntry {
     function: String,
+    /// `spec.nodeName`.
+    node: Option<String>,
     endpoint: Result<Option<Endpoint>, String>,
 }
 
@@ -95,6 +106,7 @@ impl PodEntry {
         let function = pod.labels().get(meta::FUNCTION)?.clone();
         Some(PodEntry {
             function,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             endpoint: pod_endpoint(pod),
         })
     }
@@ -151,14 +163,18 @@ fn pod_endpoint(pod: &Pod) -> Result<Option<Endpoint>, String> {
 }
 
 /// The routes of `functions` (by name) and `pods` (by name), in function order with endpoints in pod-name
-/// order, and the objects left out with why (one line each).
+/// order, and the objects left out with why (one line each). Pods on a `lost` node get no request.
 fn assemble<'a>(
     functions: impl IntoIterator<Item = (&'a String, &'a FunctionEntry)>,
     pods: impl IntoIterator<Item = (&'a String, &'a PodEntry)>,
+    lost: &BTreeSet<String>,
 ) -> RouteTable {
     let mut table = RouteTable::default();
     let mut by_function: BTreeMap<&str, Vec<Endpoint>> = BTreeMap::new();
     for (_, pod) in pods {
+        if pod.node.as_ref().is_some_and(|n| lost.contains(n)) {
+            continue;
+        }
         match &pod.endpoint {
             Ok(Some(endpoint)) => by_function
                 .entry(pod.function.as_str())
@@ -205,8 +221,9 @@ pub struct RouteTable {
 }
 
 /// The routes the gateway follows for these `Function` objects and pods (pods without the
-/// [`meta::FUNCTION`] label, or of another function, are ignored). The pure part of [`KubeEndpoints`].
-pub fn route_table(functions: &[Function], pods: &[Pod]) -> RouteTable {
+/// [`meta::FUNCTION`] label, or of another function, are ignored), when the nodes `lost` are lost (their
+/// pods get no request). The pure part of [`KubeEndpoints`].
+pub fn route_table(functions: &[Function], pods: &[Pod], lost: &BTreeSet<String>) -> RouteTable {
     let functions: BTreeMap<String, FunctionEntry> = functions
         .iter()
         .map(|f| (f.name().to_string(), FunctionEntry::of(f)))
@@ -215,7 +232,7 @@ pub fn route_table(functions: &[Function], pods: &[Pod]) -> RouteTable {
         .iter()
         .filter_map(|p| Some((p.name_any(), PodEntry::of(p)?)))
         .collect();
-    assemble(&functions, &pods)
+    assemble(&functions, &pods, lost)
 }
 
 /// The objects of one watch, kept by name; `synced` once the first list completed.
@@ -269,12 +286,15 @@ impl<T> Mirror<T> {
 enum Change {
     Function(Box<Result<Event<Function>, watcher::Error>>),
     Pod(Box<Result<Event<Pod>, watcher::Error>>),
+    Lost(BTreeSet<String>),
 }
 
 /// What the watch task keeps.
 struct Watched {
     functions: Mirror<FunctionEntry>,
     pods: Mirror<PodEntry>,
+    /// The nodes lost now.
+    lost: BTreeSet<String>,
     /// The lines logged for the current table (each logged once while it holds).
     logged: BTreeSet<String>,
 }
@@ -297,6 +317,7 @@ pub struct KubeEndpoints {
     last_error: Arc<Mutex<Option<String>>>,
     wakes: mpsc::Sender<String>,
     _tasks: [AbortOnDrop; 2],
+    _lost: Option<LostNodes>,
 }
 
 impl KubeEndpoints {
@@ -311,8 +332,20 @@ impl KubeEndpoints {
         Ok(KubeEndpoints::start(client, &namespace))
     }
 
-    /// Starts watching `namespace` through `client`; must be called within a Tokio runtime.
+    /// Starts watching `namespace` through `client`, and the node Leases in [`meta::NODE_LEASE_NAMESPACE`];
+    /// must be called within a Tokio runtime.
     pub fn start(client: Client, namespace: &str) -> Arc<KubeEndpoints> {
+        KubeEndpoints::start_with_leases(client, namespace, Some(meta::NODE_LEASE_NAMESPACE))
+    }
+
+    /// [`KubeEndpoints::start`] with the node Leases in `lease_namespace` (`None`: not followed; pods are
+    /// routed by their label and readiness alone).
+    pub fn start_with_leases(
+        client: Client,
+        namespace: &str,
+        lease_namespace: Option<&str>,
+    ) -> Arc<KubeEndpoints> {
+        let lost = lease_namespace.map(|ns| LostNodes::watch(client.clone(), ns, "dilu gateway"));
         let functions: Api<Function> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let routes = watch::Sender::new(RoutingTable::default());
@@ -321,6 +354,7 @@ impl KubeEndpoints {
         let watching = tokio::spawn(watch_objects(
             functions.clone(),
             pods,
+            lost.as_ref().map(LostNodes::subscribe),
             routes.clone(),
             synced_tx,
             Arc::clone(&last_error),
@@ -334,6 +368,7 @@ impl KubeEndpoints {
             last_error,
             wakes,
             _tasks: [AbortOnDrop(watching), AbortOnDrop(waking)],
+            _lost: lost,
         })
     }
 
@@ -381,6 +416,7 @@ impl EndpointSource for KubeEndpoints {
 async fn watch_objects(
     functions: Api<Function>,
     pods: Api<Pod>,
+    lost: Option<watch::Receiver<BTreeSet<String>>>,
     routes: watch::Sender<RoutingTable>,
     synced: watch::Sender<bool>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -391,10 +427,21 @@ async fn watch_objects(
     let pod_events = watcher::watcher(pods, watcher::Config::default().labels(meta::FUNCTION))
         .default_backoff()
         .map(|e| Change::Pod(Box::new(e)));
-    let mut events = std::pin::pin!(futures::stream::select(function_events, pod_events));
+    // The lost nodes as a stream of changes (none when Leases are not followed).
+    let lost_events = futures::stream::unfold(lost, |rx| async move {
+        let mut rx = rx?;
+        rx.changed().await.ok()?;
+        let now = rx.borrow_and_update().clone();
+        Some((Change::Lost(now), Some(rx)))
+    });
+    let mut events = std::pin::pin!(futures::stream::select(
+        futures::stream::select(function_events, pod_events),
+        lost_events
+    ));
     let mut state = Watched {
         functions: Mirror::new(),
         pods: Mirror::new(),
+        lost: BTreeSet::new(),
         logged: BTreeSet::new(),
     };
     while let Some(first) = events.next().await {
@@ -416,6 +463,10 @@ async fn watch_objects(
                     }
                     Err(e) => Some(format!("watching pods: {e}")),
                 },
+                Change::Lost(lost) => {
+                    state.lost = lost;
+                    None
+                }
             };
             if let Some(error) = error {
                 eprintln!("dilu gateway: {error}");
@@ -426,7 +477,7 @@ async fn watch_objects(
         if !(state.functions.synced && state.pods.synced) {
             continue;
         }
-        let table = assemble(&state.functions.live, &state.pods.live);
+        let table = assemble(&state.functions.live, &state.pods.live, &state.lost);
         let now: BTreeSet<String> = table.skipped.into_iter().collect();
         for line in now.difference(&state.logged) {
             eprintln!("dilu gateway: {line}");
@@ -538,7 +589,7 @@ mod tests {
             pod("train-0", "train", true, Some("10.0.0.9")),
             pod("stray-0", "stray", true, Some("10.0.0.8")),
         ];
-        let table = route_table(&functions, &pods);
+        let table = route_table(&functions, &pods, &BTreeSet::new());
         assert_eq!(table.skipped, Vec::<String>::new());
         assert_eq!(table.routes.len(), 1, "training gets no route");
         let route = &table.routes[0];
@@ -568,7 +619,7 @@ mod tests {
             labels.remove(meta::SERVING);
         }
         let serving = pod("ocr-b", "ocr", true, Some("10.0.0.2"));
-        let table = route_table(&[function(OCR)], &[profiling, serving]);
+        let table = route_table(&[function(OCR)], &[profiling, serving], &BTreeSet::new());
         assert_eq!(
             table.routes[0].endpoints,
             vec![endpoint("ocr-b", "http://10.0.0.2:8080")]
@@ -580,7 +631,11 @@ mod tests {
         let mut leaving = pod("ocr-a", "ocr", true, Some("10.0.0.1"));
         leaving.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         let staying = pod("ocr-b", "ocr", true, Some("10.0.0.2"));
-        let table = route_table(&[function(OCR)], &[leaving, staying.clone()]);
+        let table = route_table(
+            &[function(OCR)],
+            &[leaving, staying.clone()],
+            &BTreeSet::new(),
+        );
         assert_eq!(
             table.routes[0].endpoints,
             vec![endpoint("ocr-b", "http://10.0.0.2:8080")]
@@ -588,13 +643,36 @@ mod tests {
 
         let mut deleting = function(OCR);
         deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        let table = route_table(&[deleting], &[staying]);
+        let table = route_table(&[deleting], &[staying], &BTreeSet::new());
         assert_eq!(table, RouteTable::default());
     }
 
     #[test]
+    fn a_pod_on_a_lost_node_gets_no_request_even_while_labelled_and_ready() {
+        let on = |mut p: Pod, node: &str| {
+            p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                node_name: Some(node.into()),
+                ..Default::default()
+            });
+            p
+        };
+        let pods = [
+            on(pod("ocr-a", "ocr", true, Some("10.0.0.1")), "n1"),
+            on(pod("ocr-b", "ocr", true, Some("10.0.0.2")), "n2"),
+        ];
+        let all = route_table(&[function(OCR)], &pods, &BTreeSet::new());
+        assert_eq!(all.routes[0].endpoints.len(), 2);
+        let lost = BTreeSet::from(["n1".to_string()]);
+        let table = route_table(&[function(OCR)], &pods, &lost);
+        assert_eq!(
+            table.routes[0].endpoints,
+            vec![endpoint("ocr-b", "http://10.0.0.2:8080")]
+        );
+    }
+
+    #[test]
     fn a_function_at_zero_has_a_route_without_endpoints() {
-        let table = route_table(&[function(OCR)], &[]);
+        let table = route_table(&[function(OCR)], &[], &BTreeSet::new());
         assert_eq!(table.routes.len(), 1);
         assert!(table.routes[0].endpoints.is_empty());
     }
@@ -609,7 +687,7 @@ mod tests {
             pod("ocr-b", "ocr", true, Some("10.0.0.2")),
             pod("bad-0", "bad", true, Some("10.0.0.3")),
         ];
-        let table = route_table(&[function(OCR), bad], &pods);
+        let table = route_table(&[function(OCR), bad], &pods, &BTreeSet::new());
         assert_eq!(table.routes.len(), 1);
         assert_eq!(table.routes[0].function, "ocr");
         assert_eq!(

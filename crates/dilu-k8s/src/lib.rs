@@ -8,6 +8,7 @@
 //! - [`endpoints`]: the gateway's routes from `Function` objects and their ready pods; the activator's wake.
 //! - [`load`]: the controller's traffic counts, pulled from the gateways' `GET /v1/load`.
 //! - [`controller`]: the reconciler of `dilu-control` run against the API server.
+//! - [`nodes`]: node liveness from the node agents' Leases (a node whose Lease ran out is lost).
 //! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
 //! - [`node`]: the node agent's side (`dilu agent --kubernetes`): inventory, heartbeat Lease, pod channels.
 //! - [`error`]: why Kubernetes-side work failed.
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod load;
 pub mod meta;
 pub mod node;
+pub mod nodes;
 pub mod scheduler;
 pub mod store;
 

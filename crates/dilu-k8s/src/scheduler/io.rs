@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::state::{Bind, BindOutcome, ConditionUpdate, Nanos, PodView, Scheduling};
 use super::{SchedulerConfig, SchedulerError};
 use crate::meta::{self, Assignment, PodBooking};
+use crate::nodes::LostNodes;
 
 /// Reads what the scheduler needs from a pod (`None` when it has no name or namespace).
 pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
@@ -167,6 +168,12 @@ fn on_node(core: &mut Scheduling, event: Result<Event<Node>, watcher::Error>) {
     match event {
         Ok(Event::Init) => core.begin_node_list(),
         Ok(Event::InitApply(node) | Event::Apply(node)) => {
+            let cordoned = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false);
+            core.set_cordoned(&node.name_any(), cordoned);
             core.observe_node(&node.name_any(), node_offer(&node))
         }
         Ok(Event::InitDone) => core.end_node_list(),
@@ -214,12 +221,22 @@ pub async fn run(
     let mut pods = watcher(pods_api, watcher::Config::default().labels(meta::FUNCTION))
         .default_backoff()
         .boxed();
+    // Lost nodes: a receiver that never changes when Leases are not followed.
+    let lost_nodes = match &config.node_lease_namespace {
+        Some(ns) => LostNodes::watch(client.clone(), ns, "dilu-scheduler"),
+        None => LostNodes::fixed(Default::default()),
+    };
+    let mut lost = lost_nodes.subscribe();
     eprintln!(
-        "dilu-scheduler: starting (scheduler name {}, policy {}, namespace {}, at most {} binds in flight)",
+        "dilu-scheduler: starting (scheduler name {}, policy {}, namespace {}, at most {} binds in flight, node Leases in {})",
         config.scheduler_name,
         core.ledger().placer_name(),
         config.namespace.as_deref().unwrap_or("(all)"),
-        config.settings().max_in_flight
+        config.settings().max_in_flight,
+        config
+            .node_lease_namespace
+            .as_deref()
+            .unwrap_or("(not followed)")
     );
     let name = config.scheduler_name.clone();
     let mut binds: JoinSet<(Bind, BindOutcome)> = JoinSet::new();
@@ -267,6 +284,7 @@ pub async fn run(
             }
             Some(event) = nodes.next() => on_node(&mut core, event),
             Some(event) = pods.next() => on_pod(&mut core, event, &name),
+            Ok(()) = lost.changed() => core.set_lost_nodes(&lost.borrow_and_update()),
             Some(done) = writes.join_next(), if !writes.is_empty() => {
                 if let Ok(Some(line)) = done {
                     eprintln!("{line}");

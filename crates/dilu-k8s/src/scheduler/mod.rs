@@ -2,6 +2,9 @@
 //! through the same [`Ledger`](dilu_core::ledger::Ledger) and policy [`Placer`](dilu_core::placement::Placer)
 //! as every other Dilu scheduler (`docs/kubernetes.md`).
 //!
+//! It places nothing on a cordoned node (`spec.unschedulable`) or on a lost one (its node agent's Lease ran
+//! out, [`crate::nodes`]).
+//!
 //! It binds the pods whose `spec.schedulerName` is [`SCHEDULER_NAME`](crate::meta::SCHEDULER_NAME) and that
 //! have no node yet, in the watched namespace(s). Each carries the [`FUNCTION`](crate::meta::FUNCTION) label
 //! and the [`BOOKING`](crate::meta::BOOKING) annotation, which give its ledger request. The ledger is rebuilt
@@ -92,6 +95,9 @@ pub struct SchedulerConfig {
     pub backoff_max: Duration,
     /// Where it counts what it does; keep a clone to read it.
     pub counters: Arc<Counters>,
+    /// The namespace of the node agents' Leases (default [`crate::meta::NODE_LEASE_NAMESPACE`]): nothing is
+    /// placed on a node whose Lease ran out ([`crate::nodes`]). `None`: Leases are not followed.
+    pub node_lease_namespace: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -104,6 +110,7 @@ impl Default for SchedulerConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             counters: Arc::new(Counters::default()),
+            node_lease_namespace: Some(crate::meta::NODE_LEASE_NAMESPACE.to_string()),
         }
     }
 }

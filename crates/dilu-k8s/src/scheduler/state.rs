@@ -12,7 +12,10 @@
 //!   still shows it pending does not undo it;
 //! - a bound pod's assignment, as the API server shows it, always wins over what the core believed;
 //! - a pod nothing fits waits until the nodes or the bookings change; a failed bind releases its booking and
-//!   is retried after an exponential back-off.
+//!   is retried after an exponential back-off;
+//! - nothing is placed on a cordoned node (`spec.unschedulable`) or a lost one (its agent's Lease ran out,
+//!   [`crate::nodes`]): the ledger does not see such a node at all, and the pods bound there are adopted again
+//!   when it comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -188,6 +191,10 @@ pub struct Scheduling {
     nodes_dirty: bool,
     /// The last inventory error logged per node.
     node_errors: BTreeMap<String, String>,
+    /// Cordoned nodes (`spec.unschedulable: true`).
+    cordoned: BTreeSet<String>,
+    /// Lost nodes (their agent's Lease ran out).
+    lost: BTreeSet<String>,
     pods: BTreeMap<String, Entry>,
     /// Pending pods in placement order: (creation time, key).
     queue: BTreeSet<(i64, String)>,
@@ -224,6 +231,8 @@ impl Scheduling {
             nodes: BTreeMap::new(),
             nodes_dirty: false,
             node_errors: BTreeMap::new(),
+            cordoned: BTreeSet::new(),
+            lost: BTreeSet::new(),
             pods: BTreeMap::new(),
             queue: BTreeSet::new(),
             unbooked: BTreeSet::new(),
@@ -339,6 +348,50 @@ impl Scheduling {
         if self.nodes.remove(name).is_some() {
             self.nodes_dirty = true;
         }
+        self.cordoned.remove(name);
+    }
+
+    /// Whether Node `name` is cordoned (`spec.unschedulable: true`): nothing is placed there while it is.
+    pub fn set_cordoned(&mut self, name: &str, cordoned: bool) {
+        let changed = if cordoned {
+            self.cordoned.insert(name.to_string())
+        } else {
+            self.cordoned.remove(name)
+        };
+        if changed {
+            self.say(format!(
+                "node {name} {}",
+                if cordoned {
+                    "cordoned: placing nothing there"
+                } else {
+                    "uncordoned"
+                }
+            ));
+            self.nodes_dirty = true;
+        }
+    }
+
+    /// The nodes lost now (their agent's Lease ran out): nothing is placed there while they are.
+    pub fn set_lost_nodes(&mut self, lost: &BTreeSet<String>) {
+        if *lost == self.lost {
+            return;
+        }
+        for node in lost.difference(&self.lost) {
+            self.log.push(format!(
+                "dilu-scheduler: node {node} lost: placing nothing there"
+            ));
+        }
+        for node in self.lost.difference(lost) {
+            self.log
+                .push(format!("dilu-scheduler: node {node} is back"));
+        }
+        self.lost = lost.clone();
+        self.nodes_dirty = true;
+    }
+
+    /// Whether pods may be placed on `node` (it is neither cordoned nor lost).
+    pub fn schedulable(&self, node: &str) -> bool {
+        !self.cordoned.contains(node) && !self.lost.contains(node)
     }
 
     /// Gives the ledger the nodes as they are now; bookings on devices that went away are lost.
@@ -347,13 +400,25 @@ impl Scheduling {
             return;
         }
         self.nodes_dirty = false;
-        let nodes: Vec<NodeInventory> = self.nodes.values().cloned().collect();
+        let nodes: Vec<NodeInventory> = self
+            .nodes
+            .values()
+            .filter(|n| self.schedulable(&n.name))
+            .cloned()
+            .collect();
         match self.ledger.set_nodes(&nodes) {
             Ok(lost) => {
                 for key in lost {
-                    self.say(format!(
-                        "{key}: its device left the inventory; booking dropped"
-                    ));
+                    let set_aside = self
+                        .pods
+                        .get(&key)
+                        .and_then(|e| e.view.node_name.as_deref())
+                        .is_some_and(|n| self.nodes.contains_key(n) && !self.schedulable(n));
+                    if !set_aside {
+                        self.say(format!(
+                            "{key}: its device left the inventory; booking dropped"
+                        ));
+                    }
                     if let Some(Entry {
                         state: State::Bound { at, .. },
                         ..
@@ -621,6 +686,11 @@ impl Scheduling {
             .unbooked
             .iter()
             .filter_map(|key| self.pods.get(key).map(|e| (key, e)))
+            // Pods on a cordoned or lost node wait until it is back (the ledger does not see it meanwhile).
+            .filter(|(_, e)| match &e.state {
+                State::Bound { at, .. } => self.schedulable(&at.node),
+                _ => true,
+            })
             .filter_map(|(key, e)| match (&e.state, &e.view.request) {
                 (
                     State::Bound {

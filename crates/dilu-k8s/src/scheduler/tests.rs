@@ -1,5 +1,6 @@
 //! The core against hand-made observations, in virtual time.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use dilu_core::ledger::{DeviceInventory, DeviceRef, Ledger, NodeInventory};
@@ -520,4 +521,62 @@ fn a_back_off_that_ended_while_the_window_is_full_waits_for_a_bind_to_come_back(
     core.bind_done(&b[0], BindOutcome::Bound, 2 * SECOND);
     let again = core.next_binds(2 * SECOND);
     assert_eq!(again[0].key(), "ns/a");
+}
+
+#[test]
+fn nothing_is_placed_on_a_cordoned_or_lost_node_and_its_pods_are_adopted_again_when_it_is_back() {
+    let (mut core, _) = core_with(64);
+    // n1 is the better fit (a pod already there), so the placer would choose it.
+    let a = bound(pod("a", 0, 300, 300), &at("n1", 0));
+    sync(&mut core, &[node("n1", 1), node("n2", 1)], &[a]);
+    core.next_binds(0);
+    assert_eq!(booked(&core, "ns/a"), Some(at("n1", 0)));
+    core.set_cordoned("n1", true);
+    core.observe_pod(pod("p", 1, 600, 600));
+    let b = core.next_binds(SECOND);
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].at, at("n2", 0), "not on the cordoned node");
+    assert_eq!(booked(&core, "ns/a"), None, "set aside while cordoned");
+    let lines = core.take_log();
+    assert!(
+        lines.iter().any(|l| l.contains("node n1 cordoned"))
+            && !lines.iter().any(|l| l.contains("ns/a")),
+        "one line for the node, none per pod: {lines:?}"
+    );
+    core.bind_done(&b[0], BindOutcome::Bound, SECOND);
+    core.observe_pod(bound(pod("p", 1, 600, 600), &at("n2", 0)));
+    // Uncordoned: its pod is booked again before anything is placed (q fits only beside it).
+    core.set_cordoned("n1", false);
+    core.observe_pod(pod("q", 2, 500, 500));
+    let b = core.next_binds(2 * SECOND);
+    assert_eq!(booked(&core, "ns/a"), Some(at("n1", 0)), "adopted again");
+    assert_eq!(b[0].at, at("n1", 0), "placeable again");
+    core.bind_done(&b[0], BindOutcome::Bound, 2 * SECOND);
+    core.observe_pod(bound(pod("q", 2, 500, 500), &at("n1", 0)));
+
+    // Lost (its agent's Lease ran out): the same, until the Lease is renewed.
+    core.set_lost_nodes(&BTreeSet::from(["n1".to_string()]));
+    core.observe_pod(pod("r", 3, 100, 100));
+    let b = core.next_binds(3 * SECOND);
+    assert_eq!(b[0].at, at("n2", 0), "not on the lost node");
+    assert!(core.take_log().iter().any(|l| l.contains("node n1 lost")));
+    core.set_lost_nodes(&BTreeSet::new());
+    core.next_binds(4 * SECOND);
+    assert_eq!(booked(&core, "ns/a"), Some(at("n1", 0)));
+    assert_eq!(booked(&core, "ns/q"), Some(at("n1", 0)));
+}
+
+#[test]
+fn a_pod_that_fits_only_on_a_lost_node_waits_for_it() {
+    let (mut core, counters) = core_with(64);
+    sync(&mut core, &[node("n1", 1)], &[]);
+    core.set_lost_nodes(&BTreeSet::from(["n1".to_string()]));
+    core.observe_pod(pod("p", 0, 500, 500));
+    assert!(core.next_binds(0).is_empty());
+    assert_eq!(counters.snapshot().unschedulable, 1);
+    assert_eq!(core.take_condition_updates().len(), 1);
+    core.set_lost_nodes(&BTreeSet::new());
+    let b = core.next_binds(SECOND);
+    assert_eq!(b.len(), 1, "placed once the node is back");
+    assert_eq!(b[0].at, at("n1", 0));
 }

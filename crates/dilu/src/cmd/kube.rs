@@ -87,6 +87,9 @@ pub struct ControllerArgs {
     /// The URL clients use, shown in each function's status (default: the first `--gateway`).
     #[arg(long)]
     public_url: Option<String>,
+    /// Namespace of the node agents' Leases: the pods of a node whose Lease ran out are replaced.
+    #[arg(long, default_value = dilu_k8s::meta::NODE_LEASE_NAMESPACE)]
+    node_lease_namespace: String,
     #[command(flatten)]
     election: ElectionArgs,
 }
@@ -100,6 +103,9 @@ pub struct SchedulerArgs {
     /// Policy whose placer places.
     #[arg(long, default_value = "dilu")]
     policy: String,
+    /// Namespace of the node agents' Leases: nothing is placed on a node whose Lease ran out.
+    #[arg(long, default_value = dilu_k8s::meta::NODE_LEASE_NAMESPACE)]
+    node_lease_namespace: String,
     #[command(flatten)]
     election: ElectionArgs,
 }
@@ -135,6 +141,7 @@ async fn controller(args: ControllerArgs) -> Result<()> {
     let client = client().await?;
     let mut options = ControllerOptions::new(&args.namespace, &args.image);
     options.policy = policy(&args.policy)?;
+    options.node_lease_namespace = Some(args.node_lease_namespace.clone());
     options.gateway_url = args
         .public_url
         .clone()
@@ -167,6 +174,7 @@ async fn scheduler(args: SchedulerArgs) -> Result<()> {
     let config = SchedulerConfig {
         namespace: args.namespace.clone(),
         policy: policy_name(&args.policy)?,
+        node_lease_namespace: Some(args.node_lease_namespace.clone()),
         ..SchedulerConfig::default()
     };
     replica(client, &args.election, "dilu-scheduler", |client, stop| {
