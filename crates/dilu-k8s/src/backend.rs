@@ -52,16 +52,6 @@ pub fn share_resource(
     }
 }
 
-/// The quota channel path inside an instance container: the device plugin mounts the device's channel
-/// directory at `dilu_deviceplugin::plugin::CONTAINER_QUOTA_DIR`, and the channel is named by the pod's UID.
-pub fn container_quota_file() -> String {
-    format!(
-        "{}/$({})",
-        dilu_deviceplugin::plugin::CONTAINER_QUOTA_DIR.trim_end_matches('/'),
-        meta::POD_UID_ENV
-    )
-}
-
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -136,15 +126,14 @@ impl PodTemplate {
             image_pull_policy: Some(self.pull_policy.clone()),
             command: Some(vec!["dilu".into()]),
             args: Some(plan.args(&listen)),
-            // The order matters: `$(DILU_POD_UID)` is expanded from the variables before it.
+            // The instance's quota channel is `$DILU_QUOTA_DIR/$DILU_POD_UID`: the device plugin's `Allocate` sets
+            // the directory (where it mounts the device's channels), this the UID, and the interposer and the
+            // workers join them (`dilu_quota::channel_from_env`). A pod variable cannot name the plugin's: the
+            // kubelet expands `$(VAR)` in env values from the pod's own variables only. On a node without Dilu's
+            // plugin there is no directory, so no channel to miss: the instance runs unthrottled.
             env: Some(vec![
                 field_env("POD_IP", "status.podIP"),
                 field_env(meta::POD_UID_ENV, "metadata.uid"),
-                EnvVar {
-                    name: meta::QUOTA_FILE_ENV.into(),
-                    value: Some(container_quota_file()),
-                    ..EnvVar::default()
-                },
             ]),
             // Extended resources: request and limit must be equal.
             resources: Some(ResourceRequirements {
@@ -598,7 +587,7 @@ mod tests {
         let c = &pod.spec.as_ref().unwrap().containers[0];
         let env = c.env.as_ref().unwrap();
         let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["POD_IP", "DILU_POD_UID", "DILU_QUOTA_FILE"]);
+        assert_eq!(names, ["POD_IP", "DILU_POD_UID"]);
         let uid = env[1]
             .value_from
             .as_ref()
@@ -607,15 +596,6 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(uid.field_path, "metadata.uid");
-        assert_eq!(
-            env[2].value.as_deref(),
-            Some("/run/dilu/quota/$(DILU_POD_UID)")
-        );
-        // As the kubelet expands it (`$(VAR)` from the variables before).
-        let expanded = dilu_k8s_testkit::expand(env[2].value.as_deref().unwrap(), |n| {
-            (n == "DILU_POD_UID").then(|| "0f3c-uid".to_string())
-        });
-        assert_eq!(expanded, "/run/dilu/quota/0f3c-uid");
         let r = c.resources.as_ref().unwrap();
         let one = BTreeMap::from([(meta::GPU_SHARE.to_string(), Quantity("1".into()))]);
         assert_eq!(r.requests.as_ref(), Some(&one));

@@ -71,12 +71,9 @@ pub const NODE_LEASE_SECONDS: i32 = 6;
 pub const GPU_SHARE: &str = "dilu.io/gpu-share";
 /// Extended resource: one share of the CPU device.
 pub const CPU_SHARE: &str = "dilu.io/cpu-share";
-/// Env of every instance container: its pod UID (downward API `metadata.uid`).
-pub const POD_UID_ENV: &str = "DILU_POD_UID";
-
-/// Env of every instance container: its quota channel, `$DILU_QUOTA_DIR/$(DILU_POD_UID)`
-/// (`DILU_QUOTA_DIR` is what the device plugin's `Allocate` mounts the device's channel directory at).
-pub const QUOTA_FILE_ENV: &str = "DILU_QUOTA_FILE";
+/// Env of every instance container: its pod UID (downward API `metadata.uid`); with the device plugin's
+/// `DILU_QUOTA_DIR` it names the instance's quota channel (`dilu_quota::channel_from_env`).
+pub const POD_UID_ENV: &str = dilu_quota::POD_UID_ENV;
 
 /// The name of the Lease node agent `node` renews.
 pub fn node_lease_name(node: &str) -> String {
