@@ -63,10 +63,12 @@ pub const WAKE: &str = "dilu.io/wake";
 /// The node agents' heartbeats: each agent renews a `coordination.k8s.io/v1` Lease named
 /// [`node_lease_name`] in this namespace (the control plane's, where its leader-election Leases live too).
 pub const NODE_LEASE_NAMESPACE: &str = "dilu-system";
-/// Seconds a node agent's Lease stays valid after its last renewal (`leaseDurationSeconds`); the agent renews
-/// every third of it. A node whose Lease is older is lost: its pods are replaced elsewhere and not routed to.
+/// Seconds a node agent's Lease stays valid after its last renewal by default (`leaseDurationSeconds`; the
+/// agent's `--lease-seconds`); the agent renews every third of it. A node whose Lease is older is lost: its pods
+/// are replaced elsewhere and not routed to. Judges read the duration from each Lease, so agents may differ.
+/// 15 s outlasts an agent restart (a DaemonSet rolling update) and moves pods off a dead node within seconds.
 /// A node with no Lease at all runs no agent and is never judged lost.
-pub const NODE_LEASE_SECONDS: i32 = 6;
+pub const NODE_LEASE_SECONDS: i32 = 15;
 /// Extended resource: one share of a GPU (the device plugin lists each GPU as several shares).
 pub const GPU_SHARE: &str = "dilu.io/gpu-share";
 /// Extended resource: one share of the CPU device.

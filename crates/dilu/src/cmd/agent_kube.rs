@@ -47,6 +47,11 @@ pub struct KubeNodeArgs {
     /// Namespace of the node's heartbeat Lease.
     #[arg(long, default_value = meta::NODE_LEASE_NAMESPACE)]
     lease_namespace: String,
+    /// Seconds the node's heartbeat Lease is valid (renewed every third of it). Once it runs out the control
+    /// plane judges the node lost and replaces its pods elsewhere, so it must outlast an agent restart (a
+    /// DaemonSet rolling update) but stay short enough to move pods off a dead node quickly.
+    #[arg(long, default_value_t = meta::NODE_LEASE_SECONDS, value_parser = clap::value_parser!(i32).range(3..=3600))]
+    lease_seconds: i32,
 }
 
 /// The agent's attached channels as the node agent's [`PodChannels`]: the pod UID is the channel's id, its
@@ -299,6 +304,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         let client = client(kube.kubeconfig.as_deref()).await?;
         let mut node_config = NodeConfig::new(node_name, node_devices(&agent));
         node_config.lease_namespace = kube.lease_namespace.clone();
+        node_config.lease_seconds = kube.lease_seconds;
         let plugins = start_plugins(&agent, kube, &node_config.preference).await?;
         let api_task = tokio::spawn(api::serve(
             agent.clone(),
