@@ -161,6 +161,16 @@ pub enum Runtime {
     },
 }
 
+impl Runtime {
+    /// The class of device its instances run on. The built-in worker (tract) and trainer compute on the CPU,
+    /// and their channel budgets CPU time, so they are placed on CPU devices even on a node with GPUs.
+    pub fn device_class(&self) -> dilu_core::ledger::DeviceClass {
+        match self {
+            Runtime::Onnx { .. } | Runtime::Trainer { .. } => dilu_core::ledger::DeviceClass::Cpu,
+        }
+    }
+}
+
 /// A function as deployed.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -963,7 +963,10 @@ impl Controller {
     ) -> bool {
         let key = format!("{}-{}", f.spec.name, *pass.next_seq);
         let booking = f.booking(terms);
-        match pass.ledger.place(&key, &booking) {
+        match pass
+            .ledger
+            .place(&key, &booking, f.spec.runtime().device_class())
+        {
             Ok(at) => {
                 take(pass.next_seq);
                 let batch = match (&f.profile, f.spec.runtime()) {

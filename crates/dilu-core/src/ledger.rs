@@ -3,7 +3,11 @@
 //! [`Placer`], so live placement makes the same decisions as the simulator's, and admission is checked once,
 //! here (`docs/architecture.md`).
 //!
-//! - [`Ledger::place`] asks the placer for a device and books it;
+//! Devices come in two classes ([`DeviceClass`]): GPUs and CPU devices. Each class is its own pool with its own
+//! cluster model, and an instance is placed in the pool of the class its runtime runs on, so an instance that
+//! needs a CPU device is never given a GPU of the same node, nor the reverse.
+//!
+//! - [`Ledger::place`] asks the placer for a device of the instance's class and books it;
 //! - [`Ledger::adopt`] books an instance that already runs (after a restart) without asking the placer;
 //! - [`Ledger::resize`] changes an instance's booking in place and never loses it: when the new booking does
 //!   not fit, the old one stays and the error says why;
@@ -12,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, NodeSpec, Placement};
 use crate::placement::Placer;
@@ -25,8 +29,46 @@ pub struct DeviceInventory {
     pub uuid: String,
     /// Memory in MiB; 0 when unknown (the CPU device), which does not limit placement.
     pub memory_mib: u64,
-    /// Whether it is a GPU. A node with GPUs places on its GPUs only; a node without on its CPU devices.
+    /// Whether it is a GPU (else a CPU device): which pool it is placed in.
     pub gpu: bool,
+}
+
+impl DeviceInventory {
+    /// The class of the device.
+    pub fn class(&self) -> DeviceClass {
+        if self.gpu {
+            DeviceClass::Gpu
+        } else {
+            DeviceClass::Cpu
+        }
+    }
+}
+
+/// What kind of device an instance runs on: a runtime that launches CUDA kernels needs a GPU; one that computes
+/// on the CPU (the built-in ONNX worker and trainer today) needs a CPU device, whose channel budgets CPU time.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    /// A GPU.
+    #[default]
+    Gpu,
+    /// The CPU device.
+    Cpu,
+}
+
+impl DeviceClass {
+    /// Both classes.
+    pub const ALL: [DeviceClass; 2] = [DeviceClass::Gpu, DeviceClass::Cpu];
+
+    /// The name used on the wire (`gpu`, `cpu`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Gpu => "gpu",
+            DeviceClass::Cpu => "cpu",
+        }
+    }
 }
 
 /// A node and its devices.
@@ -82,31 +124,58 @@ pub enum LedgerError {
 
 #[derive(Debug, Clone)]
 struct Booking {
+    class: DeviceClass,
     placement: Placement,
     request: InstanceRequest,
     at: DeviceRef,
 }
 
+/// The devices of one class, by node (nodes without such a device left out), and their cluster model; a
+/// placement's node and device indices point into it.
+struct Pool {
+    nodes: Vec<NodeInventory>,
+    cluster: Cluster,
+}
+
+impl Pool {
+    fn new(nodes: &[NodeInventory], class: DeviceClass) -> Result<Pool, LedgerError> {
+        let nodes: Vec<NodeInventory> = nodes
+            .iter()
+            .map(|n| NodeInventory {
+                name: n.name.clone(),
+                devices: n
+                    .devices
+                    .iter()
+                    .filter(|d| d.class() == class)
+                    .cloned()
+                    .collect(),
+            })
+            .filter(|n| !n.devices.is_empty())
+            .collect();
+        Ok(Pool {
+            cluster: cluster_of(&nodes)?,
+            nodes,
+        })
+    }
+
+    fn index_of(&self, at: &DeviceRef) -> Option<(usize, u32)> {
+        let node = self.nodes.iter().position(|n| n.name == at.node)?;
+        let gpu = self.nodes[node]
+            .devices
+            .iter()
+            .position(|d| d.uuid == at.device)?;
+        Some((node, gpu as u32))
+    }
+}
+
 /// The ledger.
 pub struct Ledger {
     nodes: Vec<NodeInventory>,
-    cluster: Cluster,
+    gpus: Pool,
+    cpus: Pool,
     placer: Box<dyn Placer>,
     bookings: BTreeMap<String, Booking>,
     next: u64,
-}
-
-/// The devices of `node` the ledger places on: its GPUs when it has any, else its CPU devices.
-fn placeable(node: &NodeInventory) -> NodeInventory {
-    let gpus: Vec<DeviceInventory> = node.devices.iter().filter(|d| d.gpu).cloned().collect();
-    NodeInventory {
-        name: node.name.clone(),
-        devices: if gpus.is_empty() {
-            node.devices.clone()
-        } else {
-            gpus
-        },
-    }
 }
 
 fn cluster_of(nodes: &[NodeInventory]) -> Result<Cluster, LedgerError> {
@@ -141,10 +210,10 @@ fn cluster_of(nodes: &[NodeInventory]) -> Result<Cluster, LedgerError> {
 impl Ledger {
     /// A ledger over `nodes` placing with `placer`.
     pub fn new(nodes: &[NodeInventory], placer: Box<dyn Placer>) -> Result<Ledger, LedgerError> {
-        let nodes: Vec<NodeInventory> = nodes.iter().map(placeable).collect();
         Ok(Ledger {
-            cluster: cluster_of(&nodes)?,
-            nodes,
+            gpus: Pool::new(nodes, DeviceClass::Gpu)?,
+            cpus: Pool::new(nodes, DeviceClass::Cpu)?,
+            nodes: nodes.to_vec(),
             placer,
             bookings: BTreeMap::new(),
             next: 1,
@@ -156,32 +225,48 @@ impl Ledger {
         self.placer.name()
     }
 
-    /// The devices placed on, by node.
+    /// The nodes and all their devices.
     pub fn nodes(&self) -> &[NodeInventory] {
         &self.nodes
     }
 
-    fn index_of(&self, at: &DeviceRef) -> Result<(usize, u32), LedgerError> {
-        let unknown = || LedgerError::UnknownDevice {
-            node: at.node.clone(),
-            device: at.device.clone(),
-        };
-        let node = self
-            .nodes
-            .iter()
-            .position(|n| n.name == at.node)
-            .ok_or_else(unknown)?;
-        let gpu = self.nodes[node]
-            .devices
-            .iter()
-            .position(|d| d.uuid == at.device)
-            .ok_or_else(unknown)?;
-        Ok((node, gpu as u32))
+    fn pool(&self, class: DeviceClass) -> &Pool {
+        match class {
+            DeviceClass::Gpu => &self.gpus,
+            DeviceClass::Cpu => &self.cpus,
+        }
     }
 
-    fn device_ref(&self, placement: &Placement) -> Result<DeviceRef, LedgerError> {
+    fn pool_mut(&mut self, class: DeviceClass) -> &mut Pool {
+        match class {
+            DeviceClass::Gpu => &mut self.gpus,
+            DeviceClass::Cpu => &mut self.cpus,
+        }
+    }
+
+    /// The class of the device `at`, and its indices in that class's pool.
+    fn index_of(&self, at: &DeviceRef) -> Result<(DeviceClass, usize, u32), LedgerError> {
+        DeviceClass::ALL
+            .iter()
+            .find_map(|&class| {
+                self.pool(class)
+                    .index_of(at)
+                    .map(|(node, gpu)| (class, node, gpu))
+            })
+            .ok_or_else(|| LedgerError::UnknownDevice {
+                node: at.node.clone(),
+                device: at.device.clone(),
+            })
+    }
+
+    fn device_ref(
+        &self,
+        class: DeviceClass,
+        placement: &Placement,
+    ) -> Result<DeviceRef, LedgerError> {
         let gpu = placement.shares.first().map(|s| s.gpu).unwrap_or(0) as usize;
         let node = self
+            .pool(class)
             .nodes
             .get(placement.node)
             .ok_or_else(|| LedgerError::Inventory(format!("no node {}", placement.node)))?;
@@ -197,21 +282,24 @@ impl Ledger {
     fn book(
         &mut self,
         key: &str,
+        class: DeviceClass,
         mut placement: Placement,
         request: InstanceRequest,
     ) -> Result<DeviceRef, LedgerError> {
         placement.instance = self.next;
-        self.cluster
+        self.pool_mut(class)
+            .cluster
             .allocate(&placement)
             .map_err(|e| LedgerError::DoesNotFit {
                 key: key.to_string(),
                 reason: e.to_string(),
             })?;
         self.next += 1;
-        let at = self.device_ref(&placement)?;
+        let at = self.device_ref(class, &placement)?;
         self.bookings.insert(
             key.to_string(),
             Booking {
+                class,
                 placement,
                 request,
                 at: at.clone(),
@@ -220,20 +308,31 @@ impl Ledger {
         Ok(at)
     }
 
-    /// Chooses a device for a new instance and books it under `key`.
+    /// Chooses a device of `class` for a new instance and books it under `key`.
     pub fn place(
         &mut self,
         key: &str,
         request: &InstanceRequest,
+        class: DeviceClass,
     ) -> Result<DeviceRef, LedgerError> {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
+        let pool = match class {
+            DeviceClass::Gpu => &self.gpus,
+            DeviceClass::Cpu => &self.cpus,
+        };
+        if pool.nodes.is_empty() {
+            return Err(LedgerError::Unschedulable(format!(
+                "no node has a {} device",
+                class.as_str()
+            )));
+        }
         let placement = self
             .placer
-            .place(&self.cluster, request)
+            .place(&pool.cluster, request)
             .map_err(|e| LedgerError::Unschedulable(e.to_string()))?;
-        self.book(key, placement, request.clone())
+        self.book(key, class, placement, request.clone())
     }
 
     /// Books an instance that already runs on `at` (adopted after a restart): the placer is not asked, but
@@ -247,9 +346,10 @@ impl Ledger {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
-        let (node, gpu) = self.index_of(at)?;
+        let (class, node, gpu) = self.index_of(at)?;
         let placement = Placement::uniform(node, request, &[gpu]);
-        self.book(key, placement, request.clone()).map(|_| ())
+        self.book(key, class, placement, request.clone())
+            .map(|_| ())
     }
 
     /// Changes the booking of `key` to `request` on the same device. When it does not fit, the old booking
@@ -260,27 +360,28 @@ impl Ledger {
             .get(key)
             .cloned()
             .ok_or_else(|| LedgerError::UnknownKey(key.to_string()))?;
-        self.cluster
+        let cluster = &mut self.pool_mut(old.class).cluster;
+        cluster
             .release(&old.placement)
             .map_err(|e| LedgerError::Inventory(e.to_string()))?;
         let gpus: Vec<u32> = old.placement.shares.iter().map(|s| s.gpu).collect();
         let mut placement = Placement::uniform(old.placement.node, request, &gpus);
         placement.instance = old.placement.instance;
-        match self.cluster.allocate(&placement) {
+        match cluster.allocate(&placement) {
             Ok(()) => {
                 self.bookings.insert(
                     key.to_string(),
                     Booking {
                         placement,
                         request: request.clone(),
-                        at: old.at,
+                        ..old
                     },
                 );
                 Ok(())
             }
             Err(e) => {
                 // Put the old booking back: it was allocated a moment ago, so it fits again.
-                self.cluster
+                cluster
                     .allocate(&old.placement)
                     .map_err(|e| LedgerError::Inventory(e.to_string()))?;
                 Err(LedgerError::DoesNotFit {
@@ -311,7 +412,7 @@ impl Ledger {
         match self.bookings.remove(key) {
             Some(b) => {
                 // A booking always matches the cluster's live placement, so this cannot fail.
-                let _ = self.cluster.release(&b.placement);
+                let _ = self.pool_mut(b.class).cluster.release(&b.placement);
                 true
             }
             None => false,
@@ -340,8 +441,8 @@ impl Ledger {
 
     /// Σ requests on a device, as a fraction of it (0 for an unknown device).
     pub fn requested(&self, at: &DeviceRef) -> f64 {
-        self.index_of(at).map_or(0.0, |(node, gpu)| {
-            f64::from(self.cluster.nodes()[node].gpus[gpu as usize].sm_request)
+        self.index_of(at).map_or(0.0, |(class, node, gpu)| {
+            f64::from(self.pool(class).cluster.nodes()[node].gpus[gpu as usize].sm_request)
                 / f64::from(SM_MILLI)
         })
     }
@@ -371,13 +472,14 @@ impl Ledger {
     /// Follows a new inventory: bookings on devices that remain are kept; the keys of bookings whose device is
     /// gone are returned (their instances went with it).
     pub fn set_nodes(&mut self, nodes: &[NodeInventory]) -> Result<Vec<String>, LedgerError> {
-        let nodes: Vec<NodeInventory> = nodes.iter().map(placeable).collect();
-        if nodes == self.nodes {
+        if nodes == self.nodes.as_slice() {
             return Ok(Vec::new());
         }
+        let gpus = Pool::new(nodes, DeviceClass::Gpu)?;
+        let cpus = Pool::new(nodes, DeviceClass::Cpu)?;
         let old = std::mem::take(&mut self.bookings);
-        self.cluster = cluster_of(&nodes)?;
-        self.nodes = nodes;
+        (self.gpus, self.cpus) = (gpus, cpus);
+        self.nodes = nodes.to_vec();
         let mut lost = Vec::new();
         for (key, b) in old {
             if self.adopt(&key, &b.at, &b.request).is_err() {
@@ -433,20 +535,32 @@ mod tests {
         assert_eq!(l.placer_name(), "dilu");
         for i in 0..4 {
             let at = l
-                .place(&format!("i{i}"), &ask(InstanceKind::Inference, 0.25, 0.3))
+                .place(
+                    &format!("i{i}"),
+                    &ask(InstanceKind::Inference, 0.25, 0.3),
+                    DeviceClass::Cpu,
+                )
                 .unwrap();
             assert_eq!((at.node.as_str(), at.device.as_str()), ("local", "CPU-a"));
         }
         let at = l.device_of("i0").unwrap().clone();
         assert!((l.requested(&at) - 1.0).abs() < 1e-9);
         let e = l
-            .place("i5", &ask(InstanceKind::Inference, 0.1, 0.1))
+            .place(
+                "i5",
+                &ask(InstanceKind::Inference, 0.1, 0.1),
+                DeviceClass::Cpu,
+            )
             .unwrap_err();
         assert!(matches!(e, LedgerError::Unschedulable(_)), "{e}");
         assert!(l.release("i0"));
         assert!(!l.release("i0"));
-        l.place("i5", &ask(InstanceKind::Training, 0.2, 0.3))
-            .unwrap();
+        l.place(
+            "i5",
+            &ask(InstanceKind::Training, 0.2, 0.3),
+            DeviceClass::Cpu,
+        )
+        .unwrap();
         l.resize("i5", &ask(InstanceKind::Training, 0.1, 0.3))
             .unwrap();
         assert!((l.requested(&at) - 0.85).abs() < 1e-9);
@@ -455,10 +569,18 @@ mod tests {
     #[test]
     fn a_resize_that_does_not_fit_keeps_the_old_booking() {
         let mut l = ledger(&[node("local", &["CPU-a"])]);
-        l.place("a", &ask(InstanceKind::Inference, 0.6, 0.6))
-            .unwrap();
-        l.place("b", &ask(InstanceKind::Inference, 0.3, 0.3))
-            .unwrap();
+        l.place(
+            "a",
+            &ask(InstanceKind::Inference, 0.6, 0.6),
+            DeviceClass::Cpu,
+        )
+        .unwrap();
+        l.place(
+            "b",
+            &ask(InstanceKind::Inference, 0.3, 0.3),
+            DeviceClass::Cpu,
+        )
+        .unwrap();
         let e = l
             .resize("b", &ask(InstanceKind::Inference, 0.5, 0.5))
             .unwrap_err();
@@ -486,7 +608,7 @@ mod tests {
             node("n1", &["GPU-1", "GPU-2", "CPU-x"]),
             node("n2", &["GPU-3"]),
         ]);
-        assert_eq!(l.nodes()[0].devices.len(), 2, "GPUs only on a GPU node");
+        assert_eq!(l.nodes()[0].devices.len(), 3, "every device of the node");
         let at = DeviceRef {
             node: "n2".into(),
             device: "GPU-3".into(),
@@ -509,5 +631,63 @@ mod tests {
         let lost = l.set_nodes(&[node("n1", &["GPU-1", "GPU-2"])]).unwrap();
         assert_eq!(lost, vec!["old".to_string()]);
         assert!(!l.contains("old"));
+    }
+
+    #[test]
+    fn each_instance_is_placed_on_a_device_of_its_class_even_on_a_node_with_both() {
+        let mut l = ledger(&[node("n1", &["GPU-1", "CPU-n1"]), node("n2", &["CPU-n2"])]);
+        let gpu = l
+            .place(
+                "g",
+                &ask(InstanceKind::Inference, 0.5, 0.5),
+                DeviceClass::Gpu,
+            )
+            .unwrap();
+        assert_eq!(gpu.device, "GPU-1");
+        for i in 0..3 {
+            let at = l
+                .place(
+                    &format!("c{i}"),
+                    &ask(InstanceKind::Inference, 0.5, 0.5),
+                    DeviceClass::Cpu,
+                )
+                .unwrap();
+            assert!(at.device.starts_with("CPU-"), "{at:?}");
+        }
+        // A fourth half fills the two CPU devices; a fifth fits nowhere, though the GPU has room: not its class.
+        l.place(
+            "c3",
+            &ask(InstanceKind::Inference, 0.5, 0.5),
+            DeviceClass::Cpu,
+        )
+        .unwrap();
+        let e = l
+            .place(
+                "c4",
+                &ask(InstanceKind::Inference, 0.5, 0.5),
+                DeviceClass::Cpu,
+            )
+            .unwrap_err();
+        assert!(matches!(e, LedgerError::Unschedulable(_)), "{e}");
+        // Requests are counted per device, whatever its class; an adopted instance finds its class by its device.
+        let cpu = DeviceRef {
+            node: "n1".into(),
+            device: "CPU-n1".into(),
+        };
+        assert!((l.requested(&cpu) - 1.0).abs() < 1e-9);
+        assert!((l.requested(&gpu) - 0.5).abs() < 1e-9);
+        l.adopt("g2", &gpu, &ask(InstanceKind::Training, 0.5, 0.5))
+            .unwrap();
+        assert!((l.requested(&gpu) - 1.0).abs() < 1e-9);
+        // A node without a GPU offers none.
+        let mut cpu_only = ledger(&[node("n2", &["CPU-n2"])]);
+        let e = cpu_only
+            .place(
+                "g",
+                &ask(InstanceKind::Inference, 0.1, 0.1),
+                DeviceClass::Gpu,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("no node has a gpu device"), "{e}");
     }
 }

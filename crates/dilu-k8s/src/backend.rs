@@ -20,7 +20,7 @@ use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
 use dilu_control::backend::{
     BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance,
 };
-use dilu_core::ledger::DeviceRef;
+use dilu_core::ledger::{DeviceClass, DeviceRef};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Node, ObjectFieldSelector, Pod,
     PodSpec, Probe, ResourceRequirements,
@@ -37,18 +37,12 @@ use crate::meta::{self, Assignment, PodBooking};
 /// The port every instance container serves on (its pod has its own IP).
 pub const INSTANCE_PORT: u16 = 8080;
 
-/// The extended resource an instance on a device asks one of: [`meta::GPU_SHARE`] on a GPU, else
-/// [`meta::CPU_SHARE`]. `gpu` is what the node's inventory says of the planned device (`None`: not in it);
-/// without that word, a booking with device memory, or a device UUID starting with `GPU-`, means a GPU.
-pub fn share_resource(
-    gpu: Option<bool>,
-    device: &str,
-    booking: &dilu_core::InstanceRequest,
-) -> &'static str {
-    if gpu.unwrap_or_else(|| booking.gpu_mem_mib > 0 || device.starts_with("GPU-")) {
-        meta::GPU_SHARE
-    } else {
-        meta::CPU_SHARE
+/// The extended resource an instance of a device class asks one of: [`meta::GPU_SHARE`] or
+/// [`meta::CPU_SHARE`].
+pub fn share_resource(class: DeviceClass) -> &'static str {
+    match class {
+        DeviceClass::Gpu => meta::GPU_SHARE,
+        DeviceClass::Cpu => meta::CPU_SHARE,
     }
 }
 
@@ -91,7 +85,9 @@ impl PodTemplate {
     }
 
     /// The pod of `plan`, owned by the function object `owner_uid`; it asks one `share` ([`share_resource`]).
-    pub fn pod(&self, plan: &InstancePlan, owner_uid: &str, share: &str) -> Pod {
+    pub fn pod(&self, plan: &InstancePlan, owner_uid: &str) -> Pod {
+        let class = plan.runtime.device_class();
+        let share = share_resource(class);
         let labels = BTreeMap::from([
             (meta::FUNCTION.to_string(), plan.function.clone()),
             (meta::TEMPLATE.to_string(), plan.template.clone()),
@@ -107,7 +103,7 @@ impl PodTemplate {
         let annotations = BTreeMap::from([
             (
                 meta::BOOKING.to_string(),
-                serde_json::to_string(&PodBooking::of(&plan.booking)).unwrap_or_default(),
+                serde_json::to_string(&PodBooking::of(&plan.booking, class)).unwrap_or_default(),
             ),
             (
                 meta::QUOTA.to_string(),
@@ -191,8 +187,6 @@ pub struct KubeBackend {
     template: PodTemplate,
     /// The usable share of each device (by UUID), from the last read of the nodes.
     usable: std::sync::Mutex<BTreeMap<String, f64>>,
-    /// Whether each device (by UUID) is a GPU, from the last read of the nodes.
-    gpu: std::sync::Mutex<BTreeMap<String, bool>>,
 }
 
 fn api_error(context: &str, e: kube::Error) -> BackendError {
@@ -216,7 +210,6 @@ impl KubeBackend {
             client,
             template,
             usable: std::sync::Mutex::new(BTreeMap::new()),
-            gpu: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -233,7 +226,6 @@ impl KubeBackend {
             .map_err(|e| api_error("listing nodes", e))?;
         let mut inventories = Vec::new();
         let mut shares = BTreeMap::new();
-        let mut gpu = BTreeMap::new();
         for n in list {
             let name = n.metadata.name.clone().unwrap_or_default();
             let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
@@ -248,12 +240,10 @@ impl KubeBackend {
                     (false, Some(c)) if c > 1.0 => 1.0 / c,
                     _ => 1.0,
                 };
-                gpu.insert(d.uuid.clone(), d.gpu);
                 shares.insert(d.uuid, share);
             }
         }
         *dilu_core::sync::lock(&self.usable) = shares;
-        *dilu_core::sync::lock(&self.gpu) = gpu;
         Ok(inventories)
     }
 }
@@ -410,11 +400,7 @@ impl InstanceBackend for KubeBackend {
                 )));
             }
             let uid = owner.metadata.uid.clone().unwrap_or_default();
-            let gpu = dilu_core::sync::lock(&self.gpu)
-                .get(&plan.at.device)
-                .copied();
-            let share = share_resource(gpu, &plan.at.device, &plan.booking);
-            let pod = self.template.pod(&plan, &uid, share);
+            let pod = self.template.pod(&plan, &uid);
             let created = self
                 .pods()
                 .create(&PostParams::default(), &pod)
@@ -548,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_plan_becomes_a_pod_for_dilu_scheduler_owned_by_its_function() {
-        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.scheduler_name.as_deref(), Some("dilu-scheduler"));
         assert!(spec.node_name.is_none());
@@ -582,8 +568,8 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_finds_its_quota_channel_by_its_pod_uid_and_asks_one_share() {
-        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
+    fn an_instance_carries_its_pod_uid_and_asks_one_share_of_its_class() {
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
         let c = &pod.spec.as_ref().unwrap().containers[0];
         let env = c.env.as_ref().unwrap();
         let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
@@ -597,33 +583,30 @@ mod tests {
             .unwrap();
         assert_eq!(uid.field_path, "metadata.uid");
         let r = c.resources.as_ref().unwrap();
-        let one = BTreeMap::from([(meta::GPU_SHARE.to_string(), Quantity("1".into()))]);
+        let one = BTreeMap::from([(meta::CPU_SHARE.to_string(), Quantity("1".into()))]);
         assert_eq!(r.requests.as_ref(), Some(&one));
         assert_eq!(r.limits.as_ref(), Some(&one));
     }
 
     #[test]
-    fn gpu_instances_ask_a_gpu_share_and_the_others_a_cpu_share() {
-        let mut booking = plan().booking;
-        // The inventory's word wins.
-        assert_eq!(share_resource(Some(true), "X-1", &booking), meta::GPU_SHARE);
-        assert_eq!(
-            share_resource(Some(false), "GPU-1", &booking),
-            meta::CPU_SHARE
-        );
-        // Unknown device: by its name, or by device memory in the booking.
-        assert_eq!(share_resource(None, "GPU-1", &booking), meta::GPU_SHARE);
-        assert_eq!(share_resource(None, "CPU-n1", &booking), meta::CPU_SHARE);
-        booking.gpu_mem_mib = 512;
-        assert_eq!(share_resource(None, "dev-0", &booking), meta::GPU_SHARE);
-        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::CPU_SHARE);
-        let r = pod.spec.unwrap().containers[0].resources.clone().unwrap();
+    fn the_share_and_the_booking_follow_the_runtime_device_class() {
+        assert_eq!(share_resource(DeviceClass::Gpu), meta::GPU_SHARE);
+        assert_eq!(share_resource(DeviceClass::Cpu), meta::CPU_SHARE);
+        // The built-in runtimes compute on the CPU: a CPU share, and a CPU booking for dilu-scheduler.
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
+        let r = pod.spec.as_ref().unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
         assert!(r.limits.unwrap().contains_key("dilu.io/cpu-share"));
+        let annotations = pod.metadata.annotations.unwrap();
+        let booking = PodBooking::parse("p", &annotations[meta::BOOKING]).unwrap();
+        assert_eq!(booking.device, DeviceClass::Cpu);
     }
 
     #[test]
     fn a_pod_reads_back_as_the_instance_it_runs() {
-        let mut pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1", meta::GPU_SHARE);
+        let mut pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
         let o = observe(&pod, &BTreeMap::new()).unwrap();
         assert_eq!(
             (o.id.as_str(), o.name.as_str(), o.function.as_str()),

@@ -11,7 +11,7 @@
 //!   `spec.nodeName`: no pod is ever bound without its assignment, or assigned without being bound.
 
 use dilu_api::Quota;
-use dilu_core::ledger::{DeviceInventory, DeviceRef, NodeInventory};
+use dilu_core::ledger::{DeviceClass, DeviceInventory, DeviceRef, NodeInventory};
 use dilu_core::{InstanceKind, InstanceRequest};
 use serde::{Deserialize, Serialize};
 
@@ -159,16 +159,20 @@ pub struct PodBooking {
     /// Device memory, MiB (0: none asked).
     #[serde(default)]
     pub gpu_mem_mib: u64,
+    /// The class of device it runs on (its runtime's; `gpu` when absent).
+    #[serde(default)]
+    pub device: DeviceClass,
 }
 
 impl PodBooking {
     /// The booking of a ledger request.
-    pub fn of(request: &InstanceRequest) -> PodBooking {
+    pub fn of(request: &InstanceRequest, device: DeviceClass) -> PodBooking {
         PodBooking {
             kind: request.kind,
             sm_request: request.sm_request,
             sm_limit: request.sm_limit,
             gpu_mem_mib: request.gpu_mem_mib,
+            device,
         }
     }
 
@@ -291,7 +295,7 @@ mod tests {
             mem_mib: 0,
             gpu_types: Vec::new(),
         };
-        let b = PodBooking::of(&request);
+        let b = PodBooking::of(&request, DeviceClass::Cpu);
         let text = serde_json::to_string(&b).unwrap();
         assert_eq!(
             PodBooking::parse("p", &text).unwrap().request("ocr"),

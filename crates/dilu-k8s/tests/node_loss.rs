@@ -201,7 +201,7 @@ async fn node_loss() {
         .unwrap();
 
     // Node A only at first, so that the instances start there; its agent renews its Lease.
-    fake_node(&client, "node-a", &fake_devices("node-a", 1), 1)
+    fake_node(&client, "node-a", &fake_devices("node-a", 0), 0)
         .await
         .unwrap();
     let a_alive = Arc::new(AtomicBool::new(true));
@@ -296,7 +296,7 @@ async fn node_loss() {
     .await;
 
     // Node B joins; then A's agent dies with its node.
-    fake_node(&client, "node-b", &fake_devices("node-b", 1), 1)
+    fake_node(&client, "node-b", &fake_devices("node-b", 0), 0)
         .await
         .unwrap();
     live.lock().unwrap().insert("node-b".into());

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dilu_core::InstanceKind;
-use dilu_core::ledger::{DeviceRef, Ledger, NodeInventory};
+use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, NodeInventory};
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_k8s::meta::{self, Assignment, PodBooking};
 use dilu_k8s::scheduler::{self, Counters, SchedulerConfig};
@@ -40,6 +40,7 @@ fn booking(kind: InstanceKind, sm_request: u32, sm_limit: u32, gpu_mem_mib: u64)
         sm_request,
         sm_limit,
         gpu_mem_mib,
+        device: DeviceClass::Gpu,
     }
 }
 
@@ -238,7 +239,9 @@ async fn pods_are_bound_where_a_ledger_with_the_same_placer_places_them() {
         .iter()
         .map(|p| {
             let key = format!("{NS}/{}", p.name_any());
-            let at = reference.place(&key, &booking_of(p).request("f")).ok();
+            let at = reference
+                .place(&key, &booking_of(p).request("f"), DeviceClass::Gpu)
+                .ok();
             (p.name_any(), at)
         })
         .collect();

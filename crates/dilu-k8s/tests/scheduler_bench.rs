@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dilu_core::InstanceKind;
+use dilu_core::ledger::DeviceClass;
 use dilu_k8s::meta::{self, PodBooking};
 use dilu_k8s::scheduler::{self, Counters, SchedulerConfig};
 use dilu_k8s_testkit::{ApiServer, GPU_RESOURCE, KUBE_SCHEDULER_USER, KubeScheduler, fake_nodes};
@@ -124,6 +125,7 @@ fn pod(name: &str, contender: Contender) -> Pod {
                 sm_request: 1000,
                 sm_limit: 1000,
                 gpu_mem_mib: 0,
+                device: DeviceClass::Gpu,
             };
             serde_json::json!({
                 "apiVersion": "v1",

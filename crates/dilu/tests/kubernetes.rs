@@ -70,7 +70,11 @@ async fn placer_assignments(api: &ApiServer, pods: &[Pod]) -> Vec<Assignment> {
             let a = p.metadata.annotations.as_ref().unwrap();
             let booking = PodBooking::parse(&name, &a[meta::BOOKING]).unwrap();
             let function = &p.metadata.labels.as_ref().unwrap()[meta::FUNCTION];
-            Assignment::of(&ledger.place(&name, &booking.request(function)).unwrap())
+            Assignment::of(
+                &ledger
+                    .place(&name, &booking.request(function), booking.device)
+                    .unwrap(),
+            )
         })
         .collect()
 }

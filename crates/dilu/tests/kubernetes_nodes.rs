@@ -799,9 +799,9 @@ async fn functions_run_on_budgeted_shares_and_survive_the_loss_of_a_node() {
     let Some(cache) = common::platform::ensure_models() else {
         return;
     };
-    // CPU devices only: the built-in workers (inference and training) refuse a GPU device's channel ("a CPU
-    // quota needs a channel of the CPU device"), and the placer puts them on GPUs when there are any.
-    let Some(mut cluster) = ThreeNodes::start(false).await else {
+    // With the GPUs: the built-in workers compute on the CPU, so they must land on CPU devices (a GPU's channel
+    // would be refused: "a CPU quota needs a channel of the CPU device") even on the GPU nodes.
+    let Some(mut cluster) = ThreeNodes::start(true).await else {
         return;
     };
     cluster.wait_nodes_published().await;

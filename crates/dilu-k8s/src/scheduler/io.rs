@@ -19,6 +19,8 @@ use tokio::time::Instant;
 
 use super::state::{Bind, BindOutcome, ConditionUpdate, Nanos, PodView, Scheduling};
 use super::{SchedulerConfig, SchedulerError};
+use dilu_core::ledger::DeviceClass;
+
 use crate::meta::{self, Assignment, PodBooking};
 use crate::nodes::LostNodes;
 
@@ -35,8 +37,15 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
         .labels
         .as_ref()
         .and_then(|l| l.get(meta::FUNCTION));
-    let request = annotations.and_then(|a| a.get(meta::BOOKING)).map(|text| {
-        let booking = PodBooking::parse(&key, text).map_err(|e| e.to_string())?;
+    let booking = annotations
+        .and_then(|a| a.get(meta::BOOKING))
+        .map(|text| PodBooking::parse(&key, text).map_err(|e| e.to_string()));
+    let class = match &booking {
+        Some(Ok(b)) => b.device,
+        _ => DeviceClass::default(),
+    };
+    let request = booking.map(|booking| {
+        let booking = booking?;
         let function = function.ok_or_else(|| format!("no {} label", meta::FUNCTION))?;
         Ok(booking.request(function))
     });
@@ -72,6 +81,7 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
             Some("Succeeded" | "Failed")
         ),
         request,
+        class,
         assignment,
         unschedulable_message,
     })

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use dilu_core::InstanceRequest;
-use dilu_core::ledger::{DeviceRef, Ledger, LedgerError, NodeInventory};
+use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, LedgerError, NodeInventory};
 use dilu_core::placement::Placer;
 
 use super::Counters;
@@ -53,6 +53,8 @@ pub struct PodView {
     /// The ledger request read from the function label and the booking annotation: `None` when the pod has
     /// no booking annotation, `Err` (why) when it cannot be read.
     pub request: Option<Result<InstanceRequest, String>>,
+    /// The class of device the booking asks for (its `device`; `gpu` without a readable booking).
+    pub class: DeviceClass,
     /// The assignment annotation: `None` when absent, `Err` (why) when it cannot be read.
     pub assignment: Option<Result<Assignment, String>>,
     /// The message of the pod's `PodScheduled=False` condition when its reason is `Unschedulable`.
@@ -803,6 +805,7 @@ impl Scheduling {
             self.set_state(key, State::Invalid { reason });
             return None;
         };
+        let class = entry.view.class;
         let preassigned = match &entry.view.assignment {
             Some(Ok(a)) => Some(a.device_ref()),
             _ => None,
@@ -818,9 +821,9 @@ impl Scheduling {
                     ));
                     Ok(at)
                 }
-                Err(_) => self.ledger.place(key, &request),
+                Err(_) => self.ledger.place(key, &request, class),
             },
-            None => self.ledger.place(key, &request),
+            None => self.ledger.place(key, &request, class),
         };
         match placed {
             Ok(at) => {

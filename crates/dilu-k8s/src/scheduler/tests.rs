@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use dilu_core::ledger::{DeviceInventory, DeviceRef, Ledger, NodeInventory};
+use dilu_core::ledger::{DeviceClass, DeviceInventory, DeviceRef, Ledger, NodeInventory};
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_core::{InstanceKind, InstanceRequest};
 
@@ -58,6 +58,7 @@ fn pod(name: &str, created: i64, sm_request: u32, sm_limit: u32) -> PodView {
         deleting: false,
         finished: false,
         request: Some(Ok(request(sm_request, sm_limit))),
+        class: DeviceClass::Gpu,
         assignment: None,
         unschedulable_message: None,
     }
@@ -165,7 +166,7 @@ fn pods_are_placed_in_creation_order_exactly_as_a_ledger_with_the_same_placer_pl
     let mut expected = Vec::new();
     for p in &order {
         let req = p.request.clone().unwrap().unwrap();
-        if let Ok(to) = reference.place(&p.key(), &req) {
+        if let Ok(to) = reference.place(&p.key(), &req, DeviceClass::Gpu) {
             expected.push((p.key(), to));
         }
     }
