@@ -12,7 +12,7 @@ pub struct GatewayConfig {
     /// smaller one wins). Default 64 MiB.
     pub max_body_bytes: usize,
     /// How long opening a TCP connection to an instance may take before the attempt counts as a transport
-    /// failure (the instance is then skipped and the request retried once elsewhere). Default 1 s.
+    /// failure (the instance is then skipped for 2 s and the request tried elsewhere). Default 1 s.
     pub connect_timeout: Duration,
 }
 

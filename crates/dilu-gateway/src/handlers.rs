@@ -235,8 +235,8 @@ impl Drop for Stopwatch<'_> {
     }
 }
 
-/// Reads the body and forwards it (retrying once elsewhere on a transport failure). `policy` is the function's
-/// body limit and cold-start timeout.
+/// Reads the body and forwards it (retrying elsewhere, or once an instance is back, on a transport failure).
+/// `policy` is the function's body limit and cold-start timeout.
 async fn infer_within_deadline(
     gateway: &Gateway,
     state: &Arc<FunctionState>,
@@ -267,12 +267,27 @@ async fn infer_within_deadline(
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    // From here on the request waits: for a slot, then for the instance (twice when retried).
+    // From here on the request waits: for a slot, then for the instance (again for each retry).
     let _away = Stopwatch::start(elsewhere_ns);
     // (instance, error) of each failed attempt.
     let mut failures: Vec<(String, String)> = Vec::new();
-    for attempt in 0..2 {
-        let slot = route::acquire(state, cold_start_timeout, &gateway.cold_start_hook).await?;
+    // A transport failure (refused, reset, closed before the answer's head) marks the instance dead and the
+    // request tries again: at once on another ready instance, else on the first one to become ready (a dead
+    // one whose pause ended, or a new one, such as the replacement of an instance on a lost node), until the
+    // cold-start timeout has passed since the first failure. Then it fails naming every attempt.
+    let mut retry_until: Option<tokio::time::Instant> = None;
+    loop {
+        let wait = retry_until.map_or(cold_start_timeout, |until| {
+            until.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let slot = match route::acquire(state, wait, &gateway.cold_start_hook).await {
+            Ok(slot) => slot,
+            Err(GatewayError::NoInstance { .. }) if !failures.is_empty() => break,
+            Err(e) => return Err(e),
+        };
+        if !failures.is_empty() {
+            state.metrics.count_retry();
+        }
         // The retry sends the very same frames. The forward's future is boxed on its own: this one and it
         // each stay below 1 KiB, sizes the allocator serves from its per-thread cache, where one 1.6 KiB
         // block per request took its slow path.
@@ -297,13 +312,14 @@ async fn infer_within_deadline(
                 break;
             }
             Err(ForwardError::Transport(e)) => {
-                // The instance looks dead: keep new requests off it, free its slot, and retry once on
-                // another one.
+                // The instance looks dead: keep new requests off it and free its slot.
                 state.mark_dead(slot.instance_id());
                 failures.push((slot.instance().to_string(), e));
                 drop(slot);
-                if attempt == 0 {
-                    state.metrics.count_retry();
+                let until = *retry_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + cold_start_timeout);
+                if tokio::time::Instant::now() >= until {
+                    break;
                 }
             }
         }

@@ -639,17 +639,29 @@ async fn dead_instances_are_retried_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_transport_failures_answer_502() {
+async fn transport_failures_on_every_instance_answer_502_after_the_cold_start_timeout() {
     let (_, closing_addr) = closing_worker().await;
+    let cold_start_timeout = Duration::from_millis(800);
     let h = Harness::with_function(
-        policy(),
+        FunctionPolicy {
+            cold_start_timeout,
+            ..policy()
+        },
         vec![
             endpoint("closing", closing_addr),
             endpoint("killed", dead_address()),
         ],
     )
     .await;
+    let sent = Instant::now();
     let response = h.infer("f", "{}").send().await.unwrap();
+    // Both failed at once; the request then waited for one to be back (each is skipped for 2 s) and gave up at
+    // the cold-start timeout.
+    let waited = sent.elapsed();
+    assert!(
+        waited >= cold_start_timeout && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     assert_eq!(response.status(), 502);
     let message = error_of(response).await;
     assert!(
@@ -662,6 +674,26 @@ async fn two_transport_failures_answer_502() {
         0.0,
         "both are marked dead"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_found_every_instance_dead_is_served_by_the_next_ready_one() {
+    // As when a node is lost with every instance of a function on it: the gateway holds the request until a
+    // replacement is published instead of failing it.
+    let h = Harness::with_function(policy(), vec![endpoint("lost", dead_address())]).await;
+    let request = tokio::spawn(h.infer("f", "{\"n\":1}").send());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!request.is_finished(), "the request waits");
+    let (good, good_addr) = fake_worker().await;
+    h.gateway
+        .set_endpoints("f", vec![endpoint("replacement", good_addr)]);
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "{\"n\":1}");
+    assert_eq!(good.hits.load(SeqCst), 1);
+    assert_eq!(h.metric("dilu_gateway_retries_total{function=\"f\"}"), 1.0);
+    let w = h.window();
+    assert_eq!((w.completed, w.failed), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
