@@ -389,6 +389,9 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         "deployment.apps/dilu-scheduler",
         "deployment.apps/dilu-gateway",
         "service/dilu-gateway",
+        "daemonset.apps/dilu-agent",
+        "clusterrole.rbac.authorization.k8s.io/dilu-agent",
+        "role.rbac.authorization.k8s.io/dilu-node-leases-reader",
     ] {
         assert!(
             stdout.contains(object),
