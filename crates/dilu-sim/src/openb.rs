@@ -133,6 +133,20 @@ impl Table {
             })
     }
 
+    /// A column the file may leave out: `""` when its header has no such column (a row that is too short for a
+    /// column the header has is still an error).
+    fn optional_field<'a>(
+        &self,
+        row: &'a crate::csv::CsvRecord,
+        column: &str,
+    ) -> Result<&'a str, OpenbError> {
+        if self.columns.contains_key(column) {
+            self.field(row, column)
+        } else {
+            Ok("")
+        }
+    }
+
     fn error(&self, line: usize, field: &str, value: &str, rule: impl Into<String>) -> OpenbError {
         OpenbError::Field {
             file: self.file.clone(),
@@ -202,16 +216,11 @@ fn nodes_from_table(t: Table) -> Result<Vec<NodeSpec>, OpenbError> {
     Ok(nodes)
 }
 
-const POD_COLUMNS: [&str; 6] = [
-    "name",
-    "cpu_milli",
-    "memory_mib",
-    "num_gpu",
-    "gpu_milli",
-    "gpu_spec",
-];
+/// The columns a pod list must have. The others FGD's files carry (`gpu_spec`, `qos`, `pod_phase`, the times)
+/// may be absent, as in the `multigpu` lists, and then read as empty, as FGD's simulator reads them.
+const POD_COLUMNS: [&str; 5] = ["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"];
 
-/// Reads an openb pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...`).
+/// Reads an openb pod list (`name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]`).
 pub fn read_openb_pods(path: &Path) -> Result<Vec<PodRecord>, OpenbError> {
     pods_from_table(Table::load(path, &POD_COLUMNS)?)
 }
@@ -269,7 +278,7 @@ fn pods_from_table(t: Table) -> Result<Vec<PodRecord>, OpenbError> {
             request.sm_request = (milli as u64).min(u64::from(SM_MILLI)) as u32;
             request.sm_limit = request.sm_request;
             request.gpu_types = t
-                .field(row, "gpu_spec")?
+                .optional_field(row, "gpu_spec")?
                 .split('|')
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
@@ -315,6 +324,26 @@ mod tests {
             "a share above a GPU is clamped to one GPU"
         );
         assert_eq!(p[3].line, 5);
+    }
+
+    #[test]
+    fn optional_columns_may_be_absent_like_in_the_multigpu_lists() {
+        let p = parse_openb_pods(
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,12000,16384,1,1000\nb,100,1,0,0\nc,1,1,4,1000\n",
+            "multigpu.csv",
+        )
+        .unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].request.sm_request, 1000);
+        assert!(p[0].request.gpu_types.is_empty(), "no gpu_spec: any model");
+        assert_eq!(p[1].request.gpu_count, 0);
+        assert_eq!(p[2].request.total_sm_request(), 4000);
+        // A column the header names must still be in every row.
+        let err = pods("a,1,1,1,500\n").unwrap_err();
+        assert!(
+            err.to_string().contains("column 'gpu_spec' is missing"),
+            "{err}"
+        );
     }
 
     #[test]
