@@ -8,7 +8,7 @@
 //! agent re-opens them.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -167,25 +167,6 @@ pub fn node_devices(agent: &Agent) -> Vec<NodeDevice> {
         .collect()
 }
 
-async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(
-                file,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Client::try_from(config).context("a Kubernetes client from --kubeconfig")
-        }
-        None => kube::Client::try_default().await.context(
-            "connecting to the Kubernetes API server (KUBECONFIG, ~/.kube/config or the pod's service account)",
-        ),
-    }
-}
-
 /// Starts one device plugin per device kind the agent has (GPUs as `dilu.io/gpu-share`, CPU devices as
 /// `dilu.io/cpu-share`), all healthy, steered by `preference`.
 async fn start_plugins(
@@ -301,7 +282,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
             eprintln!("dilu agent: stopping (pod channels are left in place)");
             on_signal.send_replace(true);
         });
-        let client = client(kube.kubeconfig.as_deref()).await?;
+        let client = super::kube::client(kube.kubeconfig.as_deref()).await?;
         let mut node_config = NodeConfig::new(node_name, node_devices(&agent));
         node_config.lease_namespace = kube.lease_namespace.clone();
         node_config.lease_seconds = kube.lease_seconds;

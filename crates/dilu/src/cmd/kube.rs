@@ -131,14 +131,29 @@ pub fn run(command: KubeCommand) -> Result<()> {
     }
 }
 
-async fn client() -> Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API server (KUBECONFIG, ~/.kube/config or the pod's service account)")
+/// A client for the API server: from `kubeconfig` when given, else KUBECONFIG, ~/.kube/config or the pod's
+/// service account.
+pub(crate) async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                file,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Client::try_from(config).context("a Kubernetes client from --kubeconfig")
+        }
+        None => kube::Client::try_default().await.context(
+            "connecting to the Kubernetes API server (KUBECONFIG, ~/.kube/config or the pod's service account)",
+        ),
+    }
 }
 
 async fn controller(args: ControllerArgs) -> Result<()> {
-    let client = client().await?;
+    let client = client(None).await?;
     let mut options = ControllerOptions::new(&args.namespace, &args.image);
     options.policy = policy(&args.policy)?;
     options.node_lease_namespace = Some(args.node_lease_namespace.clone());
@@ -170,7 +185,7 @@ async fn controller(args: ControllerArgs) -> Result<()> {
 }
 
 async fn scheduler(args: SchedulerArgs) -> Result<()> {
-    let client = client().await?;
+    let client = client(None).await?;
     let config = SchedulerConfig {
         namespace: args.namespace.clone(),
         policy: policy_name(&args.policy)?,
