@@ -31,6 +31,7 @@ mod probe;
 mod process;
 mod runner;
 mod scheduler;
+mod wait;
 
 pub use apiserver::{
     ADMIN, ApiServer, BUILD_COMMAND, Binaries, KUBE_SCHEDULER_USER, KUBECTL, USERS, skip,
@@ -43,3 +44,4 @@ pub use nodes::{
 pub use probe::http_status;
 pub use runner::{HOST_IP, INHERITED_ENV, MAX_BACKOFF, MAX_GRACE, NodeRunner, NodeRunnerBuilder};
 pub use scheduler::KubeScheduler;
+pub use wait::eventually;

@@ -844,6 +844,11 @@ impl PodRun {
             "reason": reason,
             "message": format!("Pod {message}"),
         }});
+        self.write_status(body).await;
+    }
+
+    /// Merges `body` into the pod's status (a pod already gone is no error).
+    async fn write_status(&self, body: Value) {
         if let Err(e) = self
             .shared
             .pods
@@ -1214,17 +1219,7 @@ impl PodRun {
             ],
             "containerStatuses": [container_status],
         }});
-        if let Err(e) = self
-            .shared
-            .pods
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(body))
-            .await
-        {
-            match e {
-                kube::Error::Api(ref a) if a.code == 404 => {}
-                e => eprintln!("node-runner: pod {}: writing status: {e}", self.name),
-            }
-        }
+        self.write_status(body).await;
     }
 
     fn log_path(&self) -> PathBuf {

@@ -2,14 +2,13 @@
 //! registration on the node's `kubelet.sock`, the Node's capacity, pods started with `Allocate`'s env and
 //! mounts (path translation), distinct and freed IDs, rejections as the kubelet's, a kubelet restart.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dilu_deviceplugin::{
     DevicePlugin, PhysicalDevice, PluginConfig, RunningPlugin, ServeConfig, ids,
 };
-use dilu_k8s_testkit::{ApiServer, NodeRunner, fake_devices, fake_node};
+use dilu_k8s_testkit::{ApiServer, NodeRunner, eventually, fake_devices, fake_node};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 
@@ -18,25 +17,6 @@ const GPU_B: &str = "GPU-bbbbbbbb-0000-0000-0000-000000000002";
 const RESOURCE: &str = "dilu.io/gpu-share";
 const INTERPOSER: &str = "/opt/dilu-test/lib/libdilu_cuda.so";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `check` every 50 ms until it gives `Some`, at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out ({timeout:?}) waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A pod on node-a whose process writes its environment to `<out>/<name>.env` and its two arguments (a
 /// `$(DILU_QUOTA_DIR)` reference and a path under the quota mount) to `<out>/<name>.args`, then sleeps.

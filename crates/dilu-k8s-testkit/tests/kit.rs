@@ -1,13 +1,12 @@
 //! The test kit against the real binaries: the API server with the Function CRD, RBAC users, the node
 //! runner (readiness, restarts, deletion) and the real kube-scheduler.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dilu_k8s_testkit::{
-    ApiServer, KubeScheduler, NodeRunner, fake_devices, fake_node, http_status,
+    ApiServer, KubeScheduler, NodeRunner, eventually, fake_devices, fake_node, http_status,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -17,25 +16,6 @@ fn manifest(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(path)
-}
-
-/// Polls `check` every 100 ms until it gives `Some`, at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out ({timeout:?}) waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn pod(value: serde_json::Value) -> Pod {

@@ -7,7 +7,6 @@
 //! `SKIPPED: …`) where the binaries are missing; build them with `bash scripts/build-kube.sh`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use dilu_k8s::controller::{self, ControllerOptions};
 use dilu_k8s::endpoints::KubeEndpoints;
 use dilu_k8s::meta;
 use dilu_k8s::scheduler::{self, SchedulerConfig};
-use dilu_k8s_testkit::{ApiServer, fake_devices, fake_node};
+use dilu_k8s_testkit::{ApiServer, eventually, fake_devices, fake_node};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -34,22 +33,6 @@ use tokio::sync::oneshot;
 const NS: &str = "default";
 /// The Leases' duration here: short, so that the test is quick (the agents use `meta::NODE_LEASE_SECONDS`).
 const LEASE_SECONDS: i32 = 3;
-
-/// Polls `check` every 20 ms until it gives `Some`, at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Renews node `node`'s Lease every second while `alive`; records the last renewal.
 fn renew_lease(
