@@ -11,11 +11,16 @@
 #   CACHE_DIR/onnx-light/relu.onnx               ONNX node test `test_relu` (one Relu, x: 3x4x5 FP32 -> y), the
 #                                                trivial model of the gateway-overhead benchmark
 #   CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx   PaddleOCR text-direction classifier (best effort)
+#   CACHE_DIR/onnxruntime/libonnxruntime.so.$ONNXRUNTIME_VERSION  ONNX Runtime's shared library (CPU), from the
+#                                                `onnxruntime` wheel, for `dilu worker --engine onnxruntime`
+#                                                (--onnxruntime-lib or ORT_DYLIB_PATH name it); the version is the
+#                                                one the `ort` crate the worker is built with supports (1.31)
 set -euo pipefail
 
 CACHE_DIR="${1:-${DILU_MODEL_CACHE:-$HOME/.cache/dilu/models}}"
 ONNX_VERSION="${ONNX_VERSION:-1.16.2}"
 RAPIDOCR_VERSION="${RAPIDOCR_VERSION:-1.3.24}"
+ONNXRUNTIME_VERSION="${ONNXRUNTIME_VERSION:-1.31.1}"
 PIP="${PIP:-$(command -v pip3 || command -v pip || true)}"
 PYTHON="${PYTHON:-$(command -v python3 || true)}"
 
@@ -24,7 +29,7 @@ if [[ -z "$PIP" || -z "$PYTHON" ]]; then
     exit 1
 fi
 
-mkdir -p "$CACHE_DIR/onnx-light" "$CACHE_DIR/ppocr"
+mkdir -p "$CACHE_DIR/onnx-light" "$CACHE_DIR/ppocr" "$CACHE_DIR/onnxruntime"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -88,5 +93,15 @@ if [[ ! -s "$CACHE_DIR/ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx" ]]; then
         echo "fetch-models: rapidocr-onnxruntime unavailable; skipping the PaddleOCR classifier" >&2
     fi
 fi
+
+# ONNX Runtime: the wheel's own shared library (onnxruntime/capi/libonnxruntime.so.X.Y.Z, a plain C library that
+# does not need Python); the wheel is pure x86-64/aarch64 manylinux, whatever Python pip runs under.
+ORT_LIB="$CACHE_DIR/onnxruntime/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+if [[ ! -s "$ORT_LIB" ]]; then
+    "$PIP" download --quiet --no-deps "onnxruntime==$ONNXRUNTIME_VERSION" -d "$tmp/onnxruntime"
+    extract "$(ls "$tmp"/onnxruntime/onnxruntime-*.whl | head -n1)" "$CACHE_DIR/onnxruntime" \
+        "libonnxruntime.so.$ONNXRUNTIME_VERSION"
+fi
+test -s "$ORT_LIB"
 
 echo "fetch-models: models in $CACHE_DIR"

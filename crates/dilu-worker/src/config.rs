@@ -6,6 +6,7 @@ use std::time::Duration;
 use dilu_core::batching::BatchingConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Engine, ORT_DYLIB_PATH_ENV};
 use crate::error::WorkerError;
 
 /// The default request body limit: 64 MiB.
@@ -47,6 +48,11 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// The CPU quota channel; `None` reads `DILU_QUOTA_FILE` (and runs unthrottled when that is unset).
     pub quota_file: Option<PathBuf>,
+    /// The engine that runs the model (`tract`, the default, or `onnxruntime`).
+    pub engine: Engine,
+    /// The ONNX Runtime library (`libonnxruntime.so.*`) for [`Engine::OnnxRuntime`]; `None` reads
+    /// `ORT_DYLIB_PATH` ([`WorkerConfig::onnxruntime_library`]).
+    pub onnxruntime_lib: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -63,6 +69,8 @@ impl Default for WorkerConfig {
             batching: BatchingConfig::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quota_file: None,
+            engine: Engine::Tract,
+            onnxruntime_lib: None,
         }
     }
 }
@@ -80,6 +88,34 @@ impl WorkerConfig {
     /// The fixed batching wait, if one is set.
     pub fn fixed_wait(&self) -> Option<Duration> {
         self.fixed_wait_us.map(Duration::from_micros)
+    }
+
+    /// The ONNX Runtime library to load: `onnxruntime_lib`, else the file `ORT_DYLIB_PATH` names. Errors
+    /// ([`WorkerError::OnnxRuntime`]) name both places when neither gives one, and the place and the path when
+    /// it is not a file.
+    pub fn onnxruntime_library(&self) -> Result<PathBuf, WorkerError> {
+        let env = std::env::var_os(ORT_DYLIB_PATH_ENV).filter(|v| !v.is_empty());
+        let (path, from) = match (&self.onnxruntime_lib, env) {
+            (Some(path), _) => (
+                path.clone(),
+                "onnxruntime_lib (--onnxruntime-lib)".to_string(),
+            ),
+            (None, Some(env)) => (PathBuf::from(env), ORT_DYLIB_PATH_ENV.to_string()),
+            (None, None) => {
+                return Err(WorkerError::OnnxRuntime(format!(
+                    "engine onnxruntime needs the ONNX Runtime library (libonnxruntime.so.*): give \
+                     --onnxruntime-lib PATH (worker.onnxruntime_lib) or set {ORT_DYLIB_PATH_ENV}; \
+                     scripts/fetch-models.sh puts one in CACHE_DIR/onnxruntime/"
+                )));
+            }
+        };
+        if !path.is_file() {
+            return Err(WorkerError::OnnxRuntime(format!(
+                "{from} = {}: no such file (the ONNX Runtime library, libonnxruntime.so.*)",
+                path.display()
+            )));
+        }
+        Ok(path)
     }
 
     /// Checks every setting.

@@ -23,6 +23,10 @@ pub enum WorkerError {
         /// What went wrong.
         message: String,
     },
+    /// ONNX Runtime could not be had: no library named, a library that does not load, or an environment or
+    /// session it refused.
+    #[error("onnxruntime: {0}")]
+    OnnxRuntime(String),
     /// The instance's quota channel could not be opened.
     #[error("quota channel: {0}")]
     Quota(#[from] dilu_quota::QuotaError),

@@ -3,7 +3,8 @@
 //! channel.
 //!
 //! - [`config`]: what a worker serves and how it batches ([`WorkerConfig`]).
-//! - [`model`]: loading an ONNX model with `tract` and running batches on the CPU ([`Model`]).
+//! - [`model`]: a loaded ONNX model and how batches of requests run through it ([`Model`]).
+//! - [`engine`]: the engines that run it: `tract` (the default) or ONNX Runtime ([`Engine`]).
 //! - [`protocol`]: the v2 JSON request and response bodies, and how tensors are checked.
 //! - [`batcher`]: the executor thread that forms batches, runs them and charges their CPU time.
 //! - [`metrics`]: the Prometheus counters behind `GET /metrics`.
@@ -16,6 +17,7 @@
 pub mod batcher;
 pub mod binary;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
@@ -24,6 +26,7 @@ pub mod server;
 pub mod training;
 
 pub use config::WorkerConfig;
+pub use engine::Engine;
 pub use error::WorkerError;
 pub use model::{Datatype, Model, TensorData, TensorSpec};
 pub use server::serve;

@@ -1,14 +1,12 @@
-//! Loading an ONNX model with `tract` and running batches of requests through it on the CPU.
+//! A loaded model: its interface (inputs, outputs, batching) and batches of requests run through one of the
+//! engines in [`crate::engine`] (`tract`, or ONNX Runtime).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::config::WorkerConfig;
+use crate::engine::{self, Backend, Engine};
 use crate::error::WorkerError;
 
 /// A tensor element type the worker serves, named as the v2 protocol names it.
@@ -43,25 +41,6 @@ impl Datatype {
             "INT32" => Some(Datatype::Int32),
             "INT64" => Some(Datatype::Int64),
             _ => None,
-        }
-    }
-
-    fn from_datum(dt: DatumType) -> Option<Self> {
-        match dt {
-            DatumType::F32 => Some(Datatype::Fp32),
-            DatumType::F64 => Some(Datatype::Fp64),
-            DatumType::I32 => Some(Datatype::Int32),
-            DatumType::I64 => Some(Datatype::Int64),
-            _ => None,
-        }
-    }
-
-    fn datum(self) -> DatumType {
-        match self {
-            Datatype::Fp32 => DatumType::F32,
-            Datatype::Fp64 => DatumType::F64,
-            Datatype::Int32 => DatumType::I32,
-            Datatype::Int64 => DatumType::I64,
         }
     }
 }
@@ -143,33 +122,6 @@ impl TensorData {
             TensorData::Int64(v) => TensorData::Int64(v[range].to_vec()),
         }
     }
-
-    fn to_tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
-        match self {
-            TensorData::Fp32(v) => Tensor::from_shape(shape, v),
-            TensorData::Fp64(v) => Tensor::from_shape(shape, v),
-            TensorData::Int32(v) => Tensor::from_shape(shape, v),
-            TensorData::Int64(v) => Tensor::from_shape(shape, v),
-        }
-    }
-
-    fn from_tensor(t: &Tensor, dt: Datatype) -> TractResult<TensorData> {
-        let t = t.cast_to_dt(dt.datum())?;
-        Ok(match dt {
-            Datatype::Fp32 => {
-                TensorData::Fp32(t.to_plain_array_view::<f32>()?.iter().copied().collect())
-            }
-            Datatype::Fp64 => {
-                TensorData::Fp64(t.to_plain_array_view::<f64>()?.iter().copied().collect())
-            }
-            Datatype::Int32 => {
-                TensorData::Int32(t.to_plain_array_view::<i32>()?.iter().copied().collect())
-            }
-            Datatype::Int64 => {
-                TensorData::Int64(t.to_plain_array_view::<i64>()?.iter().copied().collect())
-            }
-        })
-    }
 }
 
 /// One model input or output as the metadata endpoint describes it.
@@ -202,33 +154,11 @@ pub struct OutputTensor {
     pub data: TensorData,
 }
 
-/// How a model's plans cover batch sizes.
-#[derive(Debug)]
-enum Plans {
-    /// One plan with a symbolic batch dimension.
-    Symbolic(Arc<TypedSimplePlan>),
-    /// A plan per batch size, for 1..=`max_batch` made at load and for larger sizes on first use: tract cannot
-    /// carry a symbolic batch through this model (e.g. a Reshape whose shape is computed), but it runs with any
-    /// concrete batch.
-    PerSize {
-        /// The model as loaded, before its input facts are fixed.
-        source: Box<InferenceModel>,
-        /// Each input's type and shape after the batch dimension.
-        declared: Vec<(DatumType, Vec<usize>)>,
-        /// Plans made so far, by batch size.
-        cache: Mutex<HashMap<usize, Arc<TypedSimplePlan>>>,
-    },
-    /// One plan with the model's fixed batch; requests run one by one.
-    Fixed(Arc<TypedSimplePlan>),
-}
-
-/// The most per-size plans kept; sizes beyond are built for each use.
-const MAX_CACHED_PLANS: usize = 64;
-
-/// A loaded model, optimised for the CPU and ready to run.
+/// A loaded model, optimised for its engine and ready to run.
 #[derive(Debug)]
 pub struct Model {
-    plans: Plans,
+    backend: Backend,
+    engine: Engine,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     /// Each input's shape without its first dimension.
@@ -241,32 +171,7 @@ pub struct Model {
     concat: bool,
 }
 
-/// `model` with each input's type and shape fixed, its first dimension `batch`, optimised.
-fn typed_with_batch(
-    model: InferenceModel,
-    declared: &[(DatumType, Vec<usize>)],
-    batch: TDim,
-) -> TractResult<TypedModel> {
-    let mut model = model;
-    for (ix, (dt, rest)) in declared.iter().enumerate() {
-        let mut shape: TVec<TDim> = tvec![batch.clone()];
-        shape.extend(rest.iter().map(|&d| TDim::from(d)));
-        model.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape))?;
-    }
-    model.into_optimized()
-}
-
-/// Each output's first dimension, as text ("none" for a scalar).
-fn first_dims(typed: &TypedModel) -> Vec<String> {
-    (0..typed.outputs.len())
-        .map(|ix| match typed.output_fact(ix) {
-            Ok(f) if f.shape.rank() >= 1 => f.shape[0].to_string(),
-            _ => "none".into(),
-        })
-        .collect()
-}
-
-fn model_err(path: &Path, message: impl std::fmt::Display) -> WorkerError {
+pub(crate) fn model_err(path: &Path, message: impl std::fmt::Display) -> WorkerError {
     WorkerError::Model {
         path: path.to_path_buf(),
         message: message.to_string(),
@@ -274,199 +179,34 @@ fn model_err(path: &Path, message: impl std::fmt::Display) -> WorkerError {
 }
 
 impl Model {
-    /// Loads the model named by `config` (its file, `input_shape` and `dynamic_batch`), and prepares a plan
-    /// with a symbolic batch dimension when the model allows one (otherwise with its fixed shapes).
+    /// Loads the model named by `config` (its file, `input_shape` and `dynamic_batch`) with `config.engine`,
+    /// and prepares it with a symbolic batch dimension when the model allows one (otherwise with its fixed
+    /// shapes).
     ///
     /// Errors ([`WorkerError::Model`]): an unreadable or invalid file, an input whose shape is left open
     /// beyond the batch dimension (give `input_shape`), or an input or output of a type the worker does not
-    /// serve.
+    /// serve; with ONNX Runtime also [`WorkerError::OnnxRuntime`] (no library named, or one that does not
+    /// load).
     pub fn load(config: &WorkerConfig) -> Result<Model, WorkerError> {
         let path = config.model_path.as_path();
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| model_err(path, format!("{e:#}")))?;
-        let n_inputs = model.inputs.len();
-        if n_inputs == 0 {
-            return Err(model_err(path, "the model has no inputs"));
-        }
-        // Every input's declared type and shape, with the first dimension possibly unknown.
-        let mut declared: Vec<(String, Datatype, Option<usize>, Vec<usize>)> = Vec::new();
-        for ix in 0..n_inputs {
-            let outlet = model.inputs[ix];
-            let name = model.node(outlet.node).name.clone();
-            let fact = model.input_fact(ix).map_err(|e| model_err(path, e))?;
-            let dt = fact
-                .datum_type
-                .concretize()
-                .ok_or_else(|| model_err(path, format!("input {name} has no declared type")))?;
-            let datatype = Datatype::from_datum(dt).ok_or_else(|| {
-                model_err(
-                    path,
-                    format!("input {name} has type {dt:?}, which the worker does not serve"),
-                )
-            })?;
-            let dims: Vec<Option<usize>> = match (&config.input_shape, ix) {
-                (Some(shape), 0) => shape.iter().map(|&d| Some(d)).collect(),
-                _ => {
-                    if fact.shape.is_open() {
-                        return Err(model_err(
-                            path,
-                            format!("input {name} has no declared rank; give input_shape"),
-                        ));
-                    }
-                    fact.shape
-                        .dims()
-                        .map(|d| {
-                            d.concretize()
-                                .and_then(|d| d.to_i64().ok())
-                                .and_then(|d| usize::try_from(d).ok())
-                        })
-                        .collect()
-                }
-            };
-            let Some((&first, rest)) = dims.split_first() else {
-                return Err(model_err(
-                    path,
-                    format!("input {name} is a scalar; the worker needs a batch dimension"),
-                ));
-            };
-            let rest: Option<Vec<usize>> = rest.iter().copied().collect();
-            let rest = rest.ok_or_else(|| {
-                model_err(
-                    path,
-                    format!("input {name} leaves a dimension other than the batch open; give input_shape"),
-                )
-            })?;
-            declared.push((name, datatype, first, rest));
-        }
-
-        let shapes: Vec<(DatumType, Vec<usize>)> = declared
-            .iter()
-            .map(|(_, dt, _, rest)| (dt.datum(), rest.clone()))
-            .collect();
-        let build = |batch: TDim, model: InferenceModel| typed_with_batch(model, &shapes, batch);
-
-        let output_names: Vec<String> = model
-            .outputs
-            .iter()
-            .map(|&o| {
-                model
-                    .outlet_label(o)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| model.node(o.node).name.clone())
-            })
-            .collect();
-
-        // First choice: a symbolic batch dimension N that every output carries as its first dimension; second,
-        // a plan per batch size when a batch of 2 gives outputs with 2 first; else the fixed batch, one by one.
-        let mut found: Option<(TypedModel, Plans)> = None;
-        let mut unbatched_reason = Some("dynamic_batch is off".to_string());
-        if config.dynamic_batch {
-            let n = model.sym("N");
-            match build(TDim::from(n.clone()), model.clone()) {
-                Ok(typed) if first_dims(&typed).iter().all(|d| *d == n.to_string()) => {
-                    let plan = typed
-                        .clone()
-                        .into_runnable()
-                        .map_err(|e| model_err(path, format!("{e:#}")))?;
-                    found = Some((typed, Plans::Symbolic(plan)));
-                    unbatched_reason = None;
-                }
-                Ok(typed) => {
-                    unbatched_reason = Some(format!(
-                        "with a symbolic batch N the outputs' first dimensions are {:?}",
-                        first_dims(&typed)
-                    ));
-                }
-                Err(e) => unbatched_reason = Some(format!("a symbolic batch N fails: {e:#}")),
+        let (interface, backend) = match config.engine {
+            Engine::Tract => {
+                let (interface, model) = engine::tract::load(config)?;
+                (interface, Backend::Tract(model))
             }
-            if found.is_none()
-                && let Ok(typed) = build(TDim::from(2), model.clone())
-                && first_dims(&typed).iter().all(|d| d == "2")
-            {
-                let plan = typed
-                    .clone()
-                    .into_runnable()
-                    .map_err(|e| model_err(path, format!("{e:#}")))?;
-                // Plans for 1 and 2 now; the rest of 1..=max_batch once concatenation proves worth it.
-                let one = build(TDim::from(1), model.clone())
-                    .and_then(|t| t.into_runnable())
-                    .map_err(|e| model_err(path, format!("batch of 1: {e:#}")))?;
-                let plans = HashMap::from([(1, one), (2, plan)]);
-                let cache = Mutex::new(plans);
-                found = Some((
-                    typed,
-                    Plans::PerSize {
-                        source: Box::new(model.clone()),
-                        declared: shapes.clone(),
-                        cache,
-                    },
-                ));
-            }
-        }
-        let fixed_batch = declared.iter().find_map(|d| d.2).unwrap_or(1);
-        let (typed, plans) = match found {
-            Some(found) => found,
-            None => {
-                let typed = build(TDim::from(fixed_batch), model)
-                    .map_err(|e| model_err(path, format!("{e:#}")))?;
-                let plan = typed
-                    .clone()
-                    .into_runnable()
-                    .map_err(|e| model_err(path, format!("{e:#}")))?;
-                (typed, Plans::Fixed(plan))
+            Engine::OnnxRuntime => {
+                let (interface, model) = engine::ort::load(config)?;
+                (interface, Backend::Ort(model))
             }
         };
-        let batchable = !matches!(plans, Plans::Fixed(_));
-
-        let inputs = declared
-            .iter()
-            .map(|(name, dt, _, rest)| TensorSpec {
-                name: name.clone(),
-                datatype: *dt,
-                shape: std::iter::once(if batchable { -1 } else { fixed_batch as i64 })
-                    .chain(rest.iter().map(|&d| d as i64))
-                    .collect(),
-            })
-            .collect();
-        let mut outputs = Vec::new();
-        for (ix, name) in output_names.into_iter().enumerate() {
-            let fact = typed.output_fact(ix).map_err(|e| model_err(path, e))?;
-            let datatype = Datatype::from_datum(fact.datum_type).ok_or_else(|| {
-                model_err(
-                    path,
-                    format!(
-                        "output {name} has type {:?}, which the worker does not serve",
-                        fact.datum_type
-                    ),
-                )
-            })?;
-            let shape = fact
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(d, dim)| {
-                    if batchable && d == 0 {
-                        -1
-                    } else {
-                        dim.to_i64().unwrap_or(-1)
-                    }
-                })
-                .collect();
-            outputs.push(TensorSpec {
-                name,
-                datatype,
-                shape,
-            });
-        }
-        let input_items = declared.into_iter().map(|d| d.3).collect();
         let mut loaded = Model {
-            plans,
-            inputs,
-            outputs,
-            input_items,
-            fixed_batch,
-            unbatched_reason,
+            backend,
+            engine: config.engine,
+            inputs: interface.inputs,
+            outputs: interface.outputs,
+            input_items: interface.input_items,
+            fixed_batch: interface.fixed_batch,
+            unbatched_reason: interface.unbatched_reason,
             concat: false,
         };
         if loaded.is_batchable() {
@@ -480,8 +220,11 @@ impl Model {
         if loaded.concat && !loaded.has_symbolic_batch() {
             // Batches of up to max_batch single-item requests are the common case: prepare their plans now
             // (preparing one takes a while) rather than on first use, in the middle of serving.
-            for size in 3..=config.max_batch.min(MAX_CACHED_PLANS) {
-                loaded.plan_for(size).map_err(|e| model_err(path, e))?;
+            for size in 3..=config.max_batch.min(engine::tract::MAX_CACHED_PLANS) {
+                loaded
+                    .backend
+                    .prepare(size)
+                    .map_err(|e| model_err(path, e))?;
             }
         }
         Ok(loaded)
@@ -524,34 +267,6 @@ impl Model {
         Ok(together < 0.9 * apart)
     }
 
-    /// The plan for a run with first dimension `batch`.
-    fn plan_for(&self, batch: usize) -> Result<Arc<TypedSimplePlan>, WorkerError> {
-        match &self.plans {
-            Plans::Symbolic(plan) | Plans::Fixed(plan) => Ok(Arc::clone(plan)),
-            Plans::PerSize {
-                source,
-                declared,
-                cache,
-            } => {
-                let mut cache = cache
-                    .lock()
-                    .map_err(|_| internal("the plan cache is poisoned"))?;
-                if let Some(plan) = cache.get(&batch) {
-                    return Ok(Arc::clone(plan));
-                }
-                let plan = typed_with_batch((**source).clone(), declared, TDim::from(batch))
-                    .and_then(|t| t.into_runnable())
-                    .map_err(|e| {
-                        internal(format!("preparing a plan for a batch of {batch}: {e:#}"))
-                    })?;
-                if cache.len() < MAX_CACHED_PLANS {
-                    cache.insert(batch, Arc::clone(&plan));
-                }
-                Ok(plan)
-            }
-        }
-    }
-
     /// The inputs, in the order [`Sample::inputs`] lists them.
     pub fn inputs(&self) -> &[TensorSpec] {
         &self.inputs
@@ -565,7 +280,12 @@ impl Model {
     /// Whether requests are concatenated along the batch dimension into one run (otherwise a batch runs one
     /// request at a time).
     pub fn is_batchable(&self) -> bool {
-        !matches!(self.plans, Plans::Fixed(_))
+        self.backend.is_batchable()
+    }
+
+    /// The engine that runs the model.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Whether a batch's requests are concatenated along the first dimension into one run: the model is
@@ -575,10 +295,10 @@ impl Model {
         self.concat
     }
 
-    /// Whether one plan serves every batch size (a symbolic batch dimension); otherwise a batchable model
-    /// prepares a plan per batch size on first use.
+    /// Whether one plan serves every batch size (a symbolic batch dimension; always so for a batchable model
+    /// under ONNX Runtime); otherwise a batchable model prepares a plan per batch size on first use.
     pub fn has_symbolic_batch(&self) -> bool {
-        matches!(self.plans, Plans::Symbolic(_))
+        self.backend.has_symbolic_batch()
     }
 
     /// Why the model has no symbolic batch dimension (it then runs a plan per batch size, or requests one by
@@ -613,7 +333,7 @@ impl Model {
     /// Runs `samples` as one run, concatenated along the first dimension, and splits the outputs back.
     fn run_concatenated(&self, samples: &[&Sample]) -> Result<Vec<Vec<OutputTensor>>, WorkerError> {
         let total: usize = samples.iter().map(|s| s.batch).sum();
-        let mut inputs = TVec::new();
+        let mut joined_inputs = Vec::with_capacity(self.inputs.len());
         for (ix, spec) in self.inputs.iter().enumerate() {
             let mut joined = TensorData::with_capacity(spec.datatype, total * self.item_len(ix));
             for s in samples {
@@ -625,14 +345,16 @@ impl Model {
                     return Err(internal("a sample's input has the wrong type"));
                 }
             }
-            let mut shape = vec![total];
-            shape.extend_from_slice(&self.input_items[ix]);
-            inputs.push(joined.to_tensor(&shape).map_err(internal)?.into());
+            joined_inputs.push(joined);
         }
-        let outputs = self.plan_for(total)?.run(inputs).map_err(internal)?;
+        let inputs = joined_inputs
+            .iter()
+            .enumerate()
+            .map(|(ix, data)| Ok((self.shape_of(ix, total)?, data)))
+            .collect::<Result<Vec<_>, WorkerError>>()?;
+        let outputs = self.backend.run(&inputs, &self.outputs)?;
         let mut per_sample: Vec<Vec<OutputTensor>> = samples.iter().map(|_| Vec::new()).collect();
-        for (spec, value) in self.outputs.iter().zip(outputs.iter()) {
-            let shape = value.shape();
+        for (spec, (shape, data)) in self.outputs.iter().zip(outputs.iter()) {
             if shape.first() != Some(&total) {
                 return Err(internal(format!(
                     "output {} has shape {shape:?}, not the batch of {total} first",
@@ -640,7 +362,6 @@ impl Model {
                 )));
             }
             let item: usize = shape[1..].iter().product();
-            let data = TensorData::from_tensor(value, spec.datatype).map_err(internal)?;
             let mut start = 0;
             for (s, out) in samples.iter().zip(per_sample.iter_mut()) {
                 let mut sample_shape = vec![s.batch];
@@ -655,31 +376,32 @@ impl Model {
         Ok(per_sample)
     }
 
+    /// Input `ix`'s shape for a run with first dimension `batch`.
+    fn shape_of(&self, ix: usize, batch: usize) -> Result<Vec<usize>, WorkerError> {
+        let mut shape = vec![batch];
+        shape.extend_from_slice(
+            self.input_items
+                .get(ix)
+                .ok_or_else(|| internal("too many inputs"))?,
+        );
+        Ok(shape)
+    }
+
     fn run_one(&self, sample: &Sample) -> Result<Vec<OutputTensor>, WorkerError> {
-        let mut inputs = TVec::new();
-        for (ix, data) in sample.inputs.iter().enumerate() {
-            let mut shape = vec![sample.batch];
-            shape.extend_from_slice(
-                self.input_items
-                    .get(ix)
-                    .ok_or_else(|| internal("too many inputs"))?,
-            );
-            inputs.push(data.to_tensor(&shape).map_err(internal)?.into());
-        }
-        let outputs = self.plan_for(sample.batch)?.run(inputs).map_err(internal)?;
-        self.outputs
+        let inputs = sample
+            .inputs
             .iter()
-            .zip(outputs.iter())
-            .map(|(spec, value)| {
-                Ok(OutputTensor {
-                    shape: value.shape().to_vec(),
-                    data: TensorData::from_tensor(value, spec.datatype).map_err(internal)?,
-                })
-            })
-            .collect()
+            .enumerate()
+            .map(|(ix, data)| Ok((self.shape_of(ix, sample.batch)?, data)))
+            .collect::<Result<Vec<_>, WorkerError>>()?;
+        let outputs = self.backend.run(&inputs, &self.outputs)?;
+        Ok(outputs
+            .into_iter()
+            .map(|(shape, data)| OutputTensor { shape, data })
+            .collect())
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> WorkerError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> WorkerError {
     WorkerError::Inference(e.to_string())
 }

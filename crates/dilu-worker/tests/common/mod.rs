@@ -28,6 +28,22 @@ pub fn ppocr_cls() -> Option<PathBuf> {
     cached("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
 }
 
+/// ONNX's light ResNet-50 (real architecture, constant weights; its batch is fixed at 1) from the cache.
+pub fn resnet50() -> Option<PathBuf> {
+    cached("onnx-light/light_resnet50.onnx")
+}
+
+/// The ONNX Runtime version `scripts/fetch-models.sh` fetches (the one the `ort` crate supports).
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
+
+/// ONNX Runtime's shared library from the cache (`CACHE/onnxruntime/libonnxruntime.so.VERSION`), fetched like
+/// a model.
+pub fn onnxruntime_lib() -> Option<PathBuf> {
+    cached(&format!(
+        "onnxruntime/libonnxruntime.so.{ONNXRUNTIME_VERSION}"
+    ))
+}
+
 /// A model from the cache, fetching the cache once (under a file lock) when it is missing. `None` (after
 /// printing `SKIPPED: …`) when it cannot be had; panics instead under `CI=true`.
 pub fn cached(relative: &str) -> Option<PathBuf> {
