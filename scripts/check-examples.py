@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,8 @@ from tritonclient.utils import InferenceServerException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = []
+# Logs and the software driver's files; removed at the end unless a check failed.
+WORK = tempfile.mkdtemp(prefix="check-examples-")
 
 
 def check(name, ok, detail=""):
@@ -79,7 +82,7 @@ class Process:
     def __init__(self, name, command, cwd, env, port):
         self.name = name
         self.port = port
-        self.log_path = os.path.join(tempfile.gettempdir(), f"check-examples-{name}-{os.getpid()}.log")
+        self.log_path = os.path.join(WORK, f"{name}.log")
         self.log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.update(env)
@@ -346,7 +349,7 @@ def check_ctypes(driver_dir):
     prefix, model, max_batch = "ctypes", "ctypes-model", 8
     cwd = os.path.join(ROOT, "examples/cuda-ctypes")
     command = [sys.executable, "-S", "serve.py"]  # -S: no site-packages, so the server proves it needs none
-    work = tempfile.mkdtemp(prefix="check-examples-cuda-")
+    work = tempfile.mkdtemp(prefix="cuda-", dir=WORK)
     device_bytes = 1 << 30
     weights = 64 << 20
     fake = {
@@ -445,7 +448,7 @@ def check_ctypes_interposer(driver_dir, interposer, dilu):
     """The ctypes server under the platform's CUDA interposer (libdilu_cuda.so) and a quota channel."""
     prefix = "ctypes+interposer"
     cwd = os.path.join(ROOT, "examples/cuda-ctypes")
-    work = tempfile.mkdtemp(prefix="check-examples-interposer-")
+    work = tempfile.mkdtemp(prefix="interposer-", dir=WORK)
     channel = os.path.join(work, "channel")
     # One full wave (264 x 1024 threads on the simulated device) per 10 ms window, and a 256 MiB cap.
     subprocess.run([dilu, "quota", "create", channel, "--device", "GPU-0000d11a-0000-0000-0000-000000000000",
@@ -513,7 +516,9 @@ def main():
         check_train(args.torch_python)
     failed = [name for name, ok in RESULTS if not ok]
     print(f"{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed in {time.monotonic() - started:.0f} s"
-          + (f"; failed: {failed}" if failed else ""))
+          + (f"; failed: {failed}; logs in {WORK}" if failed else ""))
+    if not failed:
+        shutil.rmtree(WORK, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
 
