@@ -122,6 +122,8 @@ struct Entry {
     backoff: Backoff,
     started: Instant,
     restart_at: Option<Instant>,
+    /// Why the last readiness probe of this start failed (cleared when it is ready or restarts).
+    not_ready: Option<String>,
 }
 
 struct Instances {
@@ -266,6 +268,7 @@ impl Agent {
                     backoff: Backoff::default(),
                     started: Instant::now(),
                     restart_at,
+                    not_ready: None,
                 },
             );
         }
@@ -435,7 +438,7 @@ impl Agent {
             args: args.to_vec(),
             env,
             clear_env: false,
-            cwd: None,
+            cwd: spec.workdir.clone(),
             log_path: record.log.clone(),
         })
     }
@@ -528,6 +531,7 @@ impl Agent {
                 backoff: Backoff::default(),
                 started: Instant::now(),
                 restart_at: None,
+                not_ready: None,
             },
         );
         drop(instances);
@@ -613,6 +617,7 @@ impl Agent {
             adopted: entry.process.as_ref().is_some_and(Process::is_adopted),
             budgeting: tokens.resident(&r.id),
             counters: tokens.snapshot(&r.id).as_ref().map(counters),
+            not_ready: entry.not_ready.clone(),
         }
     }
 
@@ -682,6 +687,7 @@ impl Agent {
                             };
                             entry.process = Some(process);
                             entry.started = now;
+                            entry.not_ready = None;
                         }
                         Ok(Err(error)) => {
                             entry.record.last_exit = Some(format!("restart failed: {error}"));
@@ -706,19 +712,29 @@ impl Agent {
             }
         }
         // Probe outside the lock: a slow instance must not stall the API.
-        let ready: Vec<String> = probes
+        let probed: Vec<(String, Result<(), String>)> = probes
             .into_iter()
-            .filter(|(_, url)| supervisor::probe_http(url, Duration::from_millis(200)))
-            .map(|(id, _)| id)
+            .map(|(id, url)| {
+                let outcome = supervisor::probe_http_reason(&url, Duration::from_millis(200));
+                (id, outcome)
+            })
             .collect();
-        if !ready.is_empty() {
+        if !probed.is_empty() {
             let mut instances = lock(&self.instances);
-            for id in ready {
-                if let Some(entry) = instances.map.get_mut(&id)
-                    && entry.record.status == InstancePhase::Starting
-                {
-                    entry.record.status = InstancePhase::Ready;
-                    changed = true;
+            for (id, outcome) in probed {
+                let Some(entry) = instances.map.get_mut(&id) else {
+                    continue;
+                };
+                if entry.record.status != InstancePhase::Starting {
+                    continue;
+                }
+                match outcome {
+                    Ok(()) => {
+                        entry.record.status = InstancePhase::Ready;
+                        entry.not_ready = None;
+                        changed = true;
+                    }
+                    Err(reason) => entry.not_ready = Some(reason),
                 }
             }
         }
@@ -796,6 +812,7 @@ mod tests {
     fn sh(agent: &Agent, name: &str, script: &str) -> InstanceSpec {
         InstanceSpec {
             command: vec!["sh".into(), "-c".into(), script.into()],
+            workdir: None,
             env: BTreeMap::new(),
             device: agent.devices()[0].uuid.clone(),
             quota: Quota {

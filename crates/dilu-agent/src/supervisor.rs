@@ -52,6 +52,8 @@ pub const INHERITED_ENV: &[&str] = &[
     "LD_LIBRARY_PATH",
     "DILU_REAL_LIBCUDA",
     "DILU_CUDA_QUIET",
+    // Where ONNX Runtime's library is, for the built-in worker's onnxruntime engine.
+    "ORT_DYLIB_PATH",
 ];
 
 /// Prefixes of inherited variables: the locale categories (`LC_ALL`, `LC_CTYPE`, …).
@@ -519,70 +521,97 @@ fn parse_http_url(url: &str) -> Option<(&str, &str, u16, &str)> {
 }
 
 /// An HTTP readiness probe with no HTTP library: true iff `GET url` answers with a 2xx status within
-/// `timeout` (connect, send and the status line together).
-///
-/// Only `http://host[:port][/path]` is accepted (port 80 when absent); `https` and anything unparsable give
-/// false. Name resolution uses the system resolver and is not bounded by `timeout` (probes normally target
-/// `127.0.0.1`). Only the status line is read; the connection is then closed.
+/// `timeout` (connect, send and the status line together). [`probe_http_reason`] says why not.
 pub fn probe_http(url: &str, timeout: Duration) -> bool {
+    probe_http_reason(url, timeout).is_ok()
+}
+
+/// [`probe_http`], with the reason of a failure in words: `connection refused (nothing listens on port
+/// 8123)`, `answered 404 Not Found`, `no answer within 200ms`.
+///
+/// Only `http://host[:port][/path]` is accepted (port 80 when absent); `https` and anything unparsable fail.
+/// Name resolution uses the system resolver and is not bounded by `timeout` (probes normally target
+/// `127.0.0.1`). Only the status line is read; the connection is then closed.
+pub fn probe_http_reason(url: &str, timeout: Duration) -> Result<(), String> {
     let Some((authority, host, port, path)) = parse_http_url(url) else {
-        return false;
+        return Err(format!("{url:?} is not an http:// URL"));
     };
     let deadline = Instant::now() + timeout;
-    let Ok(addrs) = (host, port).to_socket_addrs() else {
-        return false;
-    };
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {host}: {e}"))?;
+    let late = || format!("no answer within {timeout:?}");
     let remaining = || {
         deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
     };
     let mut stream = None;
+    let mut refused = format!("nothing to connect to at {authority}");
     for addr in addrs {
-        let Some(left) = remaining() else {
-            return false;
-        };
-        if let Ok(s) = TcpStream::connect_timeout(&addr, left) {
-            stream = Some(s);
-            break;
+        let left = remaining().ok_or_else(late)?;
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                refused = format!("connection refused (nothing listens on port {port})");
+            }
+            Err(e) => refused = format!("connecting to {addr}: {e}"),
         }
     }
-    let Some(mut stream) = stream else {
-        return false;
-    };
+    let mut stream = stream.ok_or(refused)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    let Some(left) = remaining() else {
-        return false;
-    };
-    if stream.set_write_timeout(Some(left)).is_err()
-        || stream.write_all(request.as_bytes()).is_err()
-    {
-        return false;
-    }
+    let left = remaining().ok_or_else(late)?;
+    stream
+        .set_write_timeout(Some(left))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|e| format!("sending GET {path}: {e}"))?;
     // Read until the end of the status line (or 1 KiB, or the deadline).
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 1024 {
-        let Some(left) = remaining() else {
-            return false;
-        };
-        if stream.set_read_timeout(Some(left)).is_err() {
-            return false;
-        }
+        let left = remaining().ok_or_else(late)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late());
+            }
+            Err(e) => return Err(format!("reading the answer to GET {path}: {e}")),
         }
     }
     let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = std::str::from_utf8(line)
-        .unwrap_or_default()
-        .split_ascii_whitespace();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_ascii_whitespace();
     let version_ok = parts.next().is_some_and(|v| v.starts_with("HTTP/1."));
     let status = parts.next().and_then(|s| s.parse::<u16>().ok());
-    version_ok && matches!(status, Some(200..=299))
+    match status {
+        Some(200..=299) if version_ok => Ok(()),
+        Some(code) if version_ok => {
+            let reason: Vec<&str> = parts.collect();
+            Err(format!("GET {path} answered {code} {}", reason.join(" "))
+                .trim_end()
+                .to_string())
+        }
+        _ if buf.is_empty() => Err(format!(
+            "GET {path}: the connection closed without an answer"
+        )),
+        _ => Err(format!(
+            "GET {path}: not an HTTP answer ({:?})",
+            line.trim().chars().take(40).collect::<String>()
+        )),
+    }
 }
 
 /// `<path>.1`: where [`rotate_log`] keeps the previous generation.

@@ -2,6 +2,7 @@
 //! of instances and devices. Reports carry no process ids or host paths: those stay on the node.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use dilu_core::{FieldError, InstanceKind};
 use dilu_quota::DeviceKind;
@@ -28,6 +29,9 @@ pub enum RestartPolicy {
 pub struct InstanceSpec {
     /// Program and arguments.
     pub command: Vec<String>,
+    /// Working directory (absolute; the agent's when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
     /// Extra environment (the agent adds the quota and device variables).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -77,6 +81,14 @@ impl InstanceSpec {
             Some(_) => {}
         }
         self.quota.validate("quota")?;
+        if let Some(dir) = &self.workdir {
+            FieldError::require(
+                dir.is_absolute(),
+                "workdir",
+                dir.display(),
+                "must be an absolute path",
+            )?;
+        }
         FieldError::require(
             self.kind != InstanceKind::Pod,
             "kind",
@@ -208,6 +220,10 @@ pub struct InstanceStatus {
     pub budgeting: Option<Budgeting>,
     /// The channel's counters.
     pub counters: Option<Counters>,
+    /// While starting: why its last readiness probe failed (`connection refused (nothing listens on port
+    /// 8123)`, `GET /ready answered 404 Not Found`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 /// A device a node offers.

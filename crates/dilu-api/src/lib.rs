@@ -6,6 +6,7 @@
 //! - [`quota`]: [`Quota`] and [`QuotaUpdate`].
 //! - [`profile`]: [`Profile`], what profiling found.
 //! - [`agent`]: what starts an instance on a node and what a node reports.
+//! - [`process`]: [`ProcessSpec`], the settings of `runtime: process`.
 //! - [`route`]: what the gateway routes by.
 //!
 //! The glossary of names is `docs/glossary.md`.
@@ -13,16 +14,18 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod process;
 pub mod profile;
 pub mod quota;
 pub mod route;
 pub mod spec;
 
 pub use dilu_core::{FieldError, InstanceKind};
+pub use process::{DeviceChoice, ProcessProtocol, ProcessSpec};
 pub use profile::Profile;
 pub use quota::{Quota, QuotaUpdate};
 pub use route::{Endpoint, Route};
 pub use spec::{
-    FunctionSpec, MANIFEST_API_VERSION, MANIFEST_KIND, Runtime, RuntimeName, SpecFormat,
-    parse_spec, spec_of_manifest,
+    FunctionSpec, MANIFEST_API_VERSION, MANIFEST_KIND, ModelEngine, Runtime, RuntimeName,
+    SpecFormat, parse_spec, spec_of_manifest,
 };

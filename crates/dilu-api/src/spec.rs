@@ -10,6 +10,8 @@
 //! quota: { request: 0.2, limit: 0.5 }      # omit to have the platform profile the function
 //! scaling: { min_instances: 1, max_instances: 3 }
 //! ```
+//!
+//! A function may also be any server process (`runtime: process`, [`crate::process`]).
 
 use std::path::PathBuf;
 
@@ -17,6 +19,7 @@ use dilu_core::scaling::lazy::LazyConfig;
 use dilu_core::{FieldError, InstanceKind};
 use serde::{Deserialize, Serialize};
 
+use crate::process::ProcessSpec;
 use crate::quota::{Quota, de_size_required};
 
 /// The model an inference function serves.
@@ -32,6 +35,35 @@ pub struct ModelSpec {
     /// Largest batch the worker forms (the profiler may choose a smaller one).
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
+    /// What computes the model: `tract` (built in) or `onnxruntime` (ONNX Runtime, loaded from the node).
+    #[serde(default, skip_serializing_if = "ModelEngine::is_tract")]
+    pub engine: ModelEngine,
+}
+
+/// The inference engine of the built-in worker.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelEngine {
+    /// tract, compiled into the worker (CPU).
+    #[default]
+    Tract,
+    /// ONNX Runtime (`libonnxruntime`), with its CUDA execution provider when the library has it.
+    Onnxruntime,
+}
+
+impl ModelEngine {
+    /// The name used in specs and on the worker's command line (`--engine`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelEngine::Tract => "tract",
+            ModelEngine::Onnxruntime => "onnxruntime",
+        }
+    }
+
+    fn is_tract(&self) -> bool {
+        *self == ModelEngine::Tract
+    }
 }
 
 fn default_max_batch() -> u32 {
@@ -133,6 +165,8 @@ pub enum RuntimeName {
     Onnx,
     /// The built-in trainer (`training:`).
     Trainer,
+    /// A server process the user names (`process:`).
+    Process,
 }
 
 impl RuntimeName {
@@ -141,6 +175,7 @@ impl RuntimeName {
         match self {
             RuntimeName::Onnx => "onnx",
             RuntimeName::Trainer => "trainer",
+            RuntimeName::Process => "process",
         }
     }
 }
@@ -159,14 +194,42 @@ pub enum Runtime {
         /// Its settings.
         training: TrainingSpec,
     },
+    /// A server process.
+    Process {
+        /// Its settings.
+        process: ProcessSpec,
+    },
 }
 
 impl Runtime {
-    /// The class of device its instances run on. The built-in worker (tract) and trainer compute on the CPU,
-    /// and their channel budgets CPU time, so they are placed on CPU devices even on a node with GPUs.
-    pub fn device_class(&self) -> dilu_core::ledger::DeviceClass {
+    /// The classes of device its instances may run on, in order of preference: the control plane places an
+    /// instance in the first class the cluster has. The built-in worker (either engine) and trainer charge
+    /// CPU time to their channel, so they are placed on CPU devices even on a node with GPUs; a process
+    /// prefers a GPU (`process.device` may insist on one class).
+    pub fn device_classes(&self) -> &'static [dilu_core::ledger::DeviceClass] {
+        use dilu_core::ledger::DeviceClass;
         match self {
-            Runtime::Onnx { .. } | Runtime::Trainer { .. } => dilu_core::ledger::DeviceClass::Cpu,
+            Runtime::Onnx { .. } | Runtime::Trainer { .. } => &[DeviceClass::Cpu],
+            Runtime::Process { process } => process.device.classes(),
+        }
+    }
+
+    /// The path that answers 2xx once an instance serves: the v2 readiness probe, the trainer's health, or a
+    /// process's readiness path.
+    pub fn readiness_path(&self, inference: bool) -> String {
+        match self {
+            Runtime::Onnx { .. } => "/v2/health/ready".into(),
+            Runtime::Trainer { .. } => "/health".into(),
+            Runtime::Process { process } => process.readiness_for(inference),
+        }
+    }
+
+    /// The largest batch an instance forms (0 for training).
+    pub fn max_batch(&self) -> u32 {
+        match self {
+            Runtime::Onnx { model } => model.max_batch,
+            Runtime::Process { process } => process.max_batch,
+            Runtime::Trainer { .. } => 0,
         }
     }
 }
@@ -190,6 +253,9 @@ pub struct FunctionSpec {
     /// The training loop (training only; defaults when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingSpec>,
+    /// The server process (`runtime: process` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
     /// Latency objective per request, milliseconds (inference only; required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo_ms: Option<f64>,
@@ -209,8 +275,12 @@ fn default_kind() -> InstanceKind {
 }
 
 impl FunctionSpec {
-    /// The runtime's name: the spec's, or the default for its kind.
+    /// The runtime's name: the spec's, or the default for its kind (`process` when a `process:` section is
+    /// given).
     pub fn runtime_name(&self) -> RuntimeName {
+        if self.runtime.is_none() && self.process.is_some() {
+            return RuntimeName::Process;
+        }
         self.runtime.unwrap_or(if self.kind.is_inference() {
             RuntimeName::Onnx
         } else {
@@ -227,10 +297,25 @@ impl FunctionSpec {
                     path: PathBuf::new(),
                     input_shape: None,
                     max_batch: default_max_batch(),
+                    engine: ModelEngine::Tract,
                 }),
             },
             RuntimeName::Trainer => Runtime::Trainer {
                 training: self.training.clone().unwrap_or_default(),
+            },
+            RuntimeName::Process => Runtime::Process {
+                process: self.process.clone().unwrap_or(ProcessSpec {
+                    command: Vec::new(),
+                    args: Vec::new(),
+                    env: Default::default(),
+                    workdir: None,
+                    readiness: None,
+                    protocol: None,
+                    device: Default::default(),
+                    max_batch: 1,
+                    ready_timeout_s: None,
+                    sample: None,
+                }),
             },
         }
     }
@@ -238,7 +323,14 @@ impl FunctionSpec {
     /// What its instances run, as a comparable string: instances whose key differs from their function's
     /// current one are left from an earlier generation and are replaced by a rolling update.
     pub fn template_key(&self) -> String {
-        serde_json::json!([self.kind.as_str(), self.model, self.training]).to_string()
+        match &self.process {
+            // Written only when present, so the keys of functions from before processes stay the same.
+            Some(process) => {
+                serde_json::json!([self.kind.as_str(), self.model, self.training, process])
+                    .to_string()
+            }
+            None => serde_json::json!([self.kind.as_str(), self.model, self.training]).to_string(),
+        }
     }
 }
 
@@ -478,27 +570,25 @@ impl FunctionSpec {
                 "must be 1-48 characters of [a-z0-9-] starting with a letter",
             ));
         }
-        match self.kind {
-            InstanceKind::Inference | InstanceKind::LlmInference => self.validate_inference()?,
-            InstanceKind::Training => self.validate_training()?,
-            InstanceKind::Pod => {
-                return Err(FieldError::new(
-                    "kind",
-                    "pod",
-                    "must be inference, llm-inference or training",
-                ));
-            }
+        if self.kind == InstanceKind::Pod {
+            return Err(FieldError::new(
+                "kind",
+                "pod",
+                "must be inference, llm-inference or training",
+            ));
         }
-        let runtime_fits = match self.runtime_name() {
+        let runtime = self.runtime_name();
+        let runtime_fits = match runtime {
             RuntimeName::Onnx => self.kind.is_inference(),
             RuntimeName::Trainer => self.kind == InstanceKind::Training,
+            RuntimeName::Process => true,
         };
         if !runtime_fits {
             return Err(FieldError::new(
                 "runtime",
-                self.runtime_name().as_str(),
+                runtime.as_str(),
                 format!(
-                    "a {} function runs on {}",
+                    "a {} function runs on {} or process",
                     self.kind,
                     if self.kind.is_inference() {
                         "onnx"
@@ -508,6 +598,16 @@ impl FunctionSpec {
                 ),
             ));
         }
+        self.validate_sections(runtime)?;
+        if self.kind.is_inference() {
+            self.validate_slo()?;
+        } else if let Some(slo) = self.slo_ms {
+            return Err(FieldError::new(
+                "slo_ms",
+                slo,
+                "a training function has no latency objective",
+            ));
+        }
         if let Some(q) = &self.quota {
             q.validate("quota")?;
         }
@@ -515,7 +615,7 @@ impl FunctionSpec {
         self.validate_gateway()
     }
 
-    fn validate_inference(&self) -> Result<(), FieldError> {
+    fn validate_model(&self) -> Result<(), FieldError> {
         let model = self.model.as_ref().ok_or_else(|| {
             FieldError::new("model", "(missing)", "an inference function needs a model")
         })?;
@@ -557,13 +657,10 @@ impl FunctionSpec {
                 ),
             ));
         }
-        if self.training.is_some() {
-            return Err(FieldError::new(
-                "training",
-                "(present)",
-                "only a training function has a training section",
-            ));
-        }
+        Ok(())
+    }
+
+    fn validate_slo(&self) -> Result<(), FieldError> {
         match self.slo_ms {
             None => Err(FieldError::new(
                 "slo_ms",
@@ -581,21 +678,44 @@ impl FunctionSpec {
         }
     }
 
+    /// The runtime's own section is present and valid; no other runtime's section is.
+    fn validate_sections(&self, runtime: RuntimeName) -> Result<(), FieldError> {
+        let sections = [
+            ("model", self.model.is_some(), RuntimeName::Onnx),
+            ("training", self.training.is_some(), RuntimeName::Trainer),
+            ("process", self.process.is_some(), RuntimeName::Process),
+        ];
+        for (field, present, owner) in sections {
+            if present && owner != runtime {
+                return Err(FieldError::new(
+                    field,
+                    "(present)",
+                    format!(
+                        "runtime {} takes no {field} section (it belongs to runtime {})",
+                        runtime.as_str(),
+                        owner.as_str()
+                    ),
+                ));
+            }
+        }
+        match runtime {
+            RuntimeName::Onnx => self.validate_model(),
+            RuntimeName::Trainer => self.validate_training(),
+            RuntimeName::Process => self
+                .process
+                .as_ref()
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "process",
+                        "(missing)",
+                        "runtime process needs a process section (command, …)",
+                    )
+                })?
+                .validate(self.kind.is_inference()),
+        }
+    }
+
     fn validate_training(&self) -> Result<(), FieldError> {
-        if self.model.is_some() {
-            return Err(FieldError::new(
-                "model",
-                "(present)",
-                "a training function runs the built-in trainer; it takes a training section, not a model",
-            ));
-        }
-        if let Some(slo) = self.slo_ms {
-            return Err(FieldError::new(
-                "slo_ms",
-                slo,
-                "a training function has no latency objective",
-            ));
-        }
         if let Some(t) = &self.training {
             for (field, value, max) in [
                 ("training.hidden", t.hidden, 8192),

@@ -6,13 +6,15 @@
 //! Every call returns promptly: `create` once the instance is started (not ready), `delete` once stopping has
 //! begun (the instance is reported `terminating` until it is gone).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use dilu_api::agent::InstancePhase;
-use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
+use dilu_api::{FieldError, InstanceKind, ModelEngine, Quota, Runtime};
 use dilu_core::InstanceRequest;
-use dilu_core::ledger::{DeviceRef, NodeInventory};
+use dilu_core::ledger::{DeviceClass, DeviceRef, NodeInventory};
 use serde::Serialize;
 
 /// A boxed future, so backends can be used as trait objects.
@@ -43,6 +45,8 @@ pub struct InstancePlan {
     pub kind: InstanceKind,
     /// What runs it, with its settings.
     pub runtime: Runtime,
+    /// The class of device it was placed on (the first of the runtime's classes the cluster has).
+    pub device_class: DeviceClass,
     /// The batch an inference instance forms (the profiled batch, or the model's largest).
     pub batch: u32,
     /// The largest request body it accepts, bytes.
@@ -56,19 +60,33 @@ pub struct InstancePlan {
     pub booking: InstanceRequest,
 }
 
+/// How a backend starts an instance of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    /// The `dilu` binary with these arguments: the built-in worker (`worker …`) or trainer (`train …`).
+    Dilu(Vec<String>),
+    /// The user's program (`runtime: process`).
+    Program {
+        /// The program and its arguments, the port filled in.
+        command: Vec<String>,
+        /// Its environment: the spec's, with `PORT`, `DILU_FUNCTION` and `DILU_MAX_BATCH`.
+        env: BTreeMap<String, String>,
+        /// Its working directory.
+        workdir: Option<PathBuf>,
+    },
+}
+
 impl InstancePlan {
-    /// The path that answers 200 once the instance serves (the v2 readiness probe, or the trainer's health).
-    pub fn health_path(&self) -> &'static str {
-        match self.runtime {
-            Runtime::Onnx { .. } => "/v2/health/ready",
-            Runtime::Trainer { .. } => "/health",
-        }
+    /// The path that answers 2xx once the instance serves (the runtime's readiness path).
+    pub fn health_path(&self) -> String {
+        self.runtime.readiness_path(self.kind.is_inference())
     }
 
-    /// The arguments of the `dilu` binary that runs this instance listening on `listen` (`HOST:PORT`): the
-    /// built-in worker (`worker …`) or trainer (`train …`). Every backend that runs the built-in runtimes
-    /// starts them with these, as a process or as a container's arguments.
-    pub fn args(&self, listen: &str) -> Vec<String> {
+    /// How to start this instance listening on `host:port`. Every backend starts the built-in runtimes with
+    /// the same `dilu` arguments (as a process, or as a container's arguments), and a process with the same
+    /// command line and environment.
+    pub fn launch(&self, host: &str, port: u16) -> Launch {
+        let listen = format!("{host}:{port}");
         match &self.runtime {
             Runtime::Onnx { model } => {
                 let mut args = vec![
@@ -78,20 +96,23 @@ impl InstancePlan {
                     "--model".into(),
                     model.path.display().to_string(),
                     "--listen".into(),
-                    listen.to_string(),
+                    listen,
                     "--max-batch".into(),
                     self.batch.max(1).to_string(),
                     "--max-body".into(),
                     self.max_body.to_string(),
                 ];
+                if model.engine != ModelEngine::Tract {
+                    args.extend(["--engine".into(), model.engine.as_str().into()]);
+                }
                 if let Some(shape) = &model.input_shape {
                     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
                     args.extend(["--input-shape".into(), dims.join(",")]);
                 }
-                args
+                Launch::Dilu(args)
             }
             Runtime::Trainer { training } => {
-                let mut args = vec!["train".into(), "--listen".into(), listen.into()];
+                let mut args = vec!["train".into(), "--listen".into(), listen];
                 for (flag, value) in [
                     ("--hidden", training.hidden.map(u64::from)),
                     ("--layers", training.layers.map(u64::from)),
@@ -102,7 +123,18 @@ impl InstancePlan {
                         args.extend([flag.to_string(), v.to_string()]);
                     }
                 }
-                args
+                Launch::Dilu(args)
+            }
+            Runtime::Process { process } => {
+                let mut env = process.env.clone();
+                env.insert("PORT".into(), port.to_string());
+                env.insert("DILU_FUNCTION".into(), self.function.clone());
+                env.insert("DILU_MAX_BATCH".into(), self.batch.max(1).to_string());
+                Launch::Program {
+                    command: process.command_line(port),
+                    env,
+                    workdir: process.workdir.clone(),
+                }
             }
         }
     }
@@ -143,6 +175,10 @@ pub struct ObservedInstance {
     /// The most of its device one instance of this runtime can use (1 on a GPU; one core's share of a CPU
     /// device for the single-threaded built-in runtimes).
     pub usable_share: f64,
+    /// While starting: why its last readiness probe failed, when the backend knows.
+    pub not_ready: Option<String>,
+    /// Device-memory allocations its memory cap refused so far (GPU instances; 0 when unknown).
+    pub alloc_failures: u64,
 }
 
 /// A node as its backend reports it.

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dilu_api::profile::source;
-use dilu_api::{Endpoint, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route, Runtime};
+use dilu_api::{Endpoint, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route};
 use dilu_core::hash::{FNV_OFFSET, fnv1a64};
-use dilu_core::ledger::{DeviceRef, Ledger, LedgerError};
+use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, LedgerError};
 use dilu_core::policy::{InstanceQuota, Policy};
 use dilu_core::profiler::TrainingQuota;
 use dilu_core::scaling::{FunctionLoad, HorizontalScaler};
@@ -131,6 +131,10 @@ struct Tracked {
     /// When it entered its state.
     since_ns: u64,
     reported_exit: Option<String>,
+    /// Memory-cap refusals already reported.
+    reported_alloc_failures: u64,
+    /// Whether its not becoming ready in time was reported (for this start).
+    reported_not_ready: bool,
 }
 
 /// One function as the reconciler tracks it.
@@ -227,6 +231,17 @@ fn memory_mib(spec: &FunctionSpec) -> u64 {
 }
 
 /// The profile a spec gives outright: a quota with a capacity (inference), or a quota (training).
+/// Why instance `id` is not serving after `timeout`: what its last readiness probe met, when known.
+fn not_ready_message(id: &str, obs: &ObservedInstance, timeout: Duration) -> String {
+    match &obs.not_ready {
+        Some(reason) => format!(
+            "instance {id} was not ready within {}s: its readiness probe failed: {reason}",
+            timeout.as_secs()
+        ),
+        None => format!("instance {id} was not ready within {}s", timeout.as_secs()),
+    }
+}
+
 fn profile_from_spec(spec: &FunctionSpec) -> Option<Profile> {
     let q = spec.quota?;
     let capacity = match spec.kind {
@@ -236,10 +251,7 @@ fn profile_from_spec(spec: &FunctionSpec) -> Option<Profile> {
     Some(Profile {
         request: q.request,
         limit: q.limit,
-        batch: match spec.runtime() {
-            Runtime::Onnx { model } => model.max_batch,
-            Runtime::Trainer { .. } => 0,
-        },
+        batch: spec.runtime().max_batch(),
         capacity_rps: capacity,
         capacity_full_rps: None,
         latency_s: None,
@@ -350,6 +362,8 @@ impl Function {
                 time_quota: 1.0,
                 since_ns: now,
                 reported_exit: None,
+                reported_alloc_failures: 0,
+                reported_not_ready: false,
             },
         );
     }
@@ -370,6 +384,17 @@ impl Function {
 }
 
 impl Controller {
+    /// How long an instance of `spec` may take to become ready: the process's own bound, or the
+    /// configuration's.
+    fn ready_timeout(&self, spec: &FunctionSpec) -> Duration {
+        spec.process
+            .as_ref()
+            .and_then(|p| p.ready_timeout_s)
+            .map_or(self.config.ready_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+            })
+    }
+
     /// A reconciler over `backend`, restoring the functions of `store`. Instances are adopted by the first
     /// pass.
     pub fn new(
@@ -878,6 +903,38 @@ impl Controller {
                 ended.push(id.clone());
             }
         }
+        let ready_timeout_ns = self.ready_timeout(&f.spec).as_nanos() as u64;
+        let mut notes = Vec::new();
+        for (id, t) in f.instances.iter_mut() {
+            if t.obs.alloc_failures > t.reported_alloc_failures {
+                t.reported_alloc_failures = t.obs.alloc_failures;
+                let cap = t
+                    .obs
+                    .quota
+                    .memory
+                    .map(|b| format!(" ({} MiB)", b >> 20))
+                    .unwrap_or_default();
+                notes.push(format!(
+                    "instance {id} ran out of device memory: its memory cap{cap} refused {} allocation{} \
+                     (the instance got the driver's out-of-memory error); raise quota.memory if it needs more",
+                    t.obs.alloc_failures,
+                    if t.obs.alloc_failures == 1 { "" } else { "s" }
+                ));
+            }
+            if t.state != InstanceState::Starting {
+                t.reported_not_ready = false;
+            } else if !t.reported_not_ready
+                && profiling_id.as_deref() != Some(id.as_str())
+                && t.obs.phase == InstancePhase::Starting
+                && pass.now.saturating_sub(t.since_ns) >= ready_timeout_ns
+            {
+                t.reported_not_ready = true;
+                notes.push(not_ready_message(id, &t.obs, self.ready_timeout(&f.spec)));
+            }
+        }
+        for note in notes {
+            f.record_error(note);
+        }
         for (id, exit) in exits {
             if profiling_id.as_deref() != Some(id.as_str()) {
                 pass.actions.push(Action::ReportExit {
@@ -963,16 +1020,19 @@ impl Controller {
     ) -> bool {
         let key = format!("{}-{}", f.spec.name, *pass.next_seq);
         let booking = f.booking(terms);
-        match pass
+        let runtime = f.spec.runtime();
+        let classes = runtime.device_classes();
+        let class = pass
             .ledger
-            .place(&key, &booking, f.spec.runtime().device_class())
-        {
+            .first_class(classes)
+            .or_else(|| classes.first().copied())
+            .unwrap_or(DeviceClass::Cpu);
+        match pass.ledger.place(&key, &booking, class) {
             Ok(at) => {
                 take(pass.next_seq);
-                let batch = match (&f.profile, f.spec.runtime()) {
-                    (Some(p), _) if p.batch > 0 && !profiling => p.batch,
-                    (_, Runtime::Onnx { model }) => model.max_batch,
-                    _ => 0,
+                let batch = match &f.profile {
+                    Some(p) if p.batch > 0 && !profiling => p.batch,
+                    _ => runtime.max_batch(),
                 };
                 pass.actions.push(Action::Create {
                     function: f.spec.name.clone(),
@@ -982,7 +1042,8 @@ impl Controller {
                         generation: f.generation,
                         template: f.template.clone(),
                         kind: f.spec.kind,
-                        runtime: f.spec.runtime(),
+                        runtime,
+                        device_class: class,
                         batch,
                         max_body: f.spec.gateway.max_body,
                         at,
@@ -1048,7 +1109,7 @@ impl Controller {
                 }
             }
         }
-        let ready_timeout = self.config.ready_timeout.as_nanos() as u64;
+        let ready_timeout = self.ready_timeout(&f.spec);
         let Some(p) = f.profiling.as_mut() else {
             return;
         };
@@ -1080,13 +1141,9 @@ impl Controller {
                     ),
                     true,
                 )),
-                None if pass.now.saturating_sub(p.since_ns) >= ready_timeout => Some((
-                    format!(
-                        "instance {} was not ready within {:?}",
-                        p.instance, self.config.ready_timeout
-                    ),
-                    false,
-                )),
+                None if pass.now.saturating_sub(p.since_ns) >= ready_timeout.as_nanos() as u64 => {
+                    Some((not_ready_message(&p.instance, &t.obs, ready_timeout), true))
+                }
                 None => None,
             },
             Some(run) => match run.poll() {

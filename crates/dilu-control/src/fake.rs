@@ -22,10 +22,13 @@ struct FakeInstance {
     ready_at_ns: u64,
     /// Crashes instead of becoming ready (a model that will not load).
     broken: bool,
+    /// Runs but never answers its readiness probe (a server that never opens its port).
+    silent: bool,
 }
 
 /// A backend in memory. Instances become ready `ready_after_ns` after they are created; those whose model
-/// path contains `broken` exit instead, over and over; deleted ones are gone on the next `list`, and their logs
+/// path (or process command) contains `broken` exit instead, over and over, and those whose path contains
+/// `silent` run without ever becoming ready; deleted ones are gone on the next `list`, and their logs
 /// at once (as the agent removes a deleted instance's log files).
 pub struct FakeBackend {
     clock: Arc<dyn Clock>,
@@ -98,6 +101,13 @@ impl FakeBackend {
         }
     }
 
+    /// The memory cap of `id` has refused `n` allocations so far.
+    pub fn set_alloc_failures(&self, id: &str, n: u64) {
+        if let Some(i) = lock(&self.instances).get_mut(id) {
+            i.obs.alloc_failures = n;
+        }
+    }
+
     /// What the log of `id` holds from now on (by default two lines, the last one `the last line`).
     pub fn set_log(&self, id: &str, text: &str) {
         lock(&self.logs).insert(id.to_string(), text.to_string());
@@ -115,6 +125,7 @@ impl FakeBackend {
             FakeInstance {
                 ready_at_ns: 0,
                 broken: false,
+                silent: false,
                 obs,
             },
         );
@@ -125,6 +136,7 @@ fn model_path(runtime: &Runtime) -> String {
     match runtime {
         Runtime::Onnx { model } => model.path.display().to_string(),
         Runtime::Trainer { .. } => String::new(),
+        Runtime::Process { process } => process.command.join(" "),
     }
 }
 
@@ -151,6 +163,9 @@ impl InstanceBackend for FakeBackend {
                     i.obs.restarts += 1;
                     i.obs.last_exit = Some(format!("exit code 1 (restart {})", i.obs.restarts));
                     i.ready_at_ns = now + self.ready_after_ns;
+                }
+                InstancePhase::Starting | InstancePhase::Restarting if due && i.silent => {
+                    i.obs.not_ready = Some("connection refused (nothing listens on port 1)".into());
                 }
                 InstancePhase::Starting | InstancePhase::Restarting if due => {
                     i.obs.phase = InstancePhase::Ready;
@@ -187,6 +202,8 @@ impl InstanceBackend for FakeBackend {
                 restarts: 0,
                 adopted: false,
                 usable_share: 1.0,
+                not_ready: None,
+                alloc_failures: 0,
             };
             lock(&self.instances).insert(
                 plan.name.clone(),
@@ -194,6 +211,7 @@ impl InstanceBackend for FakeBackend {
                     obs: obs.clone(),
                     ready_at_ns: self.clock.now_ns() + self.ready_after_ns,
                     broken: model_path(&plan.runtime).contains("broken"),
+                    silent: model_path(&plan.runtime).contains("silent"),
                 },
             );
             Ok(obs)

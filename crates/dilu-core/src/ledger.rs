@@ -308,6 +308,15 @@ impl Ledger {
         Ok(at)
     }
 
+    /// The first of `classes` some node has devices of (`None` when no node has any of them): where an
+    /// instance that prefers these classes, in this order, is placed.
+    pub fn first_class(&self, classes: &[DeviceClass]) -> Option<DeviceClass> {
+        classes
+            .iter()
+            .copied()
+            .find(|c| !self.pool(*c).nodes.is_empty())
+    }
+
     /// Chooses a device of `class` for a new instance and books it under `key`.
     pub fn place(
         &mut self,

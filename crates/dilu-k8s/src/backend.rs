@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use dilu_api::agent::InstancePhase;
 use dilu_api::{FieldError, InstanceKind, Quota, Runtime};
 use dilu_control::backend::{
-    BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance,
+    BackendError, BoxFuture, InstanceBackend, InstancePlan, Launch, NodeInfo, ObservedInstance,
 };
 use dilu_core::ledger::{DeviceClass, DeviceRef};
 use k8s_openapi::api::core::v1::{
@@ -86,7 +86,7 @@ impl PodTemplate {
 
     /// The pod of `plan`, owned by the function object `owner_uid`; it asks one `share` ([`share_resource`]).
     pub fn pod(&self, plan: &InstancePlan, owner_uid: &str) -> Pod {
-        let class = plan.runtime.device_class();
+        let class = plan.device_class;
         let share = share_resource(class);
         let labels = BTreeMap::from([
             (meta::FUNCTION.to_string(), plan.function.clone()),
@@ -115,22 +115,40 @@ impl PodTemplate {
             ),
             (meta::PORT.to_string(), INSTANCE_PORT.to_string()),
         ]);
-        let listen = format!("$(POD_IP):{INSTANCE_PORT}");
+        let mut env = vec![
+            field_env("POD_IP", "status.podIP"),
+            field_env(meta::POD_UID_ENV, "metadata.uid"),
+        ];
+        // The built-in runtimes are the image's `dilu`; a process is its own command (check() refuses those
+        // until a spec can name an image).
+        let (command, args, working_dir) = match plan.launch("$(POD_IP)", INSTANCE_PORT) {
+            Launch::Dilu(args) => (vec!["dilu".to_string()], Some(args), None),
+            Launch::Program {
+                command,
+                env: vars,
+                workdir,
+            } => {
+                env.extend(vars.into_iter().map(|(name, value)| EnvVar {
+                    name,
+                    value: Some(value),
+                    ..EnvVar::default()
+                }));
+                (command, None, workdir.map(|d| d.display().to_string()))
+            }
+        };
         let container = Container {
             name: "instance".into(),
             image: Some(self.image.clone()),
             image_pull_policy: Some(self.pull_policy.clone()),
-            command: Some(vec!["dilu".into()]),
-            args: Some(plan.args(&listen)),
+            command: Some(command),
+            args,
+            working_dir,
             // The instance's quota channel is `$DILU_QUOTA_DIR/$DILU_POD_UID`: the device plugin's `Allocate` sets
             // the directory (where it mounts the device's channels), this the UID, and the interposer and the
             // workers join them (`dilu_quota::channel_from_env`). A pod variable cannot name the plugin's: the
             // kubelet expands `$(VAR)` in env values from the pod's own variables only. On a node without Dilu's
             // plugin there is no directory, so no channel to miss: the instance runs unthrottled.
-            env: Some(vec![
-                field_env("POD_IP", "status.podIP"),
-                field_env(meta::POD_UID_ENV, "metadata.uid"),
-            ]),
+            env: Some(env),
             // Extended resources: request and limit must be equal.
             resources: Some(ResourceRequirements {
                 requests: Some(BTreeMap::from([(share.to_string(), Quantity("1".into()))])),
@@ -359,6 +377,10 @@ pub fn observe(pod: &Pod, usable: &BTreeMap<String, f64>) -> Option<ObservedInst
         last_exit: last_exit(pod),
         restarts,
         adopted: false,
+        // The kubelet reports probe failures as events, and memory-cap refusals stay in the pod's channel on
+        // its node: neither is on the pod object.
+        not_ready: None,
+        alloc_failures: 0,
         id,
     })
 }
@@ -486,6 +508,12 @@ impl InstanceBackend for KubeBackend {
                 model.path.display().to_string(),
                 "must be an absolute path inside the instance's image or volume",
             )),
+            Runtime::Process { .. } => Err(FieldError::new(
+                "runtime",
+                "process",
+                "is not supported on Kubernetes yet: a pod runs Dilu's image, which does not hold your server \
+                 (run it with `dilu up`, or serve an ONNX model with runtime onnx)",
+            )),
             _ => Ok(()),
         }
     }
@@ -509,8 +537,10 @@ mod tests {
                     path: "/models/cls.onnx".into(),
                     input_shape: Some(vec![1, 3, 48, 192]),
                     max_batch: 8,
+                    engine: Default::default(),
                 },
             },
+            device_class: DeviceClass::Cpu,
             batch: 4,
             max_body: 1 << 20,
             at: DeviceRef {
@@ -589,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn the_share_and_the_booking_follow_the_runtime_device_class() {
+    fn the_share_and_the_booking_follow_the_planned_device_class() {
         assert_eq!(share_resource(DeviceClass::Gpu), meta::GPU_SHARE);
         assert_eq!(share_resource(DeviceClass::Cpu), meta::CPU_SHARE);
         // The built-in runtimes compute on the CPU: a CPU share, and a CPU booking for dilu-scheduler.

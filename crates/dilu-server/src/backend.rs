@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use dilu_agent::{Agent, AgentError};
 use dilu_api::agent::{InstanceSpec, InstanceStatus, RestartPolicy};
-use dilu_api::{FieldError, Quota, QuotaUpdate, Runtime};
+use dilu_api::{FieldError, ProcessSpec, Quota, QuotaUpdate, Runtime, RuntimeName};
 use dilu_control::backend::{
-    BackendError, BoxFuture, InstanceBackend, InstancePlan, NodeInfo, ObservedInstance, labels,
+    BackendError, BoxFuture, InstanceBackend, InstancePlan, Launch, NodeInfo, ObservedInstance,
+    labels,
 };
 use dilu_control::controller::template_hash;
 use dilu_core::ledger::{DeviceInventory, DeviceRef, NodeInventory};
@@ -22,6 +23,8 @@ use crate::store::{Store, StoreError, StoredInstance};
 
 /// Where an instance serves, as the backend records it among the instance's labels.
 const ENDPOINT: &str = "dilu.io/endpoint";
+/// What runs it (`onnx`, `trainer`, `process`), among the instance's labels.
+const RUNTIME: &str = "dilu.io/runtime";
 
 /// Runs instances as local processes through the in-process agent.
 pub struct ProcessBackend {
@@ -135,16 +138,33 @@ impl ProcessBackend {
         &self.node
     }
 
-    /// The command line of an instance of `plan` listening on `listen`.
-    fn command(&self, plan: &InstancePlan, listen: &str) -> Vec<String> {
-        let mut cmd = vec![self.program.display().to_string()];
-        cmd.extend(plan.args(listen));
-        cmd
+    /// The command line, environment and working directory of an instance of `plan` listening on
+    /// 127.0.0.1:`port`.
+    fn command(
+        &self,
+        plan: &InstancePlan,
+        port: u16,
+    ) -> (Vec<String>, BTreeMap<String, String>, Option<PathBuf>) {
+        match plan.launch("127.0.0.1", port) {
+            Launch::Dilu(args) => {
+                let mut cmd = vec![self.program.display().to_string()];
+                cmd.extend(args);
+                (cmd, BTreeMap::new(), None)
+            }
+            Launch::Program {
+                command,
+                env,
+                workdir,
+            } => (command, env, workdir),
+        }
     }
 
-    /// The most of its device one instance of the built-in runtimes can use: they compute on one thread, so
-    /// one core's share of a CPU device; a whole GPU.
-    fn usable_share(&self, device: &str) -> f64 {
+    /// The most of its device one instance can use: the built-in runtimes compute on one thread, so one
+    /// core's share of a CPU device; a whole GPU; a process (any number of threads) the whole device.
+    fn usable_share(&self, device: &str, runtime: Option<&str>) -> f64 {
+        if runtime == Some(RuntimeName::Process.as_str()) {
+            return 1.0;
+        }
         self.agent
             .devices()
             .iter()
@@ -200,7 +220,9 @@ impl ProcessBackend {
             last_exit: s.last_exit,
             restarts: s.restarts,
             adopted: s.adopted,
-            usable_share: self.usable_share(&s.device),
+            usable_share: self.usable_share(&s.device, s.labels.get(RUNTIME).map(String::as_str)),
+            not_ready: s.not_ready,
+            alloc_failures: s.counters.as_ref().map_or(0, |c| c.alloc_failures),
             id: s.id,
         })
     }
@@ -245,12 +267,13 @@ impl InstanceBackend for ProcessBackend {
     fn create(&self, plan: InstancePlan) -> BoxFuture<'_, Result<ObservedInstance, BackendError>> {
         Box::pin(async move {
             let port = free_port()?;
-            let listen = format!("127.0.0.1:{port}");
-            let endpoint = format!("http://{listen}");
+            let endpoint = format!("http://127.0.0.1:{port}");
             let health = format!("{endpoint}{}", plan.health_path());
+            let (command, env, workdir) = self.command(&plan, port);
             let spec = InstanceSpec {
-                command: self.command(&plan, &listen),
-                env: BTreeMap::new(),
+                command,
+                workdir,
+                env,
                 device: plan.at.device.clone(),
                 quota: plan.quota,
                 kind: plan.kind,
@@ -262,6 +285,7 @@ impl InstanceBackend for ProcessBackend {
                     (labels::TEMPLATE.to_string(), plan.template.clone()),
                     (labels::GENERATION.to_string(), plan.generation.to_string()),
                     (ENDPOINT.to_string(), endpoint),
+                    (RUNTIME.to_string(), runtime_name(&plan.runtime).to_string()),
                 ]),
             };
             // The ledger admitted the plan: the control plane is the one admission check.
@@ -341,6 +365,59 @@ impl InstanceBackend for ProcessBackend {
                 "no such file on the node (paths are read by the server; use an absolute path)",
             ),
             Runtime::Trainer { .. } => Ok(()),
+            Runtime::Process { process } => check_process(process),
         }
     }
+}
+
+/// The name of `runtime`.
+fn runtime_name(runtime: &Runtime) -> &'static str {
+    match runtime {
+        Runtime::Onnx { .. } => RuntimeName::Onnx.as_str(),
+        Runtime::Trainer { .. } => RuntimeName::Trainer.as_str(),
+        Runtime::Process { .. } => RuntimeName::Process.as_str(),
+    }
+}
+
+/// A process's working directory exists and its program is found: a path (relative ones from the working
+/// directory) that is an executable file, or a name on the node's `PATH`.
+fn check_process(process: &ProcessSpec) -> Result<(), FieldError> {
+    if let Some(dir) = &process.workdir {
+        FieldError::require(
+            dir.is_dir(),
+            "process.workdir",
+            dir.display(),
+            "no such directory on the node",
+        )?;
+    }
+    let program = process
+        .command
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default();
+    let executable = |path: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match &process.workdir {
+            Some(dir) => dir.join(program),
+            None => PathBuf::from(program),
+        };
+        return FieldError::require(
+            executable(&path),
+            "process.command[0]",
+            program,
+            format!("{} is not an executable file on the node", path.display()),
+        );
+    }
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+    });
+    FieldError::require(
+        found,
+        "process.command[0]",
+        program,
+        "no such program on the node's PATH (name it by its absolute path, or install it)",
+    )
 }

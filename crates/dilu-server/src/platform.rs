@@ -190,6 +190,7 @@ mod tests {
             .create_instance(
                 InstanceSpec {
                     command: vec!["sleep".into(), "30".into()],
+                    workdir: None,
                     env: BTreeMap::new(),
                     device: device.clone(),
                     quota: Quota {

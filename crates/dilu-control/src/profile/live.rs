@@ -133,12 +133,22 @@ pub fn sample_request(
     .map_err(|e| e.to_string())
 }
 
+/// The request profiling sends: the spec's own body, or one built from the model's metadata (`shape`
+/// overriding the declared shape).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample<'s> {
+    /// The first input's shape, batch first, for models that leave dimensions open.
+    pub shape: Option<&'s [usize]>,
+    /// A v2 request body to send as it is.
+    pub body: Option<&'s Value>,
+}
+
 impl<'a> LiveInference<'a> {
-    /// Drives the instance serving `model` at `base_url`; `set_share` changes its quota.
+    /// Drives the instance serving `model` at `base_url` with `sample`; `set_share` changes its quota.
     pub fn new(
         base_url: &str,
         model: &str,
-        shape: Option<&[usize]>,
+        sample: Sample<'_>,
         set_share: SetShare<'a>,
         settings: LiveSettings,
     ) -> Result<Self, ProfilingError> {
@@ -148,8 +158,13 @@ impl<'a> LiveInference<'a> {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|e| ProfilingError::Instance(e.to_string()))?;
-        let body =
-            sample_request(&client, base_url, model, shape).map_err(ProfilingError::Instance)?;
+        let body = match sample.body {
+            Some(body) => {
+                serde_json::to_vec(body).map_err(|e| ProfilingError::Instance(e.to_string()))?
+            }
+            None => sample_request(&client, base_url, model, sample.shape)
+                .map_err(ProfilingError::Instance)?,
+        };
         Ok(Self {
             set_share,
             client,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use dilu_api::{FunctionSpec, Profile, Quota, Runtime};
 
 use crate::backend::InstanceBackend;
-use live::{LiveInference, LiveSettings, SetShare};
+use live::{LiveInference, LiveSettings, Sample, SetShare};
 
 /// What to find out about a function on one of its instances.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,24 +133,38 @@ fn measure(
             .map_err(|e| e.to_string())
     });
     let max_pct = ((job.usable_share * 100.0 / 10.0).ceil() as u32 * 10).clamp(10, 100);
+    let inference = job.spec.kind.is_inference();
     let outcome = match job.spec.runtime() {
-        Runtime::Onnx { model } => {
-            let shape = model.input_shape.as_deref();
-            LiveInference::new(&job.endpoint, &job.spec.name, shape, set_share, settings).and_then(
+        Runtime::Trainer { .. } => live::profile_training(&job.endpoint, set_share, settings),
+        Runtime::Process { .. } if !inference => {
+            live::profile_training(&job.endpoint, set_share, settings)
+        }
+        runtime => {
+            let (shape, sample) = match &runtime {
+                Runtime::Onnx { model } => (model.input_shape.as_deref(), None),
+                Runtime::Process { process } => (None, process.sample.as_ref()),
+                Runtime::Trainer { .. } => (None, None),
+            };
+            let max_batch = runtime.max_batch().max(1);
+            let model = &job.spec.name;
+            let sample = Sample {
+                shape,
+                body: sample,
+            };
+            LiveInference::new(&job.endpoint, model, sample, set_share, settings).and_then(
                 |mut measure| match job.goal {
                     ProfileGoal::Calibrate(q) => {
-                        live::calibrate_inference(&mut measure, q.request, q.limit, model.max_batch)
+                        live::calibrate_inference(&mut measure, q.request, q.limit, max_batch)
                     }
                     ProfileGoal::Search => live::profile_inference(
                         &mut measure,
                         job.spec.slo_ms.unwrap_or(1000.0),
-                        model.max_batch,
+                        max_batch,
                         max_pct,
                     ),
                 },
             )
         }
-        Runtime::Trainer { .. } => live::profile_training(&job.endpoint, set_share, settings),
     };
     outcome.map_err(|e| e.to_string())
 }

@@ -83,9 +83,10 @@ fn json_of(resp: Response, method: &str, url: &str) -> Result<Value> {
 /// Arguments of `dilu deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The function spec (YAML or JSON). `~` and `$VAR`/`${VAR}` in `model.path` are expanded here
-    /// (`DILU_MODEL_CACHE` defaults to ~/.cache/dilu/models) and relative paths are taken from the spec's
-    /// folder, so the server gets an absolute path.
+    /// The function spec (YAML or JSON). `~`, `$VAR`, `${VAR}` and `${VAR:-default}` in `model.path` and in a
+    /// process's command, args and workdir are expanded here (`DILU_MODEL_CACHE` defaults to
+    /// ~/.cache/dilu/models; `$PORT` is left for the instance), and relative paths are taken from the spec's
+    /// folder (a process runs there unless its workdir says otherwise), so the server gets absolute paths.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     /// Wait until the function runs (profiled, with a ready instance), or fails.
@@ -98,15 +99,24 @@ pub struct DeployArgs {
     server: ServerArgs,
 }
 
-/// `$VAR`, `${VAR}` and a leading `~` expanded; an unset variable is an error naming it.
-fn expand(text: &str) -> Result<String> {
-    let home =
-        || std::env::var("HOME").map_err(|_| anyhow!("HOME is not set (needed to expand ~)"));
-    let var = |name: &str| -> Result<String> {
-        match std::env::var(name) {
-            Ok(v) => Ok(v),
-            Err(_) if name == "DILU_MODEL_CACHE" => Ok(format!("{}/.cache/dilu/models", home()?)),
-            Err(_) => bail!("model.path: ${name} is not set"),
+/// The variable the platform sets for every process and `dilu deploy` leaves for it: `$PORT` in a process's
+/// arguments is the instance's port, known only when the instance starts.
+const LEFT_FOR_THE_INSTANCE: &str = "PORT";
+
+/// `$VAR`, `${VAR}`, `${VAR:-default}` and a leading `~` expanded in the value of `field`; an unset variable
+/// without a default is an error naming the field and the variable. `$PORT` is left as written.
+fn expand(text: &str, field: &str) -> Result<String> {
+    let home = || {
+        std::env::var("HOME").map_err(|_| anyhow!("{field}: HOME is not set (needed to expand ~)"))
+    };
+    let var = |name: &str, default: Option<&str>| -> Result<String> {
+        match (std::env::var(name), default) {
+            (Ok(v), _) => Ok(v),
+            (Err(_), Some(d)) => Ok(d.to_string()),
+            (Err(_), None) if name == "DILU_MODEL_CACHE" => {
+                Ok(format!("{}/.cache/dilu/models", home()?))
+            }
+            (Err(_), None) => bail!("{field}: ${name} is not set"),
         }
     };
     let mut out = String::new();
@@ -119,21 +129,29 @@ fn expand(text: &str) -> Result<String> {
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
-        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+        let (written, expression, tail) = if let Some(braced) = after.strip_prefix('{') {
             let end = braced
                 .find('}')
-                .ok_or_else(|| anyhow!("model.path: unclosed ${{ in {text:?}"))?;
-            (&braced[..end], &braced[end + 1..])
+                .ok_or_else(|| anyhow!("{field}: unclosed ${{ in {text:?}"))?;
+            (&after[..end + 2], &braced[..end], &braced[end + 1..])
         } else {
             let end = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
-            (&after[..end], &after[end..])
+            (&after[..end], &after[..end], &after[end..])
+        };
+        let (name, default) = match expression.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expression, None),
         };
         if name.is_empty() {
             out.push('$');
+            out.push_str(written);
+        } else if name == LEFT_FOR_THE_INSTANCE {
+            out.push('$');
+            out.push_str(written);
         } else {
-            out.push_str(&var(name)?);
+            out.push_str(&var(name, default)?);
         }
         rest = tail;
     }
@@ -141,28 +159,56 @@ fn expand(text: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Reads a spec file and resolves its model path for the server.
+/// `path` made absolute against `base` (and canonical when it exists).
+fn absolute(path: PathBuf, base: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    };
+    std::fs::canonicalize(&absolute).unwrap_or(absolute)
+}
+
+/// Reads a spec file and resolves what the server reads on its node: the model path, and a process's command,
+/// arguments and working directory (by default the spec's folder).
 fn read_spec(file: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut spec: Value = serde_yaml::from_str(&text)
         .with_context(|| format!("{}: not YAML or JSON", file.display()))?;
+    let folder = file.parent().unwrap_or(Path::new("."));
     // A spec is the plain form or a Kubernetes `Function` object (its fields under `spec:`).
-    let model_path = if spec.get("apiVersion").is_some() {
-        "/spec/model/path"
+    let body = if spec.get("apiVersion").is_some() {
+        match spec.get_mut("spec") {
+            Some(body) => body,
+            None => return Ok(spec),
+        }
     } else {
-        "/model/path"
+        &mut spec
     };
-    if let Some(path) = spec.pointer_mut(model_path).filter(|p| p.is_string()) {
+    if let Some(path) = body.pointer_mut("/model/path").filter(|p| p.is_string()) {
         let raw = path.as_str().unwrap_or_default();
-        let expanded = PathBuf::from(expand(raw)?);
-        let absolute = if expanded.is_absolute() {
-            expanded
-        } else {
-            file.parent().unwrap_or(Path::new(".")).join(expanded)
+        let resolved = absolute(PathBuf::from(expand(raw, "model.path")?), folder);
+        *path = Value::String(resolved.display().to_string());
+    }
+    if let Some(process) = body.get_mut("process").and_then(Value::as_object_mut) {
+        for list in ["command", "args"] {
+            if let Some(items) = process.get_mut(list).and_then(Value::as_array_mut) {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let Some(raw) = item.as_str() {
+                        *item = Value::String(expand(raw, &format!("process.{list}[{i}]"))?);
+                    }
+                }
+            }
+        }
+        let workdir = match process.get("workdir").and_then(Value::as_str) {
+            Some(raw) => absolute(PathBuf::from(expand(raw, "process.workdir")?), folder),
+            None => absolute(PathBuf::new(), folder),
         };
-        let absolute = std::fs::canonicalize(&absolute).unwrap_or(absolute);
-        *path = Value::String(absolute.display().to_string());
+        process.insert(
+            "workdir".into(),
+            Value::String(workdir.display().to_string()),
+        );
     }
     Ok(spec)
 }
@@ -429,17 +475,51 @@ mod tests {
 
     #[test]
     fn expansion_of_model_paths() {
+        let expand = |text: &str| expand(text, "model.path");
         // SAFETY (test only): single-threaded access to this variable in this test binary.
         unsafe { std::env::set_var("DILU_TEST_X", "/m") };
         assert_eq!(expand("${DILU_TEST_X}/a.onnx").unwrap(), "/m/a.onnx");
         assert_eq!(expand("$DILU_TEST_X/a.onnx").unwrap(), "/m/a.onnx");
         assert_eq!(expand("/plain/$").unwrap(), "/plain/$");
+        let e = expand("${DILU_TEST_UNSET_VAR}/x").unwrap_err().to_string();
         assert!(
-            expand("${DILU_TEST_UNSET_VAR}/x")
-                .unwrap_err()
-                .to_string()
-                .contains("DILU_TEST_UNSET_VAR")
+            e.contains("model.path") && e.contains("DILU_TEST_UNSET_VAR"),
+            "{e}"
         );
         assert!(expand("~/x").unwrap().ends_with("/x"));
+        // Defaults, and the instance's port left for the agent.
+        assert_eq!(
+            expand("${DILU_TEST_UNSET_VAR:-python3}").unwrap(),
+            "python3"
+        );
+        assert_eq!(expand("${DILU_TEST_X:-python3}").unwrap(), "/m");
+        assert_eq!(expand("--port=$PORT").unwrap(), "--port=$PORT");
+        assert_eq!(expand("${PORT}").unwrap(), "${PORT}");
+    }
+
+    #[test]
+    fn a_process_spec_is_resolved_against_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: dilu.io/v1alpha1\nkind: Function\nmetadata: {name: f}\nspec:\n  kind: inference\n  \
+             process: {command: [\"${DILU_TEST_UNSET_VAR:-python3}\", serve.py, --port, $PORT]}\n",
+        )
+        .unwrap();
+        let spec = read_spec(&file).unwrap();
+        let process = &spec["spec"]["process"];
+        assert_eq!(
+            process["command"],
+            serde_json::json!(["python3", "serve.py", "--port", "$PORT"])
+        );
+        let folder = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(process["workdir"], folder.display().to_string());
+        std::fs::write(&file, "name: f\nprocess: {command: [x], workdir: sub}\n").unwrap();
+        let spec = read_spec(&file).unwrap();
+        assert_eq!(
+            spec["process"]["workdir"],
+            folder.join("sub").display().to_string()
+        );
     }
 }
