@@ -18,6 +18,7 @@ fn dilu() -> Command {
     command
         .env("RUST_BACKTRACE", "0")
         .env_remove("DILU_QUOTA_FILE")
+        .env_remove("ORT_DYLIB_PATH")
         .stdin(Stdio::null());
     command
 }
@@ -31,8 +32,14 @@ struct Served {
 impl Served {
     /// Starts `dilu ARGS` and waits for its `dilu WHAT listening on http://ADDR` line.
     fn start(what: &str, args: &[&str]) -> Served {
+        Served::start_env(what, args, &[])
+    }
+
+    /// [`Served::start`] with environment variables set.
+    fn start_env(what: &str, args: &[&str], env: &[(&str, &Path)]) -> Served {
         let mut child = dilu()
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -129,22 +136,39 @@ fn worker_tells_upright_from_flipped_text_with_real_weights() {
     let Some(model) = models::ppocr_cls() else {
         return;
     };
+    classify_text(&model, &[], &[]);
+}
+
+/// The same on ONNX Runtime, its library named by `ORT_DYLIB_PATH` (ort's own variable).
+#[test]
+fn worker_on_onnxruntime_tells_upright_from_flipped_text() {
+    let (Some(model), Some(lib)) = (models::ppocr_cls(), models::onnxruntime_lib()) else {
+        return;
+    };
+    classify_text(
+        &model,
+        &["--engine", "onnxruntime"],
+        &[("ORT_DYLIB_PATH", lib.as_path())],
+    );
+}
+
+/// Serves PaddleOCR's classifier with `dilu worker … EXTRA` and checks it tells upright from flipped text.
+fn classify_text(model: &Path, extra: &[&str], env: &[(&str, &Path)]) {
     let dir = tempfile::tempdir().unwrap();
     example_inputs(dir.path());
-    let worker = Served::start(
+    let mut args = vec![
         "worker",
-        &[
-            "worker",
-            "--name",
-            "cls",
-            "--model",
-            model.to_str().unwrap(),
-            "--input-shape",
-            "1,3,48,192",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
+        "--name",
+        "cls",
+        "--model",
+        model.to_str().unwrap(),
+        "--input-shape",
+        "1,3,48,192",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let worker = Served::start_env("worker", &args, env);
     worker.wait_for("/v2/health/ready");
     let client = Client::new();
     let url = worker.url("/v2/models/cls/infer");
@@ -153,7 +177,10 @@ fn worker_tells_upright_from_flipped_text_with_real_weights() {
         let out = &response["outputs"][0];
         assert_eq!(out["shape"], serde_json::json!([1, 2]), "{response}");
         let p: Vec<f64> = serde_json::from_value(out["data"].clone()).unwrap();
-        eprintln!("{file}: P(0°) = {:.6}, P(180°) = {:.6}", p[0], p[1]);
+        eprintln!(
+            "{extra:?} {file}: P(0°) = {:.6}, P(180°) = {:.6}",
+            p[0], p[1]
+        );
         assert!((p[0] + p[1] - 1.0).abs() < 1e-3, "softmax: {p:?}");
         assert!(
             p[expected] > 0.95,
@@ -276,6 +303,39 @@ fn bad_flags_are_refused_naming_the_flag() {
                 "/nonexistent.quota",
             ],
             "--quota-file",
+        ),
+        (
+            vec![
+                "worker", "--name", "m", "--model", model, "--engine", "onnx",
+            ],
+            "--engine",
+        ),
+        // Neither --onnxruntime-lib nor ORT_DYLIB_PATH (dilu() removes it): the error names both.
+        (
+            vec![
+                "worker",
+                "--name",
+                "m",
+                "--model",
+                model,
+                "--engine",
+                "onnxruntime",
+            ],
+            "--onnxruntime-lib PATH (worker.onnxruntime_lib) or set ORT_DYLIB_PATH",
+        ),
+        (
+            vec![
+                "worker",
+                "--name",
+                "m",
+                "--model",
+                model,
+                "--engine",
+                "onnxruntime",
+                "--onnxruntime-lib",
+                "/nonexistent/libonnxruntime.so",
+            ],
+            "--onnxruntime-lib) = /nonexistent/libonnxruntime.so: no such file",
         ),
         (vec!["train", "--hidden", "0"], "--hidden"),
         (vec!["train", "--batch", "0"], "--batch"),
@@ -460,10 +520,18 @@ fn models_fetch_runs_the_embedded_script_from_anywhere() {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
-    for (from, to) in [
-        (&squeezenet, "onnx-light/light_squeezenet.onnx"),
-        (&cls, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-    ] {
+    let mut cached = vec![
+        (squeezenet, "onnx-light/light_squeezenet.onnx".to_string()),
+        (cls, "ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx".to_string()),
+    ];
+    if let Some(lib) = models::onnxruntime_lib() {
+        let to = format!(
+            "onnxruntime/libonnxruntime.so.{}",
+            models::ONNXRUNTIME_VERSION
+        );
+        cached.push((lib, to));
+    }
+    for (from, to) in &cached {
         let to = cache.path().join(to);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap();

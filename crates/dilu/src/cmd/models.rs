@@ -36,7 +36,7 @@ pub struct KnownModel {
     pub about: &'static str,
 }
 
-/// The models `scripts/fetch-models.sh` fetches.
+/// What `scripts/fetch-models.sh` fetches: the models, and ONNX Runtime's library.
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         name: "squeezenet",
@@ -58,6 +58,11 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         relative: "onnx-light/relu.onnx",
         about: "ONNX node test test_relu (one Relu), input x [3,4,5] FP32; the gateway benchmark's trivial model",
     },
+    KnownModel {
+        name: "onnxruntime",
+        relative: "onnxruntime/libonnxruntime.so.1.31.1",
+        about: "ONNX Runtime 1.31.1's library (CPU, from the onnxruntime wheel), for dilu worker --engine onnxruntime",
+    },
 ];
 
 /// `dilu models` subcommands.
@@ -70,7 +75,8 @@ pub enum ModelsCommand {
     Inputs(InputsArgs),
     /// List the files in the cache with their sizes.
     List(CacheArgs),
-    /// Print the path of a known model (squeezenet, resnet50, ppocr-cls, relu) in the cache.
+    /// Print the path of a known model (squeezenet, resnet50, ppocr-cls, relu) or of ONNX Runtime's library
+    /// (onnxruntime) in the cache.
     Path(PathArgs),
 }
 

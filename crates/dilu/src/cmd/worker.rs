@@ -4,6 +4,8 @@
 //! It binds `--listen` first and prints `dilu worker listening on http://ADDR` (the bound address, so port 0
 //! works) on stdout; the model then loads while the server already answers `GET /v2/health/live` (ready
 //! once loaded). CPU time is charged to `--quota-file` or `DILU_QUOTA_FILE`, unthrottled without either.
+//! `--engine` picks what runs the model: `tract` (the default) or `onnxruntime`, whose library comes from
+//! `--onnxruntime-lib`, else `ORT_DYLIB_PATH` (checked before the worker binds).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use dilu_core::units::parse_bytes;
 use dilu_quota::{CpuQuota, QUOTA_FILE_ENV};
-use dilu_worker::{WorkerConfig, WorkerError};
+use dilu_worker::{Engine, WorkerConfig, WorkerError};
 
 /// A tensor shape on the command line: `1,3,224,224`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,12 @@ pub fn parse_shape(text: &str) -> Result<Shape, String> {
         })
         .collect();
     dims.map(Shape)
+}
+
+/// Parses an engine name (`tract`, `onnxruntime`).
+fn parse_engine(text: &str) -> Result<Engine, String> {
+    text.parse()
+        .map_err(|e: dilu_worker::engine::UnknownEngine| e.to_string())
 }
 
 /// Parses a byte size such as `64MiB`.
@@ -73,6 +81,14 @@ pub struct WorkerArgs {
     /// either the worker runs unthrottled.
     #[arg(long)]
     quota_file: Option<PathBuf>,
+    /// What runs the model: tract (pure Rust, CPU) or onnxruntime (ONNX Runtime, loaded from --onnxruntime-lib
+    /// or $ORT_DYLIB_PATH; its CUDA execution provider when the library offers one, else the CPU).
+    #[arg(long, default_value = "tract", value_parser = parse_engine, value_name = "tract|onnxruntime")]
+    engine: Engine,
+    /// The ONNX Runtime library (libonnxruntime.so.*) for --engine onnxruntime; default: $ORT_DYLIB_PATH.
+    /// `dilu models path onnxruntime` prints the one `dilu models fetch` puts in the cache.
+    #[arg(long, value_name = "PATH")]
+    onnxruntime_lib: Option<PathBuf>,
 }
 
 /// The command-line flag behind a [`WorkerConfig`] field.
@@ -87,6 +103,8 @@ fn flag_of(field: &str) -> &'static str {
         "dynamic_batch" => "--no-dynamic-batch",
         "max_body_bytes" => "--max-body",
         "quota_file" => "--quota-file",
+        "engine" => "--engine",
+        "onnxruntime_lib" => "--onnxruntime-lib",
         _ => "a setting",
     }
 }
@@ -101,6 +119,8 @@ fn config(args: &WorkerArgs) -> Result<WorkerConfig> {
     config.dynamic_batch = !args.no_dynamic_batch;
     config.max_body_bytes = usize::try_from(args.max_body).unwrap_or(usize::MAX);
     config.quota_file = args.quota_file.clone();
+    config.engine = args.engine;
+    config.onnxruntime_lib = args.onnxruntime_lib.clone();
     if let Err(e) = config.validate() {
         match e {
             WorkerError::InvalidConfig { field, value, rule } => {
@@ -114,6 +134,11 @@ fn config(args: &WorkerArgs) -> Result<WorkerConfig> {
             "--model {}: no such file (fetch the example models with `dilu models fetch`)",
             args.model.display()
         );
+    }
+    if config.engine == Engine::OnnxRuntime {
+        // The library is loaded with the model, after the worker announced itself: a missing one is said now.
+        // The error names --onnxruntime-lib and ORT_DYLIB_PATH.
+        config.onnxruntime_library().map_err(anyhow::Error::new)?;
     }
     check_quota_channel(args.quota_file.as_deref(), "dilu worker")?;
     Ok(config)
