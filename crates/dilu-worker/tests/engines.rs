@@ -250,6 +250,31 @@ fn engines_agree_on_the_ppocr_classifier() {
     engines_agree("ppocr-cls");
 }
 
+/// A model that cannot be served as it is gets the same load error from both engines.
+#[test]
+fn load_errors_are_the_same() {
+    let (Some(mut case), Some(lib)) = (case("ppocr-cls"), common::onnxruntime_lib()) else {
+        return;
+    };
+    // The classifier leaves height and width open: without input_shape neither engine can serve it.
+    case.input_shape = None;
+    let tract = Model::load(&config(&case, Engine::Tract, &lib)).unwrap_err();
+    let ort = Model::load(&config(&case, Engine::OnnxRuntime, &lib)).unwrap_err();
+    assert_eq!(tract.to_string(), ort.to_string());
+    assert!(
+        tract
+            .to_string()
+            .contains("input x leaves a dimension other than the batch open; give input_shape"),
+        "{tract}"
+    );
+    // A scalar shape given for the first input.
+    case.input_shape = Some(vec![]);
+    let tract = Model::load(&config(&case, Engine::Tract, &lib)).unwrap_err();
+    let ort = Model::load(&config(&case, Engine::OnnxRuntime, &lib)).unwrap_err();
+    assert_eq!(tract.to_string(), ort.to_string());
+    assert!(tract.to_string().contains("is a scalar"), "{tract}");
+}
+
 /// CPU time of the whole process so far (every thread), in nanoseconds.
 fn process_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
