@@ -838,3 +838,62 @@ async fn deleting_a_function_while_its_instance_starts_or_is_profiled_leaves_not
     assert!(rig.c.booked().iter().all(|(_, share)| *share == 0.0));
     assert!(rig.c.owners().is_empty());
 }
+
+#[tokio::test]
+async fn memory_cap_refusals_reach_the_function_status_in_words_once_per_new_refusal() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    rig.c
+        .deploy(inference(
+            "m",
+            "quota: {request: 0.2, limit: 0.5, memory: 512MiB}\nscaling: {max_instances: 1, capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    let id = rig.ready("m")[0].clone();
+    assert_eq!(rig.view("m").last_error, None);
+    rig.backend.set_alloc_failures(&id, 2);
+    rig.step(10).await;
+    let error = rig.view("m").last_error.unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "instance {id} ran out of device memory: its memory cap (512 MiB) refused 2 allocations (the \
+             instance got the driver's out-of-memory error); raise quota.memory if it needs more"
+        )
+    );
+    // The instance keeps serving: it stays routed.
+    assert_eq!(rig.routed("m"), [id.clone()]);
+}
+
+#[tokio::test]
+async fn a_process_that_never_answers_readiness_fails_with_what_its_probe_met() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    // Without a quota the first instance is profiled, and the function fails when it is not ready in time.
+    rig.c
+        .deploy(spec(
+            "name: p\nruntime: process\nprocess: {command: [silent-server], ready_timeout_s: 2}\nslo_ms: 100\n",
+        ))
+        .unwrap();
+    rig.run_for(2_500, 100).await;
+    match rig.view("p").status {
+        FunctionPhase::Failed(reason) => assert!(
+            reason.contains(
+                "was not ready within 2s: its readiness probe failed: connection refused"
+            ),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // With a quota and capacity no profiling runs: the instance is reported, once, and keeps being waited for.
+    rig.c
+        .deploy(spec(&format!(
+            "name: q\nruntime: process\nprocess: {{command: [silent-server], ready_timeout_s: 2}}\nslo_ms: 100\n{V1}"
+        )))
+        .unwrap();
+    rig.run_for(1_500, 100).await;
+    assert_eq!(rig.view("q").last_error, None);
+    rig.run_for(1_000, 100).await;
+    let error = rig.view("q").last_error.unwrap();
+    assert!(error.contains("was not ready within 2s"), "{error}");
+    assert_eq!(rig.view("q").status, FunctionPhase::Running);
+}
