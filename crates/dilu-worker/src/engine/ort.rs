@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use ort::environment::Environment;
 use ort::ep::ExecutionProvider;
 use ort::logging::LogLevel;
+use ort::session::builder::SessionBuilder;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorRef};
 use prost::Message;
@@ -90,6 +91,8 @@ pub(crate) struct OrtModel {
     input_names: Vec<String>,
     output_names: Vec<String>,
     batchable: bool,
+    /// Whether the session runs on the CUDA execution provider.
+    cuda: bool,
 }
 
 impl std::fmt::Debug for OrtModel {
@@ -98,6 +101,7 @@ impl std::fmt::Debug for OrtModel {
             .field("inputs", &self.input_names)
             .field("outputs", &self.output_names)
             .field("batchable", &self.batchable)
+            .field("cuda", &self.cuda)
             .finish_non_exhaustive()
     }
 }
@@ -238,11 +242,13 @@ pub(crate) fn load(config: &WorkerConfig) -> Result<(Interface, OrtModel), Worke
         })
         .collect();
     let make = |bytes: &[u8], batchable: bool| -> Result<OrtModel, WorkerError> {
+        let (session, on_cuda) = session(&environment, cuda, bytes)?;
         Ok(OrtModel {
-            session: Mutex::new(session(&environment, cuda, bytes)?),
+            session: Mutex::new(session),
             input_names: input_names.clone(),
             output_names: probe_specs.iter().map(|o| o.name.clone()).collect(),
             batchable,
+            cuda: on_cuda,
         })
     };
 
@@ -303,45 +309,61 @@ pub(crate) fn load(config: &WorkerConfig) -> Result<(Interface, OrtModel), Worke
             ..spec
         })
         .collect();
-    let provider = if cuda { "CUDA" } else { "CPU" };
+    let provider = match (model.cuda, cuda) {
+        (true, _) => "CUDA execution provider",
+        (false, true) => "CPU execution provider (CUDA is offered but did not start: see above)",
+        (false, false) => "CPU execution provider (the library offers no CUDA execution provider)",
+    };
     eprintln!(
-        "dilu worker: engine onnxruntime ({}), {provider} execution provider{}, 1 intra-op thread",
-        library.display(),
-        if cuda {
-            ""
-        } else {
-            " (the library offers no CUDA execution provider)"
-        }
+        "dilu worker: engine onnxruntime ({}), {provider}, 1 intra-op thread",
+        library.display()
     );
     let interface = super::interface(inputs, outputs, batchable, fixed_batch, unbatched_reason);
     Ok((interface, model))
 }
 
 /// A session over the model `bytes`: one intra-op and one inter-op thread, sequential, no spinning (so it
-/// computes on the caller's thread); CUDA first when the library offers it. ONNX Runtime's own log keeps only
-/// fatal messages: a failed run comes back as its error (a 500 that names it), and the batch of 2 that a
-/// fixed-batch model refuses while loading is expected, not worth a red line on stderr.
-fn session(environment: &Environment, cuda: bool, bytes: &[u8]) -> Result<Session, WorkerError> {
-    let mut builder = Session::builder(environment)
-        .map_err(ort_err)?
-        .with_intra_threads(1)
-        .map_err(ort_err)?
-        .with_inter_threads(1)
-        .map_err(ort_err)?
-        .with_parallel_execution(false)
-        .map_err(ort_err)?
-        .with_intra_op_spinning(false)
-        .map_err(ort_err)?
-        .with_inter_op_spinning(false)
-        .map_err(ort_err)?
-        .with_log_level(LogLevel::Fatal)
-        .map_err(ort_err)?;
-    if cuda && let Err(e) = ort::ep::CUDA::default().register(&mut builder) {
-        eprintln!(
-            "dilu worker: onnxruntime's CUDA execution provider did not register ({e}); using the CPU"
-        );
+/// computes on the caller's thread); CUDA first when the library offers it (and the CPU alone when CUDA does not
+/// register or its session cannot be made, said on stderr). Returns whether CUDA runs it. ONNX Runtime's own log
+/// keeps only fatal messages: a failed run comes back as its error (a 500 that names it), and the batch of 2
+/// that a fixed-batch model refuses while loading is expected, not worth a red line on stderr.
+fn session(
+    environment: &Environment,
+    cuda: bool,
+    bytes: &[u8],
+) -> Result<(Session, bool), WorkerError> {
+    let builder = || -> Result<SessionBuilder, WorkerError> {
+        Session::builder(environment)
+            .map_err(ort_err)?
+            .with_intra_threads(1)
+            .map_err(ort_err)?
+            .with_inter_threads(1)
+            .map_err(ort_err)?
+            .with_parallel_execution(false)
+            .map_err(ort_err)?
+            .with_intra_op_spinning(false)
+            .map_err(ort_err)?
+            .with_inter_op_spinning(false)
+            .map_err(ort_err)?
+            .with_log_level(LogLevel::Fatal)
+            .map_err(ort_err)
+    };
+    if cuda {
+        let mut with_cuda = builder()?;
+        match ort::ep::CUDA::default().register(&mut with_cuda) {
+            Ok(()) => match with_cuda.commit_from_memory(bytes) {
+                Ok(session) => return Ok((session, true)),
+                Err(e) => eprintln!(
+                    "dilu worker: onnxruntime could not make a CUDA session ({e}); using the CPU"
+                ),
+            },
+            Err(e) => eprintln!(
+                "dilu worker: onnxruntime's CUDA execution provider did not register ({e}); using the CPU"
+            ),
+        }
     }
-    builder.commit_from_memory(bytes).map_err(ort_err)
+    let session = builder()?.commit_from_memory(bytes).map_err(ort_err)?;
+    Ok((session, false))
 }
 
 /// A zero of each input's type, for a run of `batch`.
