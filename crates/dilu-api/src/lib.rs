@@ -6,6 +6,7 @@
 //! - [`quota`]: [`Quota`] and [`QuotaUpdate`].
 //! - [`profile`]: [`Profile`], what profiling found.
 //! - [`agent`]: what starts an instance on a node and what a node reports.
+//! - [`event`]: [`Event`], a decision the platform took, with its reason.
 //! - [`process`]: [`ProcessSpec`], the settings of `runtime: process`.
 //! - [`route`]: what the gateway routes by.
 //!
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod event;
 pub mod process;
 pub mod profile;
 pub mod quota;
@@ -21,6 +23,7 @@ pub mod route;
 pub mod spec;
 
 pub use dilu_core::{FieldError, InstanceKind};
+pub use event::{Event, EventKind};
 pub use process::{DeviceChoice, ProcessProtocol, ProcessSpec};
 pub use profile::Profile;
 pub use quota::{Quota, QuotaUpdate};

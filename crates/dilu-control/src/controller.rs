@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dilu_api::profile::source;
-use dilu_api::{Endpoint, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route};
+use dilu_api::{
+    Endpoint, EventKind, FieldError, FunctionSpec, InstanceKind, Profile, Quota, Route,
+};
 use dilu_core::hash::{FNV_OFFSET, fnv1a64};
 use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, LedgerError};
 use dilu_core::policy::{InstanceQuota, Policy};
@@ -26,6 +28,7 @@ use crate::backend::{InstanceBackend, InstancePlan, ObservedInstance};
 use crate::clock::Clock;
 use crate::diagnosis;
 use crate::error::ControlError;
+use crate::events::{self, EventLog};
 use crate::load::LoadSource;
 use crate::metrics::ControlMetrics;
 use crate::profile::{ProfileGoal, ProfileJob, ProfileRun, Profiler};
@@ -73,7 +76,7 @@ enum Action {
     /// Start an instance booked under `key` in the ledger.
     Create {
         function: String,
-        plan: InstancePlan,
+        plan: Box<InstancePlan>,
         profiling: bool,
     },
     /// Stop an instance.
@@ -183,6 +186,7 @@ pub struct Controller {
     /// Set once the control plane stops: no pass acts any more.
     stopped: std::sync::atomic::AtomicBool,
     metrics: ControlMetrics,
+    events: Arc<EventLog>,
 }
 
 /// A stable 64-bit FNV-1a hash, hex: what the `dilu.io/template` label holds.
@@ -434,7 +438,29 @@ impl Controller {
             pass: tokio::sync::Mutex::new(()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: ControlMetrics::default(),
+            events: Arc::new(EventLog::new(
+                events::DEFAULT_CAPACITY,
+                events::system_wall_clock(),
+            )),
         }))
+    }
+
+    /// The log of every decision.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Records a decision about `function` (and `instance`).
+    fn event(
+        &self,
+        kind: EventKind,
+        function: &str,
+        instance: Option<&str>,
+        message: impl Into<String>,
+        data: serde_json::Value,
+    ) {
+        self.events
+            .record(kind, Some(function), instance, message, data);
     }
 
     /// The policy.
@@ -508,6 +534,21 @@ impl Controller {
         }
         lock(&self.state).functions.insert(name.clone(), f);
         self.metrics.deployed();
+        self.event(
+            EventKind::Deployed,
+            &name,
+            None,
+            format!(
+                "deployed: {} on runtime {}, {}",
+                spec.kind,
+                spec.runtime_name().as_str(),
+                match spec.quota {
+                    Some(q) => format!("quota request {} limit {}", q.request, q.limit),
+                    None => "no quota: to be profiled".to_string(),
+                }
+            ),
+            serde_json::json!({"generation": 1}),
+        );
         self.wake.notify_one();
         self.function(&name)
     }
@@ -594,6 +635,24 @@ impl Controller {
                 f.roll_before = Some(generation);
             }
         }
+        let what = if template_changed {
+            "what its instances run changed: rolling them (the old ones serve until a new one is ready)"
+        } else if reprofile {
+            "its quota was removed: profiling again, then rolling"
+        } else {
+            "settings changed: applied to the running instances"
+        };
+        self.event(
+            if reprofile {
+                EventKind::Roll
+            } else {
+                EventKind::Deployed
+            },
+            &name,
+            None,
+            format!("updated to generation {generation}: {what}"),
+            serde_json::json!({"generation": generation, "rolling": reprofile}),
+        );
         f.template = template;
         f.spec = spec;
         f.generation = generation;
@@ -623,6 +682,13 @@ impl Controller {
         }
         self.store.delete(name)?;
         self.metrics.deleted();
+        self.event(
+            EventKind::Deleted,
+            name,
+            None,
+            "deleted: its instances drain and stop",
+            serde_json::Value::Null,
+        );
         self.publish_routes();
         self.wake.notify_one();
         Ok(())
@@ -914,12 +980,12 @@ impl Controller {
                     .memory
                     .map(|b| format!(" ({} MiB)", b >> 20))
                     .unwrap_or_default();
-                notes.push(format!(
+                notes.push((EventKind::OutOfMemory, id.clone(), format!(
                     "instance {id} ran out of device memory: its memory cap{cap} refused {} allocation{} \
                      (the instance got the driver's out-of-memory error); raise quota.memory if it needs more",
                     t.obs.alloc_failures,
                     if t.obs.alloc_failures == 1 { "" } else { "s" }
-                ));
+                )));
             }
             if t.state != InstanceState::Starting {
                 t.reported_not_ready = false;
@@ -929,10 +995,21 @@ impl Controller {
                 && pass.now.saturating_sub(t.since_ns) >= ready_timeout_ns
             {
                 t.reported_not_ready = true;
-                notes.push(not_ready_message(id, &t.obs, self.ready_timeout(&f.spec)));
+                notes.push((
+                    EventKind::NotReady,
+                    id.clone(),
+                    not_ready_message(id, &t.obs, self.ready_timeout(&f.spec)),
+                ));
             }
         }
-        for note in notes {
+        for (kind, id, note) in notes {
+            self.event(
+                kind,
+                &name,
+                Some(&id),
+                note.clone(),
+                serde_json::Value::Null,
+            );
             f.record_error(note);
         }
         for (id, exit) in exits {
@@ -1030,13 +1107,33 @@ impl Controller {
         match pass.ledger.place(&key, &booking, class) {
             Ok(at) => {
                 take(pass.next_seq);
+                let requested = pass.ledger.requested(&at);
+                self.event(
+                    EventKind::Placement,
+                    &f.spec.name,
+                    Some(&key),
+                    format!(
+                        "placed {key} on {}/{} ({}) by placer {}: request {:.2}, limit {:.2}{}; the device's \
+                         requests now total {requested:.2}",
+                        at.node,
+                        at.device,
+                        class.as_str(),
+                        pass.ledger.placer_name(),
+                        quota.request,
+                        quota.limit,
+                        if profiling { ", to profile" } else { "" }
+                    ),
+                    serde_json::json!({"node": at.node, "device": at.device, "class": class.as_str(),
+                        "request": quota.request, "limit": quota.limit, "device_requested": requested,
+                        "profiling": profiling}),
+                );
                 let batch = match &f.profile {
                     Some(p) if p.batch > 0 && !profiling => p.batch,
                     _ => runtime.max_batch(),
                 };
                 pass.actions.push(Action::Create {
                     function: f.spec.name.clone(),
-                    plan: InstancePlan {
+                    plan: Box::new(InstancePlan {
                         name: key,
                         function: f.spec.name.clone(),
                         generation: f.generation,
@@ -1049,7 +1146,7 @@ impl Controller {
                         at,
                         quota,
                         booking,
-                    },
+                    }),
                     profiling,
                 });
                 true
@@ -1063,6 +1160,15 @@ impl Controller {
                         }
                         other => format!("booking an instance of {}: {other}", f.spec.name),
                     };
+                    if f.last_error.as_deref() != Some(message.as_str()) {
+                        self.event(
+                            EventKind::Refused,
+                            &f.spec.name,
+                            None,
+                            message.clone(),
+                            serde_json::json!({"class": class.as_str()}),
+                        );
+                    }
                     f.record_start_error(message);
                 } else {
                     // No room beside the instances an update replaces: retire them first (recreate
@@ -1222,6 +1328,18 @@ impl Controller {
                         t.time_quota = change.time_quota;
                     }
                 }
+                let reason = if decision.reason.is_empty() {
+                    format!(
+                        "{:.1} req/s against {:.1} req/s per instance (scaler {})",
+                        f.last_rps,
+                        base.capacity_rps,
+                        f.scaler.name()
+                    )
+                } else {
+                    decision.reason.clone()
+                };
+                let numbers = serde_json::json!({"rps": f.last_rps, "capacity_rps": base.capacity_rps,
+                    "instances": live, "scaler": f.scaler.name()});
                 let mut removed = 0;
                 for victim in &decision.remove {
                     let id = f
@@ -1232,11 +1350,30 @@ impl Controller {
                     if let Some(id) = id {
                         f.drain(&id, pass.now);
                         self.metrics.scaling_action(&name, "in");
+                        self.event(
+                            EventKind::ScaleIn,
+                            &name,
+                            Some(&id),
+                            format!("scale in from {live}: draining {id}; {reason}"),
+                            numbers.clone(),
+                        );
                         removed += 1;
                     }
                 }
                 for _ in 0..decision.add {
                     self.metrics.scaling_action(&name, "out");
+                }
+                if decision.add > 0 {
+                    self.event(
+                        EventKind::ScaleOut,
+                        &name,
+                        None,
+                        format!(
+                            "scale out from {live} to {}: {reason}",
+                            (live + decision.add).min(max)
+                        ),
+                        numbers,
+                    );
                 }
                 desired = (live + decision.add)
                     .saturating_sub(removed)
@@ -1246,6 +1383,13 @@ impl Controller {
             if std::mem::take(&mut f.woken) && live == 0 && max >= 1 && desired == 0 {
                 desired = 1;
                 self.metrics.scaling_action(&name, "cold-start");
+                self.event(
+                    EventKind::ColdStart,
+                    &name,
+                    None,
+                    "cold start: a request waits and no instance runs",
+                    serde_json::Value::Null,
+                );
             }
         }
         f.desired = Some(desired);
@@ -1314,7 +1458,7 @@ impl Controller {
                 profiling,
             } => {
                 let key = plan.name.clone();
-                let result = self.backend.create(plan).await;
+                let result = self.backend.create(*plan).await;
                 let now = self.clock.now_ns();
                 let mut st = lock(&self.state);
                 let State {
@@ -1364,7 +1508,19 @@ impl Controller {
                 id,
                 quota,
             } => match self.backend.set_quota(&id, quota).await {
-                Ok(()) => self.metrics.vertical_action(&function),
+                Ok(()) => {
+                    self.metrics.vertical_action(&function);
+                    self.event(
+                        EventKind::Quota,
+                        &function,
+                        Some(&id),
+                        format!(
+                            "quota of {id} set to request {:.2}, limit {:.2}",
+                            quota.request, quota.limit
+                        ),
+                        serde_json::to_value(quota).unwrap_or_default(),
+                    );
+                }
                 Err(e) => {
                     if let Some(f) = lock(&self.state).functions.get_mut(&function) {
                         f.record_error(format!("setting the quota of instance {id}: {e}"));
@@ -1373,6 +1529,13 @@ impl Controller {
             },
             Action::ReportExit { function, id, exit } => {
                 let message = format!("instance {id} exited ({exit}){}", self.log_cause(&id).await);
+                self.event(
+                    EventKind::Exit,
+                    &function,
+                    Some(&id),
+                    message.clone(),
+                    serde_json::json!({"exit": exit}),
+                );
                 if let Some(f) = lock(&self.state).functions.get_mut(&function) {
                     f.record_error(message);
                 }
@@ -1395,6 +1558,13 @@ impl Controller {
                     reason
                 };
                 self.metrics.profiled(&function, "live", false);
+                self.event(
+                    EventKind::ProfilingFailed,
+                    &function,
+                    Some(&id),
+                    reason.clone(),
+                    serde_json::Value::Null,
+                );
                 if let Err(e) = self.backend.delete(&id).await {
                     eprintln!("dilu: stopping instance {id}: {e}");
                 }
@@ -1448,6 +1618,28 @@ impl Controller {
         match outcome {
             Ok(()) => {
                 self.metrics.profiled(function, &profile.source, true);
+                self.event(
+                    EventKind::Profiled,
+                    function,
+                    Some(id),
+                    format!(
+                        "profiled ({}) on {id}: {} point{} in {:.1} s; batch {}, request {:.2}, limit {:.2}, \
+                         capacity {:.1} req/s{}",
+                        profile.source,
+                        profile.measurements,
+                        if profile.measurements == 1 { "" } else { "s" },
+                        profile.seconds,
+                        profile.batch,
+                        profile.request,
+                        profile.limit,
+                        profile.capacity_rps,
+                        profile
+                            .latency_s
+                            .map(|l| format!(", latency {:.1} ms", l * 1e3))
+                            .unwrap_or_default()
+                    ),
+                    serde_json::to_value(&profile).unwrap_or_default(),
+                );
                 f.profile = Some(profile);
                 f.phase = FunctionPhase::Running;
                 if let (Some(terms), Some(ledger), Some(t)) = (
@@ -1464,6 +1656,13 @@ impl Controller {
             }
             Err(reason) => {
                 self.metrics.profiled(function, "live", false);
+                self.event(
+                    EventKind::ProfilingFailed,
+                    function,
+                    Some(id),
+                    reason.clone(),
+                    serde_json::Value::Null,
+                );
                 f.record_error(reason.clone());
                 f.phase = FunctionPhase::Failed(reason);
             }

@@ -9,6 +9,7 @@
 //! - [`store`], [`load`], [`clock`]: where functions are kept, where traffic counts come from, what time it is.
 //! - [`views`], [`metrics`], [`error`]: what the API shows and returns; [`diagnosis`]: the readable cause of an
 //!   instance's end, from its log.
+//! - [`events`]: the bounded log of every decision ([`events::EventLog`]).
 //! - [`fake`]: a backend, a profiler and a load source in memory, for tests in virtual time.
 //!
 //! This crate never depends on the node agent, the worker or the simulator: it sees nodes and instances only
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod controller;
 pub mod diagnosis;
 pub mod error;
+pub mod events;
 pub mod fake;
 pub mod load;
 pub mod metrics;

@@ -162,7 +162,7 @@ impl PodTemplate {
             }]),
             readiness_probe: Some(Probe {
                 http_get: Some(HTTPGetAction {
-                    path: Some(plan.health_path().into()),
+                    path: Some(plan.health_path()),
                     port: IntOrString::Int(i32::from(INSTANCE_PORT)),
                     ..HTTPGetAction::default()
                 }),

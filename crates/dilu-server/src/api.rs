@@ -9,6 +9,7 @@
 //! | DELETE | `/v1/functions/{name}` | delete (instances drain, then stop) → 204 |
 //! | GET | `/v1/instances`, `/v1/nodes`, `/v1/devices` | what runs where, with quotas and usage |
 //! | GET | `/v1/policy` | the policy and the components it selects |
+//! | GET | `/v1/events`, `/v1/events/stream` | every decision with its reason (list; server-sent events) |
 //! | GET | `/metrics`, `/health` | Prometheus metrics, liveness |
 //!
 //! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). On a loopback listener only
@@ -42,9 +43,14 @@ use crate::platform::Platform;
 /// Largest spec document accepted.
 const MAX_SPEC_BYTES: usize = 1 << 20;
 
-struct ApiState {
-    platform: Arc<Platform>,
+pub(crate) struct ApiState {
+    pub(crate) platform: Arc<Platform>,
     token: Token,
+}
+
+/// The 400 response of a field at fault.
+pub(crate) fn field_error(e: FieldError) -> Response {
+    ApiError::from(e).into_response()
 }
 
 /// An error response.
@@ -421,6 +427,8 @@ pub fn router(platform: Arc<Platform>, token: String, host: HostPolicy) -> Route
         .route("/v1/nodes", get(nodes))
         .route("/v1/devices", get(devices))
         .route("/v1/policy", get(policy))
+        .route("/v1/events", get(crate::events::list))
+        .route("/v1/events/stream", get(crate::events::stream))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(not_found)

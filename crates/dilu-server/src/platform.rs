@@ -63,6 +63,12 @@ pub enum StartError {
     /// The stored functions could not be restored.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The event history could not be read.
+    #[error("reading the event history: {reason}")]
+    Events {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The running platform.
@@ -99,13 +105,21 @@ impl Platform {
         let controller = Controller::new(
             control,
             backend.clone(),
-            store,
+            Arc::clone(&store) as Arc<dyn dilu_control::FunctionStore>,
             Arc::new(GatewayLoad(Arc::clone(&gateway))),
             profiler,
             Arc::new(SystemClock::new()),
         )?;
+        controller
+            .events()
+            .attach(store)
+            .map_err(|reason| StartError::Events { reason })?;
         gateway.follow(ControllerRoutes::new(&controller));
         tokio::spawn(Arc::clone(&controller).run());
+        tokio::spawn(crate::vertical::watch(
+            Arc::clone(backend.agent()),
+            Arc::clone(&controller),
+        ));
         Ok(Arc::new(Platform {
             controller,
             gateway,

@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use dilu_api::{FunctionSpec, Profile};
+use dilu_api::{Event, FunctionSpec, Profile};
+use dilu_control::events::EventStore;
 use dilu_control::store::{FunctionStore, StoreError as ControlStoreError, StoredFunction};
 
 /// The mode of `dilu.db` and of SQLite's `-wal` and `-shm` files next to it: the functions' specs are the
@@ -130,7 +131,16 @@ impl Store {
                  profiling INTEGER NOT NULL DEFAULT 0,
                  model_key TEXT
              );
-             CREATE INDEX IF NOT EXISTS instances_by_function ON instances(function);",
+             CREATE INDEX IF NOT EXISTS instances_by_function ON instances(function);
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY,
+                 at_ms INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 function TEXT,
+                 instance TEXT,
+                 message TEXT NOT NULL,
+                 data TEXT
+             );",
         )?;
         // A version-1 file has the table without the column.
         let has_model_key = conn
@@ -342,6 +352,74 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
 
 fn control(e: StoreError) -> ControlStoreError {
     ControlStoreError(e.to_string())
+}
+
+/// The event history (the `events` table), bounded to the newest `keep` rows.
+impl EventStore for Store {
+    fn append_event(&self, event: &Event, keep: usize) -> Result<(), String> {
+        let conn = self.conn();
+        let data = (!event.data.is_null()).then(|| event.data.to_string());
+        conn.execute(
+            "INSERT OR REPLACE INTO events (seq, at_ms, kind, function, instance, message, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                event.seq as i64,
+                event.at_ms as i64,
+                event.kind.as_str(),
+                event.function,
+                event.instance,
+                event.message,
+                data
+            ],
+        )
+        .and_then(|_| {
+            conn.execute(
+                "DELETE FROM events WHERE seq <= ?1",
+                params![event.seq as i64 - keep as i64],
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    fn recent_events(&self, limit: usize) -> Result<Vec<Event>, String> {
+        let conn = self.conn();
+        let read = || -> Result<Vec<(String, Event)>, rusqlite::Error> {
+            let mut stmt = conn.prepare(
+                "SELECT seq, at_ms, kind, function, instance, message, data FROM events
+                 ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                let kind: String = r.get(2)?;
+                let data: Option<String> = r.get(6)?;
+                Ok((
+                    kind,
+                    Event {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        kind: dilu_api::EventKind::Deployed,
+                        function: r.get(3)?,
+                        instance: r.get(4)?,
+                        message: r.get(5)?,
+                        data: data
+                            .and_then(|d| serde_json::from_str(&d).ok())
+                            .unwrap_or_default(),
+                    },
+                ))
+            })?;
+            rows.collect()
+        };
+        let mut events = Vec::new();
+        for (kind, mut event) in read().map_err(|e| e.to_string())? {
+            // Rows of a kind this build does not know (from a newer one) are skipped.
+            if let Ok(kind) = kind.parse() {
+                event.kind = kind;
+                events.push(event);
+            }
+        }
+        events.reverse();
+        Ok(events)
+    }
 }
 
 impl FunctionStore for Store {

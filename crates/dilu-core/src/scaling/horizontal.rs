@@ -79,6 +79,8 @@ pub struct ScaleDecision {
     pub remove: Vec<u64>,
     /// Quota changes to apply first (hybrid scalers only).
     pub quota: Vec<QuotaChange>,
+    /// Why, in words with the numbers ("22 of 40 samples above 18.6 req/s"); empty when the scaler gives none.
+    pub reason: String,
 }
 
 impl ScaleDecision {

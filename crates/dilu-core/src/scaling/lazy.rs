@@ -272,7 +272,16 @@ impl LazyScaler {
         let capacity = |k: u32| f64::from(k) * load.per_instance_capacity;
         let over = self.samples.iter().filter(|&&s| s > capacity(n)).count();
         if n < max && over >= self.config.out_votes as usize {
-            return towards(load, n + 1);
+            let mut decision = towards(load, n + 1);
+            decision.reason = format!(
+                "{over} of the last {} samples above the capacity of {n} instance{} ({:.1} req/s; {} votes \
+                 needed)",
+                self.samples.len(),
+                if n == 1 { "" } else { "s" },
+                capacity(n),
+                self.config.out_votes
+            );
+            return decision;
         }
         if n > min {
             let fewer = n - 1;
@@ -286,7 +295,24 @@ impl LazyScaler {
             };
             let under = self.samples.iter().filter(|&&s| fits(s)).count();
             if under >= self.config.in_votes as usize {
-                return towards(load, fewer);
+                let mut decision = towards(load, fewer);
+                decision.reason = if fewer == 0 {
+                    format!(
+                        "{under} of the last {} samples idle ({} votes needed)",
+                        self.samples.len(),
+                        self.config.in_votes
+                    )
+                } else {
+                    format!(
+                        "{under} of the last {} samples within the capacity of {fewer} instance{} ({:.1} \
+                         req/s; {} votes needed)",
+                        self.samples.len(),
+                        if fewer == 1 { "" } else { "s" },
+                        capacity(fewer),
+                        self.config.in_votes
+                    )
+                };
+                return decision;
             }
         }
         ScaleDecision::hold()
@@ -425,6 +451,9 @@ pub(crate) mod tests {
             d,
             ScaleDecision {
                 add: 1,
+                reason: "20 of the last 40 samples above the capacity of 2 instances (20.0 req/s; 20 votes \
+                         needed)"
+                    .into(),
                 ..ScaleDecision::hold()
             }
         );

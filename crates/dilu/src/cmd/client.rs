@@ -24,7 +24,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client> {
+    pub(super) fn client(&self) -> Result<Client> {
         Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(120))
@@ -32,7 +32,7 @@ impl ServerArgs {
             .context("building the HTTP client")
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.trim_end_matches('/'))
     }
 
@@ -51,7 +51,7 @@ impl ServerArgs {
             })
     }
 
-    fn get(&self, path: &str) -> Result<Value> {
+    pub(super) fn get(&self, path: &str) -> Result<Value> {
         let url = self.url(path);
         let resp = self
             .client()?
@@ -63,7 +63,7 @@ impl ServerArgs {
 }
 
 /// The body of a response, or an error carrying the server's message (and the field and rule it names).
-fn json_of(resp: Response, method: &str, url: &str) -> Result<Value> {
+pub(super) fn json_of(resp: Response, method: &str, url: &str) -> Result<Value> {
     let status = resp.status();
     let text = resp.text().unwrap_or_default();
     if status.is_success() {
@@ -144,10 +144,7 @@ fn expand(text: &str, field: &str) -> Result<String> {
             Some((name, default)) => (name, Some(default)),
             None => (expression, None),
         };
-        if name.is_empty() {
-            out.push('$');
-            out.push_str(written);
-        } else if name == LEFT_FOR_THE_INSTANCE {
+        if name.is_empty() || name == LEFT_FOR_THE_INSTANCE {
             out.push('$');
             out.push_str(written);
         } else {

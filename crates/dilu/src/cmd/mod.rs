@@ -5,6 +5,7 @@ pub mod agent_kube;
 pub mod burn;
 pub mod client;
 pub mod datadir;
+pub mod events;
 pub mod gateway;
 pub mod kube;
 pub mod models;
