@@ -17,9 +17,9 @@ use common::platform::UpProc;
 
 /// The venv's Python when it has torch, torchvision and tritonclient.
 fn torch_python() -> Option<PathBuf> {
-    let venv = std::env::var_os("DILU_TORCH_VENV").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/dilu/torch"))
-    })?;
+    let venv = std::env::var_os("DILU_TORCH_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/dilu/torch")))?;
     let python = venv.join("bin/python");
     let ok = Command::new(&python)
         .args(["-c", "import torch, torchvision, tritonclient.http"])
@@ -47,7 +47,14 @@ fn repo(path: &str) -> String {
 /// `dilu deploy -f SPEC --wait` against `up`, with `DILU_PYTHON` naming `python`.
 fn deploy(up: &UpProc, spec: &str, python: &PathBuf) {
     let output = Command::new(dilu_bin())
-        .args(["deploy", "-f", &repo(spec), "--wait", "--wait-timeout-s", "240"])
+        .args([
+            "deploy",
+            "-f",
+            &repo(spec),
+            "--wait",
+            "--wait-timeout-s",
+            "240",
+        ])
         .args(["--server", &up.url, "--token", &up.token])
         .env("DILU_PYTHON", python)
         .output()
