@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart: build Dilu, fetch the example models, start the platform on this machine (`dilu up`: control
 # plane, gateway and a local node agent; the CPU device when there is no GPU), deploy the three examples, run
-# real inferences and check their answers, show what runs where, and stop.
+# real inferences and check their answers, show what runs where and the decisions taken (`dilu events`), and
+# stop.
 #
 #   scripts/quickstart.sh            (set KEEP=1 to leave `dilu up` running afterwards)
 #
@@ -69,6 +70,8 @@ echo "== dilu ls"
 "$DILU" ls
 echo "== dilu status"
 "$DILU" status
+echo "== dilu events (every decision, with its reason)"
+"$DILU" events
 
 if [[ "$upright" == 0 && "$flipped" == 1 ]]; then
     echo "quickstart: OK"

@@ -41,6 +41,27 @@ fn quickstart(cache: &std::path::Path, up_args: &str) -> String {
     for name in ["ocr-cls", "squeezenet", "mlp-train"] {
         assert!(stdout.contains(name), "dilu ls / status list {name}");
     }
+    // `dilu events` lists the decisions in order: for the profiled ocr-cls, its deployment, then its instance's
+    // placement, then the profile.
+    let events: Vec<(&str, &str)> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("== dilu events"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("quickstart:"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(3);
+            Some((words.next()?, words.next()?))
+        })
+        .collect();
+    let at = |kind: &str, function: &str| {
+        events
+            .iter()
+            .position(|e| *e == (kind, function))
+            .unwrap_or_else(|| panic!("no {kind} event of {function} in {events:?}"))
+    };
+    assert!(at("deployed", "ocr-cls") < at("placement", "ocr-cls"));
+    assert!(at("placement", "ocr-cls") < at("profiled", "ocr-cls"));
+    assert!(at("placement", "mlp-train") < events.len());
     let log = std::fs::read_to_string(dir.path().join("data/up.log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "dilu up log: {log}");
     // A stopped `dilu up` leaves no instance behind (none restarted after the stop).
