@@ -1,4 +1,5 @@
 //! Dilu's simulators: trace readers, placement replays, reports and plots.
+pub mod chart;
 pub mod csv;
 pub mod generate;
 pub mod instance_replay;

@@ -5,10 +5,11 @@
 //! - [`setup`]: profiles every function once and prepares the scenario ([`prepared`]).
 //! - [`policy`]: each policy as a bundle of placer, vertical controller and horizontal scaler.
 //! - [`engine`]: the event loop; [`batching`]: the shared dynamic batcher; [`metrics`]: what is measured.
-//! - [`report`]: comparison tables, JSON and SVG plots.
+//! - [`report`]: comparison tables, JSON and SVG plots; [`html`]: the report's `index.html`.
 
 pub mod batching;
 pub mod engine;
+pub mod html;
 pub mod metrics;
 pub mod policy;
 pub mod prepared;

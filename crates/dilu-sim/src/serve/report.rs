@@ -1,7 +1,10 @@
-//! Comparison reports of a serving scenario: a text table, JSON, and SVG plots (latency CDF, SLO violations
-//! over time, active GPUs over time, SM share in use over time).
+//! Comparison reports of a serving scenario: a text table, JSON, SVG plots (latency CDF on a logarithmic
+//! latency axis, SLO violations over time, active GPUs over time, SM share in use over time) and an HTML page
+//! holding the tables and the plots ([`crate::serve::html`]).
 
-use crate::plot::{PlotError, plot_lines};
+use crate::chart::{Axis, Chart, LogLabels, Scale, render_svg};
+use crate::plot::PlotError;
+use crate::serve::html::{Figure, render_html};
 use crate::serve::metrics::{PolicyReport, PolicyRun};
 use crate::serve::setup::ProfileSummary;
 use serde::Serialize;
@@ -140,42 +143,45 @@ fn smoothed(values: &[(f64, f64)]) -> Vec<(f64, f64)> {
     downsample(out)
 }
 
-/// Writes `report.json` and the four SVG plots into `dir` (created if missing); returns the files written.
-pub fn write_report(
-    dir: &Path,
-    comparison: &ServeComparison,
-    runs: &[PolicyRun],
-) -> Result<Vec<PathBuf>, ReportError> {
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut written = Vec::new();
-    let json_path = dir.join("report.json");
-    std::fs::write(&json_path, to_json(comparison)?).map_err(|source| ReportError::Io {
-        path: json_path.clone(),
-        source,
-    })?;
-    written.push(json_path);
+/// One plot of the report: file name, caption and chart.
+struct Plot {
+    file: &'static str,
+    caption: &'static str,
+    title: String,
+    x: Axis<'static>,
+    y: Axis<'static>,
+    data: Series,
+}
+
+/// Time on the x axis: from 0 to the last sample, ticks at round seconds.
+const TIME_AXIS: Axis<'static> = Axis {
+    label: "simulated time (s)",
+    scale: Scale::Linear {
+        zero: true,
+        tight: true,
+    },
+};
+
+/// A y axis from zero to a round number above the data.
+const fn from_zero(label: &'static str) -> Axis<'static> {
+    Axis {
+        label,
+        scale: Scale::Linear {
+            zero: true,
+            tight: false,
+        },
+    }
+}
+
+/// The report's plots, in page order; plots without data are left out.
+fn plots(comparison: &ServeComparison, runs: &[PolicyRun]) -> Vec<Plot> {
     let name = |r: &PolicyRun| r.report.policy.clone();
     let title = |what: &str| format!("{what} — {}", comparison.scenario);
-
     let latency: Series = runs
         .iter()
         .filter(|r| !r.latencies_ms.is_empty())
         .map(|r| (name(r), cdf(&r.latencies_ms)))
         .collect();
-    if !latency.is_empty() {
-        let p = dir.join("latency-cdf.svg");
-        plot_lines(
-            &p,
-            &title("Request latency CDF"),
-            "latency (ms)",
-            "fraction of requests",
-            &latency,
-        )?;
-        written.push(p);
-    }
     let series = |f: &dyn Fn(&crate::serve::metrics::TimelinePoint) -> f64, smooth: bool| {
         runs.iter()
             .map(|r| {
@@ -189,35 +195,94 @@ pub fn write_report(
                     },
                 )
             })
-            .collect::<Vec<_>>()
+            .collect::<Series>()
     };
-    let plots: [(&str, &str, &str, Series); 3] = [
-        (
-            "slo-violations.svg",
-            "SLO violations over time",
-            "SLO violation rate",
-            series(&|p| p.slo_violation_rate, true),
-        ),
-        (
-            "active-gpus.svg",
-            "Active GPUs over time",
-            "active GPUs",
-            series(&|p| f64::from(p.active_gpus), false),
-        ),
-        (
-            "sm-shares.svg",
-            "SM share in use per active GPU",
-            "mean SM·time share in use",
-            series(&|p| p.sm_used, true),
-        ),
+    let all = [
+        Plot {
+            file: "latency-cdf.svg",
+            caption: "Cumulative distribution of the latency of completed measured requests; the latency axis is \
+                      logarithmic, one decade per major tick.",
+            title: title("Request latency CDF"),
+            x: Axis {
+                label: "request latency (log scale)",
+                scale: Scale::Log10(LogLabels::Millis),
+            },
+            y: from_zero("fraction of completed requests"),
+            data: latency,
+        },
+        Plot {
+            file: "slo-violations.svg",
+            caption: "Share of the requests finished (completed or dropped) between samples that missed their \
+                      SLO, averaged over 10 samples.",
+            title: title("SLO violations over time"),
+            x: TIME_AXIS,
+            y: from_zero("SLO violations (% of requests)"),
+            data: series(&|p| p.slo_violation_rate * 100.0, true),
+        },
+        Plot {
+            file: "active-gpus.svg",
+            caption: "GPUs with at least one resident instance or training job.",
+            title: title("Active GPUs over time"),
+            x: TIME_AXIS,
+            y: from_zero("active GPUs (count)"),
+            data: series(&|p| f64::from(p.active_gpus), false),
+        },
+        Plot {
+            file: "sm-shares.svg",
+            caption: "Mean SM·time share in use per active GPU at each sample, averaged over 10 samples.",
+            title: title("SM share in use per active GPU"),
+            x: TIME_AXIS,
+            y: from_zero("SM·time share in use (% of GPU)"),
+            data: series(&|p| p.sm_used * 100.0, true),
+        },
     ];
-    for (file, what, y, data) in plots {
-        if data.iter().all(|(_, pts)| pts.is_empty()) {
-            continue;
-        }
-        let p = dir.join(file);
-        plot_lines(&p, &title(what), "time (s)", y, &data)?;
-        written.push(p);
+    all.into_iter()
+        .filter(|p| p.data.iter().any(|(_, pts)| !pts.is_empty()))
+        .collect()
+}
+
+fn write_file(path: PathBuf, text: &str, written: &mut Vec<PathBuf>) -> Result<(), ReportError> {
+    std::fs::write(&path, text).map_err(|source| ReportError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    written.push(path);
+    Ok(())
+}
+
+/// Writes `report.json`, the four SVG plots and `index.html` (the tables and the same plots inline, one
+/// self-contained page) into `dir` (created if missing); returns the files written.
+pub fn write_report(
+    dir: &Path,
+    comparison: &ServeComparison,
+    runs: &[PolicyRun],
+) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut written = Vec::new();
+    write_file(dir.join("report.json"), &to_json(comparison)?, &mut written)?;
+    let mut figures = Vec::new();
+    for plot in plots(comparison, runs) {
+        let svg = render_svg(&Chart {
+            title: &plot.title,
+            x: plot.x,
+            y: plot.y,
+            legend_title: "policy",
+            series: &plot.data,
+        })?;
+        write_file(dir.join(plot.file), &svg, &mut written)?;
+        figures.push(Figure {
+            file: plot.file.to_owned(),
+            caption: plot.caption.to_owned(),
+            svg,
+        });
     }
+    write_file(
+        dir.join("index.html"),
+        &render_html(comparison, &figures),
+        &mut written,
+    )?;
     Ok(written)
 }

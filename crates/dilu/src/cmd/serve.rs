@@ -29,7 +29,8 @@ pub struct ServeArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Directory for report.json and the SVG plots.
+    /// Directory for report.json, the SVG plots and index.html (one self-contained page with the tables and
+    /// the plots).
     #[arg(long)]
     report: Option<PathBuf>,
 }
