@@ -11,6 +11,7 @@
 //! | GET | `/v1/policy` | the policy and the components it selects |
 //! | GET | `/v1/events`, `/v1/events/stream` | every decision with its reason (list; server-sent events) |
 //! | GET | `/metrics`, `/health` | Prometheus metrics, liveness |
+//! | GET | `/ui` | the live dashboard ([`crate::ui`]) |
 //!
 //! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). On a loopback listener only
 //! loopback `Host` names are answered (421 otherwise: DNS rebinding). Errors are JSON
@@ -431,6 +432,7 @@ pub fn router(platform: Arc<Platform>, token: String, host: HostPolicy) -> Route
         .route("/v1/events/stream", get(crate::events::stream))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES))
         .layer(middleware::from_fn_with_state(

@@ -10,6 +10,7 @@
 //! - [`platform`]: the assembly ([`platform::Platform`]).
 //! - [`events`]: `GET /v1/events` and its server-sent-events stream.
 //! - [`api`]: the REST API and the listener serving everything.
+//! - [`ui`]: the live dashboard at `/ui` (embedded static page over the read-only API).
 
 #![warn(missing_docs)]
 
@@ -18,5 +19,6 @@ pub mod backend;
 pub mod events;
 pub mod platform;
 pub mod store;
+pub mod ui;
 pub mod vertical;
 pub mod wiring;
