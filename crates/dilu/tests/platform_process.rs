@@ -221,3 +221,53 @@ fn bad_process_specs_are_refused_or_fail_with_their_cause_and_disturb_nothing() 
     assert_eq!(view["status"]["phase"], "running", "{view:#}");
     assert!(view["last_error"].is_null(), "{view:#}");
 }
+
+/// `model.engine: onnxruntime` under `dilu up`: the worker is started with `--engine onnxruntime` and finds
+/// ONNX Runtime through `ORT_DYLIB_PATH`, which instances inherit; PaddleOCR's classifier answers as with tract.
+#[test]
+fn an_onnxruntime_function_serves_under_dilu_up() {
+    let Some(cache) = common::platform::ensure_models() else {
+        return;
+    };
+    let library = std::fs::read_dir(cache.join("onnxruntime"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path());
+    let Some(library) = library else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "ONNX Runtime missing from the model cache"
+        );
+        eprintln!("SKIPPED: no ONNX Runtime in {}", cache.display());
+        return;
+    };
+    // SAFETY (test only): set before any thread is started; `dilu up` inherits it.
+    unsafe { std::env::set_var("ORT_DYLIB_PATH", &library) };
+    let dir = tempfile::tempdir().unwrap();
+    let up = UpProc::start(&dir.path().join("data"), &[]);
+    let spec = format!(
+        "name: cls-ort\nmodel: {{path: {}, input_shape: [1, 3, 48, 192], max_batch: 4, engine: onnxruntime}}\n\
+         slo_ms: 500\nquota: {{request: 0.3, limit: 0.6}}\nscaling: {{max_instances: 1, capacity_rps: 20}}\n",
+        cache.join("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx").display()
+    );
+    let (status, body) = up.deploy_yaml(&spec);
+    assert_eq!(status, 201, "{body}");
+    up.wait_running("cls-ort", 1, Duration::from_secs(60));
+    for (input, class) in [("text-upright.json", 0), ("text-flipped.json", 1)] {
+        let request = std::fs::read(cache.join("inputs").join(input)).unwrap();
+        let (status, body) = up.infer("cls-ort", &request);
+        assert_eq!(status, 200, "{body}");
+        let scores: Vec<f64> = body["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let top = (0..scores.len())
+            .max_by(|a, b| scores[*a].total_cmp(&scores[*b]))
+            .unwrap();
+        assert_eq!(top, class, "{input}: {scores:?}");
+    }
+}

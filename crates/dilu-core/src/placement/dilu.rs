@@ -243,6 +243,15 @@ impl Placer for DiluPlacer {
             }
             InstanceKind::Inference | InstanceKind::Pod => self.place_gang(cluster, req, mask),
         };
-        placed.ok_or_else(|| Unschedulable::NoRoom(describe(req)))
+        placed.ok_or_else(|| {
+            Unschedulable::NoRoom(format!(
+                "{} with an SM limit of {} milli; Dilu admits on a GPU Σ requests up to {} and Σ limits up to {} × \
+                 the GPU",
+                describe(req),
+                req.sm_limit,
+                self.params.omega,
+                self.params.gamma
+            ))
+        })
     }
 }
