@@ -1392,6 +1392,21 @@ impl Controller {
                 );
             }
         }
+        if f.desired.is_none() && desired > live {
+            // The first sizing of a function: its bounds, not a scaler's vote.
+            let why = if f.spec.kind == InstanceKind::Training {
+                format!("a training job runs scaling.min_instances ({min})")
+            } else {
+                format!("scaling.min_instances is {min}")
+            };
+            self.event(
+                EventKind::ScaleOut,
+                &name,
+                None,
+                format!("scale out from {live} to {desired}: {why}"),
+                serde_json::json!({"instances": live, "desired": desired, "min_instances": min}),
+            );
+        }
         f.desired = Some(desired);
         if live < desired {
             let Some(terms) = f.terms(&self.config.policy, 1.0) else {

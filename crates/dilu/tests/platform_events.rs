@@ -92,9 +92,17 @@ fn decisions_are_listed_in_order_with_their_reasons_and_streamed_live() {
     assert_eq!(status, 201, "{body}");
     up.wait_running("busy", 1, Duration::from_secs(60));
 
+    // Sized by its bounds first (a scaling decision too).
+    let sized = events(&up, "?function=busy&kind=scale-out");
+    assert_eq!(
+        sized[0]["message"], "scale out from 0 to 1: scaling.min_instances is 1",
+        "{sized:?}"
+    );
     // A follower started now sees the next events as they happen.
+    let last = events(&up, "").last().unwrap()["seq"].as_u64().unwrap();
     let mut follower = Command::new(dilu_bin())
         .args(["events", "-f", "--function", "busy", "--kind", "scale-out"])
+        .args(["--since", &last.to_string()])
         .args(["--server", &up.url])
         .stdout(Stdio::piped())
         .spawn()
@@ -114,7 +122,7 @@ fn decisions_are_listed_in_order_with_their_reasons_and_streamed_live() {
         let (status, body) = up.infer("busy", SAMPLE.as_bytes());
         assert_eq!(status, 200, "{body}");
         std::thread::sleep(Duration::from_millis(80));
-        let out = events(&up, "?function=busy&kind=scale-out");
+        let out = events(&up, &format!("?function=busy&kind=scale-out&since={last}"));
         if let Some(e) = out.first() {
             scaled_at = Some((Instant::now(), e.clone()));
         }
