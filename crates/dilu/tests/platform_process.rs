@@ -250,7 +250,9 @@ fn an_onnxruntime_function_serves_under_dilu_up() {
     let spec = format!(
         "name: cls-ort\nmodel: {{path: {}, input_shape: [1, 3, 48, 192], max_batch: 4, engine: onnxruntime}}\n\
          slo_ms: 500\nquota: {{request: 0.3, limit: 0.6}}\nscaling: {{max_instances: 1, capacity_rps: 20}}\n",
-        cache.join("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx").display()
+        cache
+            .join("ppocr/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+            .display()
     );
     let (status, body) = up.deploy_yaml(&spec);
     assert_eq!(status, 201, "{body}");
