@@ -862,7 +862,7 @@ async fn memory_cap_refusals_reach_the_function_status_in_words_once_per_new_ref
         )
     );
     // The instance keeps serving: it stays routed.
-    assert_eq!(rig.routed("m"), [id.clone()]);
+    assert_eq!(rig.routed("m"), [id]);
 }
 
 #[tokio::test]
