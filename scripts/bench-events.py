@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the event stream costs the request path: serial v2 requests through a running `dilu up`'s gateway,
 in alternating rounds without and with N followers of `GET /v1/events/stream` (server-sent events) connected,
-each follower reading every event; prints p50/p99 per condition and their ratios.
+each follower a `curl -N` process of its own reading every event; prints p50/p99 per condition and their ratios.
 
     scripts/bench-events.py --url http://127.0.0.1:8080 --function relu --request FILE [--followers 4]
         [--rounds 6] [--requests 1500]
@@ -12,7 +12,7 @@ Events are not emitted per request: what a follower can cost the gateway is the 
 import argparse
 import http.client
 import statistics
-import threading
+import subprocess
 import time
 import urllib.parse
 
@@ -22,21 +22,10 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def follow(url, stop, counts, index):
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-    conn.request("GET", "/v1/events/stream")
-    resp = conn.getresponse()
-    while not stop.is_set():
-        try:
-            line = resp.fp.readline()
-        except TimeoutError:
-            continue
-        if not line:
-            break
-        if line.startswith(b"data:"):
-            counts[index] += 1
-    conn.close()
+def followers(url, n):
+    """`n` followers of the event stream, each its own process (`curl -N`), reading every event."""
+    return [subprocess.Popen(["curl", "-sN", f"{url}/v1/events/stream"], stdout=subprocess.DEVNULL)
+            for _ in range(n)]
 
 
 def round_of(url, function, body, n):
@@ -71,17 +60,13 @@ def main():
     medians = {"without": [], "with": []}
     for r in range(a.rounds * 2):
         condition = ("without", "with")[(r + r // 2) % 2]
-        stop = threading.Event()
-        counts = [0] * a.followers
-        threads = []
-        if condition == "with":
-            threads = [threading.Thread(target=follow, args=(a.url, stop, counts, i), daemon=True)
-                       for i in range(a.followers)]
-            for t in threads:
-                t.start()
-            time.sleep(0.2)
+        running = followers(a.url, a.followers) if condition == "with" else []
+        if running:
+            time.sleep(0.3)
         times = round_of(a.url, a.function, body, a.requests)
-        stop.set()
+        for p in running:
+            p.terminate()
+            p.wait()
         results[condition] += times
         medians[condition].append(statistics.median(times))
     for condition in ("without", "with"):
