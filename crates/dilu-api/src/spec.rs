@@ -202,6 +202,15 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// Its name (`onnx`, `trainer`, `process`).
+    pub fn name(&self) -> RuntimeName {
+        match self {
+            Runtime::Onnx { .. } => RuntimeName::Onnx,
+            Runtime::Trainer { .. } => RuntimeName::Trainer,
+            Runtime::Process { .. } => RuntimeName::Process,
+        }
+    }
+
     /// The classes of device its instances may run on, in order of preference: the control plane places an
     /// instance in the first class the cluster has. The built-in worker (either engine) and trainer charge
     /// CPU time to their channel, so they are placed on CPU devices even on a node with GPUs; a process

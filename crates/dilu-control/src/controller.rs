@@ -969,7 +969,7 @@ impl Controller {
                 ended.push(id.clone());
             }
         }
-        let ready_timeout_ns = self.ready_timeout(&f.spec).as_nanos() as u64;
+        let ready_timeout = self.ready_timeout(&f.spec);
         let mut notes = Vec::new();
         for (id, t) in f.instances.iter_mut() {
             if t.obs.alloc_failures > t.reported_alloc_failures {
@@ -992,13 +992,13 @@ impl Controller {
             } else if !t.reported_not_ready
                 && profiling_id.as_deref() != Some(id.as_str())
                 && t.obs.phase == InstancePhase::Starting
-                && pass.now.saturating_sub(t.since_ns) >= ready_timeout_ns
+                && pass.now.saturating_sub(t.since_ns) >= ready_timeout.as_nanos() as u64
             {
                 t.reported_not_ready = true;
                 notes.push((
                     EventKind::NotReady,
                     id.clone(),
-                    not_ready_message(id, &t.obs, self.ready_timeout(&f.spec)),
+                    not_ready_message(id, &t.obs, ready_timeout),
                 ));
             }
         }

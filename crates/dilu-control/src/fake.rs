@@ -179,6 +179,7 @@ impl InstanceBackend for FakeBackend {
 
     fn create(&self, plan: InstancePlan) -> BoxFuture<'_, Result<ObservedInstance, BackendError>> {
         self.call(format!("create {}", plan.name));
+        let path = model_path(&plan.runtime);
         let result = if lock(&self.instances).contains_key(&plan.name) {
             Err(BackendError::Conflict(FieldError::new(
                 "name",
@@ -210,8 +211,8 @@ impl InstanceBackend for FakeBackend {
                 FakeInstance {
                     obs: obs.clone(),
                     ready_at_ns: self.clock.now_ns() + self.ready_after_ns,
-                    broken: model_path(&plan.runtime).contains("broken"),
-                    silent: model_path(&plan.runtime).contains("silent"),
+                    broken: path.contains("broken"),
+                    silent: path.contains("silent"),
                 },
             );
             Ok(obs)

@@ -285,7 +285,10 @@ impl InstanceBackend for ProcessBackend {
                     (labels::TEMPLATE.to_string(), plan.template.clone()),
                     (labels::GENERATION.to_string(), plan.generation.to_string()),
                     (ENDPOINT.to_string(), endpoint),
-                    (RUNTIME.to_string(), runtime_name(&plan.runtime).to_string()),
+                    (
+                        RUNTIME.to_string(),
+                        plan.runtime.name().as_str().to_string(),
+                    ),
                 ]),
             };
             // The ledger admitted the plan: the control plane is the one admission check.
@@ -367,15 +370,6 @@ impl InstanceBackend for ProcessBackend {
             Runtime::Trainer { .. } => Ok(()),
             Runtime::Process { process } => check_process(process),
         }
-    }
-}
-
-/// The name of `runtime`.
-fn runtime_name(runtime: &Runtime) -> &'static str {
-    match runtime {
-        Runtime::Onnx { .. } => RuntimeName::Onnx.as_str(),
-        Runtime::Trainer { .. } => RuntimeName::Trainer.as_str(),
-        Runtime::Process { .. } => RuntimeName::Process.as_str(),
     }
 }
 

@@ -98,8 +98,13 @@ pub async fn watch(agent: Arc<Agent>, controller: Arc<Controller>) {
     loop {
         tick.tick().await;
         let now = seen(&agent.instances());
+        let moved = moves(&before, &now);
+        before = now;
+        if moved.is_empty() {
+            continue;
+        }
         let owners = controller.owners();
-        for (device, list) in moves(&before, &now) {
+        for (device, list) in moved {
             if last_event
                 .get(&device)
                 .is_some_and(|t| t.elapsed() < MIN_GAP)
@@ -126,9 +131,6 @@ pub async fn watch(agent: Arc<Agent>, controller: Arc<Controller>) {
                 data,
             );
         }
-        // Compare against the last sample that led to an event or to nothing, so slow drifts add up only
-        // while they last.
-        before = now;
     }
 }
 

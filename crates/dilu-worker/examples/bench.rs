@@ -3,73 +3,13 @@
 //!
 //! `cargo run --release -p dilu-worker --example bench -- MODEL.onnx [INPUT_SHAPE] [CLIENTS] [SECONDS]`
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{metric, percentile, start};
 use dilu_worker::WorkerConfig;
 use serde_json::{Value, json};
-
-struct Running {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start(config: WorkerConfig) -> Result<Running, Box<dyn std::error::Error>> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let thread = std::thread::spawn(move || {
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            if let Err(e) = dilu_worker::serve(config, listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-            {
-                eprintln!("worker: {e}");
-            }
-        });
-    });
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !client
-        .get(format!("{base}/v2/health/ready"))
-        .send()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        if Instant::now() > deadline {
-            return Err("the worker did not become ready".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Running {
-        base,
-        stop: Some(stop),
-        thread: Some(thread),
-    })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -87,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut config = WorkerConfig::new("m", &path);
         config.input_shape = shape.clone();
         config.max_batch = max_batch;
-        let w = start(config)?;
+        let w = start(config, Duration::from_secs(120))?;
         let client = reqwest::blocking::Client::new();
         let meta: Value = client
             .get(format!("{}/v2/models/m", w.base))
@@ -178,10 +118,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
 }

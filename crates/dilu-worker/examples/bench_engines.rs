@@ -10,82 +10,16 @@
 //! models come from `$DILU_MODEL_CACHE` (default `~/.cache/dilu/models`), ONNX Runtime's library from
 //! `$ORT_DYLIB_PATH`, else the cache's `onnxruntime/libonnxruntime.so.1.31.1`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{metric, percentile, start};
 use dilu_worker::{Engine, WorkerConfig};
 use serde_json::{Value, json};
 
-struct Running {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 type Error = Box<dyn std::error::Error>;
-
-fn start(config: WorkerConfig) -> Result<Running, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let thread = std::thread::spawn(move || {
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            if let Err(e) = dilu_worker::serve(config, listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-            {
-                eprintln!("worker: {e}");
-            }
-        });
-    });
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !client
-        .get(format!("{base}/v2/health/ready"))
-        .send()
-        .is_ok_and(|r| r.status() == 200)
-    {
-        if Instant::now() > deadline {
-            return Err("the worker did not become ready".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Running {
-        base,
-        stop: Some(stop),
-        thread: Some(thread),
-    })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
 
 /// One model/engine's numbers.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +35,7 @@ struct Row {
 
 fn measure(config: WorkerConfig, serial: usize, seconds: u64) -> Result<Row, Error> {
     let loading = Instant::now();
-    let w = start(config)?;
+    let w = start(config, Duration::from_secs(180))?;
     let load_s = loading.elapsed().as_secs_f64();
     let client = reqwest::blocking::Client::new();
     let meta: Value = client

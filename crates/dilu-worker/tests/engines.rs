@@ -58,16 +58,6 @@ fn config(case: &Case, engine: Engine, lib: &std::path::Path) -> WorkerConfig {
     c
 }
 
-/// A deterministic, varied input: a simple hash of the index in [0, 1).
-fn pattern(n: usize, seed: u64) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let x = (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
-            (x % 1000) as f32 / 1000.0
-        })
-        .collect()
-}
-
 fn get(client: &Client, w: &Worker, path: &str) -> Value {
     let r = client.get(w.url(path)).send().unwrap();
     assert_eq!(r.status(), 200, "GET {path}");
@@ -87,7 +77,7 @@ fn post(client: &Client, w: &Worker, model: &str, body: &Value) -> (u16, Value) 
 fn request(name: &str, shape: &[usize], seed: u64) -> Value {
     let n: usize = shape.iter().product();
     json!({"id": format!("r{seed}"), "inputs": [{"name": name, "shape": shape, "datatype": "FP32",
-                                                 "data": pattern(n, seed)}]})
+                                                 "data": common::pattern(n, seed)}]})
 }
 
 /// Compares two successful answers output by output (name, datatype, shape exactly; data within 1e-4 absolute
@@ -299,7 +289,7 @@ fn onnxruntime_computes_on_the_calling_thread() {
     let samples: Vec<Sample> = (0..8)
         .map(|k| Sample {
             batch: 1,
-            inputs: vec![TensorData::Fp32(pattern(n, k))],
+            inputs: vec![TensorData::Fp32(common::pattern(n, k))],
         })
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();

@@ -76,16 +76,6 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-/// A deterministic, varied input: a simple hash of the index in [0, 1).
-fn pattern(n: usize, seed: u64) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let x = (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
-            (x % 1000) as f32 / 1000.0
-        })
-        .collect()
-}
-
 #[test]
 fn health_metadata_and_metrics() {
     let Some(w) = start(|_| {}) else { return };
@@ -281,8 +271,14 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
         assert_eq!(r.status(), 200);
         r.json::<Value>().unwrap()
     };
-    let alone = output_data(&post(&client, &request(&name, &shape, pattern(n, 1))));
-    let alone_2 = output_data(&post(&client, &request(&name, &shape, pattern(n, 2))));
+    let alone = output_data(&post(
+        &client,
+        &request(&name, &shape, common::pattern(n, 1)),
+    ));
+    let alone_2 = output_data(&post(
+        &client,
+        &request(&name, &shape, common::pattern(n, 2)),
+    ));
 
     let start = Instant::now();
     let results: Vec<Value> = std::thread::scope(|scope| {
@@ -294,11 +290,11 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
                     let body = match k {
                         3 => {
                             shape[0] = 2;
-                            let mut data = pattern(n, 1);
-                            data.extend(pattern(n, 2));
+                            let mut data = common::pattern(n, 1);
+                            data.extend(common::pattern(n, 2));
                             request(&name, &shape, data)
                         }
-                        _ => request(&name, &shape, pattern(n, k + 1)),
+                        _ => request(&name, &shape, common::pattern(n, k + 1)),
                     };
                     post(&client, &body)
                 })
@@ -470,7 +466,7 @@ fn a_request_batch_over_max_batch_is_400_naming_the_rule() {
         let n = shape.iter().product();
         let r = client
             .post(&url)
-            .json(&request(&name, &shape, pattern(n, 3)))
+            .json(&request(&name, &shape, common::pattern(n, 3)))
             .send()
             .unwrap();
         (name, r.status().as_u16(), r.json::<Value>().unwrap())
@@ -619,7 +615,7 @@ fn binary_tensors_in_and_out_match_the_json_answer() {
     let (name, shape) = input_of(&meta, 2);
     let output = meta["outputs"][0]["name"].as_str().unwrap().to_string();
     let n: usize = shape.iter().product();
-    let data = pattern(n, 3);
+    let data = common::pattern(n, 3);
     let (status, reference) = infer(&client, &w, &request(&name, &shape, data.clone()));
     assert_eq!(status, 200, "{reference}");
     let expected = output_data(&reference);

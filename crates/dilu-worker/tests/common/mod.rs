@@ -177,3 +177,13 @@ impl Drop for Served {
         }
     }
 }
+
+/// A deterministic, varied input: a simple hash of the index in [0, 1).
+pub fn pattern(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+            (x % 1000) as f32 / 1000.0
+        })
+        .collect()
+}
