@@ -1108,13 +1108,21 @@ impl Controller {
             Ok(at) => {
                 take(pass.next_seq);
                 let requested = pass.ledger.requested(&at);
+                let score = pass.ledger.score(&key);
+                let why = score.map_or(String::new(), |s| {
+                    format!(
+                        " ({}score {:.3}, lower wins)",
+                        s.tier.map_or(String::new(), |t| format!("{t}, ")),
+                        s.value
+                    )
+                });
                 self.event(
                     EventKind::Placement,
                     &f.spec.name,
                     Some(&key),
                     format!(
-                        "placed {key} on {}/{} ({}) by placer {}: request {:.2}, limit {:.2}{}; the device's \
-                         requests now total {requested:.2}",
+                        "placed {key} on {}/{} ({}) by placer {}{why}: request {:.2}, limit {:.2}{}; the \
+                         device's requests now total {requested:.2}",
                         at.node,
                         at.device,
                         class.as_str(),
@@ -1125,7 +1133,7 @@ impl Controller {
                     ),
                     serde_json::json!({"node": at.node, "device": at.device, "class": class.as_str(),
                         "request": quota.request, "limit": quota.limit, "device_requested": requested,
-                        "profiling": profiling}),
+                        "profiling": profiling, "score": score}),
                 );
                 let batch = match &f.profile {
                     Some(p) if p.batch > 0 && !profiling => p.batch,

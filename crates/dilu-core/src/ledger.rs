@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, NodeSpec, Placement};
-use crate::placement::Placer;
+use crate::placement::{PlacementScore, Placer};
 use crate::request::{InstanceRequest, SM_MILLI};
 
 /// A device a node offers, as the ledger needs it.
@@ -128,6 +128,8 @@ struct Booking {
     placement: Placement,
     request: InstanceRequest,
     at: DeviceRef,
+    /// Why the placer chose it (none for an adopted instance or a placer without a score).
+    score: Option<PlacementScore>,
 }
 
 /// The devices of one class, by node (nodes without such a device left out), and their cluster model; a
@@ -303,6 +305,7 @@ impl Ledger {
                 placement,
                 request,
                 at: at.clone(),
+                score: None,
             },
         );
         Ok(at)
@@ -341,7 +344,17 @@ impl Ledger {
             .placer
             .place(&pool.cluster, request)
             .map_err(|e| LedgerError::Unschedulable(e.to_string()))?;
-        self.book(key, class, placement, request.clone())
+        let score = self.placer.explain(&pool.cluster, request, &placement);
+        let at = self.book(key, class, placement, request.clone())?;
+        if let Some(booking) = self.bookings.get_mut(key) {
+            booking.score = score;
+        }
+        Ok(at)
+    }
+
+    /// The score the placer chose `key`'s device by, if it ranks by one.
+    pub fn score(&self, key: &str) -> Option<&PlacementScore> {
+        self.bookings.get(key)?.score.as_ref()
     }
 
     /// Books an instance that already runs on `at` (adopted after a restart): the placer is not asked, but
@@ -573,6 +586,38 @@ mod tests {
         l.resize("i5", &ask(InstanceKind::Training, 0.1, 0.3))
             .unwrap();
         assert!((l.requested(&at) - 0.85).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_booking_keeps_the_score_the_placer_chose_it_by() {
+        // Nothing asks for device memory here: Dilu's fit is 0.6 × (SM request left free) + 0.4 × 1.
+        let mut l = ledger(&[node("local", &["CPU-a", "CPU-b"])]);
+        l.place(
+            "a",
+            &ask(InstanceKind::Inference, 0.5, 0.6),
+            DeviceClass::Cpu,
+        )
+        .unwrap();
+        let a = l.score("a").unwrap().clone();
+        assert_eq!(a.tier, Some("idle device on an empty node"));
+        assert!((a.value - (0.6 * 0.5 + 0.4)).abs() < 1e-9, "{a:?}");
+        // The second goes beside the first (an active device beats an idle one) and leaves 0.2 free.
+        let at = l
+            .place(
+                "b",
+                &ask(InstanceKind::Inference, 0.3, 0.3),
+                DeviceClass::Cpu,
+            )
+            .unwrap();
+        assert_eq!(&at, l.device_of("a").unwrap());
+        let b = l.score("b").unwrap();
+        assert_eq!(b.tier, Some("active device"));
+        assert!((b.value - (0.6 * 0.2 + 0.4)).abs() < 1e-9, "{b:?}");
+        let adopted = l.device_of("a").unwrap().clone();
+        l.adopt("c", &adopted, &ask(InstanceKind::Inference, 0.1, 0.1))
+            .unwrap();
+        assert_eq!(l.score("c"), None, "an adopted instance was not placed");
+        assert_eq!(l.score("missing"), None);
     }
 
     #[test]

@@ -164,6 +164,24 @@ fn decisions_are_listed_in_order_with_their_reasons_and_streamed_live() {
         placement.as_str().unwrap().contains(", to profile;"),
         "{placement}"
     );
+    // The placer's score says why this device: the first instance on an empty node's idle device.
+    let score = &profiled[placed]["data"]["score"];
+    assert_eq!(
+        score["tier"].as_str(),
+        Some("idle device on an empty node"),
+        "{}",
+        profiled[placed]
+    );
+    let value = score["value"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&value)
+            && placement
+                .as_str()
+                .unwrap()
+                .contains(&format!("score {value:.3}, lower wins")),
+        "{}",
+        profiled[placed]
+    );
     assert!(
         profiled[done]["message"]
             .as_str()

@@ -9,7 +9,7 @@
 use crate::cluster::{Cluster, GpuShare, GpuState, ModelMask, Node, Placement};
 use crate::placement::gang::{best_gang, node_admits};
 use crate::placement::kube::describe;
-use crate::placement::{Placer, Unschedulable};
+use crate::placement::{PlacementScore, Placer, Unschedulable};
 use crate::request::{InstanceKind, InstanceRequest, SM_MILLI};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -75,6 +75,25 @@ impl DiluPlacer {
         self.params.alpha * sm + self.params.beta * mem_term
     }
 
+    /// The tier a GPU is ranked in for `req` (the tiers' offsets order them) and its name.
+    fn tier(
+        affinity: &BTreeSet<(usize, usize)>,
+        ni: usize,
+        node: &Node,
+        gi: usize,
+        g: &GpuState,
+    ) -> (f64, &'static str) {
+        if affinity.contains(&(ni, gi)) {
+            (0.0, "beside a training gang of the same function")
+        } else if !g.is_idle() {
+            (TIER_ACTIVE, "active device")
+        } else if node.is_empty() {
+            (TIER_IDLE_EMPTY_NODE, "idle device on an empty node")
+        } else {
+            (TIER_IDLE_USED_NODE, "idle device on a node in use")
+        }
+    }
+
     fn idle_tier(node: &Node) -> f64 {
         if node.is_empty() {
             TIER_IDLE_EMPTY_NODE
@@ -125,13 +144,7 @@ impl DiluPlacer {
             if !self.admits(node, g, req.sm_request, req.sm_limit, req.gpu_mem_mib) {
                 return None;
             }
-            let tier = if affinity.contains(&(ni, gi)) {
-                0.0
-            } else if !g.is_idle() {
-                TIER_ACTIVE
-            } else {
-                Self::idle_tier(node)
-            };
+            let (tier, _) = Self::tier(&affinity, ni, node, gi, g);
             Some(tier + self.fit_score(node, g, req.sm_request, req.gpu_mem_mib))
         })
         .map(|(n, gpus)| Placement::uniform(n, req, &gpus))
@@ -222,6 +235,39 @@ impl DiluPlacer {
 impl Placer for DiluPlacer {
     fn name(&self) -> &'static str {
         "dilu"
+    }
+
+    /// The 2D best-fit score of the chosen GPUs (summed over a gang) and the tier they were taken from. An LLM
+    /// placed by memory (worst fit, or split over GPUs) and a GPU-less instance have none.
+    fn explain(
+        &self,
+        cluster: &Cluster,
+        req: &InstanceRequest,
+        placement: &Placement,
+    ) -> Option<PlacementScore> {
+        let node = cluster.nodes().get(placement.node)?;
+        if placement.shares.is_empty() || req.kind == InstanceKind::LlmInference {
+            return None;
+        }
+        let affinity = match (&req.service, req.kind, req.gpu_count) {
+            (Some(s), InstanceKind::Inference | InstanceKind::Pod, 1) => {
+                Self::training_affinity(cluster, s)
+            }
+            _ => BTreeSet::new(),
+        };
+        let mut value = 0.0;
+        let mut tier = None;
+        for share in &placement.shares {
+            let gi = share.gpu as usize;
+            let g = node.gpus.get(gi)?;
+            value += self.fit_score(node, g, req.sm_request, req.gpu_mem_mib);
+            tier.get_or_insert(Self::tier(&affinity, placement.node, node, gi, g).1);
+        }
+        Some(PlacementScore {
+            value,
+            measure: "2D best-fit: alpha × SM request left free + beta × memory left free (lower is tighter)",
+            tier,
+        })
     }
 
     fn place(

@@ -42,6 +42,28 @@ pub trait Placer: Send {
         cluster: &Cluster,
         req: &InstanceRequest,
     ) -> Result<Placement, Unschedulable>;
+
+    /// Why `placement` (this placer's answer for `req` on `cluster`, before it is allocated) won: the score it
+    /// ranked by, for events and logs. `None` for placers that do not rank by a score.
+    fn explain(
+        &self,
+        _cluster: &Cluster,
+        _req: &InstanceRequest,
+        _placement: &Placement,
+    ) -> Option<PlacementScore> {
+        None
+    }
+}
+
+/// The score a placer chose a placement by, as [`Placer::explain`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlacementScore {
+    /// The score of the chosen GPUs within their tier; lower won.
+    pub value: f64,
+    /// What the value measures (e.g. "2D best-fit: the SM and memory fragment left").
+    pub measure: &'static str,
+    /// The tier the GPUs were chosen from, if the placer ranks by tiers first (e.g. "active device").
+    pub tier: Option<&'static str>,
 }
 
 /// Every placement policy the project implements.
