@@ -30,6 +30,12 @@
 //! the second loopback hop and the worker) and the time before the handler runs are outside it, so the
 //! end-to-end comparison stays the measure of what the gateway adds.
 //!
+//! A last phase measures what the event stream costs the gateway (`docs/observability.md`): the gateway's
+//! listener also serves `/v1/events/stream` of an event log persisted in the SQLite store, as `dilu up`'s one
+//! listener does, with four followers connected throughout. At 1,000 requests/s each round has a direct
+//! segment and one via the gateway per event rate (0, 20 and 200 events/s recorded by another thread and
+//! streamed to every follower), in rotating order; the cost of a rate is its added latency less that at 0.
+//!
 //! Run: `cargo bench -p dilu-server --bench gateway_overhead`
 
 use std::net::SocketAddr;
@@ -41,6 +47,8 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use dilu_api::EventKind;
+use dilu_control::events::{EventFilter, EventLog, system_wall_clock};
 use dilu_gateway::{Endpoint, FunctionPolicy, Gateway, GatewayConfig};
 use dilu_worker::WorkerConfig;
 use serde_json::{Value, json};
@@ -60,6 +68,14 @@ const WARMUP: Duration = Duration::from_millis(500);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The acceptance target: added p99 at 1,000 requests/s.
 const TARGET_ADDED_P99: Duration = Duration::from_millis(1);
+/// Event-stream phase: request rate, how many SSE followers stay connected, and the event rates compared
+/// (events recorded per second). `dilu up` records at most one vertical event per device per 500 ms and a
+/// scaling decision every few seconds, so 20/s is a busy ten-device node and 200/s ten times that.
+const EVENTS_RATE: u32 = 1_000;
+const FOLLOWERS: usize = 4;
+const EVENT_LEVELS: [u32; 3] = [0, 20, 200];
+/// The acceptance target: the live event stream adds under 5 % to the gateway's added latency.
+const TARGET_EVENT_COST: f64 = 0.05;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -174,7 +190,21 @@ fn main() -> BenchResult<()> {
             url: direct_base.clone(),
         }],
     );
-    let gateway_addr = gateway_rt.block_on(serve(gateway.router()))?;
+    // The event log as `dilu up` keeps it: persisted in the SQLite store, its stream served by the listener
+    // that serves the gateway (one listener serves `/v1` and `/v2` in `dilu up`).
+    let event_dir = tempfile::tempdir()?;
+    let events = Arc::new(EventLog::new(10_000, system_wall_clock()));
+    let store = dilu_server::store::Store::open(&event_dir.path().join("dilu.db"))?;
+    events.attach(Arc::new(store))?;
+    let stream_log = Arc::clone(&events);
+    let router = gateway.router().route(
+        "/v1/events/stream",
+        get(move || {
+            let log = Arc::clone(&stream_log);
+            async move { dilu_server::events::sse_stream(&log, EventFilter::default(), 1) }
+        }),
+    );
+    let gateway_addr = gateway_rt.block_on(serve(router))?;
 
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -234,6 +264,14 @@ fn main() -> BenchResult<()> {
         let own = (own_time_buckets(&gateway), own_before);
         rows.push((rate, direct, via, median(&mut round_added_p99), own));
     }
+    let stream_cost = event_stream_cost(
+        &load,
+        &client,
+        [url(Target::Direct), url(Target::Gateway)],
+        &payload,
+        &events,
+        gateway_addr,
+    )?;
     let load_after = load_average();
     let steal = match (cpu_before, cpu_times()) {
         (Some((total0, steal0)), Some((total1, steal1))) if total1 > total0 => format!(
@@ -316,6 +354,7 @@ fn main() -> BenchResult<()> {
             }
         );
     }
+    stream_cost.print();
     println!(
         "Setup: one process, three one-thread tokio runtimes: the worker's (plus its model executor thread), the \
          gateway's (`Gateway::router()` under axum, forwarding over its own pooled HTTP/1.1 client) and the load \
@@ -707,4 +746,235 @@ fn signed_us(via: Duration, direct: Duration) -> String {
         "{:+.0} µs",
         (via.as_secs_f64() - direct.as_secs_f64()) * 1e6
     )
+}
+
+/// What the event-stream phase measured, per level of [`EVENT_LEVELS`].
+struct StreamCost {
+    /// Pooled `(p50, p99)` the gateway added (gateway − direct) at each level.
+    pooled: Vec<(f64, f64)>,
+    /// Median over rounds of each level's added `(p50, p99)`; the segments of a round are adjacent in time.
+    rounds: Vec<(f64, f64)>,
+    /// Median over rounds of `(level − quiet)` added `(p50, p99)`.
+    round_cost: Vec<(f64, f64)>,
+    recorded: u64,
+    delivered: u64,
+    failures: usize,
+}
+
+impl StreamCost {
+    fn print(&self) {
+        let ratio = |cost: f64, base: f64| {
+            if base > 0.0 {
+                format!("{:+.1} %", 100.0 * cost / base)
+            } else {
+                "n/a".to_string()
+            }
+        };
+        println!(
+            "## Event stream: the gateway's added latency with the stream quiet and live\n\n\
+             {EVENTS_RATE} req/s; {FOLLOWERS} followers on `/v1/events/stream` of the gateway's own listener the \
+             whole time; at each level the producer records that many events per second into the SQLite-backed \
+             event log, streamed to every follower (0 = the followers connected, nothing recorded). Cost = added \
+             latency at the level − added latency at 0, over the added latency at 0.\n"
+        );
+        println!(
+            "| events/s | added p50 (pooled) | added p99 (pooled) | added p50 (median of rounds) | added p99 (median of rounds) | cost p50 (median of rounds) | cost p99 (median of rounds) |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        let (q50, q99) = self.rounds[0];
+        for (i, level) in EVENT_LEVELS.iter().enumerate() {
+            let (c50, c99) = self.round_cost[i];
+            println!(
+                "| {level} | {:+.0} µs | {:+.0} µs | {:+.0} µs | {:+.0} µs | {} ({c50:+.1} µs) | {} ({c99:+.1} µs) |",
+                self.pooled[i].0,
+                self.pooled[i].1,
+                self.rounds[i].0,
+                self.rounds[i].1,
+                ratio(c50, q50),
+                ratio(c99, q99),
+            );
+        }
+        let met = |i: usize| {
+            let (c50, c99) = self.round_cost[i];
+            q50 > 0.0
+                && q99 > 0.0
+                && c50 <= TARGET_EVENT_COST * q50
+                && c99 <= TARGET_EVENT_COST * q99
+        };
+        println!(
+            "\nEvents recorded: {}; delivered to followers: {} of {} ({FOLLOWERS} each); {} failed requests. \
+             Target (a live stream adds under {:.0} % to the added p50 and p99, median of rounds): {} at {}/s, \
+             {} at {}/s.\n",
+            self.recorded,
+            self.delivered,
+            self.recorded * FOLLOWERS as u64,
+            self.failures,
+            TARGET_EVENT_COST * 100.0,
+            if met(1) && self.failures == 0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            EVENT_LEVELS[1],
+            if met(2) && self.failures == 0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            EVENT_LEVELS[2],
+        );
+    }
+}
+
+/// The event-stream phase: rounds of adjacent segments at [`EVENTS_RATE`] — direct, then via the gateway at
+/// each level of [`EVENT_LEVELS`] — in rotating order.
+fn event_stream_cost(
+    load: &Runtime,
+    client: &reqwest::Client,
+    [direct_url, gateway_url]: [String; 2],
+    payload: &Payload,
+    events: &Arc<EventLog>,
+    gateway_addr: SocketAddr,
+) -> BenchResult<StreamCost> {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    let followers_rt = runtime("bench-followers")?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stream_url = format!("http://{gateway_addr}/v1/events/stream");
+    for _ in 0..FOLLOWERS {
+        let (url, delivered) = (stream_url.clone(), Arc::clone(&delivered));
+        followers_rt.spawn(async move {
+            let Ok(mut response) = reqwest::Client::new().get(&url).send().await else {
+                eprintln!("gateway_overhead: a follower could not connect to {url}");
+                return;
+            };
+            // Every event the stream sends carries one `id:` line; a chunk may end mid-line.
+            let mut pending = Vec::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                pending.extend_from_slice(&chunk);
+                let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+                    continue;
+                };
+                let ids = pending[..end]
+                    .split(|&b| b == b'\n')
+                    .filter(|line| line.starts_with(b"id:"))
+                    .count();
+                delivered.fetch_add(ids as u64, Ordering::Relaxed);
+                pending.drain(..=end);
+            }
+        });
+    }
+
+    // Events per second the producer records now (0: none).
+    let level = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorded = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (level, stop, recorded, events) = (
+            Arc::clone(&level),
+            Arc::clone(&stop),
+            Arc::clone(&recorded),
+            Arc::clone(events),
+        );
+        std::thread::Builder::new()
+            .name("bench-events".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let per_s = level.load(Ordering::Relaxed);
+                    if per_s == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                        next = Instant::now();
+                        continue;
+                    }
+                    let n = recorded.fetch_add(1, Ordering::Relaxed);
+                    let to = 0.41 + (n % 50) as f64 / 100.0;
+                    events.record(
+                        EventKind::Vertical,
+                        Some(MODEL),
+                        Some("relu-0"),
+                        format!("device cpu-0: relu-0 share 0.40 -> {to:.2}; squeezed train-0"),
+                        json!({"device": "cpu-0", "from": 0.40, "to": to, "squeezed": ["train-0"]}),
+                    );
+                    next += Duration::from_secs(1) / per_s;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+            })?
+    };
+
+    // Segment 0 is direct; segment 1 + i is via the gateway at EVENT_LEVELS[i].
+    let segments = 1 + EVENT_LEVELS.len();
+    for url in [&direct_url, &gateway_url] {
+        run_segment(load, client, url, payload, EVENTS_RATE, WARMUP);
+    }
+    let mut pooled: Vec<Samples> = (0..segments).map(|_| Samples::default()).collect();
+    let mut per_round: Vec<Vec<(f64, f64)>> = vec![Vec::new(); segments];
+    for round in 0..ROUNDS as usize {
+        let mut p = vec![(0.0, 0.0); segments];
+        for k in 0..segments {
+            let which = (k + round) % segments;
+            let url = if which == 0 {
+                &direct_url
+            } else {
+                &gateway_url
+            };
+            level.store(
+                which.checked_sub(1).map_or(0, |i| EVENT_LEVELS[i]),
+                Ordering::Relaxed,
+            );
+            let mut segment = run_segment(load, client, url, payload, EVENTS_RATE, SEGMENT);
+            level.store(0, Ordering::Relaxed);
+            let (p50, p99) = percentiles(&mut segment.latencies);
+            p[which] = (micros(p50), micros(p99));
+            pooled[which].latencies.extend(segment.latencies);
+            pooled[which].failures += segment.failures;
+        }
+        for (which, rounds) in per_round.iter_mut().enumerate() {
+            rounds.push((p[which].0 - p[0].0, p[which].1 - p[0].1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = producer.join();
+    // Let the followers take what was streamed last.
+    std::thread::sleep(Duration::from_millis(200));
+    followers_rt.shutdown_background();
+
+    let pooled_p: Vec<(Duration, Duration)> = pooled
+        .iter_mut()
+        .map(|s| percentiles(&mut s.latencies))
+        .collect();
+    let added = |p: (Duration, Duration)| {
+        (
+            micros(p.0) - micros(pooled_p[0].0),
+            micros(p.1) - micros(pooled_p[0].1),
+        )
+    };
+    let medians = |values: &[(f64, f64)]| {
+        let (mut a, mut b): (Vec<f64>, Vec<f64>) = values.iter().copied().unzip();
+        (median(&mut a), median(&mut b))
+    };
+    let quiet = &per_round[1];
+    Ok(StreamCost {
+        pooled: pooled_p[1..].iter().map(|&p| added(p)).collect(),
+        rounds: per_round[1..].iter().map(|r| medians(r)).collect(),
+        round_cost: per_round[1..]
+            .iter()
+            .map(|r| {
+                let diff: Vec<(f64, f64)> = r
+                    .iter()
+                    .zip(quiet)
+                    .map(|(l, q)| (l.0 - q.0, l.1 - q.1))
+                    .collect();
+                medians(&diff)
+            })
+            .collect(),
+        recorded: recorded.load(Ordering::Relaxed),
+        delivered: delivered.load(Ordering::Relaxed),
+        failures: pooled.iter().skip(1).map(|s| s.failures).sum(),
+    })
 }

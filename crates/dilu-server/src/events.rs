@@ -14,7 +14,7 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use dilu_api::{Event, EventKind, FieldError};
-use dilu_control::events::EventFilter;
+use dilu_control::events::{EventFilter, EventLog};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -108,11 +108,16 @@ pub(crate) async fn stream(
     State(st): State<Arc<ApiState>>,
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Response {
-    let (filter, limit) = match parsed(query) {
-        Ok(f) => f,
-        Err(e) => return field_error(e),
-    };
-    let log = st.platform.controller().events();
+    match parsed(query) {
+        Ok((filter, limit)) => sse_stream(st.platform.controller().events(), filter, limit),
+        Err(e) => field_error(e),
+    }
+}
+
+/// The server-sent-events response for `log`: the last `limit` events `filter` admits, then every new one it
+/// admits as it is recorded. What `GET /v1/events/stream` answers, and what the gateway-overhead bench serves
+/// beside the gateway to measure the stream's cost.
+pub fn sse_stream(log: &EventLog, filter: EventFilter, limit: usize) -> Response {
     // Subscribe before reading the history, so nothing falls between them; duplicates are skipped by seq.
     let live = log.subscribe();
     let history = log.list(&filter, limit);
