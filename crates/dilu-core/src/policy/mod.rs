@@ -7,7 +7,7 @@
 //! | `dilu` | `dilu` (2D complementary best-fit) | `rckm` | `lazy` | request..limit | request..limit |
 //! | `exclusive` | `exclusive` (whole device) | `static-spatial` | `kpa` | whole device | whole device |
 //! | `infless` | `infless-l` (SM best-fit) | `static-spatial` | `infless` | request, fixed | request, fixed |
-//! | `fast-gshare` | `infless-r` (SM·time best-fit) | `static-temporal` | `fast-gshare` | request..limit | request..limit |
+//! | `fast-gshare` | `infless-r` (SM·time best-fit) | `static-temporal` | `fast-gshare` | partition = request | request..limit |
 //! | `tgs` | `tgs` (one inference + one training per device) | `tgs` | `kpa` | whole device | opportunistic |
 //! | `has` | `has` (≤ 2 SM rows) | `static-temporal` | `has` (vertical-first) | partition = request | request..limit |
 //!
@@ -170,10 +170,13 @@ impl Policy {
     /// The rule for inference instances.
     pub fn inference_rule(&self) -> QuotaRule {
         match self.name {
-            PolicyName::Dilu | PolicyName::FastGShare => QuotaRule::RequestToLimit,
+            PolicyName::Dilu => QuotaRule::RequestToLimit,
             PolicyName::Exclusive | PolicyName::Tgs => QuotaRule::WholeDevice,
             PolicyName::Infless => QuotaRule::FixedRequest,
-            PolicyName::Has => QuotaRule::PartitionAtRequest,
+            // FaST-GShare's pod is (SM partition, quota request, quota limit 1.0) and its autoscaler counts the
+            // throughput profiled at that configuration; the most efficient one meeting the SLO is the request
+            // as the partition at the full quota (`docs/baselines.md`). HAS-GPU starts from the same one.
+            PolicyName::FastGShare | PolicyName::Has => QuotaRule::PartitionAtRequest,
         }
     }
 
@@ -223,7 +226,7 @@ impl Policy {
     /// What one instance of an inference function with profiled quota `q` is charged and granted.
     pub fn inference_quota(&self, q: &InferenceQuota) -> InstanceQuota {
         let (request, limit) = (q.sm_request, q.sm_limit.max(q.sm_request));
-        match self.inference_rule() {
+        let terms = match self.inference_rule() {
             QuotaRule::RequestToLimit => InstanceQuota::spatial(request, limit, q.capacity_rps),
             QuotaRule::WholeDevice => InstanceQuota {
                 grant_request: 1.0,
@@ -239,7 +242,8 @@ impl Policy {
                 grant_limit: request,
                 ..InstanceQuota::spatial(request, request, q.capacity_rps)
             },
-        }
+        };
+        terms.with_profile(q.batch, q.capacity_full_rps)
     }
 
     /// What one device of a training job with quota `t` is charged and granted.

@@ -24,6 +24,10 @@ pub struct InstanceQuota {
     pub capacity_rps: f64,
     /// Requests per second at the full time quota.
     pub capacity_full_rps: f64,
+    /// Batch size (0: not an inference instance, or unknown).
+    pub batch: u32,
+    /// Requests per second on the whole GPU at the full time quota (0: unknown).
+    pub capacity_whole_rps: f64,
 }
 
 /// A share as milli-units of a device, at least 1.
@@ -43,6 +47,17 @@ impl InstanceQuota {
             time_quota: 1.0,
             capacity_rps,
             capacity_full_rps: capacity_rps,
+            batch: 0,
+            capacity_whole_rps: 0.0,
+        }
+    }
+
+    /// These terms with the profile a latency predictor needs: the batch size and the whole-GPU throughput.
+    pub fn with_profile(self, batch: u32, capacity_whole_rps: f64) -> InstanceQuota {
+        InstanceQuota {
+            batch,
+            capacity_whole_rps,
+            ..self
         }
     }
 
@@ -95,6 +110,8 @@ impl InstanceQuota {
             } else {
                 0.0
             },
+            batch: self.batch,
+            capacity_whole_gpu: self.capacity_whole_rps,
         }
     }
 }

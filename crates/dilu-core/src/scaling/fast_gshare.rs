@@ -1,5 +1,8 @@
-//! The public FaST-GShare-Autoscaler's policy (`docs/policies.md`): every 2 s, compare the 10-second request
-//! rate with the function's total capacity and add or remove whole instances when they differ by more than 20%.
+//! The public FaST-GShare-Autoscaler's policy (`docs/policies.md`, `docs/baselines.md`): every 10 s, compare
+//! the 10-second request rate with the function's total capacity (the throughput profiled at each pod's
+//! configuration); add `ceil(deficit / c)` instances when the rate exceeds it, remove `floor(surplus / c)` when
+//! it falls short. The optional `threshold` band is off by default: the published controller's 20% band is
+//! commented out.
 
 use super::horizontal::{FunctionLoad, HorizontalScaler, ScaleDecision};
 use super::lazy::{
@@ -10,24 +13,26 @@ use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// Settings of [`FastGShareScaler`]; the defaults are the values of the published controller.
+/// Settings of [`FastGShareScaler`]; the defaults are the values of the published controller's last version
+/// with a scaling rule (`FaST-GShare-Autoscaler`, commit ff718f9, `internal/controller/fastfunc_controller.go`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FastGShareConfig {
-    /// How often the controller decides, seconds (its ticker: 2.0).
+    /// How often the controller decides, seconds (its ticker: 10.0).
     pub interval_s: f64,
     /// Window the request rate is averaged over, seconds (Prometheus `rate(...[10s])`: 10.0).
     pub rate_window_s: f64,
-    /// Relative gap between rate and capacity that triggers a change (`deltaReqs > 0.2 × totalRPSCap`: 0.2).
+    /// Relative gap between rate and capacity that triggers a change, both ways (0.0: any deficit scales up,
+    /// a surplus of a whole instance scales down; the commented-out `deltaReqs > 0.2 × totalRPSCap` is 0.2).
     pub threshold: f64,
 }
 
 impl Default for FastGShareConfig {
     fn default() -> Self {
         FastGShareConfig {
-            interval_s: 2.0,
+            interval_s: 10.0,
             rate_window_s: 10.0,
-            threshold: 0.2,
+            threshold: 0.0,
         }
     }
 }
@@ -189,16 +194,24 @@ mod tests {
         load_at(sec, 2.0, arrivals, min, max, instances)
     }
 
+    /// The commented-out 20% band, which most tests below exercise.
+    fn banded() -> FastGShareConfig {
+        FastGShareConfig {
+            threshold: 0.2,
+            ..FastGShareConfig::default()
+        }
+    }
+
     #[test]
     fn defaults_and_validation() {
         let c = FastGShareConfig::default();
         assert_eq!(
             (c.interval_s, c.rate_window_s, c.threshold),
-            (2.0, 10.0, 0.2)
+            (10.0, 10.0, 0.0)
         );
         assert_eq!(
             FastGShareScaler::new(c).unwrap().interval_ns(),
-            2 * NANOS_PER_SEC
+            10 * NANOS_PER_SEC
         );
         let err = FastGShareConfig {
             threshold: -0.1,
@@ -246,27 +259,40 @@ mod tests {
     fn adds_ceil_of_the_deficit_only_beyond_20_percent() {
         // 2 instances x 10 rps = 20; 24 rps is exactly 20% over: hold; 25 rps: add ceil(5 / 10) = 1.
         let two = ready(2);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert!(s.decide(&tick(2, 48, 1, 10, &two)).is_hold());
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 50, 1, 10, &two)).add, 1);
         // 47 rps: delta 27 -> 3 more.
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 94, 1, 10, &two)).add, 3);
+    }
+
+    #[test]
+    fn without_the_band_any_deficit_adds_and_only_a_whole_spare_instance_goes() {
+        let two = ready(2);
+        // 2 x 10 rps; 21 rps: add ceil(1 / 10) = 1.
+        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        assert_eq!(s.decide(&tick(2, 42, 1, 10, &two)).add, 1);
+        // 11 rps: surplus 9 < one instance: hold; 9 rps: remove floor(11 / 10) = 1.
+        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        assert!(s.decide(&tick(2, 22, 1, 10, &two)).is_hold());
+        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        assert_eq!(s.decide(&tick(2, 18, 1, 10, &two)).remove, vec![2]);
     }
 
     #[test]
     fn removes_floor_of_the_surplus_newest_first() {
         // 5 x 10 = 50 rps of capacity at 12 rps: surplus 38 > 10 -> remove floor(3.8) = 3.
         let five = ready(5);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 24, 1, 10, &five)).remove, vec![5, 4, 3]);
         // 41 rps: surplus 9 <= 10: hold.
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert!(s.decide(&tick(2, 82, 1, 10, &five)).is_hold());
         // Not-ready instances go first.
         let insts = [inst(1, true), inst(2, false), inst(3, true)];
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(
             s.decide(&tick(2, 40, 1, 10, &insts)).remove,
             vec![2],
@@ -284,14 +310,14 @@ mod tests {
                 ..i
             })
             .collect();
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 26, 1, 10, &half)).add, 1);
     }
 
     #[test]
     fn reacts_to_the_ten_second_average_not_the_last_tick() {
         let two = ready(2);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         for sec in (2..=8).step_by(2) {
             assert!(s.decide(&tick(sec, 40, 1, 10, &two)).is_hold());
         }
@@ -304,23 +330,23 @@ mod tests {
     #[test]
     fn respects_min_max_and_cold_starts_from_zero() {
         let one = ready(1);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 1_000, 1, 4, &one)).add, 3);
         let three = ready(3);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 0, 2, 4, &three)).remove, vec![3]);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 2, 0, 4, &[])).add, 1);
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(
             s.decide(&tick(2, 60, 0, 4, &[])).add,
             3,
             "30 rps from zero: ceil(30 / 10)"
         );
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert!(s.decide(&tick(2, 0, 0, 4, &[])).is_hold());
         // Scale to zero with min 0: surplus 10 > 2 -> floor(10 / 10) = 1 removed.
-        let mut s = FastGShareScaler::new(FastGShareConfig::default()).unwrap();
+        let mut s = FastGShareScaler::new(banded()).unwrap();
         assert_eq!(s.decide(&tick(2, 0, 0, 4, &one)).remove, vec![1]);
     }
 }

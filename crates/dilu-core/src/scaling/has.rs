@@ -1,6 +1,7 @@
-//! HAS-GPU's hybrid autoscaler (`docs/policies.md`): predicts the next interval's rate with a biased Kalman
-//! filter, then scales VERTICALLY FIRST (raise or lower instances' time quotas in 10-point steps) and
-//! horizontally only for what quotas cannot cover.
+//! HAS-GPU's hybrid autoscaler (`docs/policies.md`, `docs/baselines.md`): predicts the next interval's rate
+//! with a biased Kalman filter, counts each instance's capacity with a time-quota latency predictor (RaPP's
+//! role) and HAS-GPU's latency → throughput rule, then scales VERTICALLY FIRST (raise or lower instances' time
+//! quotas in 10-point steps) and horizontally only for what quotas cannot cover.
 
 use super::fast_gshare::RateWindow;
 use super::horizontal::{FunctionLoad, HorizontalScaler, InstanceLoad, QuotaChange, ScaleDecision};
@@ -9,6 +10,7 @@ use super::lazy::{
     seconds_to_ns, towards,
 };
 use crate::error::FieldError;
+use crate::perf::QuotaLatencyModel;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 
@@ -101,6 +103,15 @@ pub struct HasConfig {
     pub kalman_alpha: f64,
     /// The prediction is at least the measurement plus this, requests per second (`minBuffer`: 5.0).
     pub kalman_min_buffer: f64,
+    /// Time outside the GPU added to a predicted batch latency before it becomes a throughput, milliseconds.
+    /// HAS-GPU adds 70 ms for preprocessing and HTTP in its deployment (`getThroughput`); the simulated
+    /// request path has no such cost, hence 0.
+    pub request_overhead_ms: f64,
+    /// The latency predictor (RaPP's role): latency at (batch, SM partition, time quota) from the instance's
+    /// profile. Default: the simulator's own time-token model ([`QuotaLatencyModel::FLUID`]), which is what a
+    /// predictor fitted on the simulated device's profiles gives; [`QuotaLatencyModel::RAPP_V100`] is the fit on
+    /// RaPP's V100 measurements.
+    pub predictor: QuotaLatencyModel,
 }
 
 impl Default for HasConfig {
@@ -118,13 +129,16 @@ impl Default for HasConfig {
             kalman_r: 10.0,
             kalman_alpha: 1.0,
             kalman_min_buffer: 5.0,
+            request_overhead_ms: 0.0,
+            predictor: QuotaLatencyModel::FLUID,
         }
     }
 }
 
 impl HasConfig {
     /// Checks positive interval and window, `0 ≤ down < up ≤ 1`, step and minimum quota in (0, 1], a cooldown
-    /// in [0, 86400] s, a partition threshold in [0, 1], `Q ≥ 0`, `R > 0`, `alpha ≥ 0` and `min_buffer ≥ 0`.
+    /// in [0, 86400] s, a partition threshold in [0, 1], `Q ≥ 0`, `R > 0`, `alpha ≥ 0`, `min_buffer ≥ 0`, an
+    /// overhead in [0, 10000] ms and the predictor's ranges.
     pub fn validate(&self) -> Result<(), FieldError> {
         const S: &str = "has";
         let fraction = |v: f64| v.is_finite() && v > 0.0 && v <= 1.0;
@@ -200,7 +214,15 @@ impl HasConfig {
             "kalman_min_buffer",
             self.kalman_min_buffer,
             "must be finite and at least 0",
-        )
+        )?;
+        require(
+            non_negative(self.request_overhead_ms) && self.request_overhead_ms <= 10_000.0,
+            S,
+            "request_overhead_ms",
+            self.request_overhead_ms,
+            "must lie in [0, 10000] milliseconds",
+        )?;
+        self.predictor.validate("has.predictor")
     }
 }
 
@@ -214,8 +236,12 @@ fn sane(v: f64) -> f64 {
     if v.is_finite() { v.max(0.0) } else { 0.0 }
 }
 
-/// HAS-GPU's hybrid scaler for one function: vertical first (time quotas in 10-point steps, bounded by the
-/// GPU's headroom), horizontal for the rest, scale-down with a 10 s cooldown, and never fewer than one
+/// HAS-GPU's hybrid scaler for one function (`has_autoscaling.go`): with `C` the predicted capacity of its
+/// instances, scale up when the prediction exceeds `0.9·C` by raising quotas (largest SM partitions first, in
+/// 10-point steps until the predicted gain covers the deficit `pred − 0.9·C`, bounded by the GPU's headroom),
+/// then adding instances for the rest; scale down when it is under `0.3·C` by lowering quotas (smallest
+/// partitions first, down to 10%) until the surplus `0.9·C − pred` is covered, then removing small-partition
+/// instances whose capacity fits in what is left; a 10 s cooldown between scale-downs, never fewer than one
 /// instance.
 #[derive(Debug, Clone)]
 pub struct HasScaler {
@@ -253,9 +279,37 @@ impl HasScaler {
         self.kalman.estimate()
     }
 
-    /// Raises quotas, largest SM partitions first, until capacity reaches `target`; adds instances of
-    /// `per_instance_capacity` for what is left.
-    fn scale_up(&self, load: &FunctionLoad<'_>, mut capacity: f64, target: f64) -> ScaleDecision {
+    /// Predicted requests per second of `inst` at time quota `quota`: the predictor's batch latency at its
+    /// partition and quota, turned into a throughput with HAS-GPU's rule `((batch + 1) / 2) / (latency +
+    /// overhead)` (a batch is assumed half full on average). Without a profile (batch or whole-GPU capacity
+    /// unknown) it is the partition's capacity times the quota.
+    pub fn predicted_capacity(&self, inst: &InstanceLoad, quota: f64) -> f64 {
+        let c_partition = sane(inst.capacity_at_full_quota);
+        let c_whole = sane(inst.capacity_whole_gpu);
+        let quota = sane(quota).min(1.0);
+        if c_partition <= 0.0 || quota <= 0.0 {
+            return 0.0;
+        }
+        if inst.batch == 0 || c_whole <= 0.0 {
+            return c_partition * quota;
+        }
+        let b = f64::from(inst.batch);
+        let latency = self
+            .config
+            .predictor
+            .latency(b / c_partition, b / c_whole, quota);
+        let denominator = latency + self.config.request_overhead_ms / 1000.0;
+        if denominator.is_finite() && denominator > 0.0 {
+            (b + 1.0) / 2.0 / denominator
+        } else {
+            0.0
+        }
+    }
+
+    /// Raises quotas, largest SM partitions first, in `quota_step`s until each one's predicted gain covers
+    /// what is left of `deficit`; adds instances (each predicted at the policy's starting configuration) for
+    /// the rest.
+    fn scale_up(&self, load: &FunctionLoad<'_>, mut deficit: f64) -> ScaleDecision {
         let step = self.config.quota_step;
         let mut order: Vec<&InstanceLoad> = load.instances.iter().collect();
         order.sort_by(|a, b| {
@@ -264,108 +318,108 @@ impl HasScaler {
                 .then(a.id.cmp(&b.id))
         });
         let mut decision = ScaleDecision::hold();
-        for inst in order {
-            if capacity >= target - EPS {
+        for inst in order.iter().copied() {
+            if deficit <= EPS {
                 break;
             }
-            let full = sane(inst.capacity_at_full_quota);
             let q = inst.time_quota;
-            if full <= 0.0 || !q.is_finite() || q <= 0.0 {
+            if !q.is_finite() || q <= 0.0 {
                 continue;
             }
-            let limit = (q + sane(inst.quota_headroom)).min(1.0);
-            let mut new_q = q;
-            let mut k = 1.0;
-            while capacity + full * (new_q - q) < target - EPS {
-                let next = round_quota(q + k * step);
-                if next > limit + EPS {
-                    break;
-                }
-                new_q = next;
+            let available = sane(inst.quota_headroom).min(1.0 - q).max(0.0);
+            let now = self.predicted_capacity(inst, q);
+            let (mut new_q, mut gain, mut k) = (q, 0.0, 1.0);
+            while k * step <= available + EPS && gain < deficit {
+                new_q = round_quota(q + k * step).min(1.0);
+                gain = self.predicted_capacity(inst, new_q) - now;
                 k += 1.0;
             }
-            if new_q > q {
-                capacity += full * (new_q - q);
-                decision.quota.push(QuotaChange {
-                    instance: inst.id,
-                    time_quota: new_q.min(1.0),
-                });
-            }
-        }
-        let remaining = target - capacity;
-        if remaining > EPS && capacity_known(load) {
-            decision.add = ceil_count(remaining / load.per_instance_capacity);
-        }
-        decision
-    }
-
-    /// Lowers quotas, smallest SM partitions first, while capacity stays at least `target`; then, if the
-    /// prediction is still under the down threshold, removes instances (small partitions, not-ready, newest
-    /// first) that capacity can spare, keeping at least `max(1, min_instances)`.
-    fn scale_down(
-        &self,
-        load: &FunctionLoad<'_>,
-        pred: f64,
-        mut capacity: f64,
-        target: f64,
-    ) -> ScaleDecision {
-        let step = self.config.quota_step;
-        let floor_q = self.config.min_quota;
-        let mut quotas: Vec<f64> = load.instances.iter().map(|i| i.time_quota).collect();
-        let mut order: Vec<usize> = (0..load.instances.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&load.instances[a], &load.instances[b]);
-            a.sm_partition
-                .total_cmp(&b.sm_partition)
-                .then(a.id.cmp(&b.id))
-        });
-        let mut decision = ScaleDecision::hold();
-        for &i in &order {
-            let inst = &load.instances[i];
-            let full = sane(inst.capacity_at_full_quota);
-            let q = inst.time_quota;
-            if full <= 0.0 || !q.is_finite() {
-                continue;
-            }
-            let mut new_q = q;
-            let mut k = 1.0;
-            loop {
-                let next = round_quota(q - k * step);
-                if next < floor_q - EPS || capacity - full * (new_q - next) < target - EPS {
-                    break;
-                }
-                capacity -= full * (new_q - next);
-                new_q = next;
-                k += 1.0;
-            }
-            if new_q < q {
-                quotas[i] = new_q;
+            if new_q > q + EPS {
+                deficit -= gain;
                 decision.quota.push(QuotaChange {
                     instance: inst.id,
                     time_quota: new_q,
                 });
             }
         }
+        if deficit > EPS && capacity_known(load) {
+            // A new instance starts from the policy's configuration: its partition at the full quota.
+            let unit = order.first().map_or(load.per_instance_capacity, |first| {
+                let fresh = InstanceLoad {
+                    time_quota: 1.0,
+                    capacity_at_full_quota: load.per_instance_capacity,
+                    ..**first
+                };
+                self.predicted_capacity(&fresh, 1.0)
+            });
+            if unit > 0.0 {
+                decision.add = ceil_count(deficit / unit);
+            }
+        }
+        decision
+    }
 
-        let (min, _) = bounds(load);
-        let keep = min.max(1);
-        let mut count = load.count();
-        let mut victims: Vec<usize> = (0..load.instances.len()).collect();
-        let small = self.config.small_partition;
-        victims.sort_by_key(|&i| {
-            let inst = &load.instances[i];
-            (inst.sm_partition > small + EPS, inst.ready, Reverse(i))
+    /// Lowers quotas, smallest SM partitions first (newest first among equals), in `quota_step`s down to
+    /// `min_quota` until each one's predicted loss covers what is left of `surplus`; then removes instances
+    /// with a partition of at most `small_partition` whose predicted capacity fits in what is still left,
+    /// keeping at least `max(1, min_instances)`.
+    fn scale_down(&self, load: &FunctionLoad<'_>, mut surplus: f64) -> ScaleDecision {
+        let step = self.config.quota_step;
+        let floor_q = self.config.min_quota;
+        let mut caps: Vec<f64> = load
+            .instances
+            .iter()
+            .map(|i| self.predicted_capacity(i, i.time_quota))
+            .collect();
+        let mut order: Vec<usize> = (0..load.instances.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (&load.instances[a], &load.instances[b]);
+            x.sm_partition
+                .total_cmp(&y.sm_partition)
+                .then(Reverse(a).cmp(&Reverse(b)))
         });
-        for i in victims {
-            if count <= keep || pred >= self.config.down_threshold * capacity - EPS {
+        let mut decision = ScaleDecision::hold();
+        for &i in &order {
+            if surplus <= EPS {
                 break;
             }
             let inst = &load.instances[i];
-            let own = sane(inst.capacity_at_full_quota) * sane(quotas[i]);
-            if capacity - own < target - EPS {
+            let q = inst.time_quota;
+            if !q.is_finite() {
                 continue;
             }
-            capacity -= own;
+            let (mut new_q, mut loss, mut k) = (q, 0.0, 1.0);
+            loop {
+                let next = round_quota(q - k * step);
+                if next < floor_q - EPS || loss >= surplus {
+                    break;
+                }
+                new_q = next;
+                loss = caps[i] - self.predicted_capacity(inst, next);
+                k += 1.0;
+            }
+            if new_q < q - EPS {
+                surplus -= loss;
+                caps[i] -= loss;
+                decision.quota.push(QuotaChange {
+                    instance: inst.id,
+                    time_quota: new_q,
+                });
+            }
+        }
+        let (min, _) = bounds(load);
+        let keep = min.max(1);
+        let mut count = load.count();
+        let small = self.config.small_partition;
+        for &i in &order {
+            if surplus <= EPS || count <= keep {
+                break;
+            }
+            let inst = &load.instances[i];
+            if inst.sm_partition > small + EPS || caps[i] > surplus + EPS {
+                continue;
+            }
+            surplus -= caps[i];
             count -= 1;
             decision.remove.push(inst.id);
         }
@@ -399,10 +453,14 @@ impl HorizontalScaler for HasScaler {
             // HAS-GPU's scale-to-1 policy: a function always has an instance.
             return finish(load, towards(load, min.max(1)));
         }
-        let capacity: f64 = load.instances.iter().map(|i| sane(i.capacity())).sum();
-        let target = pred / self.config.up_threshold;
-        if pred > self.config.up_threshold * capacity + EPS {
-            return finish(load, self.scale_up(load, capacity, target));
+        let capacity: f64 = load
+            .instances
+            .iter()
+            .map(|i| self.predicted_capacity(i, i.time_quota))
+            .sum();
+        let up = self.config.up_threshold;
+        if pred > up * capacity + EPS {
+            return finish(load, self.scale_up(load, pred - up * capacity));
         }
         if pred < self.config.down_threshold * capacity - EPS {
             let cooldown_ns = seconds_to_ns(self.config.down_cooldown_s);
@@ -412,7 +470,7 @@ impl HorizontalScaler for HasScaler {
             {
                 return finish(load, ScaleDecision::hold());
             }
-            let decision = finish(load, self.scale_down(load, pred, capacity, target));
+            let decision = finish(load, self.scale_down(load, up * capacity - pred));
             if !decision.is_hold() {
                 self.last_down_ns = Some(now);
             }
@@ -435,6 +493,8 @@ mod tests {
             time_quota: quota,
             capacity_at_full_quota: full,
             quota_headroom: headroom,
+            batch: 0,
+            capacity_whole_gpu: 0.0,
         }
     }
 
@@ -598,14 +658,17 @@ mod tests {
         // At quota 0.95 no 0.1 step fits under 1.0, whatever the headroom: all of the deficit goes horizontal.
         let insts = [inst(1, 0.5, 0.95, 50.0, 1.0)];
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
-        let d = s.decide(&tick(2, 95, 20.0, 1, 10, &insts)); // pred 100, target 111.1, capacity 47.5
+        let d = s.decide(&tick(2, 95, 20.0, 1, 10, &insts)); // pred 100, capacity 47.5
         assert!(d.quota.is_empty());
-        assert_eq!(d.add, 4, "ceil(63.6 / 20)");
+        assert_eq!(
+            d.add, 3,
+            "deficit 100 - 0.9 x 47.5 = 57.25: ceil(57.25 / 20)"
+        );
     }
 
     #[test]
     fn largest_sm_partitions_are_raised_first() {
-        // Capacity 20 + 20 = 40; pred 54, target 60: the 0.6-SM instance (id 2) takes both steps.
+        // Capacity 20 + 20 = 40; pred 54, deficit 54 - 36 = 18: the 0.6-SM instance (id 2) takes two steps.
         let insts = [inst(1, 0.3, 0.2, 100.0, 0.8), inst(2, 0.6, 0.2, 100.0, 0.8)];
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
         let d = s.decide(&tick(2, 49, 40.0, 1, 10, &insts));
@@ -617,56 +680,58 @@ mod tests {
             }]
         );
         assert_eq!(d.add, 0);
-        // A bigger deficit spills to the smaller one: target (109 + 5) / 0.9 = 126.7; id 2 at 1.0 gives 120.
+        // Deficit 114 - 36 = 78: id 2 rises until its gain covers it (0.2 -> 1.0, +80); id 1 is left alone.
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
         let d = s.decide(&tick(2, 109, 40.0, 1, 10, &insts));
         assert_eq!(quota_of(&d, 2), Some(1.0));
-        assert_eq!(quota_of(&d, 1), Some(0.3));
-        assert_eq!(d.add, 0, "quotas 1.0 + 0.3 = 130 >= 126.7");
+        assert_eq!(quota_of(&d, 1), None);
+        assert_eq!(d.add, 0);
+        // Deficit 134 - 36 = 98: id 2 reaches 1.0 (+80) and id 1 covers the remaining 18 in two steps.
+        let mut s = HasScaler::new(HasConfig::default()).unwrap();
+        let d = s.decide(&tick(2, 129, 40.0, 1, 10, &insts));
+        assert_eq!(
+            (quota_of(&d, 2), quota_of(&d, 1), d.add),
+            (Some(1.0), Some(0.4), 0)
+        );
     }
 
     #[test]
     fn scale_down_lowers_small_partitions_first_then_removes_and_keeps_one() {
-        // Capacity 200; no traffic -> pred 5 < 0.3 x 200; target 5.56.
+        // Capacity 200; no traffic -> pred 5 < 0.3 x 200; surplus 0.9 x 200 - 5 = 175.
         let insts = [inst(1, 0.3, 1.0, 100.0, 0.0), inst(2, 0.6, 1.0, 100.0, 0.0)];
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
         let d = s.decide(&tick(2, 0, 40.0, 1, 10, &insts));
-        // Both go down to the 0.1 floor (capacity 20), still under 0.3x: the small-SM one is removed, and its
-        // own quota change is dropped with it.
+        // Both go down to the 0.1 floor (-90 each covers 175), so no instance has to go yet.
+        assert_eq!((quota_of(&d, 1), quota_of(&d, 2)), (Some(0.1), Some(0.1)));
+        assert!(d.remove.is_empty() && d.add == 0);
+        // After the cooldown, at the floor (capacity 20, pred 5 < 6): surplus 18 - 5 = 13 removes the small-SM
+        // instance (10 rps), and the last one stays.
+        let floor = [inst(1, 0.3, 0.1, 100.0, 0.0), inst(2, 0.6, 0.1, 100.0, 0.0)];
+        let d = s.decide(&tick(12, 0, 40.0, 1, 10, &floor));
         assert_eq!(d.remove, vec![1]);
-        assert_eq!(
-            d.quota,
-            vec![QuotaChange {
-                instance: 2,
-                time_quota: 0.1
-            }]
-        );
-        assert_eq!(d.add, 0);
+        assert!(d.quota.is_empty());
     }
 
     #[test]
-    fn scale_down_keeps_capacity_above_the_up_threshold() {
-        // 30 rps measured -> pred 35; capacity 2 x 100 = 200 (35 < 60); target 38.9.
-        // Smallest SM first: id 1 goes 1.0 -> 0.1 (capacity 110), id 2 1.0 -> 0.3 (capacity 40 >= 38.9).
+    fn scale_down_lowers_quotas_until_the_surplus_is_covered() {
+        // 30 rps measured -> pred 35; capacity 200 (35 < 60); surplus 180 - 35 = 145.
+        // Smallest SM first: id 1 goes 1.0 -> 0.1 (-90), id 2 steps until its loss covers 55: 1.0 -> 0.4 (-60).
         let insts = [inst(1, 0.3, 1.0, 100.0, 0.0), inst(2, 0.6, 1.0, 100.0, 0.0)];
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
         let d = s.decide(&tick(2, 30, 40.0, 1, 10, &insts));
         assert_eq!(quota_of(&d, 1), Some(0.1));
-        assert_eq!(quota_of(&d, 2), Some(0.3));
-        assert!(d.remove.is_empty(), "35 >= 0.3 x 40");
+        assert_eq!(quota_of(&d, 2), Some(0.4));
+        assert!(d.remove.is_empty());
     }
 
     #[test]
     fn scale_down_honours_the_cooldown() {
-        // Five instances at the quota floor (10 rps each, capacity 50); pred 5: remove while under 0.3x.
+        // Five instances at the quota floor (10 rps each, capacity 50); pred 5; surplus 45 - 5 = 40: the newest
+        // four go.
         let insts: Vec<InstanceLoad> = (1..=5).map(|id| inst(id, 0.3, 0.1, 100.0, 0.0)).collect();
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
         let d = s.decide(&tick(2, 0, 10.0, 1, 10, &insts));
-        assert_eq!(
-            d.remove,
-            vec![5, 4, 3, 2],
-            "capacity 10 leaves pred 5 over 0.3x"
-        );
+        assert_eq!(d.remove, vec![5, 4, 3, 2]);
         // The caller has not removed them yet: the same view is still far below 0.3x, but cooling down.
         for sec in [4, 6, 8, 10] {
             assert!(
@@ -681,16 +746,69 @@ mod tests {
     }
 
     #[test]
-    fn removal_prefers_small_partitions_then_not_ready() {
+    fn only_small_partitions_are_removed() {
         let big = inst(1, 0.8, 0.1, 100.0, 0.0);
         let mut starting = inst(2, 0.8, 0.1, 100.0, 0.0);
         starting.ready = false;
         let small = inst(3, 0.4, 0.1, 100.0, 0.0);
         let insts = [big, starting, small, inst(4, 0.8, 0.1, 100.0, 0.0)];
         let mut s = HasScaler::new(HasConfig::default()).unwrap();
-        // Capacity 40, pred 5, target 5.56: remove small (3), then not-ready (2), then newest big (4).
+        // Capacity 40, pred 5, surplus 36 - 5 = 31: HAS-GPU deletes only pods with SM <= 50.
         let d = s.decide(&tick(2, 0, 10.0, 1, 10, &insts));
-        assert_eq!(d.remove, vec![3, 2, 4]);
+        assert_eq!(d.remove, vec![3]);
+    }
+
+    #[test]
+    fn capacity_comes_from_the_predicted_latency_and_half_full_batches() {
+        // ResNet-152 at batch 16: 40 ms on its 0.3 partition (400 rps), 25.85 ms on the whole GPU.
+        let resnet = InstanceLoad {
+            batch: 16,
+            capacity_whole_gpu: 16.0 / 0.02585,
+            ..inst(1, 0.3, 1.0, 400.0, 0.0)
+        };
+        let fluid = HasScaler::new(HasConfig::default()).unwrap();
+        // ((16 + 1) / 2) / 40 ms = 212.5 rps at the full quota; the fluid predictor doubles the latency at 0.5.
+        assert!((fluid.predicted_capacity(&resnet, 1.0) - 212.5).abs() < 1e-9);
+        assert!((fluid.predicted_capacity(&resnet, 0.5) - 106.25).abs() < 1e-9);
+        // HAS-GPU's deployment overhead of 70 ms: 8.5 / 0.110 s.
+        let overhead = HasScaler::new(HasConfig {
+            request_overhead_ms: 70.0,
+            ..HasConfig::default()
+        })
+        .unwrap();
+        assert!((overhead.predicted_capacity(&resnet, 1.0) - 8.5 / 0.11).abs() < 1e-9);
+        // RaPP's V100 fit: the slicing bound 40^0.05 x 25.85^0.95 ms / 0.5^1.094 = 56.4 ms at quota 0.5.
+        let rapp = HasScaler::new(HasConfig {
+            predictor: QuotaLatencyModel::RAPP_V100,
+            ..HasConfig::default()
+        })
+        .unwrap();
+        let c = rapp.predicted_capacity(&resnet, 0.5);
+        assert!((c - 8.5 / 0.056_38).abs() < 0.1, "{c}");
+        // Without a profile: the partition's capacity times the quota.
+        assert_eq!(
+            fluid.predicted_capacity(&inst(2, 0.3, 0.5, 400.0, 0.0), 0.5),
+            200.0
+        );
+    }
+
+    #[test]
+    fn quota_steps_use_the_predicted_gain() {
+        // At quota 0.5 the resnet instance is predicted at 106.25 rps; 100 rps -> pred 105 > 95.6; deficit 9.4:
+        // one step to 0.6 (127.5 rps, +21.25) covers it.
+        let resnet = [InstanceLoad {
+            batch: 16,
+            capacity_whole_gpu: 16.0 / 0.02585,
+            ..inst(1, 0.3, 0.5, 400.0, 0.5)
+        }];
+        let mut s = HasScaler::new(HasConfig::default()).unwrap();
+        let d = s.decide(&tick(2, 100, 400.0, 1, 10, &resnet));
+        assert_eq!((quota_of(&d, 1), d.add), (Some(0.6), 0));
+        // At 300 rps no quota is enough: 1.0 gives 212.5; deficit 305 - 95.6 - 106.25 = 103.1 is left for new
+        // instances predicted at 212.5 each: one.
+        let mut s = HasScaler::new(HasConfig::default()).unwrap();
+        let d = s.decide(&tick(2, 300, 400.0, 1, 10, &resnet));
+        assert_eq!((quota_of(&d, 1), d.add), (Some(1.0), 1));
     }
 
     #[test]

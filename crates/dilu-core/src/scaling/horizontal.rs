@@ -15,6 +15,11 @@ pub struct InstanceLoad {
     pub capacity_at_full_quota: f64,
     /// How much more time quota its GPU could give it right now (free SM·time / partition), fraction ≥ 0.
     pub quota_headroom: f64,
+    /// Batch size it runs (0: unknown). Scalers that predict latency need it (HAS-GPU's capacity rule).
+    pub batch: u32,
+    /// Requests per second it would serve on the whole GPU at the full quota (0: unknown); with
+    /// `capacity_at_full_quota` it is the profile a time-quota latency predictor works from.
+    pub capacity_whole_gpu: f64,
 }
 
 impl InstanceLoad {

@@ -351,6 +351,8 @@ pub(crate) mod tests {
             time_quota: 1.0,
             capacity_at_full_quota: 10.0,
             quota_headroom: 0.0,
+            batch: 0,
+            capacity_whole_gpu: 0.0,
         }
     }
 
@@ -696,6 +698,8 @@ mod properties {
                                 time_quota: quota,
                                 capacity_at_full_quota: cap,
                                 quota_headroom: headroom,
+                                batch: 0,
+                                capacity_whole_gpu: 0.0,
                             }
                         })
                         .collect();
