@@ -13,7 +13,9 @@ use dilu_core::FieldError;
 use dilu_core::InstanceKind;
 use dilu_core::policy::Policy;
 use dilu_core::scaling::share::device_shares;
-use dilu_core::scaling::vertical::{Grant, ResidentState, VerticalController, VerticalEvent};
+use dilu_core::scaling::vertical::{
+    Grant, QueueState, ResidentState, VerticalController, VerticalEvent,
+};
 use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, DeviceKind, UNLIMITED};
 
 /// A share at least this close to the whole device is written as an unlimited budget.
@@ -86,6 +88,7 @@ impl DeviceTokens {
                 sm_limit: r.quota.limit,
                 time_quota: 1.0,
                 busy: r.busy,
+                queue: QueueState::default(),
             })
             .collect()
     }

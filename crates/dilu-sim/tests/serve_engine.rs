@@ -94,7 +94,7 @@ fn same_seed_gives_identical_json_and_another_seed_differs() {
     let vc: serde_json::Value = serde_json::from_str(&c).expect("json");
     let policies_a = va["policies"].as_array().expect("policies");
     let policies_c = vc["policies"].as_array().expect("policies");
-    assert_eq!(policies_a.len(), 6);
+    assert_eq!(policies_a.len(), PolicyName::ALL.len());
     for (pa, pc) in policies_a.iter().zip(policies_c) {
         eprintln!(
             "{}: requests seed 11 = {}, seed 12 = {}; viol {} / {}; events {} / {}",
@@ -390,7 +390,9 @@ training:
         let expected = match p {
             PolicyName::Exclusive | PolicyName::Tgs => 1.0,
             PolicyName::Infless => rt(0.4),
-            PolicyName::Dilu | PolicyName::FastGShare | PolicyName::Has => rt(0.7),
+            PolicyName::Dilu | PolicyName::DiluSlo | PolicyName::FastGShare | PolicyName::Has => {
+                rt(0.7)
+            }
         };
         assert!(
             (r.training_throughput - expected).abs() < 1e-9,

@@ -10,6 +10,7 @@
 //! | `fast-gshare` | `infless-r` (SM·time best-fit) | `static-temporal` | `fast-gshare` | partition = request | request..limit |
 //! | `tgs` | `tgs` (one inference + one training per device) | `tgs` | `kpa` | whole device | opportunistic |
 //! | `has` | `has` (≤ 2 SM rows) | `static-temporal` | `has` (vertical-first) | partition = request | request..limit |
+//! | `dilu-slo` | `dilu` | `slack` (queue-aware) | `lazy` | request..limit | request..limit |
 //!
 //! Besides the components, a bundle fixes two rules shared by every policy: how a controller's grants become
 //! the shares residents may use ([`crate::scaling::share::device_shares`]), and how profiling turns
@@ -30,7 +31,7 @@ use crate::placement::{DiluParams, DiluPlacer, Placer, PlacerName, serving_place
 use crate::profiler::quota::{InferenceQuota, LIMIT_KNEE_FRACTION, TrainingQuota};
 use crate::scaling::{
     FastGShareScaler, HasScaler, HorizontalScaler, InflessScaler, KpaScaler, LazyConfig,
-    LazyScaler, Rckm, ShareMode, StaticShares, TgsRate, VerticalController,
+    LazyScaler, Rckm, ShareMode, SlackGuard, StaticShares, TgsRate, VerticalController,
 };
 
 /// Which vertical controller a policy runs on every device.
@@ -45,6 +46,8 @@ pub enum VerticalKind {
     StaticTemporal,
     /// TGS's adaptive rate control of the opportunistic (training) resident.
     Tgs,
+    /// The queue-aware token manager: inference ahead of training once its oldest request eats into its SLO.
+    Slack,
 }
 
 /// Which horizontal scaler a policy runs per function.
@@ -137,7 +140,7 @@ impl Policy {
     /// The placer it places with.
     pub fn placer_name(&self) -> PlacerName {
         match self.name {
-            PolicyName::Dilu => PlacerName::Dilu,
+            PolicyName::Dilu | PolicyName::DiluSlo => PlacerName::Dilu,
             PolicyName::Exclusive => PlacerName::Exclusive,
             PolicyName::Infless => PlacerName::InflessL,
             PolicyName::FastGShare => PlacerName::InflessR,
@@ -153,13 +156,14 @@ impl Policy {
             PolicyName::Exclusive | PolicyName::Infless => VerticalKind::StaticSpatial,
             PolicyName::FastGShare | PolicyName::Has => VerticalKind::StaticTemporal,
             PolicyName::Tgs => VerticalKind::Tgs,
+            PolicyName::DiluSlo => VerticalKind::Slack,
         }
     }
 
     /// The horizontal scaler it runs per function.
     pub fn horizontal_kind(&self) -> HorizontalKind {
         match self.name {
-            PolicyName::Dilu => HorizontalKind::Lazy,
+            PolicyName::Dilu | PolicyName::DiluSlo => HorizontalKind::Lazy,
             PolicyName::Exclusive | PolicyName::Tgs => HorizontalKind::Kpa,
             PolicyName::Infless => HorizontalKind::Infless,
             PolicyName::FastGShare => HorizontalKind::FastGShare,
@@ -170,7 +174,7 @@ impl Policy {
     /// The rule for inference instances.
     pub fn inference_rule(&self) -> QuotaRule {
         match self.name {
-            PolicyName::Dilu => QuotaRule::RequestToLimit,
+            PolicyName::Dilu | PolicyName::DiluSlo => QuotaRule::RequestToLimit,
             PolicyName::Exclusive | PolicyName::Tgs => QuotaRule::WholeDevice,
             PolicyName::Infless => QuotaRule::FixedRequest,
             // FaST-GShare's pod is (SM partition, quota request, quota limit 1.0) and its autoscaler counts the
@@ -204,6 +208,7 @@ impl Policy {
             VerticalKind::StaticSpatial => Box::new(StaticShares::new(ShareMode::Spatial)),
             VerticalKind::StaticTemporal => Box::new(StaticShares::new(ShareMode::Temporal)),
             VerticalKind::Tgs => Box::new(TgsRate::new(self.parameters.tgs)),
+            VerticalKind::Slack => Box::new(SlackGuard::new(self.parameters.slack)),
         }
     }
 
@@ -308,6 +313,7 @@ mod tests {
             ("fast-gshare", "infless-r", "static-temporal", "fast-gshare"),
             ("tgs", "tgs", "tgs", "kpa"),
             ("has", "has", "static-temporal", "has"),
+            ("dilu-slo", "dilu", "slack", "lazy"),
         ];
         for (name, placer, vertical, horizontal) in expected {
             let p = Policy::named(name.parse().unwrap());

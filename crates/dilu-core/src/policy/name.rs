@@ -26,17 +26,22 @@ pub enum PolicyName {
     Tgs,
     /// HAS-GPU: vertical-first hybrid autoscaling over SM partition and time quota.
     Has,
+    /// Dilu with a queue-aware token manager (`slack`): inference gets SM time ahead of training as soon as
+    /// its oldest queued request eats into its SLO, training everything else.
+    #[serde(rename = "dilu-slo")]
+    DiluSlo,
 }
 
 impl PolicyName {
     /// All policies in a stable order (the default `policies` list of a scenario).
-    pub const ALL: [PolicyName; 6] = [
+    pub const ALL: [PolicyName; 7] = [
         PolicyName::Dilu,
         PolicyName::Exclusive,
         PolicyName::Infless,
         PolicyName::FastGShare,
         PolicyName::Tgs,
         PolicyName::Has,
+        PolicyName::DiluSlo,
     ];
 
     /// The name used in scenario files, on the command line and in reports.
@@ -48,6 +53,7 @@ impl PolicyName {
             PolicyName::FastGShare => "fast-gshare",
             PolicyName::Tgs => "tgs",
             PolicyName::Has => "has",
+            PolicyName::DiluSlo => "dilu-slo",
         }
     }
 
@@ -65,7 +71,7 @@ impl fmt::Display for PolicyName {
 
 /// A name that is not a serving policy; its message lists the valid names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy '{0}'; valid: dilu, exclusive, infless, fast-gshare, tgs, has")]
+#[error("unknown policy '{0}'; valid: dilu, exclusive, infless, fast-gshare, tgs, has, dilu-slo")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for PolicyName {
@@ -106,7 +112,7 @@ mod tests {
         );
         assert_eq!(
             PolicyName::valid_names(),
-            "dilu, exclusive, infless, fast-gshare, tgs, has"
+            "dilu, exclusive, infless, fast-gshare, tgs, has, dilu-slo"
         );
     }
 }

@@ -8,7 +8,7 @@ use crate::batching::BatchingConfig;
 use crate::error::FieldError;
 use crate::scaling::{
     FastGShareConfig, FastGShareScaler, HasConfig, HasScaler, InflessConfig, InflessScaler,
-    KpaConfig, KpaScaler, LazyConfig, RckmConfig, TgsConfig,
+    KpaConfig, KpaScaler, LazyConfig, RckmConfig, SlackConfig, TgsConfig,
 };
 
 /// The constants of every component a policy may select.
@@ -17,6 +17,8 @@ use crate::scaling::{
 pub struct PolicyParameters {
     /// Dilu's token manager.
     pub rckm: RckmConfig,
+    /// The queue-aware token manager of `dilu-slo`.
+    pub slack: SlackConfig,
     /// TGS's rate controller.
     pub tgs: TgsConfig,
     /// Dilu's lazy horizontal scaler.
@@ -39,6 +41,7 @@ impl PolicyParameters {
     /// (`rckm.window_ms`, `lazy.out_votes`).
     pub fn validate(&self) -> Result<(), FieldError> {
         self.rckm.validate()?;
+        self.slack.validate()?;
         self.tgs.validate()?;
         self.batching.validate()?;
         self.lazy.validate()?;

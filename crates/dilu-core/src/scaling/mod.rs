@@ -12,6 +12,7 @@ pub mod lazy;
 pub mod rckm;
 pub mod reactive;
 pub mod share;
+pub mod slack;
 pub mod static_share;
 pub mod tgs;
 pub mod vertical;
@@ -23,10 +24,12 @@ pub use kpa::{KpaConfig, KpaScaler};
 pub use lazy::{LazyConfig, LazyScaler};
 pub use rckm::{Rckm, RckmConfig};
 pub use reactive::{InflessConfig, InflessScaler};
+pub use slack::{SlackConfig, SlackGuard};
 pub use static_share::StaticShares;
 pub use tgs::{TgsConfig, TgsRate};
 pub use vertical::{
-    Arbitration, Grant, ResidentState, ShareMode, VerticalController, VerticalEvent, arbitrate,
+    Arbitration, Grant, QueueState, ResidentState, ShareMode, VerticalController, VerticalEvent,
+    arbitrate,
 };
 
 /// Nanoseconds per second, for converting the policies' second-based constants.

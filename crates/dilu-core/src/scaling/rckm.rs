@@ -361,6 +361,7 @@ mod tests {
                 sm_limit: 0.6,
                 time_quota: 1.0,
                 busy: inf_busy,
+                queue: Default::default(),
             },
             ResidentState {
                 id: 2,
@@ -369,6 +370,7 @@ mod tests {
                 sm_limit: 1.0,
                 time_quota: 1.0,
                 busy: true,
+                queue: Default::default(),
             },
         ]
     }

@@ -62,6 +62,7 @@ mod tests {
             sm_limit: limit,
             time_quota: 1.0,
             busy: false,
+            queue: Default::default(),
         }
     }
 

@@ -212,6 +212,7 @@ mod tests {
             sm_limit: 1.0,
             time_quota: 1.0,
             busy,
+            queue: Default::default(),
         };
         vec![
             r(1, InstanceKind::Inference, busy),

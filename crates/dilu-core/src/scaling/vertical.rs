@@ -18,6 +18,31 @@ pub struct ResidentState {
     pub time_quota: f64,
     /// Whether it has GPU work in progress now (training is always busy).
     pub busy: bool,
+    /// What its request queue looked like when the controller was called (inference; all zero when the
+    /// process does not publish it, and for training).
+    pub queue: QueueState,
+}
+
+/// An inference resident's request queue as the token manager sees it in a window.
+///
+/// All zero means "nothing known": a busy resident whose `queued` is 0 publishes no queue signal, and a
+/// controller that uses the signal must fall back to what `busy` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueState {
+    /// Requests not yet answered: waiting for a batch plus those in the running batch.
+    pub queued: u32,
+    /// How long the oldest unanswered request has waited since it arrived, nanoseconds (0 when none).
+    pub oldest_wait_ns: u64,
+    /// The latency SLO of the instance's requests, nanoseconds (0: unknown).
+    pub slo_ns: u64,
+}
+
+impl QueueState {
+    /// Whether this state carries a usable signal for a resident that is `busy`: an SLO is known, and a busy
+    /// resident reports at least the requests it is running.
+    pub fn signals(&self, busy: bool) -> bool {
+        self.slo_ns > 0 && (self.queued > 0 || !busy)
+    }
 }
 
 /// How a grant turns into speed when the resident runs.

@@ -20,8 +20,8 @@ use dilu_core::policy::Components;
 use dilu_core::request::{InstanceKind, InstanceRequest, SM_MILLI};
 use dilu_core::scaling::share::device_shares;
 use dilu_core::scaling::{
-    FunctionLoad, Grant, HorizontalScaler, ResidentState, ShareMode, VerticalController,
-    VerticalEvent,
+    FunctionLoad, Grant, HorizontalScaler, QueueState, ResidentState, ShareMode,
+    VerticalController, VerticalEvent,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -479,6 +479,7 @@ impl<'a> Engine<'a> {
     /// Lets the GPU's vertical controller react to `event`, then re-arbitrates the GPU.
     fn vertical(&mut self, gpu: usize, event: VerticalEvent) {
         let now = self.now;
+        self.observe_queues(gpu);
         let g = &mut self.gpus[gpu];
         let timer = g.controller.on_event(now, event, &g.states, &mut g.grants);
         if timer != g.timer_at {
@@ -490,6 +491,22 @@ impl<'a> Engine<'a> {
             }
         }
         self.refresh(gpu);
+    }
+
+    /// Fills each inference resident's queue state (what the token manager sees in a window): requests not
+    /// yet answered and the wait of the oldest. The SLO was set when it joined.
+    fn observe_queues(&mut self, gpu: usize) {
+        let now = self.now;
+        let g = &mut self.gpus[gpu];
+        for (who, state) in g.who.iter().zip(g.states.iter_mut()) {
+            if let Who::Inst(i) = *who {
+                let inst = &self.insts[i];
+                // FIFO: the running batch holds the oldest requests, then the queue.
+                let oldest = inst.running.first().or(inst.queue.front());
+                state.queue.queued = (inst.running.len() + inst.queue.len()) as u32;
+                state.queue.oldest_wait_ns = oldest.map_or(0, |&a| now.saturating_sub(a));
+            }
+        }
     }
 
     /// Books the work done on `gpu` so far, re-divides its SM time and reschedules its completions.
@@ -703,6 +720,10 @@ impl<'a> Engine<'a> {
             sm_limit: q.grant_limit,
             time_quota: q.time_quota,
             busy: false,
+            queue: QueueState {
+                slo_ns: (self.sc.functions[f].slo_s * NS_PER_S).round() as u64,
+                ..QueueState::default()
+            },
         };
         self.join_gpu(gpu, Who::Inst(id), state);
         if warm {
@@ -899,6 +920,7 @@ impl<'a> Engine<'a> {
                 sm_limit: q.grant_limit,
                 time_quota: q.time_quota,
                 busy: true,
+                queue: QueueState::default(),
             };
             self.join_gpu(gpu, Who::Train(j), state);
         }

@@ -40,8 +40,9 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 /// The workload kinds, as written in the `kind` key.
 pub const WORKLOAD_KINDS: [&str; 4] = ["poisson", "gamma", "series", "trace"];
 /// Components that may receive free-form configuration under `parameters`.
-pub const PARAMETER_COMPONENTS: [&str; 9] = [
+pub const PARAMETER_COMPONENTS: [&str; 10] = [
     "rckm",
+    "slack",
     "tgs",
     "lazy",
     "kpa",
@@ -664,7 +665,7 @@ impl Checker<'_> {
         })
     }
 
-    /// Checks `policies:` (default: all six, in [`PolicyName::ALL`] order).
+    /// Checks `policies:` (default: all of them, in [`PolicyName::ALL`] order).
     fn policies(&self, raw: Option<Vec<String>>) -> Result<Vec<PolicyName>, ScenarioError> {
         let Some(raw) = raw else {
             return Ok(PolicyName::ALL.to_vec());
@@ -672,7 +673,7 @@ impl Checker<'_> {
         if raw.is_empty() {
             return Err(invalid_key(
                 "policies",
-                "must list at least one policy (leave the key out to run all six)",
+                "must list at least one policy (leave the key out to run all of them)",
             ));
         }
         let mut out: Vec<PolicyName> = Vec::with_capacity(raw.len());

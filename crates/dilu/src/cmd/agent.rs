@@ -49,7 +49,7 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     cpu_devices: u32,
     /// The policy: which vertical controller divides each device (and, in `dilu up`, which placer and
-    /// horizontal scaler the control plane runs): dilu, exclusive, infless, fast-gshare, tgs, has.
+    /// horizontal scaler the control plane runs): dilu, exclusive, infless, fast-gshare, tgs, has, dilu-slo.
     #[arg(long, default_value = "dilu")]
     policy: String,
     /// Do not look for GPUs through NVML.

@@ -16,8 +16,8 @@ pub struct ServeArgs {
     /// Scenario file (YAML; see scenarios/README.md).
     #[arg(long)]
     scenario: PathBuf,
-    /// Policies to compare, comma-separated (dilu, exclusive, infless, fast-gshare, tgs, has); default: the
-    /// scenario's list.
+    /// Policies to compare, comma-separated (dilu, exclusive, infless, fast-gshare, tgs, has, dilu-slo);
+    /// default: the scenario's list.
     #[arg(long)]
     policies: Option<String>,
     /// Override the scenario's seed.
