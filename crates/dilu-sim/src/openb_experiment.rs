@@ -221,3 +221,114 @@ pub fn run_openb(
         columns,
     })
 }
+
+/// File-name prefix of the openb pod lists (`openb_pod_list_<variant>.csv`).
+pub const POD_LIST_PREFIX: &str = "openb_pod_list_";
+
+/// The openb pod lists in `dir`, as (variant, path) sorted by variant: every `openb_pod_list_<variant>.csv`.
+pub fn pod_list_variants(
+    dir: &std::path::Path,
+) -> Result<Vec<(String, std::path::PathBuf)>, crate::openb::OpenbError> {
+    let io = |e: std::io::Error| crate::openb::OpenbError::Io {
+        file: dir.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(variant) = name
+            .strip_prefix(POD_LIST_PREFIX)
+            .and_then(|rest| rest.strip_suffix(".csv"))
+        {
+            out.push((variant.to_string(), path.clone()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One policy on one pod list, summarised over seeds: the median of each metric at each arrived level of
+/// [`OpenbRun::points`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VariantSummary {
+    /// The pod list's variant (`default`, `multigpu20`, …).
+    pub variant: String,
+    /// The policy.
+    pub policy: PlacerName,
+    /// Pods in the list.
+    pub pods: usize,
+    /// Seeds run.
+    pub seeds: Vec<i64>,
+    /// Median over seeds of the pods that could not be placed.
+    pub failed_pods_median: f64,
+    /// Per arrived level, the median over seeds of each metric.
+    pub points: Vec<PlacementPoint>,
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `policy` on `pods` once per seed and summarises the runs (medians per arrived level). `progress` gets
+/// (seeds done, seeds) after each run.
+pub fn summarize_variant(
+    variant: &str,
+    nodes: &[NodeSpec],
+    pods: &[PodRecord],
+    policy: PlacerName,
+    seeds: &[i64],
+    tune: f64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<VariantSummary, ExperimentError> {
+    if seeds.is_empty() {
+        return Err(ExperimentError::Parameter {
+            name: "seeds",
+            value: "[]".into(),
+            rule: "at least one seed is needed",
+        });
+    }
+    let mut runs = Vec::with_capacity(seeds.len());
+    let mut failed = Vec::with_capacity(seeds.len());
+    for (k, &seed) in seeds.iter().enumerate() {
+        let run = run_openb(
+            nodes,
+            pods,
+            OpenbRunConfig { policy, seed, tune },
+            &mut |_, _| {},
+        )?;
+        failed.push(run.failed_pods as f64);
+        runs.push(run.points());
+        progress(k + 1, seeds.len());
+    }
+    let levels = runs.first().map_or(0, Vec::len);
+    let points = (0..levels)
+        .map(|i| {
+            let col = |f: fn(&PlacementPoint) -> f64| -> f64 {
+                let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).map(f)).collect();
+                median_of(&mut v)
+            };
+            PlacementPoint {
+                arrived_pct: runs[0][i].arrived_pct,
+                unallocated_gpu_pct: col(|p| p.unallocated_gpu_pct),
+                frag_ratio_pct: col(|p| p.frag_ratio_pct),
+                frag_total_pct: col(|p| p.frag_total_pct),
+            }
+        })
+        .collect();
+    Ok(VariantSummary {
+        variant: variant.to_string(),
+        policy,
+        pods: pods.len(),
+        seeds: seeds.to_vec(),
+        failed_pods_median: median_of(&mut failed),
+        points,
+    })
+}

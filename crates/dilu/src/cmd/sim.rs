@@ -9,7 +9,9 @@ use dilu_sim::generate::{GenerateConfig, generate_instance_trace};
 use dilu_sim::instance_replay::{ReplayCluster, ReplayOutcome, replay_instances};
 use dilu_sim::instance_trace::{TraceEvent, read_instance_trace, write_instance_trace};
 use dilu_sim::openb::{read_openb_nodes, read_openb_pods};
-use dilu_sim::openb_experiment::{OpenbRun, OpenbRunConfig, run_openb};
+use dilu_sim::openb_experiment::{
+    OpenbRun, OpenbRunConfig, POD_LIST_PREFIX, pod_list_variants, run_openb, summarize_variant,
+};
 use dilu_sim::plot::plot_lines;
 use serde_json::json;
 use std::path::PathBuf;
@@ -42,7 +44,9 @@ pub struct PlacementArgs {
     /// openb node list (e.g. openb_node_list_gpu_node.csv).
     #[arg(long)]
     nodes: PathBuf,
-    /// openb pod list (e.g. openb_pod_list_default.csv).
+    /// openb pod list (e.g. openb_pod_list_default.csv), or a directory: then every
+    /// `openb_pod_list_<variant>.csv` in it is run and one row per variant and policy is printed (the median
+    /// over the seeds of unallocated GPU % and fragmentation % at each arrived level).
     #[arg(long)]
     pods: PathBuf,
     /// Policy, or a comma-separated list: dilu, exclusive, infless-l, infless-r, random, dot-prod, clustering,
@@ -114,6 +118,9 @@ pub fn run(command: SimCommand) -> Result<()> {
 }
 
 fn placement(a: PlacementArgs) -> Result<()> {
+    if a.pods.is_dir() {
+        return placement_variants(a);
+    }
     let policies: Vec<PlacerName> = parse_list(&a.policy).context("--policy")?;
     let nodes = read_openb_nodes(&a.nodes)?;
     let pods = read_openb_pods(&a.pods)?;
@@ -158,6 +165,101 @@ fn placement(a: PlacementArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Table => print_placement_table(&runs, &policies, seeds.len()),
+    }
+    Ok(())
+}
+
+/// `--pods DIR`: every openb pod list in DIR, every policy, every seed; one summary row per (variant, policy).
+fn placement_variants(a: PlacementArgs) -> Result<()> {
+    let policies: Vec<PlacerName> = parse_list(&a.policy).context("--policy")?;
+    let nodes = read_openb_nodes(&a.nodes)?;
+    let variants = pod_list_variants(&a.pods)?;
+    if variants.is_empty() {
+        bail!(
+            "--pods {}: no {POD_LIST_PREFIX}<variant>.csv in this directory",
+            a.pods.display()
+        );
+    }
+    let seeds: Vec<i64> = match a.seeds {
+        Some(r) => r.seeds().collect(),
+        None => vec![a.seed],
+    };
+    let started = Instant::now();
+    let mut summaries = Vec::with_capacity(variants.len() * policies.len());
+    for (variant, path) in &variants {
+        let pods = read_openb_pods(path)?;
+        for &policy in &policies {
+            let bar = progress_bar(seeds.len() as u64, &format!("{variant} {policy}"));
+            let s = summarize_variant(
+                variant,
+                &nodes,
+                &pods,
+                policy,
+                &seeds,
+                a.tune,
+                &mut |done, _| bar.set_position(done as u64),
+            )
+            .with_context(|| format!("variant {variant}, policy {policy}"))?;
+            bar.finish_and_clear();
+            summaries.push(s);
+        }
+    }
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summaries)?),
+        Format::Table => {
+            let levels: Vec<u32> = summaries
+                .first()
+                .map(|s| s.points.iter().map(|p| p.arrived_pct).collect())
+                .unwrap_or_default();
+            println!(
+                "{} pod lists × {} polic{} × {} seed(s) ({}) in {:.1} s; medians over seeds; tune {}",
+                variants.len(),
+                policies.len(),
+                if policies.len() == 1 { "y" } else { "ies" },
+                seeds.len(),
+                match (seeds.first(), seeds.last()) {
+                    (Some(f), Some(l)) if f != l => format!("{f}..{l}"),
+                    (Some(f), _) => f.to_string(),
+                    _ => String::new(),
+                },
+                started.elapsed().as_secs_f64(),
+                a.tune
+            );
+            for (title, metric) in [
+                (
+                    "unallocated GPU, % of cluster GPU",
+                    (|p: &dilu_sim::report::PlacementPoint| p.unallocated_gpu_pct)
+                        as fn(&dilu_sim::report::PlacementPoint) -> f64,
+                ),
+                (
+                    "fragmentation, % of cluster GPU (FGD's frag)",
+                    |p: &dilu_sim::report::PlacementPoint| p.frag_total_pct,
+                ),
+            ] {
+                println!("\n{title}, at arrived % of cluster GPU:");
+                print!(
+                    "{:<14} {:<10} {:>6} {:>7}",
+                    "variant", "policy", "pods", "failed"
+                );
+                for l in &levels {
+                    print!(" {:>6}", format!("{l}%"));
+                }
+                println!();
+                for s in &summaries {
+                    print!(
+                        "{:<14} {:<10} {:>6} {:>7}",
+                        s.variant,
+                        s.policy.to_string(),
+                        s.pods,
+                        s.failed_pods_median
+                    );
+                    for p in &s.points {
+                        print!(" {:>6.2}", metric(p));
+                    }
+                    println!();
+                }
+            }
+        }
     }
     Ok(())
 }
