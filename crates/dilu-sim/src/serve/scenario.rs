@@ -21,6 +21,8 @@ use super::workload::{
     BuiltinSeries, DataLineError, MAX_BUILTIN_STEPS, builtin_series_seed, parse_azure_llm_trace,
     parse_rate_series, trace_offsets,
 };
+use dilu_core::perf::table::{DiluCsvOptions, parse_dilu_csv_with};
+use dilu_core::perf::{PerfModel, ProfileTable};
 use dilu_core::policy::PolicyName;
 
 /// Longest scenario the simulator accepts: 7 days of virtual time, in seconds.
@@ -75,12 +77,18 @@ pub struct ClusterSpec {
 pub struct FunctionSpec {
     /// Unique name (across functions and training jobs).
     pub name: String,
-    /// Model name, one of the models the caller knows (profiles).
+    /// Model name, one of the models the caller knows (profiles); with `profile` any valid name.
     pub model: String,
+    /// A calibrated profile table (from `profile:`) replacing the built-in model's, if given.
+    pub profile: Option<ProfileTable>,
     /// Latency SLO in milliseconds; for LLM models it is per generated token.
     pub slo_ms: f64,
     /// Batch size overriding the profiled one, if given.
     pub batch: Option<u32>,
+    /// SM request as a fraction of a GPU in (0, 1], overriding the profiled one (needs `batch`).
+    pub sm_request: Option<f64>,
+    /// SM limit as a fraction of a GPU in (0, 1], ≥ `sm_request` (needs `sm_request`).
+    pub sm_limit: Option<f64>,
     /// Fewest instances kept alive (may be 0: scale to zero).
     pub min_instances: u32,
     /// Most instances (≥ 1, ≥ `min_instances`).
@@ -102,8 +110,10 @@ pub struct FunctionSpec {
 pub struct TrainingSpec {
     /// Unique name (across functions and training jobs).
     pub name: String,
-    /// Model name, one of the models the caller knows.
+    /// Model name, one of the models the caller knows; with `profile` any valid name.
     pub model: String,
+    /// A calibrated profile table (from `profile:`) replacing the built-in model's, if given.
+    pub profile: Option<ProfileTable>,
     /// GPUs of the gang (1 ..= `cluster.gpus_per_node`).
     pub gpus: u32,
     /// GPU memory per GPU in GB overriding the model's, if given.
@@ -328,6 +338,12 @@ struct RawFunction {
     cold_start_s: Option<f64>,
     #[serde(default)]
     request_timeout_s: Option<f64>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    sm_request: Option<f64>,
+    #[serde(default)]
+    sm_limit: Option<f64>,
     workload: Value,
 }
 
@@ -340,6 +356,8 @@ struct RawFunction {
 struct RawTraining {
     name: String,
     model: String,
+    #[serde(default)]
+    profile: Option<String>,
     gpus: i64,
     #[serde(default)]
     memory_gb: Option<f64>,
@@ -494,6 +512,15 @@ fn non_negative(key: &str, x: f64) -> Result<f64, ScenarioError> {
         Ok(x)
     } else {
         Err(invalid(key, x, "must be ≥ 0"))
+    }
+}
+
+/// `x` if it is a fraction of a GPU in (0, 1].
+fn fraction(key: String, x: f64) -> Result<f64, ScenarioError> {
+    if x.is_finite() && x > 0.0 && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err(invalid(key, x, "must be in (0, 1]"))
     }
 }
 
@@ -750,12 +777,50 @@ impl Checker<'_> {
         duration_s: f64,
     ) -> Result<FunctionSpec, ScenarioError> {
         let k = |field: &str| format!("functions[{i}].{field}");
-        self.model(&k("model"), &raw.model)?;
+        let profile = self.profile(
+            &k,
+            &raw.model,
+            raw.profile.as_deref(),
+            &[
+                ("memory_gb", raw.memory_gb.is_some()),
+                ("cold_start_s", raw.cold_start_s.is_some()),
+            ],
+        )?;
         let slo_ms = positive(&k("slo_ms"), raw.slo_ms)?;
         let batch = raw
             .batch
             .map(|b| int_in(&k("batch"), b, 1, 4096))
             .transpose()?;
+        let sm_request = raw
+            .sm_request
+            .map(|x| fraction(k("sm_request"), x))
+            .transpose()?;
+        let sm_limit = raw
+            .sm_limit
+            .map(|x| fraction(k("sm_limit"), x))
+            .transpose()?;
+        if let Some(req) = sm_request
+            && batch.is_none()
+        {
+            return Err(invalid(
+                k("sm_request"),
+                req,
+                "needs batch: a configured quota is measured at a configured batch",
+            ));
+        }
+        match (sm_request, sm_limit) {
+            (None, Some(lim)) => {
+                return Err(invalid(k("sm_limit"), lim, "needs sm_request"));
+            }
+            (Some(req), Some(lim)) if lim < req => {
+                return Err(invalid(
+                    k("sm_limit"),
+                    lim,
+                    format!("must be ≥ sm_request ({req})"),
+                ));
+            }
+            _ => {}
+        }
         let min_instances = int_in(
             &k("min_instances"),
             raw.min_instances.unwrap_or(1),
@@ -802,8 +867,11 @@ impl Checker<'_> {
         Ok(FunctionSpec {
             name: raw.name,
             model: raw.model,
+            profile,
             slo_ms,
             batch,
+            sm_request,
+            sm_limit,
             min_instances,
             max_instances,
             initial_instances,
@@ -823,7 +891,12 @@ impl Checker<'_> {
         duration_s: f64,
     ) -> Result<TrainingSpec, ScenarioError> {
         let k = |field: &str| format!("training[{i}].{field}");
-        self.model(&k("model"), &raw.model)?;
+        let profile = self.profile(
+            &k,
+            &raw.model,
+            raw.profile.as_deref(),
+            &[("memory_gb", raw.memory_gb.is_some())],
+        )?;
         if raw.gpus < 1 {
             return Err(invalid(k("gpus"), raw.gpus, "must be ≥ 1"));
         }
@@ -838,13 +911,6 @@ impl Checker<'_> {
             ));
         }
         let memory_gb = self.memory(&k("memory_gb"), raw.memory_gb, cluster)?;
-        let fraction = |key: String, x: f64| {
-            if x.is_finite() && x > 0.0 && x <= 1.0 {
-                Ok(x)
-            } else {
-                Err(invalid(key, x, "must be in (0, 1]"))
-            }
-        };
         let sm_request = raw
             .sm_request
             .map(|x| fraction(k("sm_request"), x))
@@ -877,6 +943,7 @@ impl Checker<'_> {
         Ok(TrainingSpec {
             name: raw.name,
             model: raw.model,
+            profile,
             gpus: raw.gpus as u32,
             memory_gb,
             sm_request,
@@ -1017,6 +1084,45 @@ impl Checker<'_> {
                 })
             }
         }
+    }
+
+    /// Checks `model` and loads the optional calibrated `profile:` table. Without a profile the model must be a
+    /// known one; with one, `model` only names it (1–64 characters of `A–Z a–z 0–9 . _ -`), the table must be
+    /// a complete (batch × SM%) grid in Dilu's CSV format, and every key in `needs` (the facts a built-in
+    /// model would have supplied) must be given.
+    fn profile(
+        &self,
+        k: &dyn Fn(&str) -> String,
+        model: &str,
+        written: Option<&str>,
+        needs: &[(&str, bool)],
+    ) -> Result<Option<ProfileTable>, ScenarioError> {
+        let Some(written) = written else {
+            self.model(&k("model"), model)?;
+            return Ok(None);
+        };
+        check_name(&k("model"), model)?;
+        for (field, given) in needs {
+            if !given {
+                return Err(invalid_key(
+                    k(field),
+                    format!(
+                        "required with profile ({written:?}): a calibrated model has no built-in value"
+                    ),
+                ));
+            }
+        }
+        let (path, text) = self.read_data(&k("profile"), written)?;
+        let table = parse_dilu_csv_with(model, &text, DiluCsvOptions::for_model(model))
+            .and_then(|t| PerfModel::from_table(&t).map(|_| t))
+            .map_err(|e| {
+                invalid(
+                    k("profile"),
+                    format!("{written:?}"),
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        Ok(Some(table))
     }
 
     /// Reads a workload data file given as `written` (relative to the scenario's directory).

@@ -6,9 +6,13 @@ use crate::serve::policy::{ParameterError, PolicyParameters, parameters_from_map
 use crate::serve::prepared::{PreparedFunction, PreparedScenario, PreparedTraining};
 use crate::serve::scenario::Scenario;
 use dilu_core::cluster::NodeSpec;
-use dilu_core::perf::{ModelKind, TrainingCurve, builtin_model};
+use dilu_core::perf::{
+    LatencyUnit, ModelFacts, ModelKind, PerfModel, ProfileTable, TrainingCurve, builtin_model,
+};
 use dilu_core::profiler::knee::{candidates, default_knee};
-use dilu_core::profiler::{InferenceQuota, ModelMeasure, profile_builtin, profile_training};
+use dilu_core::profiler::{
+    HgsConfig, InferenceQuota, ModelMeasure, profile_table, profile_training,
+};
 use dilu_core::request::InstanceKind;
 use serde::Serialize;
 use std::sync::Arc;
@@ -99,6 +103,53 @@ fn secs_to_ns(s: f64) -> u64 {
     (s * NS_PER_S).round().max(0.0) as u64
 }
 
+/// A model as the simulator uses it: its facts, table and performance model.
+struct Resolved {
+    spec: ModelFacts,
+    table: ProfileTable,
+    perf: PerfModel,
+}
+
+/// The built-in model `name`, or the calibrated `profile` under that name. A calibrated model's memory and
+/// cold start come from the scenario (the parser requires them), so its facts carry zeros there.
+fn resolve(
+    name: &str,
+    profile: Option<&ProfileTable>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Resolved, SetupError> {
+    match profile {
+        None => {
+            let model = builtin_model(name)
+                .ok_or_else(|| invalid(key("model"), format!("{name:?}"), "unknown model"))?;
+            Ok(Resolved {
+                perf: model.perf(),
+                table: model.table().clone(),
+                spec: model.spec,
+            })
+        }
+        Some(table) => {
+            let perf = PerfModel::from_table(table)
+                .map_err(|e| invalid(key("profile"), name, e.to_string()))?;
+            let (kind, tokens) = match table.unit() {
+                LatencyUnit::PerBatch => (ModelKind::Vision, 1),
+                LatencyUnit::PerToken { tokens } => (ModelKind::Llm, tokens),
+            };
+            Ok(Resolved {
+                spec: ModelFacts {
+                    name: name.to_owned(),
+                    kind,
+                    memory_mib: 0,
+                    training_memory_mib: 0,
+                    cold_start_s: 0.0,
+                    tokens_per_request: tokens,
+                },
+                table: table.clone(),
+                perf,
+            })
+        }
+    }
+}
+
 /// Profiles every function and job of `scenario` and builds the cluster.
 pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
     let parameters = parameters_from_map(&scenario.parameters)?;
@@ -135,14 +186,17 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
     let mut functions = Vec::with_capacity(scenario.functions.len());
     for (i, f) in scenario.functions.iter().enumerate() {
         let key = |k: &str| format!("functions[{i}].{k}");
-        let model = builtin_model(&f.model)
-            .ok_or_else(|| invalid(key("model"), format!("{:?}", f.model), "unknown model"))?;
-        let perf = model.perf();
-        let report = profile_builtin(&f.model, f.slo_ms * profiler.slo_fraction)
-            .map_err(|e| invalid(key("slo_ms"), f.slo_ms, e.to_string()))?;
+        let model = resolve(&f.model, f.profile.as_ref(), &key)?;
+        let perf = model.perf;
         let slo_s = f.slo_ms / 1000.0;
-        let (quota, measured, configured) = match f.batch {
-            None => {
+        let (quota, measured, configured) = match (f.batch, f.sm_request) {
+            (None, _) => {
+                let cfg = HgsConfig {
+                    max_batch: model.table.max_batch(),
+                    ..HgsConfig::new(f.slo_ms * profiler.slo_fraction / 1000.0)
+                };
+                let report = profile_table(&model.table, &cfg)
+                    .map_err(|e| invalid(key("slo_ms"), f.slo_ms, e.to_string()))?;
                 let q = report.quota.ok_or_else(|| {
                     invalid(
                         key("slo_ms"),
@@ -152,7 +206,22 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                 })?;
                 (q, report.measured_points.len(), false)
             }
-            Some(batch) => {
+            (Some(batch), Some(share)) => {
+                // A configured quota (a calibrated live function): exactly what the platform runs; the limit
+                // defaults to the request (a fixed share).
+                (
+                    InferenceQuota {
+                        batch,
+                        sm_request: share,
+                        sm_limit: f.sm_limit.unwrap_or(share).max(share),
+                        capacity_rps: perf.throughput(batch, share),
+                        capacity_full_rps: perf.throughput(batch, 1.0),
+                    },
+                    0,
+                    true,
+                )
+            }
+            (Some(batch), None) => {
                 // A configured batch: the smallest 10% step meeting the SLO, the knee as the limit.
                 let pct = (1..=10)
                     .map(|k| k * 10)
@@ -189,6 +258,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             }
         };
         let tokens = model.spec.tokens_per_request.max(1);
+        let perf = Arc::new(perf);
         profiles.push(ProfileSummary {
             name: f.name.clone(),
             model: model.spec.name.clone(),
@@ -208,7 +278,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             name: f.name.clone(),
             model: model.spec.name.clone(),
             kind,
-            perf: Arc::new(perf),
+            perf,
             slo_s: slo_s * f64::from(tokens),
             tokens,
             quota,
@@ -228,9 +298,8 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
     let mut training = Vec::with_capacity(scenario.training.len());
     for (j, t) in scenario.training.iter().enumerate() {
         let key = |k: &str| format!("training[{j}].{k}");
-        let model = builtin_model(&t.model)
-            .ok_or_else(|| invalid(key("model"), format!("{:?}", t.model), "unknown model"))?;
-        let perf = model.perf();
+        let model = resolve(&t.model, t.profile.as_ref(), &key)?;
+        let perf = model.perf;
         let curve = TrainingCurve::from_model(&perf)
             .map_err(|e| invalid(key("model"), &t.model, e.to_string()))?;
         let (sm_request, measured, configured) = match t.sm_request {
