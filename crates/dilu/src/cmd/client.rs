@@ -105,7 +105,7 @@ const LEFT_FOR_THE_INSTANCE: &str = "PORT";
 
 /// `$VAR`, `${VAR}`, `${VAR:-default}` and a leading `~` expanded in the value of `field`; an unset variable
 /// without a default is an error naming the field and the variable. `$PORT` is left as written.
-fn expand(text: &str, field: &str) -> Result<String> {
+pub(crate) fn expand(text: &str, field: &str) -> Result<String> {
     let home = || {
         std::env::var("HOME").map_err(|_| anyhow!("{field}: HOME is not set (needed to expand ~)"))
     };

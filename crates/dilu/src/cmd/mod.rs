@@ -14,6 +14,7 @@ pub mod profile;
 pub mod quota;
 pub mod serve;
 pub mod sim;
+pub mod sim_live;
 pub mod train;
 pub mod up;
 pub mod worker;

@@ -36,6 +36,12 @@ pub enum SimCommand {
     /// Serving simulation: requests, SM sharing, vertical and horizontal scaling; compares policies on a
     /// YAML scenario (see scenarios/README.md).
     Serve(crate::cmd::serve::ServeArgs),
+    /// Measure a function on this machine's CPU device at a grid of batch × share and write a profile table
+    /// for a scenario's `profile:` key (docs/sim-vs-live.md).
+    Calibrate(crate::cmd::sim_live::CalibrateArgs),
+    /// Run a scenario on the live platform (`dilu up`) and in the simulator, and compare them side by side
+    /// (docs/sim-vs-live.md).
+    Validate(crate::cmd::sim_live::ValidateArgs),
 }
 
 /// Arguments of `dilu sim placement`.
@@ -114,6 +120,8 @@ pub fn run(command: SimCommand) -> Result<()> {
         SimCommand::Instances(a) => instances(a),
         SimCommand::Generate(a) => generate(a),
         SimCommand::Serve(a) => crate::cmd::serve::run(a),
+        SimCommand::Calibrate(a) => crate::cmd::sim_live::calibrate(a),
+        SimCommand::Validate(a) => crate::cmd::sim_live::validate(a),
     }
 }
 
