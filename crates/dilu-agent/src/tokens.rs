@@ -16,7 +16,8 @@ use dilu_core::scaling::share::device_shares;
 use dilu_core::scaling::vertical::{
     Grant, QueueState, ResidentState, VerticalController, VerticalEvent,
 };
-use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, DeviceKind, UNLIMITED};
+use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, CounterPage, DeviceKind, UNLIMITED};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// A share at least this close to the whole device is written as an unlimited budget.
 const WHOLE_DEVICE: f64 = 0.999;
@@ -78,7 +79,7 @@ impl DeviceTokens {
             .unwrap_or_else(|| self.learned_capacity.max(COST_UNITS_PER_WAVE as f64) as u64)
     }
 
-    fn states(&self) -> Vec<ResidentState> {
+    fn states(&self, now_ns: u64) -> Vec<ResidentState> {
         self.residents
             .iter()
             .map(|r| ResidentState {
@@ -88,14 +89,14 @@ impl DeviceTokens {
                 sm_limit: r.quota.limit,
                 time_quota: 1.0,
                 busy: r.busy,
-                queue: QueueState::default(),
+                queue: queue_state(r.channel.counters(), now_ns),
             })
             .collect()
     }
 
     /// Tells the controller the residents changed; returns their states.
     fn resync(&mut self, now_ns: u64) -> Vec<ResidentState> {
-        let states = self.states();
+        let states = self.states(now_ns);
         self.grants.resize(states.len(), Grant::spatial(0.0, 0.0));
         self.controller.on_event(
             now_ns,
@@ -142,7 +143,7 @@ impl DeviceTokens {
         if self.fixed_capacity.is_none() {
             self.learned_capacity = (self.learned_capacity * CAPACITY_DECAY).max(total as f64);
         }
-        let states = self.states();
+        let states = self.states(now_ns);
         for event in events
             .into_iter()
             .chain(std::iter::once(VerticalEvent::Timer))
@@ -182,6 +183,21 @@ impl DeviceTokens {
     }
 }
 
+/// What an instance's channel shows of its request queue at `now_ns` (monotonic ns): all zero when the
+/// instance publishes nothing (an interposed process, a trainer, an older worker).
+fn queue_state(counters: &CounterPage, now_ns: u64) -> QueueState {
+    let oldest = counters.oldest_queued_ns.load(Relaxed);
+    QueueState {
+        queued: u32::try_from(counters.queue_depth.load(Relaxed)).unwrap_or(u32::MAX),
+        oldest_wait_ns: if oldest == 0 {
+            0
+        } else {
+            now_ns.saturating_sub(oldest)
+        },
+        slo_ns: counters.slo_ns.load(Relaxed),
+    }
+}
+
 fn budgeting(r: &Resident) -> Budgeting {
     Budgeting {
         share: r.share,
@@ -206,6 +222,7 @@ impl TokenManager {
     pub fn new(devices: &[Device], window_ns: u64, policy: &Policy) -> Result<Self, TokenError> {
         let mut parameters = policy.parameters().clone();
         parameters.rckm.window_ms = window_ns as f64 / 1e6;
+        parameters.slack.window_ms = window_ns as f64 / 1e6;
         let policy = Policy::new(policy.name(), parameters)?;
         Ok(Self {
             window_ns,
@@ -479,5 +496,120 @@ mod tests {
         assert!((mean - 0.3).abs() < 0.01, "smoothed usage {mean}");
         // The last window (an odd round) saw nothing; the one before saw 0.6.
         assert_eq!(view.usage_last_window, 0);
+    }
+
+    /// A `dilu-slo` manager for one CPU core with an inference instance (request 0.2, limit 0.4) and a training
+    /// instance (request 0.5, limit 1.0); returns the manager, the inference instance's end of its channel, and
+    /// the directory holding the channels.
+    fn slo_pair() -> (TokenManager, InstanceChannel, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(dir.path().to_path_buf());
+        config.discover_gpus = false;
+        config.cpu_cores = Some(1.0);
+        let (devices, _) = discover(&config);
+        let device = devices[0].uuid.clone();
+        let policy = Policy::named(dilu_core::policy::PolicyName::DiluSlo);
+        let mut manager = TokenManager::new(&devices, WINDOW_NS, &policy).unwrap();
+        let open = |id: &str| {
+            let path = dir.path().join(format!("{id}.quota"));
+            (
+                AgentChannel::create(&path, &ChannelSpec::default(), 0o600).unwrap(),
+                path,
+            )
+        };
+        let (inference, path) = open("inf");
+        let quota = |request, limit| Quota {
+            request,
+            limit,
+            memory: None,
+        };
+        manager
+            .add(
+                &device,
+                "inf",
+                InstanceKind::Inference,
+                quota(0.2, 0.4),
+                inference,
+            )
+            .unwrap();
+        let (training, _) = open("train");
+        manager
+            .add(
+                &device,
+                "train",
+                InstanceKind::Training,
+                quota(0.5, 1.0),
+                training,
+            )
+            .unwrap();
+        let instance = InstanceChannel::open(&path).unwrap();
+        (manager, instance, dir)
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_queue_signal_moves_sm_time_from_training_to_inference_before_the_slo() {
+        let (mut manager, inf, _dir) = slo_pair();
+        assert_eq!(manager.devices()[0].controller, "slack");
+        let c = inf.counters();
+        c.slo_ns.store(100 * MS, Relaxed);
+        // Every window both run (training launches too); the inference queue is what changes.
+        let window = |manager: &mut TokenManager, now_ms: u64, depth: u64, oldest_ms: u64| {
+            c.cost_launched.fetch_add(1_000, Relaxed);
+            c.queue_depth.store(depth, Relaxed);
+            c.oldest_queued_ns.store(oldest_ms * MS, Relaxed);
+            manager.tick(now_ms * MS);
+            let share = |id| manager.resident(id).unwrap().share;
+            (share("inf"), share("train"))
+        };
+        // Calm (oldest wait 0..20 ms of a 100 ms SLO): guarantees 0.2 + 0.5, the rest split by excess demand.
+        for now in [5, 10, 15, 20, 25] {
+            let (i, t) = window(&mut manager, now, 3, 5);
+            assert!(
+                (i - 0.2 - 0.3 * 2.0 / 7.0).abs() < 1e-9,
+                "{now} ms: inf {i}"
+            );
+            assert!(
+                (t - 0.5 - 0.3 * 5.0 / 7.0).abs() < 1e-9,
+                "{now} ms: train {t}"
+            );
+        }
+        // The oldest request has waited 25 ms: inference gets its limit, training its 0.125 floor plus the rest.
+        let (i, t) = window(&mut manager, 30, 3, 5);
+        assert!(
+            (i - 0.4).abs() < 1e-9 && (t - 0.6).abs() < 1e-9,
+            "inf {i}, train {t}"
+        );
+        // 10 ms is still at release_at × SLO: stays urgent; 5 ms releases it.
+        let (i, _) = window(&mut manager, 35, 1, 25);
+        assert!((i - 0.4).abs() < 1e-9);
+        let (i, t) = window(&mut manager, 40, 1, 35);
+        assert!(
+            (i - 0.2 - 0.3 * 2.0 / 7.0).abs() < 1e-9 && (t - 0.5 - 0.3 * 5.0 / 7.0).abs() < 1e-9
+        );
+    }
+
+    #[test]
+    fn without_a_queue_signal_slack_falls_back_to_how_long_inference_stays_busy() {
+        let (mut manager, inf, _dir) = slo_pair();
+        let c = inf.counters();
+        // An interposed process or an older worker: the queue fields stay 0.
+        let mut shares = Vec::new();
+        for now in 1..=6 {
+            c.cost_launched.fetch_add(1_000, Relaxed);
+            manager.tick(now * WINDOW_NS);
+            shares.push(manager.resident("inf").unwrap().share);
+        }
+        let calm = 0.2 + 0.3 * 2.0 / 7.0;
+        // Busy from the window before the 5 ms tick: over two windows by the 20 ms tick.
+        assert!(
+            shares[..3].iter().all(|s| (s - calm).abs() < 1e-9),
+            "{shares:?}"
+        );
+        assert!(
+            shares[3..].iter().all(|s| (s - 0.4).abs() < 1e-9),
+            "{shares:?}"
+        );
     }
 }

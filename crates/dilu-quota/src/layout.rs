@@ -146,6 +146,14 @@ pub struct CounterPage {
     pub alloc_failures: AtomicU64,
     /// The last [`ControlPage::epoch`] the instance acted on.
     pub last_seen_epoch: AtomicU64,
+    /// Requests the instance has accepted and not yet answered (queued plus in the running batch); a gauge
+    /// written by a serving runtime that publishes its queue, 0 otherwise.
+    pub queue_depth: AtomicU64,
+    /// Monotonic-clock time (ns, the clock of [`ControlPage::agent_tick_ns`]) at which the oldest unanswered
+    /// request arrived; 0 when none or unknown.
+    pub oldest_queued_ns: AtomicU64,
+    /// The latency SLO of the instance's requests, ns; 0 when unknown. Written once by a serving runtime.
+    pub slo_ns: AtomicU64,
 }
 
 /// Values of [`CounterPage::state`].
@@ -187,6 +195,16 @@ mod tests {
         assert!(size_of::<CounterPage>() <= PAGE_SIZE);
         assert_eq!(COUNTERS_OFFSET, 4096);
         assert_eq!(&MAGIC.to_le_bytes(), b"DILUQOTA");
+    }
+
+    #[test]
+    fn queue_fields_are_appended_after_the_version_1_counters() {
+        // Appended in the page's reserved bytes: a file written before them reads 0 there (no signal).
+        assert_eq!(std::mem::offset_of!(CounterPage, last_seen_epoch), 64);
+        assert_eq!(std::mem::offset_of!(CounterPage, queue_depth), 72);
+        assert_eq!(std::mem::offset_of!(CounterPage, oldest_queued_ns), 80);
+        assert_eq!(std::mem::offset_of!(CounterPage, slo_ns), 88);
+        assert_eq!(size_of::<CounterPage>(), 96);
     }
 
     #[test]
