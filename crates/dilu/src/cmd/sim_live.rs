@@ -50,6 +50,13 @@ pub struct CalibrateArgs {
     /// Trainer: hidden layers.
     #[arg(long, default_value_t = 2)]
     layers: u32,
+    /// Inference only: measure next to a busy `dilu train` (--hidden, --layers, --trainer-batch) held at
+    /// this share of the device in percent, the condition a co-location scenario runs the function in.
+    #[arg(long, conflicts_with = "trainer", value_parser = clap::value_parser!(u32).range(1..=100))]
+    beside_trainer: Option<u32>,
+    /// Batch of the --beside-trainer trainer.
+    #[arg(long, default_value_t = 64)]
+    trainer_batch: u32,
     /// Batch sizes (inference), comma-separated; the trainer's one batch (e.g. 64) for --trainer.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
     batches: Vec<u32>,
@@ -238,6 +245,36 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let exe = std::env::current_exe().context("locating the dilu binary")?;
+    let _beside = match a.beside_trainer {
+        Some(pct) => {
+            let path = dir.join("beside");
+            AgentChannel::create(
+                &path,
+                &ChannelSpec {
+                    device_uuid: String::new(),
+                    device_kind: DeviceKind::Cpu,
+                    budget_per_window: capacity_ns * u64::from(pct) / 100,
+                    window_ns,
+                    mem_cap_bytes: UNLIMITED,
+                    mode: mode::ALL,
+                    resident_threads: 0,
+                },
+                0o600,
+            )
+            .with_context(|| format!("creating quota channel {}", path.display()))?;
+            let mut cmd = Command::new(&exe);
+            cmd.args(["train", "--listen", "127.0.0.1:0"])
+                .args(["--hidden", &a.hidden.to_string()])
+                .args(["--layers", &a.layers.to_string()])
+                .args(["--batch", &a.trainer_batch.to_string()])
+                .arg("--quota-file")
+                .arg(&path);
+            let (guard, _) = spawn_until(cmd, "dilu train listening on ", "dilu train")?;
+            eprintln!("calibrate: next to a trainer held at {pct}% of the device");
+            Some(guard)
+        }
+        None => None,
+    };
     let mut rows: Vec<(u32, u32, f64, f64)> = Vec::new();
     let cold_start_s;
     if a.trainer {
@@ -411,6 +448,9 @@ pub struct Side {
     pub scale_out_s: Vec<f64>,
     /// Iterations per second of each training job over the run.
     pub training_iterations_per_s: Vec<f64>,
+    /// Live only: every request as `[arrival s, latency ms or null when it failed or timed out]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub raw: Vec<(f64, Option<f64>)>,
 }
 
 /// One row of the comparison.
@@ -445,6 +485,20 @@ fn recalibrate(a: &ValidateArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let entries = |key: &str| raw[key].as_sequence().cloned().unwrap_or_default();
+    // A co-location scenario's inference runs next to its training jobs, busy at their limits: the first one
+    // with a spec runs beside the inference calibration.
+    let beside = entries("training").into_iter().find_map(|t| {
+        let spec = specs.get(t["name"].as_str()?)?;
+        let tr = &spec["spec"]["training"];
+        let limit = t["sm_limit"].as_f64().or(t["sm_request"].as_f64())?;
+        let field = |k: &str, default: u64| tr[k].as_u64().unwrap_or(default) as u32;
+        Some((
+            (limit * 100.0).round().clamp(1.0, 100.0) as u32,
+            field("hidden", 128),
+            field("layers", 2),
+            field("batch", 128),
+        ))
+    });
     for f in entries("functions") {
         let (Some(name), Some(profile)) = (f["name"].as_str(), f["profile"].as_str()) else {
             continue;
@@ -472,8 +526,10 @@ fn recalibrate(a: &ValidateArgs) -> Result<()> {
             onnx: Some(PathBuf::from(onnx)),
             input: Some(input),
             trainer: false,
-            hidden: 0,
-            layers: 0,
+            hidden: beside.map_or(128, |b| b.1),
+            layers: beside.map_or(2, |b| b.2),
+            beside_trainer: beside.map(|b| b.0),
+            trainer_batch: beside.map_or(128, |b| b.3),
             batches,
             shares: DEFAULT_SHARES.to_vec(),
             rounds: a.rounds,
@@ -499,6 +555,8 @@ fn recalibrate(a: &ValidateArgs) -> Result<()> {
             trainer: true,
             hidden: field("hidden", 128),
             layers: field("layers", 2),
+            beside_trainer: None,
+            trainer_batch: field("batch", 128),
             batches: vec![field("batch", 128)],
             shares: DEFAULT_SHARES.to_vec(),
             rounds: a.rounds,
@@ -720,6 +778,7 @@ fn sim_side(scenario: &Scenario, setup: &dilu_sim::serve::Setup, run: &PolicyRun
         instance_seconds,
         scale_out_s,
         training_iterations_per_s,
+        raw: Vec::new(),
     }
 }
 
@@ -1053,6 +1112,14 @@ fn live_run(
         instance_seconds,
         scale_out_s,
         training_iterations_per_s,
+        raw: {
+            let mut raw: Vec<(f64, Option<f64>)> = outcomes
+                .iter()
+                .map(|o| (o.arrival_s, o.latency_s.map(|l| l * 1e3)))
+                .collect();
+            raw.sort_by(|x, y| x.0.total_cmp(&y.0));
+            raw
+        },
     })
 }
 
