@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dilu_core::batching::BatchingConfig;
 use dilu_core::request::InstanceKind;
-use dilu_quota::{Admission, CpuQuota, ThreadMeter};
+use dilu_quota::{Admission, CpuQuota, ThreadMeter, monotonic_ns};
 use tokio::sync::oneshot;
 
 use crate::error::WorkerError;
@@ -42,6 +42,26 @@ pub struct BatchSettings {
     pub fixed_wait: Option<Duration>,
     /// The adaptive rule's constants.
     pub batching: BatchingConfig,
+    /// The requests' latency SLO, published on the quota channel with the queue (`None`: not published).
+    pub slo: Option<Duration>,
+}
+
+/// Publishes the queue on the quota channel's counter page for the token manager (`docs/quota-channel.md`):
+/// `depth` requests not yet answered, the oldest of which arrived at `oldest`.
+fn publish_queue(quota: Option<&CpuQuota>, depth: u64, oldest: Option<Instant>) {
+    let Some(quota) = quota else {
+        return;
+    };
+    let counters = quota.channel().counters();
+    // The channel's clock is CLOCK_MONOTONIC; an Instant is not convertible, so date it back from now.
+    let oldest_ns = oldest.map_or(0, |at| {
+        let age = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        monotonic_ns().saturating_sub(age).max(1)
+    });
+    counters
+        .oldest_queued_ns
+        .store(oldest_ns, Ordering::Relaxed);
+    counters.queue_depth.store(depth, Ordering::Relaxed);
 }
 
 /// Re-derives the batching wait once a second from arrivals and batch execution times.
@@ -134,6 +154,16 @@ fn run(
     let mut cpu_per_sample_ns = 0.0f64;
     let mut estimator = WaitEstimator::new(settings, Instant::now(), arrivals());
     let max_batch = settings.max_batch.max(1);
+    if let (Some(quota), Some(slo)) = (quota, settings.slo) {
+        let slo_ns = u64::try_from(slo.as_nanos()).unwrap_or(u64::MAX);
+        quota
+            .channel()
+            .counters()
+            .slo_ns
+            .store(slo_ns, Ordering::Relaxed);
+    }
+    // Requests accepted and not yet answered: those still waiting on the channel plus the batch in hand.
+    let waiting = || metrics.queue_depth.load(Ordering::Relaxed).max(0) as u64;
     let dequeued = |job: Job, batch: &mut Vec<Job>| {
         metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         // A client that went away needs no answer.
@@ -147,8 +177,10 @@ fn run(
             .batch_wait_ns
             .store(wait.as_nanos() as u64, Ordering::Relaxed);
         let deadline = first.enqueued + wait;
+        let oldest = first.enqueued;
         let mut batch = Vec::with_capacity(max_batch);
         dequeued(first, &mut batch);
+        publish_queue(quota, waiting() + 1, Some(oldest));
         let mut open = true;
         while open && batch.len() < max_batch {
             match jobs.try_recv() {
@@ -170,8 +202,10 @@ fn run(
             }
         }
         if batch.is_empty() {
+            publish_queue(quota, waiting(), None);
             continue;
         }
+        publish_queue(quota, waiting() + batch.len() as u64, Some(oldest));
         // Like a kernel launch on a GPU, a batch pays part of its expected cost before it runs: the token
         // manager then sees the instance busy in the window the work starts, not only after it ends.
         let upfront = if quota.is_some() {
@@ -209,6 +243,8 @@ fn run(
                 }
             }
         }
+        // Answered: until the next batch's first request is taken, only the count of those waiting is known.
+        publish_queue(quota, waiting(), None);
         let used = meter.take();
         metrics.cpu_ns.fetch_add(used, Ordering::Relaxed);
         let per_sample = used as f64 / samples_len as f64;
@@ -235,6 +271,7 @@ mod tests {
             max_batch: 8,
             fixed_wait: None,
             batching: BatchingConfig::default(),
+            slo: None,
         };
         let t0 = Instant::now();
         let mut e = WaitEstimator::new(settings, t0, 0);
@@ -259,6 +296,7 @@ mod tests {
             max_batch: 8,
             fixed_wait: Some(Duration::from_millis(7)),
             batching: BatchingConfig::default(),
+            slo: None,
         };
         let t0 = Instant::now();
         let mut e = WaitEstimator::new(settings, t0, 0);

@@ -12,6 +12,9 @@ use crate::error::WorkerError;
 /// The default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
+/// The environment variable that gives a worker its requests' latency SLO in milliseconds when `slo_ms` is unset.
+pub const SLO_MS_ENV: &str = "DILU_SLO_MS";
+
 /// The most elements `input_shape` may describe: 2^28, 1 GiB of FP32. Every datatype the worker serves takes at
 /// least 4 bytes an element, so a larger tensor cannot arrive in one request under the largest body a function
 /// may accept (the spec's `gateway.max_body`, at most 1 GiB); the worker would only fail allocating it at load.
@@ -48,6 +51,9 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// The CPU quota channel; `None` reads `DILU_QUOTA_FILE` (and runs unthrottled when that is unset).
     pub quota_file: Option<PathBuf>,
+    /// The latency SLO of the function's requests, milliseconds, published on the quota channel for the token
+    /// manager's queue-aware controller; `None` reads `DILU_SLO_MS` (and publishes none when that is unset).
+    pub slo_ms: Option<f64>,
     /// The engine that runs the model (`tract`, the default, or `onnxruntime`).
     pub engine: Engine,
     /// The ONNX Runtime library (`libonnxruntime.so.*`) for [`Engine::OnnxRuntime`]; `None` reads
@@ -69,6 +75,7 @@ impl Default for WorkerConfig {
             batching: BatchingConfig::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             quota_file: None,
+            slo_ms: None,
             engine: Engine::Tract,
             onnxruntime_lib: None,
         }
@@ -83,6 +90,18 @@ impl WorkerConfig {
             model_path: model_path.into(),
             ..Self::default()
         }
+    }
+
+    /// The SLO to publish on the quota channel: `slo_ms`, else `DILU_SLO_MS` when it holds a positive number
+    /// of milliseconds (anything else there is ignored: the SLO is advice to the token manager, not a setting a
+    /// worker may refuse to start over).
+    pub fn slo(&self) -> Option<Duration> {
+        let ms = self.slo_ms.or_else(|| {
+            std::env::var(SLO_MS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })?;
+        (ms > 0.0 && ms.is_finite()).then(|| Duration::from_secs_f64(ms / 1e3))
     }
 
     /// The fixed batching wait, if one is set.
@@ -174,6 +193,15 @@ impl WorkerConfig {
                 "max_body_bytes",
                 self.max_body_bytes.to_string(),
                 "must be at least 1024",
+            );
+        }
+        if let Some(slo) = self.slo_ms
+            && !(slo > 0.0 && slo.is_finite())
+        {
+            return invalid(
+                "slo_ms",
+                slo.to_string(),
+                "must be a positive number of milliseconds",
             );
         }
         self.batching.validate().or_else(|e| {

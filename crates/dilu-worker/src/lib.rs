@@ -25,7 +25,7 @@ pub mod protocol;
 pub mod server;
 pub mod training;
 
-pub use config::WorkerConfig;
+pub use config::{SLO_MS_ENV, WorkerConfig};
 pub use engine::Engine;
 pub use error::WorkerError;
 pub use model::{Datatype, Model, TensorData, TensorSpec};

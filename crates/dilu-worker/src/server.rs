@@ -412,6 +412,7 @@ where
         max_batch: config.max_batch,
         fixed_wait: config.fixed_wait(),
         batching: config.batching,
+        slo: config.slo(),
     };
     let max_body_bytes = config.max_body_bytes;
 
