@@ -51,6 +51,9 @@ pub struct InstancePlan {
     pub batch: u32,
     /// The largest request body it accepts, bytes.
     pub max_body: u64,
+    /// The function's latency SLO, milliseconds (inference): told to the instance, which publishes it on its
+    /// quota channel beside its queue for the token manager (`docs/quota-channel.md`).
+    pub slo_ms: Option<f64>,
     /// Where it runs.
     pub at: DeviceRef,
     /// Its quota on that device.
@@ -69,7 +72,8 @@ pub enum Launch {
     Program {
         /// The program and its arguments, the port filled in.
         command: Vec<String>,
-        /// Its environment: the spec's, with `PORT`, `DILU_FUNCTION` and `DILU_MAX_BATCH`.
+        /// Its environment: the spec's, with `PORT`, `DILU_FUNCTION`, `DILU_MAX_BATCH` and, with an SLO,
+        /// `DILU_SLO_MS`.
         env: BTreeMap<String, String>,
         /// Its working directory.
         workdir: Option<PathBuf>,
@@ -109,6 +113,9 @@ impl InstancePlan {
                     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
                     args.extend(["--input-shape".into(), dims.join(",")]);
                 }
+                if let Some(slo) = self.slo_ms {
+                    args.extend(["--slo-ms".into(), slo.to_string()]);
+                }
                 Launch::Dilu(args)
             }
             Runtime::Trainer { training } => {
@@ -130,6 +137,9 @@ impl InstancePlan {
                 env.insert("PORT".into(), port.to_string());
                 env.insert("DILU_FUNCTION".into(), self.function.clone());
                 env.insert("DILU_MAX_BATCH".into(), self.batch.max(1).to_string());
+                if let Some(slo) = self.slo_ms {
+                    env.insert("DILU_SLO_MS".into(), slo.to_string());
+                }
                 Launch::Program {
                     command: process.command_line(port),
                     env,

@@ -1151,6 +1151,7 @@ impl Controller {
                         device_class: class,
                         batch,
                         max_body: f.spec.gateway.max_body,
+                        slo_ms: f.spec.slo_ms,
                         at,
                         quota,
                         booking,

@@ -543,6 +543,7 @@ mod tests {
             device_class: DeviceClass::Cpu,
             batch: 4,
             max_body: 1 << 20,
+            slo_ms: Some(80.0),
             at: DeviceRef {
                 node: "n1".into(),
                 device: "GPU-1".into(),
@@ -577,6 +578,11 @@ mod tests {
         );
         assert!(
             args.windows(2).any(|w| w == ["--max-batch", "4"]),
+            "{args:?}"
+        );
+        // The SLO reaches the worker, which publishes it on its quota channel.
+        assert!(
+            args.windows(2).any(|w| w == ["--slo-ms", "80"]),
             "{args:?}"
         );
         let probe = c

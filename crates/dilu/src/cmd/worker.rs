@@ -77,6 +77,10 @@ pub struct WorkerArgs {
     /// Refuse request bodies larger than this (413).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     max_body: u64,
+    /// The requests' latency SLO in milliseconds, published on the quota channel beside the queue for the
+    /// token manager's queue-aware controller (policy dilu-slo); default: $DILU_SLO_MS, else none.
+    #[arg(long)]
+    slo_ms: Option<f64>,
     /// CPU quota channel to charge (a channel of the CPU device); default: $DILU_QUOTA_FILE, and without
     /// either the worker runs unthrottled.
     #[arg(long)]
@@ -103,6 +107,7 @@ fn flag_of(field: &str) -> &'static str {
         "dynamic_batch" => "--no-dynamic-batch",
         "max_body_bytes" => "--max-body",
         "quota_file" => "--quota-file",
+        "slo_ms" => "--slo-ms",
         "engine" => "--engine",
         "onnxruntime_lib" => "--onnxruntime-lib",
         _ => "a setting",
@@ -119,6 +124,7 @@ fn config(args: &WorkerArgs) -> Result<WorkerConfig> {
     config.dynamic_batch = !args.no_dynamic_batch;
     config.max_body_bytes = usize::try_from(args.max_body).unwrap_or(usize::MAX);
     config.quota_file = args.quota_file.clone();
+    config.slo_ms = args.slo_ms;
     config.engine = args.engine;
     config.onnxruntime_lib = args.onnxruntime_lib.clone();
     if let Err(e) = config.validate() {
