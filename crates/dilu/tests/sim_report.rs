@@ -16,7 +16,7 @@ const FILES: [&str; 6] = [
     "index.html",
 ];
 
-/// The shipped inference–training scenario, shortened to 120 s (60 s measured): 6 policies, fast-gshare's
+/// The shipped inference–training scenario, shortened to 120 s (60 s measured): 7 policies, fast-gshare's
 /// tail reaching the 10 s request timeout.
 fn run_report(dir: &Path, format: &str) -> String {
     let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -134,7 +134,8 @@ fn serve_report_html_matches_the_table_and_json_and_is_deterministic() {
     // The policies' rows: the text table's figures, in its column order, and the JSON's exact values.
     let cells = summary_cells(&html, &["policies", "counts"]);
     let policies = json["policies"].as_array().unwrap();
-    assert_eq!(cells.len(), 6);
+    assert_eq!(policies.len(), 7, "the scenario lists seven policies");
+    assert_eq!(cells.len(), policies.len());
     let table_fields = [
         "slo_violation_rate",
         "p50_ms",
