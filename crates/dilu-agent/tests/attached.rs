@@ -346,3 +346,86 @@ fn attach_refuses_bad_input_but_never_overcommit() {
     assert!(agent.attached().iter().all(|a| a.overcommitted));
     agent.shutdown();
 }
+
+#[test]
+fn under_dilu_slo_a_queue_eating_into_its_slo_takes_sm_time_from_training() {
+    use dilu_core::policy::{Policy, PolicyName};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.policy = Policy::named(PolicyName::DiluSlo);
+    let agent = Agent::start(config).unwrap();
+    let device = agent.devices()[0].uuid.clone();
+    assert_eq!(agent.device_budgets()[0].controller, "slack");
+    let (inf_path, train_path) = (
+        channel_path(dir.path(), &agent, "pod-inf"),
+        channel_path(dir.path(), &agent, "pod-train"),
+    );
+    agent
+        .attach(
+            "pod-inf",
+            &device,
+            InstanceKind::Inference,
+            quota(0.2, 0.4),
+            &inf_path,
+        )
+        .unwrap();
+    agent
+        .attach(
+            "pod-train",
+            &device,
+            InstanceKind::Training,
+            quota(0.5, 1.0),
+            &train_path,
+        )
+        .unwrap();
+    let (inf, train) = (
+        InstanceChannel::open(&inf_path).unwrap(),
+        InstanceChannel::open(&train_path).unwrap(),
+    );
+    inf.counters().slo_ns.store(100_000_000, Relaxed);
+    // The oldest queued request's age, published by the "worker" below; 0 = the queue is fresh.
+    let age_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (stop, age_ms) = (stop.clone(), age_ms.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                inf.counters().cost_launched.fetch_add(100_000, Relaxed);
+                train.counters().cost_launched.fetch_add(100_000, Relaxed);
+                let now = dilu_quota::monotonic_ns();
+                inf.counters().queue_depth.store(3, Relaxed);
+                inf.counters().oldest_queued_ns.store(
+                    now.saturating_sub(age_ms.load(Relaxed) * 1_000_000),
+                    Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let shares = || {
+        let share = |id| find(&agent, id).budgeting.map_or(0.0, |b| b.share);
+        (share("pod-inf"), share("pod-train"))
+    };
+    let near = |x: f64, y: f64| (x - y).abs() < 0.02;
+    // Fresh queue: guarantees 0.2 and 0.5, the remaining 0.3 split by excess demand 0.2 : 0.5.
+    let calm = (0.2 + 0.3 * 2.0 / 7.0, 0.5 + 0.3 * 5.0 / 7.0);
+    wait_for("calm shares", || {
+        let (i, t) = shares();
+        near(i, calm.0) && near(t, calm.1)
+    });
+    // The oldest request has waited half its SLO: inference gets its 0.4 limit, training 0.6.
+    age_ms.store(50, Relaxed);
+    wait_for("inference at its limit", || {
+        let (i, t) = shares();
+        near(i, 0.4) && near(t, 0.6)
+    });
+    // The queue drains: back to the calm division.
+    age_ms.store(0, Relaxed);
+    wait_for("calm shares again", || {
+        let (i, t) = shares();
+        near(i, calm.0) && near(t, calm.1)
+    });
+    stop.store(true, Relaxed);
+    worker.join().unwrap();
+    agent.shutdown();
+}
