@@ -16,8 +16,8 @@ const FILES: [&str; 6] = [
     "index.html",
 ];
 
-/// The shipped inference–training scenario, shortened to 120 s (60 s measured): 7 policies, fast-gshare's
-/// tail reaching the 10 s request timeout.
+/// The shipped inference–training scenario, shortened to 120 s (60 s measured): 7 policies, latencies from
+/// milliseconds to hundreds of them (fast-gshare's tail).
 fn run_report(dir: &Path, format: &str) -> String {
     let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../scenarios/colocation-inference-training.yaml");
@@ -185,7 +185,7 @@ fn serve_report_html_matches_the_table_and_json_and_is_deterministic() {
         }
     }
 
-    // The latency CDF: decades labelled from 10 ms to 10 s, equally spaced.
+    // The latency CDF: decades labelled from 10 ms up to the slowest request's, equally spaced.
     let cdf = read(&a, "latency-cdf.svg");
     for label in [
         "request latency (log scale)",
@@ -200,7 +200,11 @@ fn serve_report_html_matches_the_table_and_json_and_is_deterministic() {
         .map(|t| (num(t, "x"), text_after(&cdf, t)))
         .collect();
     let labels: Vec<&str> = ticks.iter().map(|t| t.1).collect();
-    assert_eq!(labels, ["10 ms", "100 ms", "1 s", "10 s"], "{ticks:?}");
+    let decades = ["10 ms", "100 ms", "1 s", "10 s"];
+    assert!(
+        labels.len() >= 3 && labels[..] == decades[..labels.len()],
+        "{ticks:?}"
+    );
     let decade = ticks[1].0 - ticks[0].0;
     assert!(decade > 100.0);
     for w in ticks.windows(2) {
