@@ -448,6 +448,10 @@ pub struct Side {
     pub scale_out_s: Vec<f64>,
     /// Iterations per second of each training job over the run.
     pub training_iterations_per_s: Vec<f64>,
+    /// Requests per second one instance of each function serves at its request, as the horizontal scaler
+    /// counts it: the simulator's from the calibrated table, the platform's from its own measurement at deploy
+    /// (the `profiled` event).
+    pub capacity_rps: Vec<f64>,
     /// Live only: every request as `[arrival s, latency ms or null when it failed or timed out]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub raw: Vec<(f64, Option<f64>)>,
@@ -778,6 +782,12 @@ fn sim_side(scenario: &Scenario, setup: &dilu_sim::serve::Setup, run: &PolicyRun
         instance_seconds,
         scale_out_s,
         training_iterations_per_s,
+        capacity_rps: setup
+            .profiles
+            .iter()
+            .take(setup.prepared.functions.len())
+            .map(|p| p.capacity_rps)
+            .collect(),
         raw: Vec::new(),
     }
 }
@@ -1056,6 +1066,27 @@ fn live_run(
         .map_err(|_| anyhow::anyhow!("outcomes lock poisoned"))?
         .clone();
 
+    // The capacity the platform profiled for each function (its latest `profiled` event).
+    let events: Value = client
+        .get(format!("{url}/v1/events?kind=profiled&limit=10000"))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .with_context(|| format!("GET {url}/v1/events?kind=profiled"))?;
+    let capacity_rps: Vec<f64> = scenario
+        .functions
+        .iter()
+        .map(|f| {
+            events["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["kind"] == "profiled" && e["function"] == f.name.as_str())
+                .filter_map(|e| e["data"]["capacity_rps"].as_f64())
+                .next_back()
+                .unwrap_or(f64::NAN)
+        })
+        .collect();
     // Judge the measured requests (arrived after warm-up) as the simulator does.
     let mut lat_us: Vec<u32> = Vec::new();
     let (mut judged, mut bad) = (0u64, 0u64);
@@ -1112,6 +1143,7 @@ fn live_run(
         instance_seconds,
         scale_out_s,
         training_iterations_per_s,
+        capacity_rps,
         raw: {
             let mut raw: Vec<(f64, Option<f64>)> = outcomes
                 .iter()
@@ -1172,6 +1204,14 @@ fn compare(live: &Side, sim: &Side) -> Vec<Row> {
     for (i, (l, s)) in live.scale_out_s.iter().zip(&sim.scale_out_s).enumerate() {
         rows.push(Row {
             metric: format!("scale_out_{}_s", i + 1),
+            live: *l,
+            sim: *s,
+            ratio: ratio(*s, *l),
+        });
+    }
+    for (i, (l, s)) in live.capacity_rps.iter().zip(&sim.capacity_rps).enumerate() {
+        rows.push(Row {
+            metric: format!("capacity_{i}_rps"),
             live: *l,
             sim: *s,
             ratio: ratio(*s, *l),
