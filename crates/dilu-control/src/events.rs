@@ -2,7 +2,7 @@
 //! [`EventStore`] (so a restart keeps the history) and broadcast to live subscribers (the SSE stream).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dilu_api::{Event, EventKind};
 use dilu_core::sync::lock;
@@ -59,13 +59,37 @@ struct Inner {
     next_seq: u64,
 }
 
+/// An event as the live stream carries it: one allocation shared by every subscriber, its JSON written once,
+/// by the first subscriber that asks for it, however many followers there are.
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The event.
+    pub event: Event,
+    json: OnceLock<String>,
+}
+
+impl LiveEvent {
+    fn new(event: Event) -> LiveEvent {
+        LiveEvent {
+            event,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The event as JSON (an `Event` always serializes; an empty object should that ever change).
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
 /// The bounded event history.
 pub struct EventLog {
     inner: Mutex<Inner>,
     capacity: usize,
     wall: WallClock,
     store: Mutex<Option<Arc<dyn EventStore>>>,
-    live: broadcast::Sender<Event>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
 }
 
 impl EventLog {
@@ -146,7 +170,7 @@ impl EventLog {
             eprintln!("dilu: keeping event {}: {e}", event.seq);
         }
         // No subscriber is not an error.
-        let _ = self.live.send(event.clone());
+        let _ = self.live.send(Arc::new(LiveEvent::new(event.clone())));
         event
     }
 
@@ -159,7 +183,7 @@ impl EventLog {
     }
 
     /// Events as they are recorded (a slow subscriber misses the oldest and is told how many).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
     }
 
@@ -277,8 +301,15 @@ mod tests {
     async fn subscribers_see_events_as_they_come() {
         let log = log(10);
         let mut rx = log.subscribe();
+        let mut other = log.subscribe();
         log.record(EventKind::Quota, Some("f"), Some("f-1"), "q", Value::Null);
         let e = rx.recv().await.unwrap();
-        assert_eq!((e.seq, e.kind), (1, EventKind::Quota));
+        assert_eq!((e.event.seq, e.event.kind), (1, EventKind::Quota));
+        // Every subscriber gets the same event, serialized once.
+        let o = other.recv().await.unwrap();
+        assert!(Arc::ptr_eq(&e, &o));
+        assert!(std::ptr::eq(e.json(), o.json()));
+        let back: Event = serde_json::from_str(o.json()).unwrap();
+        assert_eq!(back, e.event);
     }
 }

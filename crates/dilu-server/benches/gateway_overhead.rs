@@ -631,6 +631,22 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((fields.iter().sum(), *fields.get(7)?))
 }
 
+/// CPU time (ns) this process's threads named `name` have run, from `/proc/self/task/*/schedstat` (its first
+/// field is the time on a CPU in nanoseconds); 0 where that is not readable.
+fn thread_cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Serves `router` on 127.0.0.1:0 on the current runtime; returns the bound address.
 async fn serve(router: Router) -> BenchResult<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -756,6 +772,10 @@ struct StreamCost {
     rounds: Vec<(f64, f64)>,
     /// Median over rounds of `(level − quiet)` added `(p50, p99)`.
     round_cost: Vec<(f64, f64)>,
+    /// CPU (ns) per request at each level: the gateway's thread (which also serves the stream), and the
+    /// thread recording the events (the control plane's part in `dilu up`).
+    gateway_cpu: Vec<f64>,
+    recorder_cpu: Vec<f64>,
     recorded: u64,
     delivered: u64,
     failures: usize,
@@ -794,6 +814,26 @@ impl StreamCost {
                 ratio(c99, q99),
             );
         }
+        println!(
+            "\nCPU per request, summed over the rounds (`/proc/self/task/*/schedstat`): the gateway's thread, which \
+             also serializes and writes the stream, and the thread that records the events (in `dilu up` the \
+             control plane). Cost = CPU per request at the level − at 0, over the gateway's at 0.\n"
+        );
+        println!(
+            "| events/s | gateway CPU per request | recorder CPU per request | cost: gateway | cost: gateway + recorder |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        let (g0, r0) = (self.gateway_cpu[0], self.recorder_cpu[0]);
+        for (i, level) in EVENT_LEVELS.iter().enumerate() {
+            let (g, r) = (self.gateway_cpu[i], self.recorder_cpu[i]);
+            println!(
+                "| {level} | {:.2} µs | {:.2} µs | {} | {} |",
+                g / 1e3,
+                r / 1e3,
+                ratio(g - g0, g0),
+                ratio(g + r - g0 - r0, g0)
+            );
+        }
         let met = |i: usize| {
             let (c50, c99) = self.round_cost[i];
             q50 > 0.0
@@ -801,29 +841,33 @@ impl StreamCost {
                 && c50 <= TARGET_EVENT_COST * q50
                 && c99 <= TARGET_EVENT_COST * q99
         };
+        let cpu_met = |i: usize| {
+            g0 > 0.0
+                && self.gateway_cpu[i] + self.recorder_cpu[i] - g0 - r0 <= TARGET_EVENT_COST * g0
+        };
         println!(
             "\nEvents recorded: {}; delivered to followers: {} of {} ({FOLLOWERS} each); {} failed requests. \
-             Target (a live stream adds under {:.0} % to the added p50 and p99, median of rounds): {} at {}/s, \
-             {} at {}/s.\n",
+             Target (a live stream adds under {:.0} %): by latency (added p50 and p99, median of rounds) {} at \
+             {}/s, {} at {}/s; by CPU per request (gateway + recorder) {} at {}/s, {} at {}/s.\n",
             self.recorded,
             self.delivered,
             self.recorded * FOLLOWERS as u64,
             self.failures,
             TARGET_EVENT_COST * 100.0,
-            if met(1) && self.failures == 0 {
-                "met"
-            } else {
-                "NOT met"
-            },
+            verdict(met(1) && self.failures == 0),
             EVENT_LEVELS[1],
-            if met(2) && self.failures == 0 {
-                "met"
-            } else {
-                "NOT met"
-            },
+            verdict(met(2) && self.failures == 0),
+            EVENT_LEVELS[2],
+            verdict(cpu_met(1)),
+            EVENT_LEVELS[1],
+            verdict(cpu_met(2)),
             EVENT_LEVELS[2],
         );
     }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
 }
 
 /// The event-stream phase: rounds of adjacent segments at [`EVENTS_RATE`] — direct, then via the gateway at
@@ -883,7 +927,8 @@ fn event_stream_cost(
                 while !stop.load(Ordering::Relaxed) {
                     let per_s = level.load(Ordering::Relaxed);
                     if per_s == 0 {
-                        std::thread::sleep(Duration::from_millis(1));
+                        // Parked costs no CPU; the main thread unparks it when it sets a level.
+                        std::thread::park_timeout(Duration::from_millis(100));
                         next = Instant::now();
                         continue;
                     }
@@ -913,6 +958,8 @@ fn event_stream_cost(
         run_segment(load, client, url, payload, EVENTS_RATE, WARMUP);
     }
     let mut pooled: Vec<Samples> = (0..segments).map(|_| Samples::default()).collect();
+    // CPU ns of the gateway's and the recorder's threads, and requests sent, per segment kind.
+    let mut cpu = vec![(0u64, 0u64, 0usize); segments];
     let mut per_round: Vec<Vec<(f64, f64)>> = vec![Vec::new(); segments];
     for round in 0..ROUNDS as usize {
         let mut p = vec![(0.0, 0.0); segments];
@@ -927,8 +974,16 @@ fn event_stream_cost(
                 which.checked_sub(1).map_or(0, |i| EVENT_LEVELS[i]),
                 Ordering::Relaxed,
             );
+            producer.thread().unpark();
+            let before = (
+                thread_cpu_ns("bench-gateway"),
+                thread_cpu_ns("bench-events"),
+            );
             let mut segment = run_segment(load, client, url, payload, EVENTS_RATE, SEGMENT);
             level.store(0, Ordering::Relaxed);
+            cpu[which].0 += thread_cpu_ns("bench-gateway").saturating_sub(before.0);
+            cpu[which].1 += thread_cpu_ns("bench-events").saturating_sub(before.1);
+            cpu[which].2 += segment.latencies.len() + segment.failures;
             let (p50, p99) = percentiles(&mut segment.latencies);
             p[which] = (micros(p50), micros(p99));
             pooled[which].latencies.extend(segment.latencies);
@@ -939,6 +994,7 @@ fn event_stream_cost(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    producer.thread().unpark();
     let _ = producer.join();
     // Let the followers take what was streamed last.
     std::thread::sleep(Duration::from_millis(200));
@@ -972,6 +1028,14 @@ fn event_stream_cost(
                     .collect();
                 medians(&diff)
             })
+            .collect(),
+        gateway_cpu: cpu[1..]
+            .iter()
+            .map(|c| c.0 as f64 / c.2.max(1) as f64)
+            .collect(),
+        recorder_cpu: cpu[1..]
+            .iter()
+            .map(|c| c.1 as f64 / c.2.max(1) as f64)
             .collect(),
         recorded: recorded.load(Ordering::Relaxed),
         delivered: delivered.load(Ordering::Relaxed),

@@ -95,11 +95,11 @@ pub(crate) async fn list(
     }
 }
 
-fn sse(event: &Event) -> SseEvent {
+fn sse(event: &Event, json: &str) -> SseEvent {
     SseEvent::default()
         .id(event.seq.to_string())
         .event(event.kind.as_str())
-        .data(serde_json::to_string(event).unwrap_or_default())
+        .data(json)
 }
 
 /// `GET /v1/events/stream`: the admitted history, then live events; a comment every 15 s keeps idle
@@ -125,16 +125,16 @@ pub fn sse_stream(log: &EventLog, filter: EventFilter, limit: usize) -> Response
     let replay = stream::iter(
         history
             .iter()
-            .map(sse)
+            .map(|e| sse(e, &serde_json::to_string(e).unwrap_or_default()))
             .map(Ok::<_, Infallible>)
             .collect::<Vec<_>>(),
     );
     let updates = stream::unfold((live, filter, last), |(mut rx, filter, last)| async move {
         loop {
             match rx.recv().await {
-                Ok(e) if e.seq > last && filter.admits(&e) => {
-                    let next = e.seq;
-                    return Some((Ok(sse(&e)), (rx, filter, next)));
+                Ok(e) if e.event.seq > last && filter.admits(&e.event) => {
+                    let next = e.event.seq;
+                    return Some((Ok(sse(&e.event, e.json())), (rx, filter, next)));
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {

@@ -357,12 +357,16 @@ fn control(e: StoreError) -> ControlStoreError {
 /// The event history (the `events` table), bounded to the newest `keep` rows.
 impl EventStore for Store {
     fn append_event(&self, event: &Event, keep: usize) -> Result<(), String> {
-        let conn = self.conn();
+        let mut conn = self.conn();
         let data = (!event.data.is_null()).then(|| event.data.to_string());
-        conn.execute(
-            "INSERT OR REPLACE INTO events (seq, at_ms, kind, function, instance, message, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        // One transaction and cached statements: an event costs one WAL commit, not two statements' worth.
+        let append = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
+            let tx = conn.transaction()?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO events (seq, at_ms, kind, function, instance, message, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
                 event.seq as i64,
                 event.at_ms as i64,
                 event.kind.as_str(),
@@ -370,16 +374,15 @@ impl EventStore for Store {
                 event.instance,
                 event.message,
                 data
-            ],
-        )
-        .and_then(|_| {
-            conn.execute(
-                "DELETE FROM events WHERE seq <= ?1",
-                params![event.seq as i64 - keep as i64],
-            )
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+            ])?;
+            let oldest_kept = event.seq as i64 - keep as i64;
+            if oldest_kept > 0 {
+                tx.prepare_cached("DELETE FROM events WHERE seq <= ?1")?
+                    .execute(params![oldest_kept])?;
+            }
+            tx.commit()
+        };
+        append(&mut conn).map_err(|e| e.to_string())
     }
 
     fn recent_events(&self, limit: usize) -> Result<Vec<Event>, String> {
@@ -459,6 +462,40 @@ mod tests {
             SpecFormat::Yaml,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn events_keep_the_last_ones_in_order_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dilu.db");
+        let event = |seq: u64| Event {
+            seq,
+            at_ms: 1_000 + seq,
+            kind: dilu_api::EventKind::Vertical,
+            function: Some("f".into()),
+            instance: (seq % 2 == 0).then(|| format!("f-{seq}")),
+            message: format!("event {seq}"),
+            data: if seq % 3 == 0 {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({"to": seq as f64 / 100.0})
+            },
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            for seq in 1..=30 {
+                store.append_event(&event(seq), 10).unwrap();
+            }
+            // Rewriting a kept event replaces it.
+            store.append_event(&event(30), 10).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let kept = store.recent_events(100).unwrap();
+        assert_eq!(kept, (21..=30).map(event).collect::<Vec<_>>());
+        assert_eq!(
+            store.recent_events(3).unwrap(),
+            (28..=30).map(event).collect::<Vec<_>>()
+        );
     }
 
     #[test]
