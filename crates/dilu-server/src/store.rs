@@ -473,9 +473,9 @@ mod tests {
             at_ms: 1_000 + seq,
             kind: dilu_api::EventKind::Vertical,
             function: Some("f".into()),
-            instance: (seq % 2 == 0).then(|| format!("f-{seq}")),
+            instance: seq.is_multiple_of(2).then(|| format!("f-{seq}")),
             message: format!("event {seq}"),
-            data: if seq % 3 == 0 {
+            data: if seq.is_multiple_of(3) {
                 serde_json::Value::Null
             } else {
                 serde_json::json!({"to": seq as f64 / 100.0})
