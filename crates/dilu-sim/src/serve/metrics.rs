@@ -355,8 +355,9 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b > 0 { a as f64 / b as f64 } else { 0.0 }
 }
 
-/// Nearest-rank percentile of sorted microsecond latencies, in ms (0 when empty).
-fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
+/// Nearest-rank percentile of sorted microsecond latencies, in ms (0 when empty). `dilu sim validate`
+/// summarises its live requests with it too, so that both sides are summarised alike.
+pub fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
     if sorted_us.is_empty() {
         return 0.0;
     }

@@ -1,0 +1,220 @@
+//! `dilu sim calibrate` and `dilu sim validate`: the serving simulator checked against the live platform
+//! (`docs/sim-vs-live.md`).
+//!
+//! - `calibrate` measures one function on this machine's CPU device at a grid of (batch × share) and writes a
+//!   profile table in Dilu's CSV format (`batch, sm_pct, latency_s, throughput`), which a scenario's
+//!   `profile:` key reads. Inference: a `dilu worker` under a CPU quota channel whose budget is set to each
+//!   share in turn (request = limit = the share, exactly what the token manager grants a resident held at
+//!   one share), timing rounds of `batch` concurrent requests as the live profiler does. Training: a
+//!   `dilu train` under the same channel, iterations per second at each share. It also times the cold start
+//!   (spawn to the first answer).
+//! - `validate` runs one scenario twice: on the live platform (`dilu up` in a fresh data directory, the
+//!   functions and training jobs deployed from their specs, an open-loop load generator replaying the
+//!   **same arrivals** the simulator draws — `ArrivalStream` with the scenario's seed) and in the simulator,
+//!   and prints both side by side with the ratio sim/live per metric.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use clap::Args;
+use dilu_core::perf::builtin_model_names;
+use dilu_sim::serve::PolicyName;
+use dilu_sim::serve::scenario::load_scenario;
+use dilu_sim::serve::{prepare, run_policy};
+
+mod calibrate;
+mod compare;
+mod http;
+mod live;
+mod process;
+mod recalibrate;
+mod simulated;
+mod specs;
+
+/// Arguments of `dilu sim calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Measure this ONNX model (served by `dilu worker`); conflicts with --trainer.
+    #[arg(long, required_unless_present = "trainer", conflicts_with = "trainer")]
+    onnx: Option<PathBuf>,
+    /// A v2 inference request body (JSON) for --onnx, e.g. ~/.cache/dilu/models/inputs/squeezenet.json.
+    #[arg(long, requires = "onnx")]
+    input: Option<PathBuf>,
+    /// Measure the built-in trainer (`dilu train`) instead.
+    #[arg(long)]
+    trainer: bool,
+    /// Trainer: width of the hidden layers.
+    #[arg(long, default_value_t = 256)]
+    hidden: u32,
+    /// Trainer: hidden layers.
+    #[arg(long, default_value_t = 2)]
+    layers: u32,
+    /// Inference only: measure next to a busy `dilu train` (--hidden, --layers, --trainer-batch) held at
+    /// this share of the device in percent, the condition a co-location scenario runs the function in.
+    #[arg(long, conflicts_with = "trainer", value_parser = clap::value_parser!(u32).range(1..=100))]
+    beside_trainer: Option<u32>,
+    /// Batch of the --beside-trainer trainer.
+    #[arg(long, default_value_t = 64)]
+    trainer_batch: u32,
+    /// Batch sizes (inference), comma-separated; the trainer's one batch (e.g. 64) for --trainer.
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    batches: Vec<u32>,
+    /// Shares of the CPU device in percent, comma-separated.
+    #[arg(
+        long,
+        default_value = "10,20,30,40,50,60,80,100",
+        value_delimiter = ','
+    )]
+    shares: Vec<u32>,
+    /// Timed rounds per inference point (after one warm-up round).
+    #[arg(long, default_value_t = 6)]
+    rounds: u32,
+    /// Seconds a training point is measured.
+    #[arg(long, default_value_t = 2.0)]
+    train_window_s: f64,
+    /// Cores of the CPU device (default: all of this machine's, as `dilu up` offers them).
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Token window in milliseconds (as `dilu up --window-ms`).
+    #[arg(long, default_value_t = 5)]
+    window_ms: u64,
+    /// Where to write the table.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `dilu sim validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The scenario: one node with one device (the CPU device); its functions and jobs name calibrated
+    /// profiles.
+    #[arg(long)]
+    scenario: PathBuf,
+    /// A function spec (YAML, as `dilu deploy -f` takes) per scenario function and training job, matched by
+    /// `metadata.name`. Repeatable.
+    #[arg(long = "spec", required = true)]
+    specs: Vec<PathBuf>,
+    /// A request body per inference function: NAME=FILE (v2 JSON). Repeatable.
+    #[arg(long = "input", value_parser = parse_input)]
+    inputs: Vec<(String, PathBuf)>,
+    /// Run this long instead of the scenario's duration_s (seconds; above warmup_s).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Policy, in the simulator and in `dilu up --policy`.
+    #[arg(long, default_value = "dilu")]
+    policy: PolicyName,
+    /// Keep the live run's data directory here (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    live_dir: Option<PathBuf>,
+    /// Write the comparison as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Token window in milliseconds for `dilu up`.
+    #[arg(long, default_value_t = 5)]
+    window_ms: u64,
+    /// Interval of the instance sampler, milliseconds (live) — the simulator samples at the scenario's
+    /// sample_interval_s.
+    #[arg(long, default_value_t = 250)]
+    sample_ms: u64,
+    /// First re-measure every `profile:` table the scenario names (overwriting the files), on this machine
+    /// and right before the live run, so that both see the same machine: each inference function at batches
+    /// 1, 2, 4, … up to its batch (its model from the spec, its request body from --input), each training job
+    /// with the spec's trainer settings.
+    #[arg(long)]
+    calibrate: bool,
+    /// Timed rounds per inference point with --calibrate.
+    #[arg(long, default_value_t = 6)]
+    rounds: u32,
+}
+
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--input {s:?}: expected NAME=FILE"))?;
+    if name.is_empty() || file.is_empty() {
+        return Err(format!("--input {s:?}: expected NAME=FILE"));
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
+}
+
+/// Runs `dilu sim calibrate`.
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    calibrate::calibrate(a)
+}
+
+/// Runs `dilu sim validate`.
+pub fn validate(a: ValidateArgs) -> Result<()> {
+    if a.calibrate {
+        recalibrate::recalibrate(&a)?;
+    }
+    let names = builtin_model_names();
+    let mut scenario = load_scenario(&a.scenario, &names)?;
+    if let Some(d) = a.duration_s {
+        ensure!(
+            d.is_finite() && d > scenario.warmup_s,
+            "--duration-s {d}: must be a number of seconds above the scenario's warmup_s ({})",
+            scenario.warmup_s
+        );
+        scenario.duration_s = d;
+    }
+    ensure!(
+        scenario.cluster.nodes == 1 && scenario.cluster.gpus_per_node == 1,
+        "{}: cluster must be one node with one device (the CPU device `dilu up` offers), not {} × {}",
+        a.scenario.display(),
+        scenario.cluster.nodes,
+        scenario.cluster.gpus_per_node
+    );
+    let specs = specs::read_specs(&a.specs, &scenario)?;
+    let inputs: BTreeMap<String, Vec<u8>> = a
+        .inputs
+        .iter()
+        .map(|(n, f)| {
+            std::fs::read(f)
+                .with_context(|| format!("--input {n}={}: reading", f.display()))
+                .map(|b| (n.clone(), b))
+        })
+        .collect::<Result<_>>()?;
+    for f in &scenario.functions {
+        ensure!(
+            inputs.contains_key(&f.name),
+            "function '{}' has no request body: pass --input {}=FILE",
+            f.name,
+            f.name
+        );
+    }
+
+    eprintln!("validate: simulating {} ...", scenario.name);
+    let setup = prepare(&scenario).context("preparing the scenario")?;
+    let run = run_policy(&setup, a.policy).context("simulating")?;
+    let sim = simulated::sim_side(&scenario, &setup, &run);
+
+    eprintln!(
+        "validate: running {} live for {} s ...",
+        scenario.name, scenario.duration_s
+    );
+    let load_before = live::load_average();
+    let live = live::live_side(&a, &scenario, &specs, &inputs)?;
+    let load_after = live::load_average();
+    eprintln!(
+        "validate: machine load average (1 min) {} before the live run, {} after",
+        load_before.map_or("unknown".into(), |l| format!("{l:.2}")),
+        load_after.map_or("unknown".into(), |l| format!("{l:.2}"))
+    );
+
+    let rows = compare::compare(&live, &sim);
+    compare::print_table(&scenario.name, &rows, &live, &sim);
+    if let Some(path) = &a.json {
+        let v = compare::report_json(
+            &scenario,
+            a.policy,
+            &live,
+            &sim,
+            &rows,
+            (load_before, load_after),
+        );
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
