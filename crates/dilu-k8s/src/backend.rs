@@ -581,10 +581,7 @@ mod tests {
             "{args:?}"
         );
         // The SLO reaches the worker, which publishes it on its quota channel.
-        assert!(
-            args.windows(2).any(|w| w == ["--slo-ms", "80"]),
-            "{args:?}"
-        );
+        assert!(args.windows(2).any(|w| w == ["--slo-ms", "80"]), "{args:?}");
         let probe = c
             .readiness_probe
             .as_ref()
