@@ -524,6 +524,29 @@ fn fraction(key: String, x: f64) -> Result<f64, ScenarioError> {
     }
 }
 
+/// An SM request and limit as written under `key(…)`: each a fraction in (0, 1], the limit at least the request
+/// when both are given.
+fn share_pair(
+    key: impl Fn(&str) -> String,
+    sm_request: Option<f64>,
+    sm_limit: Option<f64>,
+) -> Result<(Option<f64>, Option<f64>), ScenarioError> {
+    let sm_request = sm_request
+        .map(|x| fraction(key("sm_request"), x))
+        .transpose()?;
+    let sm_limit = sm_limit.map(|x| fraction(key("sm_limit"), x)).transpose()?;
+    if let (Some(req), Some(lim)) = (sm_request, sm_limit)
+        && lim < req
+    {
+        return Err(invalid(
+            key("sm_limit"),
+            lim,
+            format!("must be ≥ sm_request ({req})"),
+        ));
+    }
+    Ok((sm_request, sm_limit))
+}
+
 /// `x` as a `u32` if it lies in `lo ..= hi`.
 fn int_in(key: &str, x: i64, lo: u32, hi: u32) -> Result<u32, ScenarioError> {
     if x < i64::from(lo) {
@@ -791,14 +814,7 @@ impl Checker<'_> {
             .batch
             .map(|b| int_in(&k("batch"), b, 1, 4096))
             .transpose()?;
-        let sm_request = raw
-            .sm_request
-            .map(|x| fraction(k("sm_request"), x))
-            .transpose()?;
-        let sm_limit = raw
-            .sm_limit
-            .map(|x| fraction(k("sm_limit"), x))
-            .transpose()?;
+        let (sm_request, sm_limit) = share_pair(k, raw.sm_request, raw.sm_limit)?;
         if let Some(req) = sm_request
             && batch.is_none()
         {
@@ -808,18 +824,8 @@ impl Checker<'_> {
                 "needs batch: a configured quota is measured at a configured batch",
             ));
         }
-        match (sm_request, sm_limit) {
-            (None, Some(lim)) => {
-                return Err(invalid(k("sm_limit"), lim, "needs sm_request"));
-            }
-            (Some(req), Some(lim)) if lim < req => {
-                return Err(invalid(
-                    k("sm_limit"),
-                    lim,
-                    format!("must be ≥ sm_request ({req})"),
-                ));
-            }
-            _ => {}
+        if let (None, Some(lim)) = (sm_request, sm_limit) {
+            return Err(invalid(k("sm_limit"), lim, "needs sm_request"));
         }
         let min_instances = int_in(
             &k("min_instances"),
@@ -911,23 +917,7 @@ impl Checker<'_> {
             ));
         }
         let memory_gb = self.memory(&k("memory_gb"), raw.memory_gb, cluster)?;
-        let sm_request = raw
-            .sm_request
-            .map(|x| fraction(k("sm_request"), x))
-            .transpose()?;
-        let sm_limit = raw
-            .sm_limit
-            .map(|x| fraction(k("sm_limit"), x))
-            .transpose()?;
-        if let (Some(req), Some(lim)) = (sm_request, sm_limit)
-            && lim < req
-        {
-            return Err(invalid(
-                k("sm_limit"),
-                lim,
-                format!("must be ≥ sm_request ({req})"),
-            ));
-        }
+        let (sm_request, sm_limit) = share_pair(k, raw.sm_request, raw.sm_limit)?;
         let start_s = non_negative(&k("start_s"), raw.start_s)?;
         if start_s >= duration_s {
             return Err(invalid(
