@@ -31,9 +31,10 @@ pub struct Route {
 }
 
 /// What a gateway reports at `GET /v1/load` (JSON
-/// `{"functions": {"NAME": {"arrivals": N, "queued_now": N, "in_flight": {"INSTANCE": N}}}}`): one entry per
-/// function it routes. Arrivals are counted since the previous report, so the endpoint has one consumer (the
-/// leader controller, which sums the reports of every gateway replica).
+/// `{"functions": {"NAME": {"arrivals": N, "answered": N, "late": N, "queued_now": N, "in_flight": {"INSTANCE":
+/// N}}}}`): one entry per function it routes. Arrivals, answers and late answers are counted since the previous
+/// report, so the endpoint has one consumer (the leader controller, which sums the reports of every gateway
+/// replica).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Per function, by name.
@@ -47,6 +48,12 @@ pub struct FunctionLoad {
     /// Requests that arrived since the previous report.
     #[serde(default)]
     pub arrivals: u64,
+    /// Requests answered (or failed) since the previous report.
+    #[serde(default)]
+    pub answered: u64,
+    /// Of those, the ones answered after the function's SLO or refused or failed by the platform.
+    #[serde(default)]
+    pub late: u64,
     /// Requests waiting for an instance slot now.
     #[serde(default)]
     pub queued_now: u64,

@@ -1327,6 +1327,9 @@ impl Controller {
                     interval_s,
                     arrivals: window.arrivals,
                     queued: window.queued_now,
+                    answered: window.answered,
+                    late: window.late,
+                    slo_s: f.spec.slo_ms.map_or(0.0, |ms| ms / 1000.0),
                     per_instance_capacity: base.capacity_rps,
                     min_instances: min,
                     max_instances: max,
@@ -1348,7 +1351,8 @@ impl Controller {
                     decision.reason.clone()
                 };
                 let numbers = serde_json::json!({"rps": f.last_rps, "capacity_rps": base.capacity_rps,
-                    "instances": live, "scaler": f.scaler.name()});
+                    "instances": live, "scaler": f.scaler.name(), "answered": window.answered,
+                    "late": window.late});
                 let mut removed = 0;
                 for victim in &decision.remove {
                     let id = f

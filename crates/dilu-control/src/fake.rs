@@ -340,10 +340,12 @@ impl Profiler for ScriptedProfiler {
     }
 }
 
-/// Traffic the test sets: a constant arrival rate per function, and requests in flight per instance.
+/// Traffic the test sets: a constant arrival rate per function, each arrival answered within the interval and a
+/// set fraction of them late, and requests in flight per instance.
 #[derive(Default)]
 pub struct FakeLoad {
     rps: Mutex<BTreeMap<String, f64>>,
+    late_fraction: Mutex<BTreeMap<String, f64>>,
     last_ns: Mutex<BTreeMap<String, u64>>,
     in_flight: Mutex<BTreeMap<String, usize>>,
     clock: Mutex<Option<Arc<dyn Clock>>>,
@@ -362,6 +364,11 @@ impl FakeLoad {
         lock(&self.rps).insert(function.to_string(), rps);
     }
 
+    /// From now on, `fraction` of `function`'s answers miss its SLO.
+    pub fn set_late_fraction(&self, function: &str, fraction: f64) {
+        lock(&self.late_fraction).insert(function.to_string(), fraction);
+    }
+
     /// `n` requests are in flight on `instance`.
     pub fn set_in_flight(&self, instance: &str, n: usize) {
         lock(&self.in_flight).insert(instance.to_string(), n);
@@ -375,8 +382,15 @@ impl LoadSource for FakeLoad {
             .insert(function.to_string(), now)
             .unwrap_or(now);
         let rps = lock(&self.rps).get(function).copied().unwrap_or(0.0);
+        let late = lock(&self.late_fraction)
+            .get(function)
+            .copied()
+            .unwrap_or(0.0);
+        let arrivals = (rps * now.saturating_sub(last) as f64 / 1e9).round() as u64;
         Window {
-            arrivals: (rps * now.saturating_sub(last) as f64 / 1e9).round() as u64,
+            arrivals,
+            answered: arrivals,
+            late: (arrivals as f64 * late).round() as u64,
             queued_now: 0,
         }
     }

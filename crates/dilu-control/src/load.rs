@@ -9,6 +9,10 @@ pub struct Window {
     pub arrivals: u64,
     /// Requests waiting for an instance now.
     pub queued_now: u64,
+    /// Requests answered (or failed).
+    pub answered: u64,
+    /// Of those, the ones answered after the function's SLO or refused or failed by the platform.
+    pub late: u64,
 }
 
 /// A source of traffic counts.

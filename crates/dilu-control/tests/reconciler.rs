@@ -293,6 +293,48 @@ async fn a_profiling_instance_that_cannot_start_fails_with_its_log() {
 }
 
 #[tokio::test]
+async fn dilu_slo_adds_an_instance_when_answers_miss_the_slo_within_capacity() {
+    let rig = Rig::new(1, PolicyName::DiluSlo);
+    rig.c
+        .deploy(inference(
+            "s",
+            "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 3, capacity_rps: 10}\n",
+        ))
+        .unwrap();
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.ready("s").len(), 1);
+    // 5 requests/s against a capacity of 10: Dilu's lazy vote would never add an instance. Half the answers
+    // miss the SLO: after two late intervals in a row, one more.
+    rig.load.set_rps("s", 5.0);
+    rig.load.set_late_fraction("s", 0.5);
+    rig.run_for(1_500, 100).await;
+    assert_eq!(
+        rig.view("s").instances.len(),
+        1,
+        "one late interval is not enough"
+    );
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.view("s").instances.len(), 2);
+    rig.run_for(1_000, 100).await;
+    assert_eq!(rig.ready("s").len(), 2);
+    // On time with two: the scaler now counts 5 req/s per instance, so 5 req/s does not fit one and the
+    // instance stays (the lazy vote alone would remove it after 30 of 40 samples).
+    rig.load.set_late_fraction("s", 0.0);
+    rig.run_for(45_000, 1_000).await;
+    assert_eq!(rig.ready("s").len(), 2);
+    let events = rig
+        .c
+        .events()
+        .list(&dilu_control::events::EventFilter::default(), 64);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("late intervals in a row")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_lazy_scaler_adds_an_instance_under_sustained_load_and_removes_it_after() {
     let rig = Rig::new(1, PolicyName::Dilu);
     rig.c

@@ -65,6 +65,9 @@ pub struct WindowCounts {
     /// Inference requests answered otherwise (a gateway error, an instance's error status) or abandoned by
     /// their client.
     pub failed: u64,
+    /// Of the completed and failed ones, those answered after the function's SLO or refused or failed by the
+    /// platform (429, 5xx).
+    pub late: u64,
     /// Requests waiting for an instance slot right now (not reset).
     pub queued_now: u64,
     /// Requests being served by instances right now (not reset).

@@ -151,6 +151,7 @@ impl Gateway {
             arrivals: state.metrics.arrivals.swap(0, Relaxed),
             completed: state.metrics.completed.swap(0, Relaxed),
             failed: state.metrics.failed.swap(0, Relaxed),
+            late: state.metrics.late.swap(0, Relaxed),
             queued_now: queued as u64,
             outstanding_now: outstanding as u64,
         })
@@ -182,6 +183,8 @@ impl Gateway {
                 name,
                 dilu_api::route::FunctionLoad {
                     arrivals: window.arrivals,
+                    answered: window.completed + window.failed,
+                    late: window.late,
                     queued_now: window.queued_now,
                     in_flight,
                 },

@@ -93,6 +93,9 @@ pub(crate) struct FunctionMetrics {
     pub(crate) arrivals: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    /// Answered after the SLO, or refused or failed by the platform (429, 5xx): what the `lazy-slo` scaler
+    /// counts as late.
+    pub(crate) late: AtomicU64,
 }
 
 impl FunctionMetrics {
@@ -108,6 +111,7 @@ impl FunctionMetrics {
             arrivals: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         }
     }
 
@@ -122,8 +126,12 @@ impl FunctionMetrics {
             self.failed.fetch_add(1, Relaxed);
         }
         self.latency.observe(latency);
-        if slo.is_some_and(|slo| latency > slo) {
+        let over = slo.is_some_and(|slo| latency > slo);
+        if over {
             self.slo_violations.fetch_add(1, Relaxed);
+        }
+        if over || code == 429 || code >= 500 {
+            self.late.fetch_add(1, Relaxed);
         }
     }
 

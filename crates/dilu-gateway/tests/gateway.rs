@@ -875,12 +875,15 @@ async fn take_window_counts_and_resets() {
         h.infer("f", vec![b'x'; 101]).send().await.unwrap().status(),
         413
     );
+    // The platform failing a request counts as late for the scaler (no SLO is set: nothing else is).
+    assert_eq!(h.infer("f", "FAIL500").send().await.unwrap().status(), 500);
     assert_eq!(
         h.window(),
         WindowCounts {
-            arrivals: 5,
+            arrivals: 6,
             completed: 3,
-            failed: 2,
+            failed: 3,
+            late: 1,
             queued_now: 0,
             outstanding_now: 0
         }

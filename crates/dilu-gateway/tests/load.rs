@@ -51,6 +51,8 @@ async fn the_load_report_counts_arrivals_once_and_needs_the_token() {
         "f",
         FunctionPolicy {
             max_outstanding_per_instance: 2,
+            // Every request waits for the test's permits (60 ms and more): each answer is late.
+            slo: Some(Duration::from_millis(20)),
             ..FunctionPolicy::default()
         },
     );
@@ -112,6 +114,8 @@ async fn the_load_report_counts_arrivals_once_and_needs_the_token() {
         FunctionLoad {
             arrivals: 3,
             queued_now: 1,
+            answered: 0,
+            late: 0,
             in_flight: [("f-0".to_string(), 2)].into(),
         }
     );
@@ -130,6 +134,10 @@ async fn the_load_report_counts_arrivals_once_and_needs_the_token() {
     }
     let last = report(&client, &url, "s3cret").await;
     assert_eq!(last.functions["f"].arrivals, 0);
+    assert_eq!(
+        (last.functions["f"].answered, last.functions["f"].late),
+        (3, 3)
+    );
     assert_eq!(last.functions["f"].queued_now, 0);
     assert_eq!(last.functions["f"].in_flight.values().sum::<u64>(), 0);
 }
@@ -145,7 +153,9 @@ async fn without_a_token_the_report_is_open_and_the_plain_router_has_none() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
         body,
-        serde_json::json!({"functions": {"f": {"arrivals": 0, "queued_now": 0, "in_flight": {}}}})
+        serde_json::json!({"functions": {"f": {
+            "arrivals": 0, "answered": 0, "late": 0, "queued_now": 0, "in_flight": {}
+        }}})
     );
     let plain = serve(gateway.router()).await;
     let response = client.get(format!("{plain}/v1/load")).send().await.unwrap();

@@ -75,12 +75,21 @@ struct GatewayState {
     failing: bool,
 }
 
+/// Counts of one function summed over gateways and not yet taken, and when some were last added.
+#[derive(Debug)]
+struct Pending {
+    arrivals: u64,
+    answered: u64,
+    late: u64,
+    at: Instant,
+}
+
 /// The sums over gateways: the pure part of [`PulledLoad`] (time is a parameter).
 #[derive(Debug)]
 struct Sums {
     gateways: Vec<GatewayState>,
-    /// Arrivals not yet taken, and when some were last added.
-    pending: BTreeMap<String, (u64, Instant)>,
+    /// Counts not yet taken, per function.
+    pending: BTreeMap<String, Pending>,
     stale_after: Duration,
 }
 
@@ -97,10 +106,19 @@ impl Sums {
     fn record(&mut self, index: usize, mut report: LoadReport, now: Instant) {
         for (function, load) in &mut report.functions {
             let arrivals = std::mem::take(&mut load.arrivals);
-            if arrivals > 0 {
-                let entry = self.pending.entry(function.clone()).or_insert((0, now));
-                entry.0 = entry.0.saturating_add(arrivals);
-                entry.1 = now;
+            let answered = std::mem::take(&mut load.answered);
+            let late = std::mem::take(&mut load.late);
+            if arrivals > 0 || answered > 0 {
+                let entry = self.pending.entry(function.clone()).or_insert(Pending {
+                    arrivals: 0,
+                    answered: 0,
+                    late: 0,
+                    at: now,
+                });
+                entry.arrivals = entry.arrivals.saturating_add(arrivals);
+                entry.answered = entry.answered.saturating_add(answered);
+                entry.late = entry.late.saturating_add(late);
+                entry.at = now;
             }
         }
         if let Some(g) = self.gateways.get_mut(index) {
@@ -108,7 +126,7 @@ impl Sums {
             g.failing = false;
         }
         self.pending
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < PENDING_TTL);
+            .retain(|_, p| now.saturating_duration_since(p.at) < PENDING_TTL);
     }
 
     /// Notes that polling gateway `index` failed; whether it was the first failure in a row.
@@ -141,8 +159,11 @@ impl Sums {
 
     /// The arrivals since the previous call (reset) and the queue now.
     fn take_window(&mut self, function: &str, now: Instant) -> Window {
+        let taken = self.pending.remove(function);
         Window {
-            arrivals: self.pending.remove(function).map_or(0, |(n, _)| n),
+            arrivals: taken.as_ref().map_or(0, |p| p.arrivals),
+            answered: taken.as_ref().map_or(0, |p| p.answered),
+            late: taken.as_ref().map_or(0, |p| p.late),
             queued_now: self.queued_now(function, now),
         }
     }
@@ -303,6 +324,9 @@ mod tests {
                         FunctionLoad {
                             arrivals: *arrivals,
                             queued_now: *queued,
+                            // Test data: every arrival answered, half of them (rounded down) late.
+                            answered: *arrivals,
+                            late: *arrivals / 2,
                             in_flight: in_flight.iter().map(|(i, n)| (i.to_string(), *n)).collect(),
                         },
                     )
@@ -327,14 +351,16 @@ mod tests {
             sums.take_window("f", t1),
             Window {
                 arrivals: 9,
-                queued_now: 2
+                queued_now: 2,
+                answered: 9,
+                late: 1 + 2 + 1,
             }
         );
         assert_eq!(
             sums.take_window("f", t1),
             Window {
-                arrivals: 0,
-                queued_now: 2
+                queued_now: 2,
+                ..Window::default()
             }
         );
         assert_eq!(sums.take_window("g", t1), Window::default());
@@ -355,7 +381,9 @@ mod tests {
             sums.take_window("f", t6),
             Window {
                 arrivals: 2,
-                queued_now: 1
+                queued_now: 1,
+                answered: 2,
+                late: 0,
             }
         );
         sums.record(1, report(&[]), t6);

@@ -17,6 +17,8 @@ impl LoadSource for GatewayLoad {
             .map(|w| Window {
                 arrivals: w.arrivals,
                 queued_now: w.queued_now,
+                answered: w.completed + w.failed,
+                late: w.late,
             })
             .unwrap_or_default()
     }

@@ -536,7 +536,7 @@ fn semantic_errors_name_the_key_value_and_rule() {
         ),
         (
             with_function("parameters:\n  rkcm: {a: 1}\n"),
-            "parameters.rkcm: unknown component; valid: rckm, slack, tgs, lazy, kpa, infless, fast-gshare, has, batching, profiler",
+            "parameters.rkcm: unknown component; valid: rckm, slack, tgs, lazy, lazy_slo, kpa, infless, fast-gshare, has, batching, profiler",
         ),
         (
             with_function("parameters:\n  rckm: 3\n"),

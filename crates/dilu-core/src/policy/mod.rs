@@ -10,7 +10,7 @@
 //! | `fast-gshare` | `infless-r` (SM·time best-fit) | `static-temporal` | `fast-gshare` | partition = request | request..limit |
 //! | `tgs` | `tgs` (one inference + one training per device) | `tgs` | `kpa` | whole device | opportunistic |
 //! | `has` | `has` (≤ 2 SM rows) | `static-temporal` | `has` (vertical-first) | partition = request | request..limit |
-//! | `dilu-slo` | `dilu` | `slack` (queue-aware) | `lazy` | request..limit | request..limit |
+//! | `dilu-slo` | `dilu` | `slack` (queue-aware) | `lazy-slo` (lazy + SLO escape) | request..limit | request..limit |
 //!
 //! Besides the components, a bundle fixes two rules shared by every policy: how a controller's grants become
 //! the shares residents may use ([`crate::scaling::share::device_shares`]), and how profiling turns
@@ -31,7 +31,8 @@ use crate::placement::{DiluParams, DiluPlacer, Placer, PlacerName, serving_place
 use crate::profiler::quota::{InferenceQuota, LIMIT_KNEE_FRACTION, TrainingQuota};
 use crate::scaling::{
     FastGShareScaler, HasScaler, HorizontalScaler, InflessScaler, KpaScaler, LazyConfig,
-    LazyScaler, Rckm, ShareMode, SlackGuard, StaticShares, TgsRate, VerticalController,
+    LazyScaler, LazySloScaler, Rckm, ShareMode, SlackGuard, StaticShares, TgsRate,
+    VerticalController,
 };
 
 /// Which vertical controller a policy runs on every device.
@@ -56,6 +57,8 @@ pub enum VerticalKind {
 pub enum HorizontalKind {
     /// Dilu's lazy scaler (a 40-sample window).
     Lazy,
+    /// The lazy vote plus an escape for intervals that miss the SLO (`dilu-slo`).
+    LazySlo,
     /// Knative's KPA (stable and panic windows).
     Kpa,
     /// INFless's reactive scaler with keep-alive.
@@ -163,7 +166,8 @@ impl Policy {
     /// The horizontal scaler it runs per function.
     pub fn horizontal_kind(&self) -> HorizontalKind {
         match self.name {
-            PolicyName::Dilu | PolicyName::DiluSlo => HorizontalKind::Lazy,
+            PolicyName::Dilu => HorizontalKind::Lazy,
+            PolicyName::DiluSlo => HorizontalKind::LazySlo,
             PolicyName::Exclusive | PolicyName::Tgs => HorizontalKind::Kpa,
             PolicyName::Infless => HorizontalKind::Infless,
             PolicyName::FastGShare => HorizontalKind::FastGShare,
@@ -221,6 +225,9 @@ impl Policy {
         let p = &self.parameters;
         Ok(match self.horizontal_kind() {
             HorizontalKind::Lazy => Box::new(LazyScaler::new(lazy.unwrap_or(p.lazy))?),
+            HorizontalKind::LazySlo => {
+                Box::new(LazySloScaler::new(lazy.unwrap_or(p.lazy), p.lazy_slo)?)
+            }
             HorizontalKind::Kpa => Box::new(KpaScaler::new(p.kpa)?),
             HorizontalKind::Infless => Box::new(InflessScaler::new(p.infless)?),
             HorizontalKind::FastGShare => Box::new(FastGShareScaler::new(p.fast_gshare)?),
@@ -313,7 +320,7 @@ mod tests {
             ("fast-gshare", "infless-r", "static-temporal", "fast-gshare"),
             ("tgs", "tgs", "tgs", "kpa"),
             ("has", "has", "static-temporal", "has"),
-            ("dilu-slo", "dilu", "slack", "lazy"),
+            ("dilu-slo", "dilu", "slack", "lazy-slo"),
         ];
         for (name, placer, vertical, horizontal) in expected {
             let p = Policy::named(name.parse().unwrap());

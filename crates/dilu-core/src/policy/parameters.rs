@@ -8,7 +8,7 @@ use crate::batching::BatchingConfig;
 use crate::error::FieldError;
 use crate::scaling::{
     FastGShareConfig, FastGShareScaler, HasConfig, HasScaler, InflessConfig, InflessScaler,
-    KpaConfig, KpaScaler, LazyConfig, RckmConfig, SlackConfig, TgsConfig,
+    KpaConfig, KpaScaler, LazyConfig, LazySloConfig, RckmConfig, SlackConfig, TgsConfig,
 };
 
 /// The constants of every component a policy may select.
@@ -23,6 +23,8 @@ pub struct PolicyParameters {
     pub tgs: TgsConfig,
     /// Dilu's lazy horizontal scaler.
     pub lazy: LazyConfig,
+    /// The SLO escape of `dilu-slo`'s horizontal scaler (its vote is `lazy`'s).
+    pub lazy_slo: LazySloConfig,
     /// Knative's KPA.
     pub kpa: KpaConfig,
     /// INFless's scaler.
@@ -45,6 +47,7 @@ impl PolicyParameters {
         self.tgs.validate()?;
         self.batching.validate()?;
         self.lazy.validate()?;
+        self.lazy_slo.validate()?;
         KpaScaler::new(self.kpa)?;
         InflessScaler::new(self.infless)?;
         FastGShareScaler::new(self.fast_gshare)?;

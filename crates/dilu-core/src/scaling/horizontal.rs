@@ -40,6 +40,12 @@ pub struct FunctionLoad<'a> {
     pub arrivals: u64,
     /// Requests waiting (queued anywhere) at the end of the interval.
     pub queued: u64,
+    /// Requests answered or given up on during the interval.
+    pub answered: u64,
+    /// Of those, the ones answered after the function's SLO or given up on.
+    pub late: u64,
+    /// The function's latency SLO, seconds (0: none).
+    pub slo_s: f64,
     /// Requests per second one instance serves at the profiled quota (`docs/algorithms.md` §3).
     pub per_instance_capacity: f64,
     /// Fewest instances the function may have.

@@ -103,6 +103,9 @@ struct Func {
     scaler: Box<dyn HorizontalScaler>,
     quota: InstanceQuota,
     arrivals_interval: u64,
+    /// Requests answered or given up on since the last scaler tick, and how many of them missed the SLO.
+    answered_interval: u64,
+    late_interval: u64,
     arrivals_second: u64,
     exec_ns_second: u64,
     batches_second: u64,
@@ -183,6 +186,8 @@ impl<'a> Engine<'a> {
                 scaler,
                 quota: bundle.inference(f),
                 arrivals_interval: 0,
+                answered_interval: 0,
+                late_interval: 0,
                 arrivals_second: 0,
                 exec_ns_second: 0,
                 batches_second: 0,
@@ -374,6 +379,8 @@ impl<'a> Engine<'a> {
             }
             self.insts[i].queue.pop_front();
             self.metrics.dropped(f, a);
+            self.funcs[f].answered_interval += 1;
+            self.funcs[f].late_interval += 1;
         }
         let inst = &mut self.insts[i];
         inst.timer_armed = false;
@@ -405,9 +412,13 @@ impl<'a> Engine<'a> {
         let f = self.insts[i].func;
         let started = self.insts[i].batch_started;
         let running = std::mem::take(&mut self.insts[i].running);
+        let slo_ns = (self.sc.functions[f].slo_s * NS_PER_S).round() as u64;
         for &a in &running {
             self.metrics.completed(f, a, now);
         }
+        let late = running.iter().filter(|&&a| now - a > slo_ns).count() as u64;
+        self.funcs[f].answered_interval += running.len() as u64;
+        self.funcs[f].late_interval += late;
         self.insts[i].running = running;
         self.insts[i].running.clear();
         let func = &mut self.funcs[f];
@@ -829,6 +840,9 @@ impl<'a> Engine<'a> {
             interval_s: interval_ns as f64 / NS_PER_S,
             arrivals: self.funcs[f].arrivals_interval,
             queued,
+            answered: self.funcs[f].answered_interval,
+            late: self.funcs[f].late_interval,
+            slo_s: spec.slo_s,
             per_instance_capacity: self.funcs[f].quota.capacity_rps,
             min_instances: spec.min_instances,
             max_instances: spec.max_instances,
@@ -836,6 +850,8 @@ impl<'a> Engine<'a> {
         };
         let decision = self.funcs[f].scaler.decide(&load);
         self.funcs[f].arrivals_interval = 0;
+        self.funcs[f].answered_interval = 0;
+        self.funcs[f].late_interval = 0;
         for q in &decision.quota {
             self.change_quota(q.instance as usize, q.time_quota);
         }

@@ -42,11 +42,12 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 /// The workload kinds, as written in the `kind` key.
 pub const WORKLOAD_KINDS: [&str; 4] = ["poisson", "gamma", "series", "trace"];
 /// Components that may receive free-form configuration under `parameters`.
-pub const PARAMETER_COMPONENTS: [&str; 10] = [
+pub const PARAMETER_COMPONENTS: [&str; 11] = [
     "rckm",
     "slack",
     "tgs",
     "lazy",
+    "lazy_slo",
     "kpa",
     "infless",
     "fast-gshare",
