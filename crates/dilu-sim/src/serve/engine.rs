@@ -546,6 +546,13 @@ impl<'a> Engine<'a> {
             &mut g.shares,
             &mut g.claims,
         );
+        // Inference instances running a batch on this device: each slows the others' batches by their function's
+        // `interference` (0 unless the scenario measured it).
+        let running = self.gpus[gpu]
+            .who
+            .iter()
+            .filter(|w| matches!(w, Who::Inst(i) if !self.insts[*i].running.is_empty()))
+            .count();
         for k in 0..self.gpus[gpu].who.len() {
             let share = self.gpus[gpu].shares[k];
             let grant = self.gpus[gpu].grants[k];
@@ -556,6 +563,8 @@ impl<'a> Engine<'a> {
                     }
                     let f = self.insts[i].func;
                     let size = self.insts[i].running.len() as u32;
+                    let slowdown =
+                        1.0 + self.sc.functions[f].interference * running.saturating_sub(1) as f64;
                     let perf = &self.sc.functions[f].perf;
                     let rate_per_s = match grant.mode {
                         ShareMode::Spatial => 1.0 / perf.batch_time_s(size, share),
@@ -569,7 +578,7 @@ impl<'a> Engine<'a> {
                         }
                     };
                     let rate = if rate_per_s.is_finite() {
-                        rate_per_s / NS_PER_S
+                        rate_per_s / slowdown / NS_PER_S
                     } else {
                         0.0
                     };

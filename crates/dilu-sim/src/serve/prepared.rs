@@ -34,6 +34,8 @@ pub struct PreparedFunction {
     pub cold_start_ns: u64,
     /// A request that waited this long before its batch started is dropped (a violation), nanoseconds.
     pub timeout_ns: u64,
+    /// Slowdown of a batch per other inference instance running a batch on the same device (0: none).
+    pub interference: f64,
     /// Fewest instances.
     pub min_instances: u32,
     /// Most instances.

@@ -33,6 +33,8 @@ pub const DEFAULT_SEED: u64 = 1;
 pub const MAX_SAMPLES: f64 = 10_000_000.0;
 /// Smallest `step_s` of a rate series (1 ms), so a stream never walks through billions of empty steps.
 pub const MIN_SERIES_STEP_S: f64 = 0.001;
+/// Largest `interference` accepted (one neighbour making a batch eleven times slower).
+pub const MAX_INTERFERENCE: f64 = 10.0;
 /// Largest Gamma coefficient of variation accepted.
 pub const MAX_GAMMA_CV: f64 = 100.0;
 /// Longest function, training-job or scenario name, in bytes.
@@ -102,6 +104,10 @@ pub struct FunctionSpec {
     pub cold_start_s: Option<f64>,
     /// Time after which a queued request is dropped (counted as an SLO violation); `None`: the engine decides.
     pub request_timeout_s: Option<f64>,
+    /// Slowdown of one instance's batch per other inference instance running a batch on the same device at the
+    /// same time (0: none; what `dilu sim calibrate --pair` measures on a CPU device, where residents share the
+    /// host's cores and caches).
+    pub interference: f64,
     /// The request arrivals, with data files already loaded.
     pub workload: Workload,
 }
@@ -339,6 +345,8 @@ struct RawFunction {
     cold_start_s: Option<f64>,
     #[serde(default)]
     request_timeout_s: Option<f64>,
+    #[serde(default)]
+    interference: Option<f64>,
     #[serde(default)]
     profile: Option<String>,
     #[serde(default)]
@@ -870,6 +878,17 @@ impl Checker<'_> {
             .request_timeout_s
             .map(|t| positive(&k("request_timeout_s"), t))
             .transpose()?;
+        let interference = match raw.interference {
+            None => 0.0,
+            Some(x) if x.is_finite() && (0.0..=MAX_INTERFERENCE).contains(&x) => x,
+            Some(x) => {
+                return Err(invalid(
+                    k("interference"),
+                    x,
+                    format!("must be in [0, {MAX_INTERFERENCE}]"),
+                ));
+            }
+        };
         let workload = self.workload(i, &raw.workload, seed, duration_s)?;
         Ok(FunctionSpec {
             name: raw.name,
@@ -885,6 +904,7 @@ impl Checker<'_> {
             memory_gb,
             cold_start_s,
             request_timeout_s,
+            interference,
             workload,
         })
     }

@@ -288,6 +288,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                 .map_or(model.spec.memory_mib, |g| (g * 1024.0) as u64),
             cold_start_ns: secs_to_ns(f.cold_start_s.unwrap_or(model.spec.cold_start_s)),
             timeout_ns: secs_to_ns(f.request_timeout_s.unwrap_or(DEFAULT_REQUEST_TIMEOUT_S)),
+            interference: f.interference,
             min_instances: f.min_instances,
             max_instances: f.max_instances,
             initial_instances: f.initial_instances,
