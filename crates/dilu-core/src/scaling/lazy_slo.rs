@@ -13,7 +13,8 @@
 //!
 //! So this scaler also looks at how the interval went against the function's SLO. An interval is *late* when
 //! more than `late_fraction` of the requests answered in it missed the SLO (a request given up on counts as
-//! missed), or when the queue is longer than the ready instances can drain within the SLO. After
+//! missed), or when the queue is longer than the ready instances can drain within the SLO (and than one batch
+//! each). After
 //! `urgent_intervals` late intervals in a row with every instance ready (answers late from waiting for a
 //! starting instance say nothing of capacity), it adds at once what the rate and the queue need (the queue to be
 //! worked off within `drain_s`), and at least one instance. When the load alone does not explain the lateness (the
@@ -95,10 +96,17 @@ impl LazySloConfig {
 /// within a minute.
 const LEARN_MARGIN: f64 = 0.8;
 
-/// Whether the queue is longer than the ready instances can drain within the SLO (never without an SLO).
+/// Whether the queue is longer than the ready instances can drain within the SLO (never without an SLO). Each
+/// ready instance drains `capacity × SLO` requests in time, and at least one batch: requests waiting for their
+/// batch to fill are not a backlog.
 fn backlog(load: &FunctionLoad<'_>, capacity: f64) -> bool {
-    let ready = load.instances.iter().filter(|i| i.ready).count() as f64;
-    load.slo_s > 0.0 && load.queued > 0 && load.queued as f64 > ready * capacity * load.slo_s
+    let drainable: f64 = load
+        .instances
+        .iter()
+        .filter(|i| i.ready)
+        .map(|i| (capacity * load.slo_s).max(f64::from(i.batch.max(1))))
+        .sum();
+    load.slo_s > 0.0 && load.queued > 0 && load.queued as f64 > drainable
 }
 
 /// One interval as the scaler remembers it.
