@@ -550,6 +550,37 @@ functions:
     assert_eq!(half.requests, without.requests, "the same arrivals");
 }
 
+/// `capacity_rps` is what the horizontal scaler counts: 120 req/s against a profiled ~79 per instance (batch 4 at
+/// 10 %) makes Dilu's lazy vote add an instance; counted at 1,000 per instance, it never does.
+#[test]
+fn the_scaler_counts_a_pinned_capacity() {
+    let scenario = |pin: &str| {
+        setup(&format!(
+            r"
+name: pinned
+duration_s: 90
+seed: 3
+cluster: {{ nodes: 1, gpus_per_node: 2 }}
+functions:
+  - name: a
+    model: resnet152
+    slo_ms: 200
+    batch: 4
+    sm_request: 0.1
+    sm_limit: 0.1
+    max_instances: 2
+{pin}    workload: {{ kind: poisson, rps: 120 }}
+"
+        ))
+    };
+    let profiled = scenario("");
+    let pinned = scenario("    capacity_rps: 1000\n");
+    assert!(profiled.profiles[0].capacity_rps < 120.0);
+    assert_eq!(pinned.profiles[0].capacity_rps, 1000.0);
+    assert_eq!(run(&profiled, PolicyName::Dilu).report.cold_starts, 1);
+    assert_eq!(run(&pinned, PolicyName::Dilu).report.cold_starts, 0);
+}
+
 #[test]
 fn inference_squeezes_co_located_training() {
     let s = setup(

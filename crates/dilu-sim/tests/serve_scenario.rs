@@ -218,6 +218,15 @@ fn minimal_scenario_gets_the_documented_defaults() {
         (f.min_instances, f.max_instances, f.initial_instances),
         (1, 64, 1)
     );
+    assert_eq!((f.interference, f.capacity_rps), (0.0, None));
+    let s = parse(&with_function(
+        "    interference: 0.4\n    capacity_rps: 12.5\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        (s.functions[0].interference, s.functions[0].capacity_rps),
+        (0.4, Some(12.5))
+    );
 
     // initial_instances defaults to max(min_instances, 1).
     let s = parse(&with_function("    min_instances: 0\n")).unwrap();
@@ -391,6 +400,18 @@ fn semantic_errors_name_the_key_value_and_rule() {
         (
             with_function("").replace("slo_ms: 40", "slo_ms: .nan"),
             "functions[0].slo_ms = NaN: must be > 0",
+        ),
+        (
+            with_function("    interference: 11\n"),
+            "functions[0].interference = 11: must be in [0, 10]",
+        ),
+        (
+            with_function("    interference: -0.1\n"),
+            "functions[0].interference = -0.1: must be in [0, 10]",
+        ),
+        (
+            with_function("    capacity_rps: 0\n"),
+            "functions[0].capacity_rps = 0: must be > 0",
         ),
         (
             with_function("").replace("resnet152", "resnet999"),

@@ -108,6 +108,9 @@ pub struct FunctionSpec {
     /// same time (0: none; what `dilu sim calibrate --pair` measures on a CPU device, where residents share the
     /// host's cores and caches).
     pub interference: f64,
+    /// Requests per second per instance the horizontal scaler counts, overriding the profile's at the batch and
+    /// request (what a platform spec's `scaling.capacity_rps` pins).
+    pub capacity_rps: Option<f64>,
     /// The request arrivals, with data files already loaded.
     pub workload: Workload,
 }
@@ -347,6 +350,8 @@ struct RawFunction {
     request_timeout_s: Option<f64>,
     #[serde(default)]
     interference: Option<f64>,
+    #[serde(default)]
+    capacity_rps: Option<f64>,
     #[serde(default)]
     profile: Option<String>,
     #[serde(default)]
@@ -889,6 +894,10 @@ impl Checker<'_> {
                 ));
             }
         };
+        let capacity_rps = raw
+            .capacity_rps
+            .map(|c| positive(&k("capacity_rps"), c))
+            .transpose()?;
         let workload = self.workload(i, &raw.workload, seed, duration_s)?;
         Ok(FunctionSpec {
             name: raw.name,
@@ -905,6 +914,7 @@ impl Checker<'_> {
             cold_start_s,
             request_timeout_s,
             interference,
+            capacity_rps,
             workload,
         })
     }

@@ -189,7 +189,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
         let model = resolve(&f.model, f.profile.as_ref(), &key)?;
         let perf = model.perf;
         let slo_s = f.slo_ms / 1000.0;
-        let (quota, measured, configured) = match (f.batch, f.sm_request) {
+        let (mut quota, measured, configured) = match (f.batch, f.sm_request) {
             (None, _) => {
                 let cfg = HgsConfig {
                     max_batch: model.table.max_batch(),
@@ -257,6 +257,9 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
                 )
             }
         };
+        if let Some(c) = f.capacity_rps {
+            quota.capacity_rps = c;
+        }
         let tokens = model.spec.tokens_per_request.max(1);
         let perf = Arc::new(perf);
         profiles.push(ProfileSummary {

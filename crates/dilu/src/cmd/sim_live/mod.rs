@@ -126,6 +126,11 @@ pub struct ValidateArgs {
     /// Timed rounds per inference point with --calibrate.
     #[arg(long, default_value_t = 6)]
     rounds: u32,
+    /// Let the simulated scaler count each instance's capacity from the calibrated table. By default the
+    /// simulation runs after the live run and counts the capacity the platform profiled at deploy (its
+    /// scaler's figure), unless the scenario pins `capacity_rps`.
+    #[arg(long)]
+    table_capacity: bool,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -184,11 +189,8 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
         );
     }
 
-    eprintln!("validate: simulating {} ...", scenario.name);
-    let setup = prepare(&scenario).context("preparing the scenario")?;
-    let run = run_policy(&setup, a.policy).context("simulating")?;
-    let sim = simulated::sim_side(&scenario, &setup, &run);
-
+    // Checked before the live run, so that a scenario the simulator refuses costs no live run.
+    prepare(&scenario).context("preparing the scenario")?;
     eprintln!(
         "validate: running {} live for {} s ...",
         scenario.name, scenario.duration_s
@@ -201,6 +203,23 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
         load_before.map_or("unknown".into(), |l| format!("{l:.2}")),
         load_after.map_or("unknown".into(), |l| format!("{l:.2}"))
     );
+
+    if !a.table_capacity {
+        // The platform's scaler counts the capacity it profiled at deploy; so does the simulated one.
+        for (f, &c) in scenario.functions.iter_mut().zip(&live.capacity_rps) {
+            if f.capacity_rps.is_none() && c.is_finite() && c > 0.0 {
+                eprintln!(
+                    "validate: simulating '{}' with the platform's profiled capacity, {c:.2} req/s per instance",
+                    f.name
+                );
+                f.capacity_rps = Some(c);
+            }
+        }
+    }
+    eprintln!("validate: simulating {} ...", scenario.name);
+    let setup = prepare(&scenario).context("preparing the scenario")?;
+    let run = run_policy(&setup, a.policy).context("simulating")?;
+    let sim = simulated::sim_side(&scenario, &setup, &run);
 
     let rows = compare::compare(&live, &sim);
     compare::print_table(&scenario.name, &rows, &live, &sim);
