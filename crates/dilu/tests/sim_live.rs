@@ -1,5 +1,5 @@
-//! `dilu sim validate --calibrate` end to end at small scale: a 45 s scenario (SqueezeNet beside the MLP
-//! trainer on the CPU device, a load step that makes the lazy scaler add an instance) calibrated, run live on
+//! `dilu sim validate --calibrate --through-gateway` end to end at small scale: a 45 s scenario (SqueezeNet beside
+//! the MLP trainer on the CPU device, a load step that makes the lazy scaler add an instance) calibrated, run live on
 //! `dilu up` and simulated, compared. The bounds are what a loaded 2-core CI machine honestly holds
 //! (docs/sim-vs-live.md): the same arrivals on both sides, one scale-out each at about the same time,
 //! instance-seconds within 15 %, latencies and training throughput within a factor of 2.
@@ -96,7 +96,14 @@ fn validate_compares_a_small_live_run_with_the_simulator() {
     let json = d.join("out.json");
     let started = std::time::Instant::now();
     let out = Command::new(dilu_bin())
-        .args(["sim", "validate", "--calibrate", "--rounds", "3"])
+        .args([
+            "sim",
+            "validate",
+            "--calibrate",
+            "--through-gateway",
+            "--rounds",
+            "3",
+        ])
         .arg("--scenario")
         .arg(d.join("scenario.yaml"))
         .arg("--spec")
@@ -121,6 +128,12 @@ fn validate_compares_a_small_live_run_with_the_simulator() {
     let (live, sim) = (&v["live"], &v["sim"]);
     // Both sides saw exactly the same measured arrivals (the live generator replays the simulator's).
     assert_eq!(live["requests"], sim["requests"], "{v}");
+    // Both scalers count the capacity the platform profiled at deploy.
+    assert_eq!(live["capacity_rps"], sim["capacity_rps"], "{v}");
+    assert!(
+        stderr.contains("requests go through a dilu gateway"),
+        "{stderr}"
+    );
     assert!(live["requests"].as_u64().unwrap() > 150, "{v}");
     let ratio = |k: &str| sim[k].as_f64().unwrap() / live[k].as_f64().unwrap();
     within("instance_seconds", ratio("instance_seconds"), 0.85, 1.15);

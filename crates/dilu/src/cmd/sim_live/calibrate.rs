@@ -120,6 +120,16 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
             .arg("--quota-file")
             .arg(&quota_path);
         let (_worker, url) = spawn_until(cmd, "dilu worker listening on ", "dilu worker")?;
+        let (_gateway, url) = if a.through_gateway {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["gateway", "--listen", "127.0.0.1:0", "--route"])
+                .arg(format!("m={url}"));
+            let (guard, gateway) = spawn_until(cmd, "dilu gateway listening on ", "dilu gateway")?;
+            eprintln!("calibrate: requests go through a dilu gateway at {gateway}");
+            (Some(guard), gateway)
+        } else {
+            (None, url)
+        };
         let infer = format!("{url}/v2/models/m/infer");
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -24,8 +24,8 @@ pub struct Side {
     /// Iterations per second of each training job over the run.
     pub training_iterations_per_s: Vec<f64>,
     /// Requests per second one instance of each function serves at its request, as the horizontal scaler
-    /// counts it: the simulator's from the calibrated table, the platform's from its own measurement at deploy
-    /// (the `profiled` event).
+    /// counts it: the platform's from its own measurement at deploy (the `profiled` event); the simulator's the
+    /// same (or the calibrated table's with `--table-capacity`, or the scenario's `capacity_rps`).
     pub capacity_rps: Vec<f64>,
     /// Live only: every request as `[arrival s, latency ms or null when it failed or timed out]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]

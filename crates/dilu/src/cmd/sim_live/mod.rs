@@ -57,6 +57,11 @@ pub struct CalibrateArgs {
     /// Batch of the --beside-trainer trainer.
     #[arg(long, default_value_t = 64)]
     trainer_batch: u32,
+    /// Inference only: send the requests through a `dilu gateway` in front of the worker, the path `dilu up`
+    /// serves them on (the gateway's CPU time and copies of the request body then count in the table, as
+    /// they do live).
+    #[arg(long, conflicts_with = "trainer")]
+    through_gateway: bool,
     /// Batch sizes (inference), comma-separated; the trainer's one batch (e.g. 64) for --trainer.
     #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
     batches: Vec<u32>,
@@ -131,6 +136,10 @@ pub struct ValidateArgs {
     /// scaler's figure), unless the scenario pins `capacity_rps`.
     #[arg(long)]
     table_capacity: bool,
+    /// With --calibrate: measure each inference function through a `dilu gateway` in front of its worker
+    /// (`dilu sim calibrate --through-gateway`), as `dilu up` serves it.
+    #[arg(long, requires = "calibrate")]
+    through_gateway: bool,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {

@@ -62,6 +62,7 @@ pub(super) fn recalibrate(a: &ValidateArgs) -> Result<()> {
             layers: beside.map_or(2, |b| b.2),
             beside_trainer: beside.map(|b| b.0),
             trainer_batch: beside.map_or(128, |b| b.3),
+            through_gateway: a.through_gateway,
             batches,
             ..on_grid(a, base.join(profile))
         })?;
@@ -123,6 +124,7 @@ fn on_grid(a: &ValidateArgs, out: PathBuf) -> CalibrateArgs {
         layers: 2,
         beside_trainer: None,
         trainer_batch: 128,
+        through_gateway: false,
         batches: Vec::new(),
         shares: DEFAULT_SHARES.to_vec(),
         rounds: a.rounds,
