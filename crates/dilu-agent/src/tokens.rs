@@ -125,7 +125,12 @@ impl DeviceTokens {
             let alpha = (window_ns as f64 / USAGE_AVERAGE_NS).min(1.0);
             r.usage_avg += (r.usage as f64 - r.usage_avg) * alpha;
             total = total.saturating_add(r.usage);
-            let busy = r.usage > 0;
+            // Busy: it used the device in the window, or it has a batch in hand (a worker publishes its oldest
+            // request from the batch's start until it is answered). A CPU worker charges a batch's time at its
+            // start and its end, so usage alone would read a 50 ms batch as two one-window bursts, which RCKM
+            // ignores; the simulator counts the whole batch as busy.
+            let in_hand = r.channel.counters().oldest_queued_ns.load(Relaxed) != 0;
+            let busy = r.usage > 0 || in_hand;
             if busy && !r.busy {
                 r.busy_since_ns = now_ns.saturating_sub(window_ns);
                 r.busy_seen_ns = now_ns;
@@ -468,6 +473,29 @@ mod tests {
             Some(7 * WINDOW_NS),
             "a new burst is counted anew"
         );
+    }
+
+    #[test]
+    fn a_batch_in_hand_counts_as_busy_between_its_two_charges() {
+        // A CPU worker charges half a batch's expected time when it starts and the rest when it ends, and
+        // publishes its oldest request in between: the whole batch reads as one burst.
+        let (mut manager, instance, _dir) = one_resident("i", InstanceKind::Inference);
+        let c = instance.counters();
+        c.cost_launched.fetch_add(1_000, Relaxed);
+        c.oldest_queued_ns.store(1, Relaxed);
+        manager.tick(WINDOW_NS);
+        for tick in 2..10 {
+            manager.tick(tick * WINDOW_NS);
+            let view = manager.resident("i").unwrap();
+            assert!(view.busy, "tick {tick}: no usage, but a batch in hand");
+            assert_eq!(view.busy_since_ns, Some(WINDOW_NS));
+        }
+        c.cost_launched.fetch_add(1_000, Relaxed);
+        c.oldest_queued_ns.store(0, Relaxed);
+        manager.tick(10 * WINDOW_NS);
+        assert!(manager.resident("i").unwrap().busy, "the closing charge");
+        manager.tick(11 * WINDOW_NS);
+        assert!(!manager.resident("i").unwrap().busy, "answered and idle");
     }
 
     #[test]
