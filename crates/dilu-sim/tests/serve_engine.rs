@@ -553,6 +553,56 @@ functions:
 /// `capacity_rps` is what the horizontal scaler counts: 120 req/s against a profiled ~79 per instance (batch 4 at
 /// 10 %) makes Dilu's lazy vote add an instance; counted at 1,000 per instance, it never does.
 #[test]
+fn the_first_second_runs_without_a_batching_wait_as_the_worker_does() {
+    // The worker's batcher starts with no wait and derives one after its first measured second
+    // (`docs/algorithms.md` §7); the simulator must too, or a scenario's first requests wait for a batch to
+    // fill that the platform would have run at once (which made `sim validate`'s first answers late).
+    let s = setup(
+        r"
+name: first-second
+duration_s: 1
+warmup_s: 0
+seed: 11
+cluster: { nodes: 1, gpus_per_node: 1 }
+functions:
+  - name: a
+    model: resnet152
+    slo_ms: 2000
+    batch: 8
+    sm_request: 0.1
+    sm_limit: 0.1
+    max_instances: 1
+    workload: { kind: poisson, rps: 20 }
+",
+    );
+    let perf = builtin_model("resnet152").expect("resnet152").perf();
+    let t1 = perf.batch_time_s(1, 0.1) * 1000.0;
+    // What the old rule would have waited from the start: ē at the configured batch over 6, since a batch
+    // takes longer than the time between requests.
+    let full = perf.batch_time_s(8, 0.1);
+    assert!(
+        full > 1.0 / 20.0,
+        "the rule would wait: batch of 8 takes {full} s"
+    );
+    let r = run(&s, PolicyName::Dilu);
+    let min = r
+        .latencies_ms
+        .first()
+        .copied()
+        .expect("some requests answered");
+    eprintln!(
+        "batch_time(1, 0.1) = {t1:.2} ms, the old initial wait {:.2} ms; min latency {min:.2} ms, {} requests",
+        full / 6.0 * 1000.0,
+        r.report.requests
+    );
+    // The first request finds the instance idle and runs alone, at once.
+    assert!(
+        (min - t1).abs() < 0.5,
+        "min latency {min} ms against a batch of 1 {t1} ms"
+    );
+}
+
+#[test]
 fn the_scaler_counts_a_pinned_capacity() {
     let scenario = |pin: &str| {
         setup(&format!(

@@ -191,6 +191,7 @@ impl<'a> Engine<'a> {
                 arrivals_second: 0,
                 exec_ns_second: 0,
                 batches_second: 0,
+                // As the worker's batcher: no wait until the first second has been measured.
                 wait_ns: 0,
                 last_tick_ns: 0,
             })
@@ -255,7 +256,6 @@ impl<'a> Engine<'a> {
             }
             let interval = self.funcs[f].scaler.interval_ns().max(1);
             self.push(interval, Event::ScalerTick { func: f });
-            self.funcs[f].wait_ns = self.initial_wait_ns(f);
         }
         self.push(SECOND_NS, Event::Second);
         self.push(self.sc.sample_ns, Event::Sample);
@@ -969,19 +969,6 @@ impl<'a> Engine<'a> {
     }
 
     // ---- periodic -------------------------------------------------------------------------------
-
-    fn initial_wait_ns(&self, f: usize) -> u64 {
-        let spec = &self.sc.functions[f];
-        let rps = ArrivalStream::mean_rps(&spec.workload, self.sc.duration_ns as f64 / NS_PER_S);
-        let exec = spec
-            .perf
-            .batch_time_s(spec.quota.batch, spec.quota.sm_request);
-        self.batching.wait_ns(
-            spec.kind,
-            exec,
-            rps / f64::from(spec.initial_instances.max(1)),
-        )
-    }
 
     /// Once a second: re-derive every function's batching wait from the last second (`docs/algorithms.md` §7).
     fn on_second(&mut self) {
