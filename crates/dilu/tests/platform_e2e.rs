@@ -194,8 +194,9 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     let sq_input = std::fs::read(cache.join("inputs/squeezenet.json")).unwrap();
     let infer = |f: &str| format!("{}/v2/models/{f}/infer", up.url);
 
-    // Baseline: the steady function at 1 request/s, the burst function idle.
-    let steady = Load::start(infer("steady"), sq_input, 1.0, 2);
+    // Baseline: every inference instance idle. (A steady function at 1 request/s is busy with a batch for a
+    // good part of each second, and RCKM squeezes training while it is and for `idle_release_ms` after, so under
+    // such a load training runs squeezed or not depending on how the batches fall: not a baseline.)
     std::thread::sleep(Duration::from_secs(2));
     let baseline = training_rate(&client, &trainer, 5);
     let (_, devices) = up.get("/v1/devices");
@@ -218,6 +219,8 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     let rate = 1.6 * capacity;
     let step_start = Instant::now();
     let load = Load::start(infer("burst"), upright.clone(), rate, 16);
+    // The steady function keeps serving beside the burst: none of its requests may fail.
+    let steady = Load::start(infer("steady"), sq_input, 1.0, 2);
     let mut seen = None;
     while step_start.elapsed() < Duration::from_secs(5) {
         let (_, devices) = up.get("/v1/devices");
@@ -257,13 +260,13 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     let (_, view) = up.get("/v1/functions/burst");
     let instances = view["instances"].as_array().unwrap().len();
     let (sent, failures) = load.finish();
+    let (steady_sent, steady_failures) = steady.finish();
     let burst_end = Instant::now();
 
     // After the burst: the lazy scaler removes the extra instance once its window has seen the load gone, and
-    // training gets its share back. (Until then the idle second instance still holds its reservation: RCKM keeps
-    // training at `request × budget` while any inference instance may burst, and the steady function's requests
-    // keep the device from being released, so training's rate is measured once the platform is back to the
-    // shape it had before the step.)
+    // training gets its share back. (Until then the idle second instance still holds its reservation, so
+    // training's rate is measured once the platform is back to the shape it had before the step: one burst
+    // instance, every inference instance idle.)
     let mut scaled_in_after = None;
     while burst_end.elapsed() < Duration::from_secs(40) {
         let (_, view) = up.get("/v1/functions/burst");
@@ -276,7 +279,6 @@ fn a_load_step_scales_vertically_then_horizontally_and_training_yields_and_recov
     let scaled_in_after = scaled_in_after.expect("the extra burst instance was never scaled in");
     std::thread::sleep(Duration::from_secs(1));
     let after = training_rate(&client, &trainer, 5);
-    let (steady_sent, steady_failures) = steady.finish();
     let metrics = client
         .get(format!("{}/metrics", up.url))
         .send()
