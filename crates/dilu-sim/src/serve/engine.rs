@@ -412,11 +412,13 @@ impl<'a> Engine<'a> {
         let f = self.insts[i].func;
         let started = self.insts[i].batch_started;
         let running = std::mem::take(&mut self.insts[i].running);
-        let slo_ns = (self.sc.functions[f].slo_s * NS_PER_S).round() as u64;
         for &a in &running {
             self.metrics.completed(f, a, now);
         }
-        let late = running.iter().filter(|&&a| now - a > slo_ns).count() as u64;
+        let late = running
+            .iter()
+            .filter(|&&a| self.metrics.missed_slo(f, now - a))
+            .count() as u64;
         self.funcs[f].answered_interval += running.len() as u64;
         self.funcs[f].late_interval += late;
         self.insts[i].running = running;

@@ -172,13 +172,19 @@ impl Collector {
         }
     }
 
+    /// Whether a request of function `f` answered `latency_ns` after it arrived missed the SLO: the one rule
+    /// the report and the engine's scaler counts share.
+    pub fn missed_slo(&self, f: usize, latency_ns: u64) -> bool {
+        latency_ns > self.slo_ns[f]
+    }
+
     /// A request that arrived at `arrived_ns` completed at `now_ns`.
     pub fn completed(&mut self, f: usize, arrived_ns: u64, now_ns: u64) {
         if !self.measured(arrived_ns) {
             return;
         }
         let latency = now_ns - arrived_ns;
-        let late = latency > self.slo_ns[f];
+        let late = self.missed_slo(f, latency);
         let s = &mut self.functions[f];
         s.completed += 1;
         s.late += u64::from(late);
@@ -199,7 +205,7 @@ impl Collector {
 
     /// A request was still waiting or running when the run ended.
     pub fn unfinished(&mut self, f: usize, arrived_ns: u64, now_ns: u64) {
-        if self.measured(arrived_ns) && now_ns - arrived_ns > self.slo_ns[f] {
+        if self.measured(arrived_ns) && self.missed_slo(f, now_ns - arrived_ns) {
             self.functions[f].unfinished_late += 1;
         }
     }
