@@ -206,6 +206,10 @@ fn run(
             continue;
         }
         publish_queue(quota, waiting() + batch.len() as u64, Some(oldest));
+        // The batch holds the executor from its upfront charge to its last one (what it costs under the
+        // instance's share, as a profile table's batch time does).
+        let began = Instant::now();
+        let size = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         // Like a kernel launch on a GPU, a batch pays part of its expected cost before it runs: the token
         // manager then sees the instance busy in the window the work starts, not only after it ends.
         let upfront = if quota.is_some() {
@@ -258,6 +262,10 @@ fn run(
         {
             metrics.throttled_ns.fetch_add(ns, Ordering::Relaxed);
         }
+        metrics.batch_seconds.observe(
+            size,
+            u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! The worker's Prometheus metrics (`GET /metrics`, text exposition format, names prefixed `dilu_worker_`).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dilu_core::prometheus::Family;
@@ -63,6 +65,45 @@ impl Histogram {
     }
 }
 
+/// Batches run and their summed execution time (ns), per batch size. One lock per batch: the batcher records
+/// once per batch, not per request.
+#[derive(Debug, Default)]
+pub struct BatchSeconds {
+    by_size: Mutex<BTreeMap<u32, (u64, u64)>>,
+}
+
+impl BatchSeconds {
+    /// Records one batch of `size` requests that ran for `exec_ns`.
+    pub fn observe(&self, size: u32, exec_ns: u64) {
+        if let Ok(mut m) = self.by_size.lock() {
+            let e = m.entry(size).or_insert((0, 0));
+            e.0 += 1;
+            e.1 = e.1.saturating_add(exec_ns);
+        }
+    }
+
+    /// (batches, summed ns) per batch size.
+    pub fn snapshot(&self) -> BTreeMap<u32, (u64, u64)> {
+        self.by_size.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "dilu_worker_batch_seconds";
+        let mut family = Family::new(
+            out,
+            name,
+            "summary",
+            "Model execution time per batch, by batch size.",
+        );
+        for (size, (count, ns)) in self.snapshot() {
+            let size = size.to_string();
+            let labels = [("batch_size", size.as_str())];
+            family.sample_named(&format!("{name}_sum"), &labels, ns as f64 / 1e9);
+            family.sample_named(&format!("{name}_count"), &labels, count as f64);
+        }
+    }
+}
+
 const LATENCY_BOUNDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -86,6 +127,10 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Model execution time per batch, in ns (`dilu_worker_inference_seconds`).
     pub inference: Histogram,
+    /// Batches and their execution time in ns, by batch size (`dilu_worker_batch_seconds{batch_size}`, a
+    /// summary's count and sum): what one batch of each size takes under the instance's share, which
+    /// `dilu sim validate --live-service-time` compares with the simulator's batches.
+    pub batch_seconds: BatchSeconds,
     /// Time from a request's arrival to its response, in ns (`dilu_worker_request_seconds`).
     pub request_latency: Histogram,
     /// Requests waiting for a batch (`dilu_worker_queue_depth`).
@@ -107,6 +152,7 @@ impl Default for Metrics {
             batches: AtomicU64::new(0),
             batch_size: Histogram::new(BATCH_BOUNDS, 1.0),
             inference: Histogram::new(LATENCY_BOUNDS, 1e9),
+            batch_seconds: BatchSeconds::default(),
             request_latency: Histogram::new(LATENCY_BOUNDS, 1e9),
             queue_depth: AtomicI64::new(0),
             batch_wait_ns: AtomicU64::new(0),
@@ -151,6 +197,7 @@ impl Metrics {
             "dilu_worker_inference_seconds",
             "Model execution time per batch.",
         );
+        self.batch_seconds.render(&mut out);
         self.request_latency.render(
             &mut out,
             "dilu_worker_request_seconds",
@@ -207,5 +254,38 @@ mod tests {
         );
         assert!(text.contains("dilu_worker_batch_size_sum 7"), "{text}");
         assert!(text.contains("dilu_worker_batch_size_count 3"), "{text}");
+    }
+
+    #[test]
+    fn batch_seconds_are_kept_per_batch_size() {
+        let m = Metrics::default();
+        assert!(
+            !m.render().contains("dilu_worker_batch_seconds_sum"),
+            "no sample before the first batch"
+        );
+        m.batch_seconds.observe(4, 200_000_000);
+        m.batch_seconds.observe(1, 50_000_000);
+        m.batch_seconds.observe(4, 300_000_000);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE dilu_worker_batch_seconds summary"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dilu_worker_batch_seconds_sum{batch_size=\"4\"} 0.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dilu_worker_batch_seconds_count{batch_size=\"4\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dilu_worker_batch_seconds_sum{batch_size=\"1\"} 0.05\n"),
+            "{text}"
+        );
+        assert_eq!(
+            m.batch_seconds.snapshot(),
+            [(1, (1, 50_000_000)), (4, (2, 500_000_000))].into()
+        );
     }
 }

@@ -345,6 +345,25 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
     // The two lone requests and one batch of four.
     assert!(batches.ends_with(" 3"), "{batches}\n{text}");
     assert!(fours.ends_with(" 2"), "{fours}\n{text}");
+    // Their time by batch size (in requests): two of one, one of four, each taking some time.
+    for (size, count) in [(1, 2), (4, 1)] {
+        let line = |part: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "dilu_worker_batch_seconds_{part}{{batch_size=\"{size}\"}}"
+                    ))
+                })
+                .unwrap_or_else(|| panic!("no batch_seconds_{part} for size {size}:\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(line("count"), f64::from(count), "{text}");
+        assert!(line("sum") > 0.0, "{text}");
+    }
 }
 
 #[test]
