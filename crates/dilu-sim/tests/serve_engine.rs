@@ -602,6 +602,94 @@ functions:
     );
 }
 
+/// What `dilu sim validate --live-service-time` compares with a worker's `dilu_worker_batch_seconds`: each
+/// batch size's count and time, every batch at the table's time for its size at the share it ran at.
+#[test]
+fn batch_times_are_counted_per_size_at_the_tables_time() {
+    let s = setup(
+        r"
+name: batch-times
+duration_s: 20
+warmup_s: 0
+seed: 5
+cluster: { nodes: 1, gpus_per_node: 1 }
+functions:
+  - name: a
+    model: resnet152
+    slo_ms: 2000
+    batch: 4
+    sm_request: 0.2
+    sm_limit: 0.2
+    max_instances: 1
+    workload: { kind: poisson, rps: 25 }
+",
+    );
+    let perf = builtin_model("resnet152").expect("resnet152").perf();
+    let r = run(&s, PolicyName::Dilu);
+    let times = &r.batch_times[0];
+    assert!(times.len() >= 2, "batches of one size only: {times:?}");
+    let mut requests = 0;
+    for (&size, t) in times {
+        assert!((1..=4).contains(&size), "batch of {size}");
+        let want = perf.batch_time_s(size, 0.2);
+        assert!(
+            (t.mean_s() - want).abs() < 1e-6 * want.max(1.0) + 2e-9,
+            "batch {size}: mean {} s against the table's {want} s",
+            t.mean_s()
+        );
+        requests += u64::from(size) * t.batches;
+    }
+    // Every answered request ran in exactly one counted batch (no warm-up here, nothing dropped).
+    assert_eq!(r.report.dropped, 0);
+    assert_eq!(requests, r.report.completed, "{times:?}");
+}
+
+/// The time a request spends outside the executor (`request_overhead_ms`) is added to every latency and
+/// counted against the SLO, and changes nothing else.
+#[test]
+fn request_overhead_adds_to_each_latency_and_counts_against_the_slo() {
+    let scenario = |overhead: &str| {
+        setup(&format!(
+            r"
+name: overhead
+duration_s: 20
+warmup_s: 2
+seed: 5
+cluster: {{ nodes: 1, gpus_per_node: 1 }}
+functions:
+  - name: a
+    model: resnet152
+    slo_ms: 60
+    batch: 4
+    sm_request: 0.2
+    sm_limit: 0.2
+    max_instances: 1
+{overhead}    workload: {{ kind: poisson, rps: 25 }}
+"
+        ))
+    };
+    let plain = run(&scenario(""), PolicyName::Dilu);
+    let slow = run(&scenario("    request_overhead_ms: 30\n"), PolicyName::Dilu);
+    assert_eq!(plain.latencies_ms.len(), slow.latencies_ms.len());
+    for (a, b) in plain.latencies_ms.iter().zip(&slow.latencies_ms) {
+        assert!((b - a - 30.0).abs() < 0.002, "{a} ms became {b} ms");
+    }
+    assert_eq!(plain.batch_times, slow.batch_times);
+    let late = |r: &PolicyRun, slo: f64| r.latencies_ms.iter().filter(|&&l| l > slo).count();
+    assert!(
+        late(&slow, 60.0) > late(&plain, 60.0),
+        "30 ms more should make some answers late: {} against {}",
+        late(&slow, 60.0),
+        late(&plain, 60.0)
+    );
+    let rate = late(&slow, 60.0) as f64 / slow.latencies_ms.len() as f64;
+    assert!(
+        (slow.report.slo_violation_rate - rate).abs() < 1e-9,
+        "{} against {rate}",
+        slow.report.slo_violation_rate
+    );
+}
+
 #[test]
 fn the_scaler_counts_a_pinned_capacity() {
     let scenario = |pin: &str| {

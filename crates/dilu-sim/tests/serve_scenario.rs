@@ -218,14 +218,21 @@ fn minimal_scenario_gets_the_documented_defaults() {
         (f.min_instances, f.max_instances, f.initial_instances),
         (1, 64, 1)
     );
-    assert_eq!((f.interference, f.capacity_rps), (0.0, None));
+    assert_eq!(
+        (f.interference, f.capacity_rps, f.request_overhead_ms),
+        (0.0, None, 0.0)
+    );
     let s = parse(&with_function(
-        "    interference: 0.4\n    capacity_rps: 12.5\n",
+        "    interference: 0.4\n    capacity_rps: 12.5\n    request_overhead_ms: 12.5\n",
     ))
     .unwrap();
     assert_eq!(
-        (s.functions[0].interference, s.functions[0].capacity_rps),
-        (0.4, Some(12.5))
+        (
+            s.functions[0].interference,
+            s.functions[0].capacity_rps,
+            s.functions[0].request_overhead_ms
+        ),
+        (0.4, Some(12.5), 12.5)
     );
 
     // initial_instances defaults to max(min_instances, 1).
@@ -408,6 +415,14 @@ fn semantic_errors_name_the_key_value_and_rule() {
         (
             with_function("    interference: -0.1\n"),
             "functions[0].interference = -0.1: must be in [0, 10]",
+        ),
+        (
+            with_function("    request_overhead_ms: -1\n"),
+            "functions[0].request_overhead_ms = -1: must be ≥ 0 and below the function's slo_ms (40)",
+        ),
+        (
+            with_function("    request_overhead_ms: 40\n"),
+            "functions[0].request_overhead_ms = 40: must be ≥ 0 and below the function's slo_ms (40)",
         ),
         (
             with_function("    capacity_rps: 0\n"),

@@ -417,10 +417,15 @@ impl<'a> Engine<'a> {
         }
         let late = running
             .iter()
-            .filter(|&&a| self.metrics.missed_slo(f, now - a))
+            .filter(|&&a| {
+                self.metrics
+                    .missed_slo(f, self.metrics.latency_ns(f, a, now))
+            })
             .count() as u64;
         self.funcs[f].answered_interval += running.len() as u64;
         self.funcs[f].late_interval += late;
+        self.metrics
+            .batch_ran(f, running.len() as u32, now - started);
         self.insts[i].running = running;
         self.insts[i].running.clear();
         let func = &mut self.funcs[f];

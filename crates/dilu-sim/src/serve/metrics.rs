@@ -1,14 +1,38 @@
 //! What a serving run measures: per-request latency against the SLO, inference and training throughput,
 //! GPU cost, fragmentation, cold starts and vertical adjustments, plus time series for the plots.
 
+use std::collections::BTreeMap;
+
 use crate::serve::prepared::PreparedScenario;
 use serde::Serialize;
 
 const NS_PER_S: f64 = 1e9;
 
+/// The batches of one size a function ran: how many, and their summed time from start to end under the shares
+/// they ran at (what a worker's `dilu_worker_batch_seconds{batch_size}` counts live).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BatchTimes {
+    /// Batches run.
+    pub batches: u64,
+    /// Their summed time, seconds.
+    pub seconds: f64,
+}
+
+impl BatchTimes {
+    /// Mean time of one batch, seconds (NaN with no batch).
+    pub fn mean_s(&self) -> f64 {
+        if self.batches == 0 {
+            f64::NAN
+        } else {
+            self.seconds / self.batches as f64
+        }
+    }
+}
+
 /// Request counters and latencies of one function.
 #[derive(Debug, Clone, Default)]
 struct FunctionStats {
+    batch_times: BTreeMap<u32, BatchTimes>,
     arrived: u64,
     completed: u64,
     late: u64,
@@ -113,6 +137,8 @@ pub struct PolicyRun {
     pub latencies_ms: Vec<f64>,
     /// The components the run used, as they name themselves.
     pub components: Option<dilu_core::policy::Components>,
+    /// Per function, its batches by size over the whole run (warm-up included).
+    pub batch_times: Vec<BTreeMap<u32, BatchTimes>>,
 }
 
 /// Collects measurements while the engine runs.
@@ -121,6 +147,7 @@ pub struct Collector {
     warmup_ns: u64,
     duration_ns: u64,
     slo_ns: Vec<u64>,
+    overhead_ns: Vec<u64>,
     names: Vec<String>,
     functions: Vec<FunctionStats>,
     gpu_ns: u128,
@@ -146,6 +173,7 @@ impl Collector {
                 .iter()
                 .map(|f| (f.slo_s * NS_PER_S) as u64)
                 .collect(),
+            overhead_ns: sc.functions.iter().map(|f| f.overhead_ns).collect(),
             names: sc.functions.iter().map(|f| f.name.clone()).collect(),
             functions: vec![FunctionStats::default(); sc.functions.len()],
             gpu_ns: 0,
@@ -172,8 +200,14 @@ impl Collector {
         }
     }
 
-    /// Whether a request of function `f` answered `latency_ns` after it arrived missed the SLO: the one rule
-    /// the report and the engine's scaler counts share.
+    /// The latency of a request of function `f` that arrived at `arrived_ns` and whose batch ended at
+    /// `now_ns`: that span plus the function's time outside the executor (`request_overhead_ms`).
+    pub fn latency_ns(&self, f: usize, arrived_ns: u64, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(arrived_ns) + self.overhead_ns[f]
+    }
+
+    /// Whether a request of function `f` with latency `latency_ns` ([`Collector::latency_ns`]) missed the SLO:
+    /// the one rule the report and the engine's scaler counts share.
     pub fn missed_slo(&self, f: usize, latency_ns: u64) -> bool {
         latency_ns > self.slo_ns[f]
     }
@@ -183,7 +217,7 @@ impl Collector {
         if !self.measured(arrived_ns) {
             return;
         }
-        let latency = now_ns - arrived_ns;
+        let latency = self.latency_ns(f, arrived_ns, now_ns);
         let late = self.missed_slo(f, latency);
         let s = &mut self.functions[f];
         s.completed += 1;
@@ -192,6 +226,13 @@ impl Collector {
             .push(u32::try_from(latency / 1000).unwrap_or(u32::MAX));
         self.interval_done += 1;
         self.interval_bad += u64::from(late);
+    }
+
+    /// Function `f` finished a batch of `size` requests that ran for `ns` (counted warm-up or not).
+    pub fn batch_ran(&mut self, f: usize, size: u32, ns: u64) {
+        let t = self.functions[f].batch_times.entry(size).or_default();
+        t.batches += 1;
+        t.seconds += ns as f64 / NS_PER_S;
     }
 
     /// A request was dropped after waiting past its timeout.
@@ -205,7 +246,7 @@ impl Collector {
 
     /// A request was still waiting or running when the run ended.
     pub fn unfinished(&mut self, f: usize, arrived_ns: u64, now_ns: u64) {
-        if self.measured(arrived_ns) && self.missed_slo(f, now_ns - arrived_ns) {
+        if self.measured(arrived_ns) && self.missed_slo(f, self.latency_ns(f, arrived_ns, now_ns)) {
             self.functions[f].unfinished_late += 1;
         }
     }
@@ -353,6 +394,7 @@ impl Collector {
             timeline: self.timeline,
             latencies_ms: all_us.iter().map(|&u| f64::from(u) / 1000.0).collect(),
             components: None,
+            batch_times: self.functions.into_iter().map(|s| s.batch_times).collect(),
         }
     }
 }

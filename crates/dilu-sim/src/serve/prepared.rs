@@ -36,6 +36,9 @@ pub struct PreparedFunction {
     pub timeout_ns: u64,
     /// Slowdown of a batch per other inference instance running a batch on the same device (0: none).
     pub interference: f64,
+    /// Time each request spends outside the instance's executor (gateway, decoding, encoding), added to its
+    /// latency, nanoseconds.
+    pub overhead_ns: u64,
     /// Fewest instances.
     pub min_instances: u32,
     /// Most instances.

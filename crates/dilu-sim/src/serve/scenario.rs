@@ -105,9 +105,12 @@ pub struct FunctionSpec {
     /// Time after which a queued request is dropped (counted as an SLO violation); `None`: the engine decides.
     pub request_timeout_s: Option<f64>,
     /// Slowdown of one instance's batch per other inference instance running a batch on the same device at the
-    /// same time (0: none; what `dilu sim calibrate --pair` measures on a CPU device, where residents share the
-    /// host's cores and caches).
+    /// same time (0: none; on a CPU device, where residents share the host's cores and caches, it was measured
+    /// by hand: `docs/sim-vs-live.md`).
     pub interference: f64,
+    /// Milliseconds each request spends outside its instance's executor, added to its latency: the gateway's
+    /// hop, decoding the request and encoding the answer (0: none; `dilu sim calibrate` measures it).
+    pub request_overhead_ms: f64,
     /// Requests per second per instance the horizontal scaler counts, overriding the profile's at the batch and
     /// request (what a platform spec's `scaling.capacity_rps` pins).
     pub capacity_rps: Option<f64>,
@@ -350,6 +353,8 @@ struct RawFunction {
     request_timeout_s: Option<f64>,
     #[serde(default)]
     interference: Option<f64>,
+    #[serde(default)]
+    request_overhead_ms: Option<f64>,
     #[serde(default)]
     capacity_rps: Option<f64>,
     #[serde(default)]
@@ -894,6 +899,17 @@ impl Checker<'_> {
                 ));
             }
         };
+        let request_overhead_ms = match raw.request_overhead_ms {
+            None => 0.0,
+            Some(x) if x.is_finite() && x >= 0.0 && x < slo_ms => x,
+            Some(x) => {
+                return Err(invalid(
+                    k("request_overhead_ms"),
+                    x,
+                    format!("must be ≥ 0 and below the function's slo_ms ({slo_ms})"),
+                ));
+            }
+        };
         let capacity_rps = raw
             .capacity_rps
             .map(|c| positive(&k("capacity_rps"), c))
@@ -914,6 +930,7 @@ impl Checker<'_> {
             cold_start_s,
             request_timeout_s,
             interference,
+            request_overhead_ms,
             capacity_rps,
             workload,
         })
