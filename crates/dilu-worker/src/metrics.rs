@@ -65,25 +65,38 @@ impl Histogram {
     }
 }
 
-/// Batches run and their summed execution time (ns), per batch size. One lock per batch: the batcher records
-/// once per batch, not per request.
+/// Batches run, their summed time and their summed squared time, per batch size. One lock per batch: the
+/// batcher records once per batch, not per request.
 #[derive(Debug, Default)]
 pub struct BatchSeconds {
-    by_size: Mutex<BTreeMap<u32, (u64, u64)>>,
+    by_size: Mutex<BTreeMap<u32, BatchTotals>>,
+}
+
+/// The batches of one size: how many, Σ time (ns) and Σ time² (s²; with the other two, their variance).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchTotals {
+    /// Batches.
+    pub count: u64,
+    /// Their summed time, ns.
+    pub ns: u64,
+    /// Their summed squared time, s².
+    pub squares_s2: f64,
 }
 
 impl BatchSeconds {
     /// Records one batch of `size` requests that ran for `exec_ns`.
     pub fn observe(&self, size: u32, exec_ns: u64) {
         if let Ok(mut m) = self.by_size.lock() {
-            let e = m.entry(size).or_insert((0, 0));
-            e.0 += 1;
-            e.1 = e.1.saturating_add(exec_ns);
+            let e = m.entry(size).or_default();
+            e.count += 1;
+            e.ns = e.ns.saturating_add(exec_ns);
+            let s = exec_ns as f64 / 1e9;
+            e.squares_s2 += s * s;
         }
     }
 
-    /// (batches, summed ns) per batch size.
-    pub fn snapshot(&self) -> BTreeMap<u32, (u64, u64)> {
+    /// The totals per batch size.
+    pub fn snapshot(&self) -> BTreeMap<u32, BatchTotals> {
         self.by_size.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
@@ -95,11 +108,23 @@ impl BatchSeconds {
             "summary",
             "Model execution time per batch, by batch size.",
         );
-        for (size, (count, ns)) in self.snapshot() {
+        let snapshot = self.snapshot();
+        for (size, t) in &snapshot {
             let size = size.to_string();
             let labels = [("batch_size", size.as_str())];
-            family.sample_named(&format!("{name}_sum"), &labels, ns as f64 / 1e9);
-            family.sample_named(&format!("{name}_count"), &labels, count as f64);
+            family.sample_named(&format!("{name}_sum"), &labels, t.ns as f64 / 1e9);
+            family.sample_named(&format!("{name}_count"), &labels, t.count as f64);
+        }
+        let mut squares = Family::new(
+            out,
+            "dilu_worker_batch_square_seconds_total",
+            "counter",
+            "Sum of each batch's time squared (seconds squared), by batch size: with the count and sum of \
+             dilu_worker_batch_seconds, the variance of a batch's time.",
+        );
+        for (size, t) in &snapshot {
+            let size = size.to_string();
+            squares.sample(&[("batch_size", size.as_str())], t.squares_s2);
         }
     }
 }
@@ -283,9 +308,13 @@ mod tests {
             text.contains("dilu_worker_batch_seconds_sum{batch_size=\"1\"} 0.05\n"),
             "{text}"
         );
-        assert_eq!(
-            m.batch_seconds.snapshot(),
-            [(1, (1, 50_000_000)), (4, (2, 500_000_000))].into()
+        assert!(
+            text.contains("dilu_worker_batch_square_seconds_total{batch_size=\"4\"} 0.13\n"),
+            "0.2² + 0.3²: {text}"
         );
+        let s = m.batch_seconds.snapshot();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!((s[&4].count, s[&4].ns), (2, 500_000_000));
+        assert_eq!((s[&1].count, s[&1].ns), (1, 50_000_000));
     }
 }
