@@ -644,6 +644,49 @@ functions:
     assert_eq!(requests, r.report.completed, "{times:?}");
 }
 
+/// `service_cv` varies each batch's time around the table's (a lognormal of mean 1), deterministically for a
+/// seed; without it every batch takes exactly the table's time.
+#[test]
+fn service_cv_varies_batch_times_around_the_tables() {
+    let scenario = |cv: &str| {
+        setup(&format!(
+            r"
+name: jitter
+duration_s: 200
+warmup_s: 0
+seed: 9
+cluster: {{ nodes: 1, gpus_per_node: 1 }}
+functions:
+  - name: a
+    model: resnet152
+    slo_ms: 2000
+    batch: 4
+    sm_request: 0.2
+    sm_limit: 0.2
+    max_instances: 1
+{cv}    workload: {{ kind: poisson, rps: 10 }}
+"
+        ))
+    };
+    let perf = builtin_model("resnet152").expect("resnet152").perf();
+    let steady = run(&scenario(""), PolicyName::Dilu);
+    let varied = run(&scenario("    service_cv: 0.3\n"), PolicyName::Dilu);
+    let ones = |r: &PolicyRun| r.batch_times[0][&1];
+    assert!(ones(&steady).cv() < 1e-4, "{:?}", ones(&steady));
+    let (v, want) = (ones(&varied), perf.batch_time_s(1, 0.2));
+    assert!(v.batches > 1000, "{v:?}");
+    assert!(
+        (v.mean_s() / want - 1.0).abs() < 0.05,
+        "mean {} against the table's {want}",
+        v.mean_s()
+    );
+    assert!((v.cv() - 0.3).abs() < 0.05, "cv {}", v.cv());
+    // Variation lengthens the tail: queues build behind the slow batches.
+    assert!(varied.report.p99_ms > steady.report.p99_ms);
+    let again = run(&scenario("    service_cv: 0.3\n"), PolicyName::Dilu);
+    assert_eq!(again.latencies_ms, varied.latencies_ms);
+}
+
 /// The time a request spends outside the executor (`request_overhead_ms`) is added to every latency and
 /// counted against the SLO, and changes nothing else.
 #[test]

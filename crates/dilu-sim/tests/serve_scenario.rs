@@ -223,7 +223,7 @@ fn minimal_scenario_gets_the_documented_defaults() {
         (0.0, None, 0.0)
     );
     let s = parse(&with_function(
-        "    interference: 0.4\n    capacity_rps: 12.5\n    request_overhead_ms: 12.5\n",
+        "    interference: 0.4\n    capacity_rps: 12.5\n    request_overhead_ms: 12.5\n    service_cv: 0.25\n",
     ))
     .unwrap();
     assert_eq!(
@@ -234,6 +234,8 @@ fn minimal_scenario_gets_the_documented_defaults() {
         ),
         (0.4, Some(12.5), 12.5)
     );
+    assert_eq!(s.functions[0].service_cv, 0.25);
+    assert_eq!(f.service_cv, 0.0);
 
     // initial_instances defaults to max(min_instances, 1).
     let s = parse(&with_function("    min_instances: 0\n")).unwrap();
@@ -419,6 +421,14 @@ fn semantic_errors_name_the_key_value_and_rule() {
         (
             with_function("    request_overhead_ms: -1\n"),
             "functions[0].request_overhead_ms = -1: must be ≥ 0 and below the function's slo_ms (40)",
+        ),
+        (
+            with_function("    service_cv: 2.5\n"),
+            "functions[0].service_cv = 2.5: must be in [0, 2]",
+        ),
+        (
+            with_function("    service_cv: -0.1\n"),
+            "functions[0].service_cv = -0.1: must be in [0, 2]",
         ),
         (
             with_function("    request_overhead_ms: 40\n"),

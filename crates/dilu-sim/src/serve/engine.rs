@@ -11,10 +11,11 @@
 //! sequence number, so a run is a pure function of the scenario and the seed.
 
 use crate::serve::batching::BatchingConfig;
+use crate::serve::jitter::ServiceJitter;
 use crate::serve::metrics::{Collector, PolicyRun};
 use crate::serve::policy::{Bundle, InstanceQuota};
 use crate::serve::prepared::PreparedScenario;
-use crate::serve::workload::{ArrivalStream, arrival_seed};
+use crate::serve::workload::{ArrivalStream, arrival_seed, service_seed};
 use dilu_core::cluster::{Cluster, GpuShare, Placement};
 use dilu_core::policy::Components;
 use dilu_core::request::{InstanceKind, InstanceRequest, SM_MILLI};
@@ -98,6 +99,8 @@ struct Inst {
 
 struct Func {
     arrivals: ArrivalStream,
+    /// Each batch's work relative to the table's time (`service_cv`).
+    jitter: ServiceJitter,
     pending: VecDeque<u64>,
     instances: Vec<usize>,
     scaler: Box<dyn HorizontalScaler>,
@@ -181,6 +184,7 @@ impl<'a> Engine<'a> {
                     arrival_seed(sc.seed, i),
                     sc.duration_ns as f64 / NS_PER_S,
                 ),
+                jitter: ServiceJitter::new(f.service_cv, service_seed(sc.seed, i)),
                 pending: VecDeque::new(),
                 instances: Vec::new(),
                 scaler,
@@ -391,7 +395,7 @@ impl<'a> Engine<'a> {
         let k = inst.queue.len().min(batch);
         let was_busy = inst.busy_since != u64::MAX;
         inst.running.extend(inst.queue.drain(..k));
-        inst.remaining = 1.0;
+        inst.remaining = self.funcs[f].jitter.draw();
         inst.rate_per_ns = 0.0;
         inst.last_ns = now;
         inst.batch_started = now;

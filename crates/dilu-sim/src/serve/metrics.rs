@@ -16,6 +16,8 @@ pub struct BatchTimes {
     pub batches: u64,
     /// Their summed time, seconds.
     pub seconds: f64,
+    /// Their summed squared time, seconds² (with the other two, the variance of one batch's time).
+    pub squares: f64,
 }
 
 impl BatchTimes {
@@ -26,6 +28,17 @@ impl BatchTimes {
         } else {
             self.seconds / self.batches as f64
         }
+    }
+
+    /// Coefficient of variation of one batch's time (NaN with fewer than two batches or a zero mean).
+    pub fn cv(&self) -> f64 {
+        if self.batches < 2 || self.seconds <= 0.0 {
+            return f64::NAN;
+        }
+        let n = self.batches as f64;
+        let mean = self.seconds / n;
+        let var = (self.squares / n - mean * mean).max(0.0);
+        var.sqrt() / mean
     }
 }
 
@@ -231,8 +244,10 @@ impl Collector {
     /// Function `f` finished a batch of `size` requests that ran for `ns` (counted warm-up or not).
     pub fn batch_ran(&mut self, f: usize, size: u32, ns: u64) {
         let t = self.functions[f].batch_times.entry(size).or_default();
+        let s = ns as f64 / NS_PER_S;
         t.batches += 1;
-        t.seconds += ns as f64 / NS_PER_S;
+        t.seconds += s;
+        t.squares += s * s;
     }
 
     /// A request was dropped after waiting past its timeout.

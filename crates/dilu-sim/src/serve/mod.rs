@@ -10,6 +10,7 @@
 pub mod batching;
 pub mod engine;
 pub mod html;
+pub mod jitter;
 pub mod metrics;
 pub mod policy;
 pub mod prepared;

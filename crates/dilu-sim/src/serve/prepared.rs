@@ -39,6 +39,8 @@ pub struct PreparedFunction {
     /// Time each request spends outside the instance's executor (gateway, decoding, encoding), added to its
     /// latency, nanoseconds.
     pub overhead_ns: u64,
+    /// Coefficient of variation of a batch's time around the table's (0: every batch takes exactly that).
+    pub service_cv: f64,
     /// Fewest instances.
     pub min_instances: u32,
     /// Most instances.

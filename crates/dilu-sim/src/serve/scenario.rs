@@ -33,6 +33,8 @@ pub const DEFAULT_SEED: u64 = 1;
 pub const MAX_SAMPLES: f64 = 10_000_000.0;
 /// Smallest `step_s` of a rate series (1 ms), so a stream never walks through billions of empty steps.
 pub const MIN_SERIES_STEP_S: f64 = 0.001;
+/// Largest `service_cv` accepted (a batch's time varying twice as much as its mean).
+pub const MAX_SERVICE_CV: f64 = 2.0;
 /// Largest `interference` accepted (one neighbour making a batch eleven times slower).
 pub const MAX_INTERFERENCE: f64 = 10.0;
 /// Largest Gamma coefficient of variation accepted.
@@ -111,6 +113,9 @@ pub struct FunctionSpec {
     /// Milliseconds each request spends outside its instance's executor, added to its latency: the gateway's
     /// hop, decoding the request and encoding the answer (0: none; `dilu sim calibrate` measures it).
     pub request_overhead_ms: f64,
+    /// Coefficient of variation of a batch's time: each batch's work is drawn from a lognormal of mean 1 and
+    /// this variation (0: every batch takes exactly the table's time; `dilu sim calibrate` measures it).
+    pub service_cv: f64,
     /// Requests per second per instance the horizontal scaler counts, overriding the profile's at the batch and
     /// request (what a platform spec's `scaling.capacity_rps` pins).
     pub capacity_rps: Option<f64>,
@@ -355,6 +360,8 @@ struct RawFunction {
     interference: Option<f64>,
     #[serde(default)]
     request_overhead_ms: Option<f64>,
+    #[serde(default)]
+    service_cv: Option<f64>,
     #[serde(default)]
     capacity_rps: Option<f64>,
     #[serde(default)]
@@ -910,6 +917,17 @@ impl Checker<'_> {
                 ));
             }
         };
+        let service_cv = match raw.service_cv {
+            None => 0.0,
+            Some(x) if x.is_finite() && (0.0..=MAX_SERVICE_CV).contains(&x) => x,
+            Some(x) => {
+                return Err(invalid(
+                    k("service_cv"),
+                    x,
+                    format!("must be in [0, {MAX_SERVICE_CV}]"),
+                ));
+            }
+        };
         let capacity_rps = raw
             .capacity_rps
             .map(|c| positive(&k("capacity_rps"), c))
@@ -931,6 +949,7 @@ impl Checker<'_> {
             request_timeout_s,
             interference,
             request_overhead_ms,
+            service_cv,
             capacity_rps,
             workload,
         })

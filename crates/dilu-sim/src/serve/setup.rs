@@ -293,6 +293,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             timeout_ns: secs_to_ns(f.request_timeout_s.unwrap_or(DEFAULT_REQUEST_TIMEOUT_S)),
             interference: f.interference,
             overhead_ns: secs_to_ns(f.request_overhead_ms / 1000.0),
+            service_cv: f.service_cv,
             min_instances: f.min_instances,
             max_instances: f.max_instances,
             initial_instances: f.initial_instances,

@@ -217,6 +217,13 @@ fn derive_seed(seed: u64, salt: u64, index: u64) -> u64 {
 const ARRIVAL_SALT: u64 = 0x6172_7269_7661_6c73; // "arrivals"
 /// Salt of the seeds that generate builtin rate series.
 const BUILTIN_SALT: u64 = 0x6275_696c_7469_6e73; // "builtins"
+/// Salt of the seeds that draw batch-time variation.
+const SERVICE_SALT: u64 = 0x7365_7276_6963_6573; // "services"
+
+/// The seed of function `function_index`'s batch-time variation (`service_cv`), independent of its arrivals.
+pub fn service_seed(scenario_seed: u64, function_index: usize) -> u64 {
+    derive_seed(scenario_seed, SERVICE_SALT, function_index as u64)
+}
 
 /// The seed to give [`ArrivalStream::new`] for function `function_index` of a scenario with `scenario_seed`.
 ///
