@@ -101,6 +101,7 @@ fn validate_compares_a_small_live_run_with_the_simulator() {
             "validate",
             "--calibrate",
             "--through-gateway",
+            "--live-service-time",
             "--rounds",
             "3",
         ])
@@ -168,4 +169,30 @@ fn validate_compares_a_small_live_run_with_the_simulator() {
     for s in [live, sim] {
         assert!(s["slo_violation_rate"].as_f64().unwrap() < 0.25, "{v}");
     }
+    // The calibration measured the time a request spends outside the executor (through the gateway it is
+    // more than nothing), and the simulation counted it.
+    assert!(
+        stderr.contains("per request outside the executor"),
+        "{stderr}"
+    );
+    // Both sides counted their batches by size: the workers' summaries live, the engine's in the simulator.
+    let batches = |s: &Value| -> u64 {
+        s["batch_times"][0]
+            .as_object()
+            .unwrap_or_else(|| panic!("no batch_times: {v}"))
+            .values()
+            .map(|t| t["batches"].as_u64().unwrap())
+            .sum()
+    };
+    let (lb, sb) = (batches(live), batches(sim));
+    assert!(lb > 100 && sb > 100, "batches live {lb}, simulated {sb}");
+    // --live-service-time: one factor for SqueezeNet, a plausible one, and a second comparison over the same
+    // requests.
+    let rescaled = &v["live_service_time"];
+    let factor = rescaled["factors"][0]["by_batch"]["1"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    within("live service-time factor at batch 1", factor, 0.4, 2.5);
+    assert_eq!(rescaled["sim"]["requests"], live["requests"], "{v}");
+    assert!(stdout.contains("at the live service time"), "{stdout}");
 }

@@ -10,6 +10,7 @@ use dilu_quota::layout::mode;
 use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, UNLIMITED};
 
 use super::CalibrateArgs;
+use super::batches::parse;
 use super::http::get_json;
 use super::process::{spawn_until, tempdir, train_command};
 use crate::cmd::output::ensure_parent_dir;
@@ -25,8 +26,21 @@ fn cores(flag: Option<u32>) -> Result<u32> {
     }
 }
 
-/// Measures the (batch × share) table `a` asks for and writes it to `a.out`.
-pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
+/// What a calibration measured besides the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Calibrated {
+    /// Inference: the median time a batch-1 request spent outside the worker's executor (the HTTP hops,
+    /// decoding the request, encoding the answer), ms — the scenario key `request_overhead_ms`.
+    pub request_overhead_ms: Option<f64>,
+    /// Inference: the median over the points of the rounds' coefficient of variation of the executor's time —
+    /// the scenario key `service_cv`.
+    pub service_cv: Option<f64>,
+}
+
+/// Measures the (batch × share) table `a` asks for and writes it to `a.out`. An inference table holds the
+/// executor's time per batch (the worker's `dilu_worker_batch_seconds`), the end-to-end time less what a
+/// request spends outside it, which the result reports apart.
+pub(super) fn calibrate(a: CalibrateArgs) -> Result<Calibrated> {
     ensure!(!a.batches.is_empty(), "--batches: give at least one batch");
     ensure!(!a.shares.is_empty(), "--shares: give at least one share");
     for &s in &a.shares {
@@ -67,6 +81,8 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
         None => None,
     };
     let mut rows: Vec<(u32, u32, f64, f64)> = Vec::new();
+    let mut overheads_s: Vec<f64> = Vec::new();
+    let mut cvs: Vec<f64> = Vec::new();
     let cold_start_s;
     if a.trainer {
         ensure!(
@@ -120,6 +136,7 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
             .arg("--quota-file")
             .arg(&quota_path);
         let (_worker, url) = spawn_until(cmd, "dilu worker listening on ", "dilu worker")?;
+        let metrics = format!("{url}/metrics");
         let (_gateway, url) = if a.through_gateway {
             let mut cmd = Command::new(&exe);
             cmd.args(["gateway", "--listen", "127.0.0.1:0", "--route"])
@@ -135,7 +152,10 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
             .timeout(Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;
-        let round = |batch: u32| -> Result<f64> {
+        let gap = Duration::from_millis(a.round_gap_ms);
+        // One round of `batch` concurrent requests, after `pause` idle.
+        let round = |batch: u32, pause: Duration| -> Result<f64> {
+            std::thread::sleep(pause);
             let t0 = Instant::now();
             std::thread::scope(|s| {
                 let handles: Vec<_> = (0..batch)
@@ -163,7 +183,7 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
         };
         // The worker listens before its model is loaded (it answers 503 until then).
         let deadline = Instant::now() + Duration::from_secs(120);
-        while let Err(e) = round(1) {
+        while let Err(e) = round(1, Duration::ZERO) {
             ensure!(
                 Instant::now() < deadline,
                 "the worker did not answer within 120 s: {e:#}"
@@ -171,21 +191,71 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
         cold_start_s = started.elapsed().as_secs_f64();
+        // The executor's seconds so far, over every batch size (the worker's summary).
+        let executor_s = || -> Result<f64> {
+            let text = client
+                .get(&metrics)
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.text())
+                .with_context(|| format!("GET {metrics}"))?;
+            Ok(parse(&text).values().map(|t| t.seconds).sum())
+        };
         for &batch in &a.batches {
             for &pct in &a.shares {
                 set_share(pct);
-                round(batch)?;
-                let mut times = (0..a.rounds)
-                    .map(|_| round(batch))
-                    .collect::<Result<Vec<f64>>>()?;
-                times.sort_by(f64::total_cmp);
-                let median = times[times.len() / 2];
-                let mean = times.iter().sum::<f64>() / times.len() as f64;
+                round(batch, gap)?;
+                // Per timed round: its end-to-end time and the executor's time within it (the worker may split
+                // a round into more than one batch; the round's cost is all of them).
+                let mut e2e = Vec::with_capacity(a.rounds as usize);
+                let mut executor = Vec::with_capacity(a.rounds as usize);
+                let mut before = executor_s()?;
+                for _ in 0..a.rounds {
+                    e2e.push(round(batch, gap)?);
+                    let after = executor_s()?;
+                    executor.push(after - before);
+                    before = after;
+                }
+                if batch == 1 {
+                    overheads_s.extend(e2e.iter().zip(&executor).map(|(e, x)| e - x));
+                }
+                let mean = executor.iter().sum::<f64>() / executor.len() as f64;
+                if executor.len() >= 2 && mean > 0.0 {
+                    let var = executor
+                        .iter()
+                        .map(|x| (x - mean) * (x - mean))
+                        .sum::<f64>()
+                        / (executor.len() - 1) as f64;
+                    cvs.push(var.sqrt() / mean);
+                }
+                let executor_median = median(&mut executor);
                 eprintln!(
-                    "calibrate: batch {batch} at {pct:3}%: {:.1} ms per batch",
-                    median * 1e3
+                    "calibrate: batch {batch} at {pct:3}%: {:.1} ms per batch in the executor, {:.1} ms end to end",
+                    executor_median * 1e3,
+                    median(&mut e2e) * 1e3
                 );
-                rows.push((batch, pct, median, f64::from(batch) / mean));
+                rows.push((batch, pct, executor_median, f64::from(batch) / mean));
+            }
+        }
+        // One point is six rounds on a machine whose speed drifts while the grid is measured, so a batch's
+        // times are not monotone in the share, and the simulator's model (a running minimum over the share)
+        // would carry one lucky point to every larger share. A least-squares fit that never rises with the
+        // share pools such points with their neighbours instead.
+        for batch in &a.batches {
+            let idx: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].0 == *batch).collect();
+            let raw: Vec<f64> = idx.iter().map(|&i| rows[i].2).collect();
+            let fitted = non_increasing_fit(&raw);
+            for (&i, &t) in idx.iter().zip(&fitted) {
+                if (t - rows[i].2).abs() > 1e-9 {
+                    eprintln!(
+                        "calibrate: batch {batch} at {:3}%: {:.1} ms pooled with its neighbours to {:.1} ms",
+                        rows[i].1,
+                        rows[i].2 * 1e3,
+                        t * 1e3
+                    );
+                }
+                rows[i].2 = t;
+                rows[i].3 = f64::from(*batch) / t;
             }
         }
     }
@@ -201,7 +271,55 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<()> {
         rows.len(),
         a.out.display()
     );
-    Ok(())
+    let request_overhead_ms =
+        (!overheads_s.is_empty()).then(|| median(&mut overheads_s).max(0.0) * 1e3);
+    if let Some(o) = request_overhead_ms {
+        println!(
+            "calibrate: a request spends {o:.1} ms outside the executor (batch 1, median over every share): \
+             the scenario key request_overhead_ms"
+        );
+    }
+    let service_cv = (!cvs.is_empty()).then(|| median(&mut cvs));
+    if let Some(cv) = service_cv {
+        println!(
+            "calibrate: a batch's executor time varies by {cv:.3} from round to round (coefficient of \
+             variation, median over the points): the scenario key service_cv"
+        );
+    }
+    Ok(Calibrated {
+        request_overhead_ms,
+        service_cv,
+    })
+}
+
+/// The least-squares fit of `v` (in order) that never increases: pool-adjacent-violators, each run of points
+/// that rises replaced by its mean.
+fn non_increasing_fit(v: &[f64]) -> Vec<f64> {
+    // Blocks of (sum, count), each block's mean no larger than the previous one's.
+    let mut blocks: Vec<(f64, usize)> = Vec::with_capacity(v.len());
+    for &x in v {
+        blocks.push((x, 1));
+        while blocks.len() >= 2 {
+            let (s1, n1) = blocks[blocks.len() - 1];
+            let (s0, n0) = blocks[blocks.len() - 2];
+            if s1 / n1 as f64 <= s0 / n0 as f64 {
+                break;
+            }
+            blocks.pop();
+            let last = blocks.len() - 1;
+            blocks[last] = (s0 + s1, n0 + n1);
+        }
+    }
+    blocks
+        .into_iter()
+        .flat_map(|(s, n)| std::iter::repeat_n(s / n as f64, n))
+        .collect()
+}
+
+/// The median of `v` (sorted in place; NaN when empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Creates a quota channel for the CPU device at `path` granting `budget_per_window` ns of CPU per window.
@@ -220,4 +338,31 @@ fn cpu_channel(path: &Path, budget_per_window: u64, window_ns: u64) -> Result<Ag
         0o600,
     )
     .with_context(|| format!("creating quota channel {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fit_pools_points_that_rise_with_the_share() {
+        // A lucky point at 40 % (36.9 ms) among 50–56 ms: pooled, not carried to every larger share.
+        let raw = [99.8, 51.0, 41.6, 36.9, 52.9, 53.6, 52.4, 55.7];
+        let fit = non_increasing_fit(&raw);
+        assert_eq!(fit.len(), raw.len());
+        assert!(fit.windows(2).all(|w| w[1] <= w[0]), "{fit:?}");
+        assert_eq!(&fit[..2], &[99.8, 51.0]);
+        let pooled = raw[2..].iter().sum::<f64>() / 6.0;
+        for t in &fit[2..] {
+            assert!((t - pooled).abs() < 1e-9, "{fit:?}");
+        }
+        // Already monotone: unchanged; the pooled mean keeps the total.
+        assert_eq!(
+            non_increasing_fit(&[3.0, 2.0, 2.0, 1.0]),
+            vec![3.0, 2.0, 2.0, 1.0]
+        );
+        let total: f64 = fit.iter().sum();
+        assert!((total - raw.iter().sum::<f64>()).abs() < 1e-9);
+        assert!(non_increasing_fit(&[]).is_empty());
+    }
 }

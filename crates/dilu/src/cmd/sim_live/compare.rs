@@ -27,6 +27,9 @@ pub struct Side {
     /// counts it: the platform's from its own measurement at deploy (the `profiled` event); the simulator's the
     /// same (or the calibrated table's with `--table-capacity`, or the scenario's `capacity_rps`).
     pub capacity_rps: Vec<f64>,
+    /// Per function, its batches by size over the run: the workers' `dilu_worker_batch_seconds` live, the
+    /// engine's count in the simulator.
+    pub batch_times: Vec<super::batches::ByBatch>,
     /// Live only: every request as `[arrival s, latency ms or null when it failed or timed out]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub raw: Vec<(f64, Option<f64>)>,

@@ -16,6 +16,7 @@ use dilu_sim::serve::workload::{ArrivalStream, arrival_seed};
 use serde_json::Value;
 
 use super::ValidateArgs;
+use super::batches::{Ledger, parse};
 use super::compare::Side;
 use super::http::get_json;
 use super::process::{spawn_until, tempdir};
@@ -199,16 +200,24 @@ fn live_run(
         .collect::<Result<_>>()?;
     let t0 = Instant::now();
 
-    // The instance sampler: inference instances per sample (any status: placed until gone).
+    // The instance sampler: inference instances per sample (any status: placed until gone), and about once a
+    // second each inference worker's batch times.
+    let names: Vec<String> = scenario.functions.iter().map(|f| f.name.clone()).collect();
     let sampler = {
         let stop = stop_sampler.clone();
         let url = url.to_owned();
-        let names: Vec<String> = scenario.functions.iter().map(|f| f.name.clone()).collect();
+        let names = names.clone();
         let every = Duration::from_millis(a.sample_ms);
-        std::thread::spawn(move || -> Vec<(f64, u32)> {
-            let client = reqwest::blocking::Client::new();
+        let scrape_every = (1000 / a.sample_ms.max(1)).max(1);
+        std::thread::spawn(move || -> (Vec<(f64, u32)>, Ledger) {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default();
             let mut samples = Vec::new();
+            let mut ledger = Ledger::default();
             let mut next = Instant::now();
+            let mut round = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let at = t0.elapsed().as_secs_f64();
                 if let Ok(v) = client
@@ -216,6 +225,10 @@ fn live_run(
                     .send()
                     .and_then(|r| r.json::<Value>())
                 {
+                    if round.is_multiple_of(scrape_every) {
+                        scrape_batches(&client, &v, &names, &mut ledger, round == 0);
+                    }
+                    round += 1;
                     let n = v["instances"]
                         .as_array()
                         .map(|l| {
@@ -233,7 +246,7 @@ fn live_run(
                 next += every;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            samples
+            (samples, ledger)
         })
     };
 
@@ -278,7 +291,7 @@ fn live_run(
         .map(|(u, &i0)| iterations(&client, u).map(|i1| (i1.saturating_sub(i0)) as f64 / elapsed))
         .collect::<Result<_>>()?;
     stop_sampler.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler
+    let (samples, mut ledger) = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("the instance sampler panicked"))?;
     // Requests still in flight at the end finish (or time out) before they are judged, as in the simulator's
@@ -293,6 +306,10 @@ fn live_run(
         std::thread::sleep(Duration::from_millis(50));
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // The batches of the requests that finished during the drain count too, as the simulator's do.
+    if let Ok(list) = get_json(&client, &format!("{url}/v1/instances")) {
+        scrape_batches(&client, &list, &names, &mut ledger, false);
+    }
     let outcomes = outcomes
         .lock()
         .map_err(|_| anyhow::anyhow!("outcomes lock poisoned"))?
@@ -376,6 +393,7 @@ fn live_run(
         scale_out_s,
         training_iterations_per_s,
         capacity_rps,
+        batch_times: ledger.totals(scenario.functions.len()),
         raw: {
             let mut raw: Vec<(f64, Option<f64>)> = outcomes
                 .iter()
@@ -385,4 +403,36 @@ fn live_run(
             raw
         },
     })
+}
+
+/// Scrapes `/metrics` of every instance in `list` (a `/v1/instances` answer) that serves one of `names`, into
+/// `ledger`. An instance that does not answer (starting, or gone) is skipped this round.
+fn scrape_batches(
+    client: &reqwest::blocking::Client,
+    list: &Value,
+    names: &[String],
+    ledger: &mut Ledger,
+    before_run: bool,
+) {
+    for i in list["instances"].as_array().into_iter().flatten() {
+        let Some(func) = i["function"]
+            .as_str()
+            .and_then(|f| names.iter().position(|n| n == f))
+        else {
+            continue;
+        };
+        let (Some(id), Some(endpoint)) =
+            (i["id"].as_str(), i["labels"]["dilu.io/endpoint"].as_str())
+        else {
+            continue;
+        };
+        let text = client
+            .get(format!("{endpoint}/metrics"))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text());
+        if let Ok(text) = text {
+            ledger.record(id, func, parse(&text), before_run);
+        }
+    }
 }

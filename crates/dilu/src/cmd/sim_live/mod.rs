@@ -23,12 +23,14 @@ use dilu_sim::serve::PolicyName;
 use dilu_sim::serve::scenario::load_scenario;
 use dilu_sim::serve::{prepare, run_policy};
 
+mod batches;
 mod calibrate;
 mod compare;
 mod http;
 mod live;
 mod process;
 mod recalibrate;
+mod rescale;
 mod simulated;
 mod specs;
 
@@ -75,6 +77,11 @@ pub struct CalibrateArgs {
     /// Timed rounds per inference point (after one warm-up round).
     #[arg(long, default_value_t = 6)]
     rounds: u32,
+    /// Idle milliseconds before each inference round, so that a batch starts as a live one does, after a pause
+    /// between arrivals: back to back, SqueezeNet's batch of 1 ran 41–45 ms on this machine's CPU device, after
+    /// 200 ms idle 50–56 ms (caches and clocks cool down between requests).
+    #[arg(long, default_value_t = 200)]
+    round_gap_ms: u64,
     /// Seconds a training point is measured.
     #[arg(long, default_value_t = 2.0)]
     train_window_s: f64,
@@ -131,6 +138,9 @@ pub struct ValidateArgs {
     /// Timed rounds per inference point with --calibrate.
     #[arg(long, default_value_t = 6)]
     rounds: u32,
+    /// Idle milliseconds before each inference round with --calibrate (`dilu sim calibrate --round-gap-ms`).
+    #[arg(long, default_value_t = 200)]
+    round_gap_ms: u64,
     /// Let the simulated scaler count each instance's capacity from the calibrated table. By default the
     /// simulation runs after the live run and counts the capacity the platform profiled at deploy (its
     /// scaler's figure), unless the scenario pins `capacity_rps`.
@@ -140,6 +150,13 @@ pub struct ValidateArgs {
     /// (`dilu sim calibrate --through-gateway`), as `dilu up` serves it.
     #[arg(long, requires = "calibrate")]
     through_gateway: bool,
+    /// Then simulate again with each inference function's table scaled so that its batches take as long as
+    /// the live workers' did during this run (their `dilu_worker_batch_seconds`; one factor per function, the
+    /// batch sizes weighed by the live run's mix), and print that comparison too. It tells the simulator's
+    /// queueing, batching and scaling apart from the calibration's drift (on a shared CPU the service time
+    /// moves by 15–25 % within minutes); the first comparison stays the prediction.
+    #[arg(long)]
+    live_service_time: bool,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -154,16 +171,43 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
 
 /// Runs `dilu sim calibrate`.
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
-    calibrate::calibrate(a)
+    calibrate::calibrate(a).map(|_| ())
 }
 
 /// Runs `dilu sim validate`.
 pub fn validate(a: ValidateArgs) -> Result<()> {
-    if a.calibrate {
-        recalibrate::recalibrate(&a)?;
-    }
+    let overheads = if a.calibrate {
+        recalibrate::recalibrate(&a)?
+    } else {
+        BTreeMap::new()
+    };
     let names = builtin_model_names();
     let mut scenario = load_scenario(&a.scenario, &names)?;
+    for f in &mut scenario.functions {
+        let Some(c) = overheads.get(&f.name) else {
+            continue;
+        };
+        if let Some(o) = c.request_overhead_ms {
+            eprintln!(
+                "validate: '{}' spends {o:.1} ms per request outside the executor (calibrated; the scenario says {})",
+                f.name, f.request_overhead_ms
+            );
+            ensure!(
+                o < f.slo_ms,
+                "'{}': the calibrated request overhead {o:.1} ms is not below its slo_ms {}",
+                f.name,
+                f.slo_ms
+            );
+            f.request_overhead_ms = o;
+        }
+        if let Some(cv) = c.service_cv {
+            eprintln!(
+                "validate: '{}' batch times vary by {cv:.3} (calibrated; the scenario says {})",
+                f.name, f.service_cv
+            );
+            f.service_cv = cv.min(dilu_sim::serve::scenario::MAX_SERVICE_CV);
+        }
+    }
     if let Some(d) = a.duration_s {
         ensure!(
             d.is_finite() && d > scenario.warmup_s,
@@ -232,8 +276,30 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
 
     let rows = compare::compare(&live, &sim);
     compare::print_table(&scenario.name, &rows, &live, &sim);
+    let rescaled = if a.live_service_time {
+        let r = rescale::at_live_service_time(&scenario, a.policy, &live, &run)?;
+        println!();
+        compare::print_table(
+            &format!(
+                "{} at the live service time (tables × {}; service_cv {})",
+                scenario.name,
+                r.factors_text(),
+                r.service_cv
+                    .iter()
+                    .map(|c| format!("{c:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &r.rows,
+            &live,
+            &r.sim,
+        );
+        Some(r)
+    } else {
+        None
+    };
     if let Some(path) = &a.json {
-        let v = compare::report_json(
+        let mut v = compare::report_json(
             &scenario,
             a.policy,
             &live,
@@ -241,6 +307,9 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
             &rows,
             (load_before, load_after),
         );
+        if let Some(r) = &rescaled {
+            v["live_service_time"] = r.json();
+        }
         std::fs::write(path, serde_json::to_string_pretty(&v)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::calibrate::calibrate;
+use super::calibrate::{Calibrated, calibrate};
 use super::specs::read_spec;
 use super::{CalibrateArgs, ValidateArgs};
 
-/// Re-measures the tables `scenario_path` names under `profile:` (see `ValidateArgs::calibrate`).
-pub(super) fn recalibrate(a: &ValidateArgs) -> Result<()> {
+/// Re-measures the tables `scenario_path` names under `profile:` (see `ValidateArgs::calibrate`); returns what
+/// each inference function's calibration measured besides its table.
+pub(super) fn recalibrate(a: &ValidateArgs) -> Result<BTreeMap<String, Calibrated>> {
+    let mut overheads = BTreeMap::new();
     let text = std::fs::read_to_string(&a.scenario)
         .with_context(|| format!("reading {}", a.scenario.display()))?;
     let raw: serde_yaml::Value =
@@ -55,7 +57,7 @@ pub(super) fn recalibrate(a: &ValidateArgs) -> Result<()> {
             .chain(std::iter::once(top))
             .collect();
         eprintln!("validate: calibrating '{name}' into {profile} ...");
-        calibrate(CalibrateArgs {
+        let measured = calibrate(CalibrateArgs {
             onnx: Some(PathBuf::from(onnx)),
             input: Some(input),
             hidden: beside.map_or(128, |b| b.1),
@@ -66,6 +68,7 @@ pub(super) fn recalibrate(a: &ValidateArgs) -> Result<()> {
             batches,
             ..on_grid(a, base.join(profile))
         })?;
+        overheads.insert(name.to_owned(), measured);
     }
     for t in entries("training") {
         let Some((name, profile, spec)) = profiled(&t, &specs)? else {
@@ -82,7 +85,7 @@ pub(super) fn recalibrate(a: &ValidateArgs) -> Result<()> {
             ..on_grid(a, base.join(profile))
         })?;
     }
-    Ok(())
+    Ok(overheads)
 }
 
 /// The share grid `--calibrate` measures, percent.
@@ -128,6 +131,7 @@ fn on_grid(a: &ValidateArgs, out: PathBuf) -> CalibrateArgs {
         batches: Vec::new(),
         shares: DEFAULT_SHARES.to_vec(),
         rounds: a.rounds,
+        round_gap_ms: a.round_gap_ms,
         train_window_s: 2.0,
         cores: None,
         window_ms: a.window_ms,

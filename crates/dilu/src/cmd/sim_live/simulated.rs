@@ -64,6 +64,7 @@ pub(super) fn sim_side(
             .take(setup.prepared.functions.len())
             .map(|p| p.capacity_rps)
             .collect(),
+        batch_times: run.batch_times.clone(),
         raw: Vec::new(),
     }
 }
