@@ -1,4 +1,4 @@
-//! `dilu sim validate --calibrate --through-gateway` end to end at small scale: a 45 s scenario (SqueezeNet beside
+//! `dilu sim validate --calibrate --through-gateway --live-service-time --binary-input` end to end at small scale: a 45 s scenario (SqueezeNet beside
 //! the MLP trainer on the CPU device, a load step that makes the lazy scaler add an instance) calibrated, run live on
 //! `dilu up` and simulated, compared. The bounds are what a loaded 2-core CI machine honestly holds
 //! (docs/sim-vs-live.md): the same arrivals on both sides, one scale-out each at about the same time,
@@ -102,6 +102,7 @@ fn validate_compares_a_small_live_run_with_the_simulator() {
             "--calibrate",
             "--through-gateway",
             "--live-service-time",
+            "--binary-input",
             "--rounds",
             "3",
         ])

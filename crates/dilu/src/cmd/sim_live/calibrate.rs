@@ -11,6 +11,7 @@ use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, UNLIMITED};
 
 use super::CalibrateArgs;
 use super::batches::parse;
+use super::body::RequestBody;
 use super::http::get_json;
 use super::process::{spawn_until, tempdir, train_command};
 use crate::cmd::output::ensure_parent_dir;
@@ -125,7 +126,9 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<Calibrated> {
             .input
             .as_ref()
             .context("--input is required with --onnx")?;
-        let body = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        let json = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        let body = RequestBody::new(&json, a.binary_input)
+            .with_context(|| format!("--input {}", input.display()))?;
         let max_batch = a.batches.iter().copied().max().unwrap_or(1);
         let started = Instant::now();
         let mut cmd = Command::new(&exe);
@@ -163,8 +166,8 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<Calibrated> {
                         s.spawn(|| {
                             client
                                 .post(&infer)
-                                .header("content-type", "application/json")
-                                .body(body.clone())
+                                .headers(body.headers())
+                                .body(body.bytes.clone())
                                 .send()
                                 .and_then(|r| r.error_for_status())
                                 .map(|_| ())

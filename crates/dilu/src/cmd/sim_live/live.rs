@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::ValidateArgs;
 use super::batches::{Ledger, parse};
+use super::body::RequestBody;
 use super::compare::Side;
 use super::http::get_json;
 use super::process::{spawn_until, tempdir};
@@ -172,11 +173,15 @@ fn live_run(
         .iter()
         .map(|f| Duration::from_secs_f64(f.request_timeout_s.unwrap_or(DEFAULT_REQUEST_TIMEOUT_S)))
         .collect();
-    let bodies: Vec<Arc<Vec<u8>>> = scenario
+    let bodies: Vec<Arc<RequestBody>> = scenario
         .functions
         .iter()
-        .map(|f| Arc::new(inputs[&f.name].clone()))
-        .collect();
+        .map(|f| {
+            RequestBody::new(&inputs[&f.name], a.binary_input)
+                .map(Arc::new)
+                .with_context(|| format!("--input {}", f.name))
+        })
+        .collect::<Result<_>>()?;
     let urls: Vec<String> = scenario
         .functions
         .iter()
@@ -265,8 +270,8 @@ fn live_run(
             let sent = Instant::now();
             let ok = http
                 .post(&url)
-                .header("content-type", "application/json")
-                .body(body.as_ref().clone())
+                .headers(body.headers())
+                .body(body.bytes.clone())
                 .timeout(timeout)
                 .send()
                 .await

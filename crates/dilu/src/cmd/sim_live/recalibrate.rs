@@ -65,6 +65,7 @@ pub(super) fn recalibrate(a: &ValidateArgs) -> Result<BTreeMap<String, Calibrate
             beside_trainer: beside.map(|b| b.0),
             trainer_batch: beside.map_or(128, |b| b.3),
             through_gateway: a.through_gateway,
+            binary_input: a.binary_input,
             batches,
             ..on_grid(a, base.join(profile))
         })?;
@@ -122,6 +123,7 @@ fn on_grid(a: &ValidateArgs, out: PathBuf) -> CalibrateArgs {
     CalibrateArgs {
         onnx: None,
         input: None,
+        binary_input: false,
         trainer: false,
         hidden: 128,
         layers: 2,
