@@ -1,8 +1,9 @@
-//! `dilu sim validate --calibrate --through-gateway --live-service-time --binary-input` end to end at small scale: a 45 s scenario (SqueezeNet beside
-//! the MLP trainer on the CPU device, a load step that makes the lazy scaler add an instance) calibrated, run live on
-//! `dilu up` and simulated, compared. The bounds are what a loaded 2-core CI machine honestly holds
-//! (docs/sim-vs-live.md): the same arrivals on both sides, one scale-out each at about the same time,
-//! instance-seconds within 15 %, latencies and training throughput within a factor of 2.
+//! `dilu sim validate --calibrate --through-gateway --live-service-time --binary-input` end to end at small
+//! scale: a 45 s scenario (SqueezeNet beside the MLP trainer on the CPU device, a load step that makes the lazy
+//! scaler add an instance) calibrated, run live on `dilu up` and simulated, compared. The bounds are what a
+//! loaded 2-core CI machine honestly holds (docs/sim-vs-live.md): the same arrivals on both sides, one scale-out
+//! each at about the same time, instance-seconds within 15 %, latencies and training throughput within a factor
+//! of 2.
 //!
 //! Needs the example models (`dilu models fetch`): without them it prints SKIPPING, and fails under CI=true.
 
