@@ -541,6 +541,15 @@ fn non_negative(key: &str, x: f64) -> Result<f64, ScenarioError> {
     }
 }
 
+/// `x` if it is finite and in `[0, max]`.
+fn up_to(key: &str, x: f64, max: f64) -> Result<f64, ScenarioError> {
+    if x.is_finite() && (0.0..=max).contains(&x) {
+        Ok(x)
+    } else {
+        Err(invalid(key, x, format!("must be in [0, {max}]")))
+    }
+}
+
 /// `x` if it is a fraction of a GPU in (0, 1].
 fn fraction(key: String, x: f64) -> Result<f64, ScenarioError> {
     if x.is_finite() && x > 0.0 && x <= 1.0 {
@@ -895,17 +904,11 @@ impl Checker<'_> {
             .request_timeout_s
             .map(|t| positive(&k("request_timeout_s"), t))
             .transpose()?;
-        let interference = match raw.interference {
-            None => 0.0,
-            Some(x) if x.is_finite() && (0.0..=MAX_INTERFERENCE).contains(&x) => x,
-            Some(x) => {
-                return Err(invalid(
-                    k("interference"),
-                    x,
-                    format!("must be in [0, {MAX_INTERFERENCE}]"),
-                ));
-            }
-        };
+        let interference = raw
+            .interference
+            .map(|x| up_to(&k("interference"), x, MAX_INTERFERENCE))
+            .transpose()?
+            .unwrap_or(0.0);
         let request_overhead_ms = match raw.request_overhead_ms {
             None => 0.0,
             Some(x) if x.is_finite() && x >= 0.0 && x < slo_ms => x,
@@ -917,17 +920,11 @@ impl Checker<'_> {
                 ));
             }
         };
-        let service_cv = match raw.service_cv {
-            None => 0.0,
-            Some(x) if x.is_finite() && (0.0..=MAX_SERVICE_CV).contains(&x) => x,
-            Some(x) => {
-                return Err(invalid(
-                    k("service_cv"),
-                    x,
-                    format!("must be in [0, {MAX_SERVICE_CV}]"),
-                ));
-            }
-        };
+        let service_cv = raw
+            .service_cv
+            .map(|x| up_to(&k("service_cv"), x, MAX_SERVICE_CV))
+            .transpose()?
+            .unwrap_or(0.0);
         let capacity_rps = raw
             .capacity_rps
             .map(|c| positive(&k("capacity_rps"), c))
