@@ -345,24 +345,37 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
     // The two lone requests and one batch of four.
     assert!(batches.ends_with(" 3"), "{batches}\n{text}");
     assert!(fours.ends_with(" 2"), "{fours}\n{text}");
-    // Their time by batch size (in requests): two of one, one of four, each taking some time.
-    for (size, count) in [(1, 2), (4, 1)] {
-        let line = |part: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with(&format!(
-                        "dilu_worker_batch_seconds_{part}{{batch_size=\"{size}\"}}"
-                    ))
-                })
-                .unwrap_or_else(|| panic!("no batch_seconds_{part} for size {size}:\n{text}"))
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .parse::<f64>()
-                .unwrap()
-        };
-        assert_eq!(line("count"), f64::from(count), "{text}");
-        assert!(line("sum") > 0.0, "{text}");
+    // Their time by batch size (in requests): two of one, one of four, each taking some time. A batch's time
+    // is recorded after its last CPU charge, which follows the answers, so the last one may show a moment later.
+    let sample = |text: &str, part: &str, size: u32| -> Option<f64> {
+        let prefix = format!("dilu_worker_batch_seconds_{part}{{batch_size=\"{size}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = client
+            .get(w.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if sample(&text, "count", 4).is_some() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    for (size, count) in [(1, 2.0), (4, 1.0)] {
+        assert_eq!(
+            sample(&text, "count", size),
+            Some(count),
+            "size {size}:\n{text}"
+        );
+        assert!(
+            sample(&text, "sum", size).is_some_and(|s| s > 0.0),
+            "size {size}:\n{text}"
+        );
     }
 }
 
