@@ -328,25 +328,8 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
         "distinct inputs, distinct outputs: {alone:?} {alone_2:?}"
     );
 
-    let text = client
-        .get(w.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let batches = text
-        .lines()
-        .find(|l| l.starts_with("dilu_worker_batches_total "))
-        .unwrap();
-    let fours = text
-        .lines()
-        .find(|l| l.starts_with("dilu_worker_batch_size_bucket{le=\"2\"}"))
-        .unwrap();
-    // The two lone requests and one batch of four.
-    assert!(batches.ends_with(" 3"), "{batches}\n{text}");
-    assert!(fours.ends_with(" 2"), "{fours}\n{text}");
-    // Their time by batch size (in requests): two of one, one of four, each taking some time. A batch's time
-    // is recorded after its last CPU charge, which follows the answers, so the last one may show a moment later.
+    // A batch's time (dilu_worker_batch_seconds) is recorded after its last CPU charge, which follows the
+    // answers, so the last batch may show a moment later: one scrape, once it is there, for every check below.
     let sample = |text: &str, part: &str, size: u32| -> Option<f64> {
         let prefix = format!("dilu_worker_batch_seconds_{part}{{batch_size=\"{size}\"}} ");
         text.lines()
@@ -366,6 +349,18 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    let batches = text
+        .lines()
+        .find(|l| l.starts_with("dilu_worker_batches_total "))
+        .unwrap();
+    let fours = text
+        .lines()
+        .find(|l| l.starts_with("dilu_worker_batch_size_bucket{le=\"2\"}"))
+        .unwrap();
+    // The two lone requests and one batch of four.
+    assert!(batches.ends_with(" 3"), "{batches}\n{text}");
+    assert!(fours.ends_with(" 2"), "{fours}\n{text}");
+    // Their time by batch size (in requests): two of one, one of four, each taking some time.
     for (size, count) in [(1, 2.0), (4, 1.0)] {
         assert_eq!(
             sample(&text, "count", size),
