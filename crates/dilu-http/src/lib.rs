@@ -7,7 +7,9 @@
 //!   admit a new one, so idle sockets cannot starve `/health` or inference ([`Limits::max_connections`]);
 //! - the client's identity on every request ([`Peer`]: its address, or its user id on a Unix socket);
 //! - middleware for `Host` checks (DNS rebinding), `Content-Type: application/json` on state-changing
-//!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]).
+//!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]);
+//! - for a server with one event loop per core, one listener's connections spread evenly over the loops
+//!   ([`balance`]).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -17,6 +19,7 @@
 //! # }
 //! ```
 
+mod balance;
 mod body;
 mod conns;
 pub mod guard;
@@ -24,6 +27,7 @@ mod limits;
 mod serve;
 pub mod token;
 
+pub use balance::{Share, balance};
 pub use body::BodyError;
 pub use limits::{Limits, open_file_limit, raise_open_file_limit};
 pub use serve::{Listener, Peer, serve};

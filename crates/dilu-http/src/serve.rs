@@ -24,21 +24,31 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tower_service::Service;
 
+use crate::balance::{LoadGuard, Share};
 use crate::body::DeadlineBody;
 use crate::conns::{Connection, Registry};
 use crate::limits::{Limits, open_file_limit};
 
-/// A bound listener: TCP, or a Unix socket (whose clients are known by their user id).
+/// A bound listener: TCP, a Unix socket (whose clients are known by their user id), or one event loop's
+/// share of a TCP listener spread over several ([`crate::balance`]).
 pub enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
     /// A Unix stream socket listener.
     Unix(UnixListener),
+    /// Connections handed over by a balanced listener's acceptor; serving ends when the acceptor does.
+    Balanced(Share),
 }
 
 impl From<TcpListener> for Listener {
     fn from(listener: TcpListener) -> Self {
         Listener::Tcp(listener)
+    }
+}
+
+impl From<Share> for Listener {
+    fn from(share: Share) -> Self {
+        Listener::Balanced(share)
     }
 }
 
@@ -88,7 +98,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let listener = listener.into();
+    let mut listener = listener.into();
     let cap = limits
         .max_connections
         .unwrap_or_else(|| Limits::connection_cap(open_file_limit()))
@@ -118,11 +128,13 @@ where
             }
         };
         let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
-        let (io, peer) = match accepted {
-            Ok(accepted) => accepted,
+        let Accepted { io, peer, load } = match accepted {
+            Ok(Some(accepted)) => accepted,
+            // A balanced listener's acceptor stopped: no connection will come any more.
+            Ok(None) => break,
             Err(error) => {
                 drop(permit);
                 if out_of_descriptors(&error) {
@@ -142,6 +154,7 @@ where
             connection,
             registry: Arc::clone(&registry),
             stop: stop_rx.clone(),
+            _load: load,
         };
         tokio::spawn(async move {
             task.run(io).await;
@@ -192,26 +205,51 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> io::Result<(Stream, Peer)> {
-    match listener {
+/// A connection taken from a listener, and, from a balanced one, its count against this event loop.
+struct Accepted {
+    io: Stream,
+    peer: Peer,
+    load: Option<LoadGuard>,
+}
+
+/// The next connection; `None` once a balanced listener's acceptor has stopped.
+async fn accept(listener: &mut Listener) -> io::Result<Option<Accepted>> {
+    let accepted = match listener {
         Listener::Tcp(listener) => {
             let (stream, addr) = listener.accept().await?;
             // Responses are written whole; Nagle would only add latency to small ones.
             let _ = stream.set_nodelay(true);
-            Ok((
-                Stream::Tcp(stream),
-                Peer {
+            Accepted {
+                io: Stream::Tcp(stream),
+                peer: Peer {
                     addr: Some(addr),
                     uid: None,
                 },
-            ))
+                load: None,
+            }
         }
         Listener::Unix(listener) => {
             let (stream, _) = listener.accept().await?;
             let uid = stream.peer_cred().ok().map(|cred| cred.uid());
-            Ok((Stream::Unix(stream), Peer { addr: None, uid }))
+            Accepted {
+                io: Stream::Unix(stream),
+                peer: Peer { addr: None, uid },
+                load: None,
+            }
         }
-    }
+        Listener::Balanced(share) => {
+            let Some(handed) = share.queue.recv().await else {
+                return Ok(None);
+            };
+            // Registered with this event loop's reactor (the acceptor took it out of its own).
+            Accepted {
+                io: Stream::Tcp(tokio::net::TcpStream::from_std(handed.stream)?),
+                peer: handed.peer,
+                load: Some(handed.load),
+            }
+        }
+    };
+    Ok(Some(accepted))
 }
 
 /// EMFILE / ENFILE / ENOBUFS / ENOMEM: the process or the system ran out of something an `accept` needs.
@@ -289,6 +327,8 @@ struct ConnectionTask<S> {
     connection: Arc<Connection>,
     registry: Arc<Registry>,
     stop: watch::Receiver<bool>,
+    /// Held until the connection closes (a balanced listener's count against this event loop).
+    _load: Option<LoadGuard>,
 }
 
 impl<S> ConnectionTask<S>

@@ -229,10 +229,10 @@ fn service(gateway: &Arc<Gateway>, token: Option<Token>) -> GatewayService {
 /// Runs `dilu gateway` until SIGTERM or SIGINT.
 ///
 /// Clients are served by `--threads` event loops, each a single-threaded runtime on its own thread that
-/// accepts from the one listening socket and serves its connections start to end, forwarding over its own
-/// keep-alive connections to the instances (nginx's worker processes, as threads). A request never changes
-/// threads, so no request pays for waking another thread. The routing state (queues, slots, counters) is
-/// shared by all of them.
+/// serves its connections start to end, forwarding over its own keep-alive connections to the instances
+/// (nginx's worker processes, as threads). The main thread accepts and hands each connection to the loop
+/// with the fewest ([`dilu_http::balance`]); a request never changes threads, so no request pays for waking
+/// another thread. The routing state (queues, slots, counters) is shared by all of them.
 pub fn run(args: GatewayArgs) -> Result<()> {
     let routes = source_of(&args)?;
     let token = token(&args)?;
@@ -276,10 +276,11 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             .await?
             .into_std()
             .context("preparing the listener")?;
-        for i in 0..args.threads {
-            let listener = listener
-                .try_clone()
-                .context("sharing the listener between threads")?;
+        let (shares, acceptor) = dilu_http::balance(listener, args.threads)
+            .context("spreading the listener over the event loops")?;
+        // Runs on this thread's runtime until the loops stop or the runtime is dropped.
+        tokio::spawn(acceptor);
+        for (i, listener) in shares.into_iter().enumerate() {
             let (service, limits, mut stop) = (service.clone(), limits.clone(), stop_rx.clone());
             let event_loop = move || -> Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -287,8 +288,6 @@ pub fn run(args: GatewayArgs) -> Result<()> {
                     .build()
                     .context("starting an event loop")?;
                 runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .context("registering the listener")?;
                     let stopped = async move {
                         let _ = stop.wait_for(|stop| *stop).await;
                     };
