@@ -1,5 +1,7 @@
 //! `dilu gateway` as a real process: static routes to a fake v2 instance, its metrics, a prompt graceful stop,
-//! and flags refused with the flag named.
+//! idle connections past its open-file limit, and flags refused with the flag named.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -70,7 +72,11 @@ struct Served {
 
 impl Served {
     fn start(args: &[&str]) -> Served {
-        let mut child = dilu()
+        Served::start_with(dilu(), args)
+    }
+
+    fn start_with(mut command: Command, args: &[&str]) -> Served {
+        let mut child = command
             .arg("gateway")
             .args(args)
             .stdout(Stdio::piped())
@@ -158,6 +164,64 @@ fn gateway_routes_to_static_instances_and_stops_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("dilu_gateway_instances_ready{function=\"f\"} 1\n"));
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+/// One inference POST on a new connection: its status line.
+fn infer_status(base: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let body = "{\"inputs\":[]}";
+    write!(
+        stream,
+        "POST /v2/models/f/infer HTTP/1.1\r\nHost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn idle_connections_past_the_open_file_limit_do_not_starve_inference() {
+    let instance = fake_instance();
+    let route = format!("f=http://{instance}");
+    let mut command = dilu();
+    common::limit_open_files(&mut command, 1024);
+    // Two event loops fed by one acceptor: each loop evicts its own longest-idle connection at its cap.
+    let gateway = Served::start_with(
+        command,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            &route,
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(infer_status(&gateway.base), "HTTP/1.1 200 OK");
+
+    common::raise_own_open_files();
+    let addr: SocketAddr = gateway.base.trim_start_matches("http://").parse().unwrap();
+    let idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
+        .collect();
+    assert!(idle.len() >= 1024, "only {} connections opened", idle.len());
+    let started = Instant::now();
+    assert_eq!(infer_status(&gateway.base), "HTTP/1.1 200 OK");
+    eprintln!(
+        "with {} idle connections and 1,024 files: an inference answered in {:?}",
+        idle.len(),
+        started.elapsed()
+    );
+    drop(idle);
     let status = gateway.terminate();
     assert!(status.success(), "{status:?}");
 }

@@ -20,24 +20,6 @@ fn ocr_spec(cache: &std::path::Path, name: &str) -> String {
     )
 }
 
-fn raise_own_open_files() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    assert!(
-        limit.rlim_cur >= 4096,
-        "the test needs 1,100+ sockets; hard limit is {}",
-        limit.rlim_cur
-    );
-}
-
 #[test]
 fn idle_connections_past_the_open_file_limit_do_not_starve_health_or_inference() {
     let Some(cache) = ensure_models() else { return };
@@ -51,7 +33,7 @@ fn idle_connections_past_the_open_file_limit_do_not_starve_health_or_inference()
     let (s, b) = up.infer("ocr", &input);
     assert_eq!(s, 200, "{b}");
 
-    raise_own_open_files();
+    common::raise_own_open_files();
     let addr = up.url.trim_start_matches("http://").parse().unwrap();
     let mut idle = Vec::new();
     let started = Instant::now();

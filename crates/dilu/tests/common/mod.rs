@@ -16,6 +16,43 @@ pub fn dilu_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dilu")
 }
 
+/// Raises this test process's open-file limit to its hard limit, which must allow 1,100+ sockets.
+pub fn raise_own_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    assert!(
+        limit.rlim_cur >= 4096,
+        "the test needs 1,100+ sockets; hard limit is {}",
+        limit.rlim_cur
+    );
+}
+
+/// Makes `command`'s process start with its open-file limit (soft and hard) at `limit`.
+pub fn limit_open_files(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs `dilu ARGS…` that must refuse to start: its output once it exits; a panic naming `what` if it is
 /// still running after 20 s (it started when it should not have), after killing it.
 pub fn refused_start(args: &[&std::ffi::OsStr], what: &str) -> std::process::Output {

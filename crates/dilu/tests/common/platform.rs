@@ -76,20 +76,7 @@ impl UpProc {
     ) -> UpProc {
         let mut command = Command::new(dilu_bin());
         if let Some(limit) = open_files {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-            unsafe {
-                command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            super::limit_open_files(&mut command, limit);
         }
         let mut child = command
             .args([
