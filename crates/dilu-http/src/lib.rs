@@ -8,7 +8,7 @@
 //! - the client's identity on every request ([`Peer`]: its address, or its user id on a Unix socket);
 //! - middleware for `Host` checks (DNS rebinding), `Content-Type: application/json` on state-changing
 //!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]);
-//! - for a server with one event loop per core, one listener's connections spread evenly over the loops
+//! - for a server with one event loop per core, one listener's connections kept even across the loops
 //!   ([`balance`]).
 //!
 //! ```no_run

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tower_service::Service;
 
-use crate::balance::{LoadGuard, Share};
+use crate::balance::{Balanced, LoadGuard, Share};
 use crate::body::DeadlineBody;
 use crate::conns::{Connection, Registry};
 use crate::limits::{Limits, open_file_limit};
@@ -36,7 +36,7 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A Unix stream socket listener.
     Unix(UnixListener),
-    /// Connections handed over by a balanced listener's acceptor; serving ends when the acceptor does.
+    /// This event loop's share of a TCP listener balanced over several loops.
     Balanced(Share),
 }
 
@@ -98,7 +98,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut listener = listener.into();
+    let mut listener = Bound::new(listener.into())?;
     let cap = limits
         .max_connections
         .unwrap_or_else(|| Limits::connection_cap(open_file_limit()))
@@ -132,9 +132,7 @@ where
             () = &mut shutdown => break,
         };
         let Accepted { io, peer, load } = match accepted {
-            Ok(Some(accepted)) => accepted,
-            // A balanced listener's acceptor stopped: no connection will come any more.
-            Ok(None) => break,
+            Ok(accepted) => accepted,
             Err(error) => {
                 drop(permit);
                 if out_of_descriptors(&error) {
@@ -212,10 +210,27 @@ struct Accepted {
     load: Option<LoadGuard>,
 }
 
-/// The next connection; `None` once a balanced listener's acceptor has stopped.
-async fn accept(listener: &mut Listener) -> io::Result<Option<Accepted>> {
-    let accepted = match listener {
-        Listener::Tcp(listener) => {
+/// A listener registered with the serving runtime.
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+    Balanced(Balanced),
+}
+
+impl Bound {
+    fn new(listener: Listener) -> io::Result<Bound> {
+        Ok(match listener {
+            Listener::Tcp(listener) => Bound::Tcp(listener),
+            Listener::Unix(listener) => Bound::Unix(listener),
+            Listener::Balanced(share) => Bound::Balanced(share.register()?),
+        })
+    }
+}
+
+/// The next connection (cancel-safe).
+async fn accept(listener: &mut Bound) -> io::Result<Accepted> {
+    Ok(match listener {
+        Bound::Tcp(listener) => {
             let (stream, addr) = listener.accept().await?;
             // Responses are written whole; Nagle would only add latency to small ones.
             let _ = stream.set_nodelay(true);
@@ -228,7 +243,7 @@ async fn accept(listener: &mut Listener) -> io::Result<Option<Accepted>> {
                 load: None,
             }
         }
-        Listener::Unix(listener) => {
+        Bound::Unix(listener) => {
             let (stream, _) = listener.accept().await?;
             let uid = stream.peer_cred().ok().map(|cred| cred.uid());
             Accepted {
@@ -237,19 +252,15 @@ async fn accept(listener: &mut Listener) -> io::Result<Option<Accepted>> {
                 load: None,
             }
         }
-        Listener::Balanced(share) => {
-            let Some(handed) = share.queue.recv().await else {
-                return Ok(None);
-            };
-            // Registered with this event loop's reactor (the acceptor took it out of its own).
+        Bound::Balanced(share) => {
+            let (stream, peer, load) = share.accept().await?;
             Accepted {
-                io: Stream::Tcp(tokio::net::TcpStream::from_std(handed.stream)?),
-                peer: handed.peer,
-                load: Some(handed.load),
+                io: Stream::Tcp(stream),
+                peer,
+                load: Some(load),
             }
         }
-    };
-    Ok(Some(accepted))
+    })
 }
 
 /// EMFILE / ENFILE / ENOBUFS / ENOMEM: the process or the system ran out of something an `accept` needs.

@@ -1,5 +1,5 @@
-//! A balanced listener: connections spread evenly over event loops on their own threads, new ones going to the
-//! loop that holds the fewest, and each loop's `serve` ends when the acceptor stops.
+//! A balanced listener: connections kept even across event loops on their own threads, new ones going to the
+//! loop that holds the fewest when the others hold more.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,8 +11,13 @@ use axum::Router;
 use axum::routing::get;
 use dilu_http::{Limits, Share};
 
-/// Serves `GET /who` (the serving thread's name) on `share` from a single-threaded runtime on its own thread.
-fn event_loop(name: String, share: Share) -> JoinHandle<std::io::Result<()>> {
+/// Serves `GET /who` (the serving thread's name) on `share` from a single-threaded runtime on its own thread,
+/// until `stop` fires.
+fn event_loop(
+    name: String,
+    share: Share,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> JoinHandle<std::io::Result<()>> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -24,12 +29,9 @@ fn event_loop(name: String, share: Share) -> JoinHandle<std::io::Result<()>> {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(dilu_http::serve(
-                    share,
-                    router,
-                    Limits::default(),
-                    std::future::pending(),
-                ))
+                .block_on(dilu_http::serve(share, router, Limits::default(), async {
+                    let _ = stop.await;
+                }))
         })
         .unwrap()
 }
@@ -66,48 +68,32 @@ fn counts(answers: &[String]) -> BTreeMap<String, usize> {
 
 #[test]
 fn connections_go_to_the_event_loop_that_holds_the_fewest() {
-    // The acceptor runs on its own runtime, as `dilu gateway`'s does on the main thread.
-    let (shares_tx, shares_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let acceptor = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = socket.local_addr().unwrap();
-            let (shares, accepting) = dilu_http::balance(socket, 2).unwrap();
-            shares_tx.send((addr, shares)).unwrap();
-            tokio::select! {
-                () = accepting => {}
-                _ = stop_rx => {}
-            }
-        });
-    });
-    let (addr, shares): (SocketAddr, Vec<Share>) = shares_rx.recv().unwrap();
-    let loops: Vec<_> = shares
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let shares: Vec<Share> = dilu_http::balance(socket, 2).unwrap();
+    let (stops, loops): (Vec<_>, Vec<_>) = shares
         .into_iter()
         .enumerate()
-        .map(|(i, share)| event_loop(format!("loop-{i}"), share))
-        .collect();
+        .map(|(i, share)| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            (stop, event_loop(format!("loop-{i}"), share, stopped))
+        })
+        .unzip();
 
-    // Sixteen connections opened together (as wrk opens them) split eight and eight, whatever each loop is
-    // doing when they arrive.
+    // Sixteen connections opened together (as wrk opens them) split within one of eight and eight, whichever
+    // loop wakes first to accept them (without the balance one loop often took all sixteen).
     let mut streams: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let answers: Vec<String> = streams.iter_mut().map(who).collect();
     let split = counts(&answers);
-    assert_eq!(
-        split,
-        BTreeMap::from([("loop-0".to_string(), 8), ("loop-1".to_string(), 8)]),
-        "{answers:?}"
-    );
+    assert_eq!(split.len(), 2, "{answers:?}");
+    assert!(split.values().all(|&n| (7..=9).contains(&n)), "{split:?}");
     // Kept alive: the same connection stays on its loop.
     for (stream, first) in streams.iter_mut().zip(&answers) {
         assert_eq!(&who(stream), first);
     }
 
-    // Loop 0's clients leave; the next four connections all go to loop 0, which now holds the fewest.
+    // Loop 0's clients leave; the next four connections all go to loop 0, which now holds the fewest, whichever
+    // loop accepts them.
     let (leaving, staying): (Vec<_>, Vec<_>) = streams
         .into_iter()
         .zip(&answers)
@@ -122,9 +108,9 @@ fn connections_go_to_the_event_loop_that_holds_the_fewest() {
         "{answers:?}"
     );
 
-    // With the acceptor gone, each loop's serve returns.
-    stop_tx.send(()).unwrap();
-    acceptor.join().unwrap();
+    for stop in stops {
+        stop.send(()).unwrap();
+    }
     for event_loop in loops {
         event_loop.join().unwrap().unwrap();
     }

@@ -230,9 +230,9 @@ fn service(gateway: &Arc<Gateway>, token: Option<Token>) -> GatewayService {
 ///
 /// Clients are served by `--threads` event loops, each a single-threaded runtime on its own thread that
 /// serves its connections start to end, forwarding over its own keep-alive connections to the instances
-/// (nginx's worker processes, as threads). The main thread accepts and hands each connection to the loop
-/// with the fewest ([`dilu_http::balance`]); a request never changes threads, so no request pays for waking
-/// another thread. The routing state (queues, slots, counters) is shared by all of them.
+/// (nginx's worker processes, as threads). The loops accept from one socket and keep their connection counts
+/// even ([`dilu_http::balance`]); a request never changes threads, so no request pays for waking another
+/// thread. The routing state (queues, slots, counters) is shared by all of them.
 pub fn run(args: GatewayArgs) -> Result<()> {
     let routes = source_of(&args)?;
     let token = token(&args)?;
@@ -276,10 +276,8 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             .await?
             .into_std()
             .context("preparing the listener")?;
-        let (shares, acceptor) = dilu_http::balance(listener, args.threads)
-            .context("spreading the listener over the event loops")?;
-        // Runs on this thread's runtime until the loops stop or the runtime is dropped.
-        tokio::spawn(acceptor);
+        let shares = dilu_http::balance(listener, args.threads)
+            .context("sharing the listener between the event loops")?;
         for (i, listener) in shares.into_iter().enumerate() {
             let (service, limits, mut stop) = (service.clone(), limits.clone(), stop_rx.clone());
             let event_loop = move || -> Result<()> {
