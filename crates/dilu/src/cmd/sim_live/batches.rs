@@ -100,6 +100,36 @@ impl Ledger {
         }
     }
 
+    /// Batches in every instance's latest scrape (baselines included): what a later scrape can only add to.
+    pub(super) fn batches_seen(&self) -> u64 {
+        self.instances
+            .values()
+            .flat_map(|seen| seen.latest.values())
+            .map(|t| t.batches)
+            .sum()
+    }
+
+    /// Scrapes with `scrape` until the batches seen stop moving, at most `tries` times, `pause` apart: a
+    /// worker records a batch's time after the batch's last CPU charge, which follows its answers, so the
+    /// scrape right after the last answer can miss the last batch.
+    pub(super) fn settle(
+        &mut self,
+        tries: usize,
+        pause: std::time::Duration,
+        mut scrape: impl FnMut(&mut Ledger),
+    ) {
+        let mut seen = None;
+        for _ in 0..tries {
+            scrape(self);
+            let now = self.batches_seen();
+            if seen == Some(now) {
+                return;
+            }
+            seen = Some(now);
+            std::thread::sleep(pause);
+        }
+    }
+
     /// The run's batches per function (`functions` of them): each instance's latest scrape less its baseline.
     pub(super) fn totals(&self, functions: usize) -> Vec<ByBatch> {
         let mut out = vec![ByBatch::new(); functions];
@@ -242,6 +272,27 @@ dilu_worker_batches_total 15
         assert_eq!(t[0][&1].batches, 16);
         assert!((t[0][&1].seconds - 1.6).abs() < 1e-9);
         assert_eq!(t[0][&2], times(4, 0.8));
+    }
+
+    #[test]
+    fn the_last_scrape_waits_for_a_batch_recorded_after_its_answers() {
+        // The worker records the last batch on the second scrape; the third sees no change and ends it.
+        let counts = [5u64, 6, 6, 6, 9];
+        let mut calls = 0;
+        let mut l = Ledger::default();
+        l.settle(10, std::time::Duration::ZERO, |l| {
+            l.record("a", 0, [(1, times(counts[calls], 0.1))].into(), false);
+            calls += 1;
+        });
+        assert_eq!(calls, 3);
+        assert_eq!(l.totals(1)[0][&1].batches, 6);
+        // A count that keeps moving stops at the bound.
+        let mut calls = 0;
+        l.settle(4, std::time::Duration::ZERO, |l| {
+            calls += 1;
+            l.record("a", 0, [(1, times(10 + calls, 0.1))].into(), false);
+        });
+        assert_eq!(calls, 4);
     }
 
     #[test]

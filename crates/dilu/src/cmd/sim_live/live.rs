@@ -311,9 +311,12 @@ fn live_run(
         std::thread::sleep(Duration::from_millis(50));
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
-    // The batches of the requests that finished during the drain count too, as the simulator's do.
+    // The batches of the requests that finished during the drain count too, as the simulator's do, the last
+    // one included.
     if let Ok(list) = get_json(&client, &format!("{url}/v1/instances")) {
-        scrape_batches(&client, &list, &names, &mut ledger, false);
+        ledger.settle(10, Duration::from_millis(100), |ledger| {
+            scrape_batches(&client, &list, &names, ledger, false)
+        });
     }
     let outcomes = outcomes
         .lock()
