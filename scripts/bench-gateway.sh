@@ -12,7 +12,8 @@
 # over its seconds at CONNS. Interleaving matters here: this machine's speed drifts by 10-20 % over a minute,
 # which back-to-back 10 s measurements turned into ratios of 0.72-1.19x between two runs of the same binaries.
 # Prints one table row per run and path, the proxies' CPU time per request, and the ratios the acceptance
-# asks for: gateway req/s / nginx req/s, and the p50 each proxy adds to the direct path. Then it sends bursts of large bodies through the gateway and
+# asks for: gateway req/s / nginx req/s, and the p50 each proxy adds to the direct path. Then the same at CONNS
+# with a new connection for every request (`Connection: close`), nginx against the gateway. Then it sends bursts of large bodies through the gateway and
 # reports its resident memory before, right after and some seconds after them.
 #
 #   scripts/bench-gateway.sh
@@ -299,6 +300,26 @@ for r in runs:
 errors = sum(v[3] for v in by.values())
 if errors:
     print(f"\n{errors} requests failed (non-2xx or socket errors): the numbers above are not valid")
+PY
+
+# A new connection per request (clients without keep-alive): nginx and the gateway in SLICES interleaved slices
+# at CONNS connections, each request with `Connection: close`.
+sed 's/^wrk.body/wrk.headers["Connection"] = "close"\nwrk.body/' "$tmp/post.lua" >"$tmp/close.lua"
+: >"$tmp/churn"
+for slice in $(seq 1 "$SLICES"); do
+    for t in nginx gateway; do
+        wrk -t"$THREADS" -c"$CONNS" -d"${slice_s}s" -s "$tmp/close.lua" "$(url_of "$t")" >"$tmp/wrk.out" 2>&1 || true
+        echo "$t $(sed -n 's/^Requests\/sec:\s*//p' "$tmp/wrk.out")" >>"$tmp/churn"
+    done
+done
+python3 - "$tmp/churn" "$CONNS" <<'PY'
+import sys
+rates = {}
+for line in open(sys.argv[1]):
+    t, rps = line.split()
+    rates.setdefault(t, []).append(float(rps))
+n, g = (sum(rates[t]) / len(rates[t]) for t in ("nginx", "gateway"))
+print(f"\n== a new connection per request, c={sys.argv[2]}: nginx {n:,.0f} req/s, gateway {g:,.0f} req/s ({g / n:.2f}x)")
 PY
 
 # Large bodies: BIG_CONNS clients each sending BIG_MB MiB bodies through the gateway for 5 s (the worker refuses
