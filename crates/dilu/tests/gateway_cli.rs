@@ -194,7 +194,7 @@ fn idle_connections_past_the_open_file_limit_do_not_starve_inference() {
     let route = format!("f=http://{instance}");
     let mut command = dilu();
     common::limit_open_files(&mut command, 1024);
-    // Two event loops fed by one acceptor: each loop evicts its own longest-idle connection at its cap.
+    // Two event loops sharing the socket, kept even: each loop evicts its own longest-idle connection at its cap.
     let gateway = Served::start_with(
         command,
         &[
