@@ -58,6 +58,16 @@ fn infer(client: &Client, w: &Worker, body: &Value) -> (u16, Value) {
     (status, r.json().unwrap_or(Value::Null))
 }
 
+/// The worker's `/metrics` text.
+fn metrics_text(client: &Client, w: &Worker) -> String {
+    client
+        .get(w.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 fn output_data(resp: &Value) -> Vec<f32> {
     resp["outputs"][0]["data"]
         .as_array()
@@ -159,12 +169,7 @@ fn health_metadata_and_metrics() {
             .contains("'nope'")
     );
 
-    let text = client
-        .get(w.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&client, &w);
     for name in [
         "dilu_worker_requests_total",
         "dilu_worker_batches_total",
@@ -338,12 +343,7 @@ fn check_batching(mut config: WorkerConfig, distinct_outputs: bool) {
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     let text = loop {
-        let text = client
-            .get(w.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let text = metrics_text(&client, &w);
         if sample(&text, "count", 4).is_some() || Instant::now() > deadline {
             break text;
         }
@@ -585,12 +585,7 @@ fn a_fixed_batch_model_runs_a_batch_one_by_one() {
         assert_eq!(r["outputs"][0]["shape"][0], 1, "{r}");
         assert_eq!(output_data(r), output_data(&results[0]));
     }
-    let text = client
-        .get(w.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics_text(&client, &w);
     assert!(
         text.lines().any(|l| l == "dilu_worker_batches_total 1"),
         "{text}"

@@ -71,8 +71,19 @@ struct Served {
 }
 
 impl Served {
-    fn start(args: &[&str]) -> Served {
-        Served::start_with(dilu(), args)
+    /// `dilu gateway` on a free loopback port with `route` and two event loops, started by `command`.
+    fn routed(command: Command, route: &str) -> Served {
+        Served::start_with(
+            command,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--route",
+                route,
+                "--threads",
+                "2",
+            ],
+        )
     }
 
     fn start_with(mut command: Command, args: &[&str]) -> Served {
@@ -122,14 +133,7 @@ impl Drop for Served {
 fn gateway_routes_to_static_instances_and_stops_on_sigterm() {
     let instance = fake_instance();
     let route = format!("f=http://{instance}");
-    let gateway = Served::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--route",
-        &route,
-        "--threads",
-        "2",
-    ]);
+    let gateway = Served::routed(dilu(), &route);
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .build()
@@ -195,17 +199,7 @@ fn idle_connections_past_the_open_file_limit_do_not_starve_inference() {
     let mut command = dilu();
     common::limit_open_files(&mut command, 1024);
     // Two event loops sharing the socket, kept even: each loop evicts its own longest-idle connection at its cap.
-    let gateway = Served::start_with(
-        command,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--route",
-            &route,
-            "--threads",
-            "2",
-        ],
-    );
+    let gateway = Served::routed(command, &route);
     assert_eq!(infer_status(&gateway.base), "HTTP/1.1 200 OK");
 
     common::raise_own_open_files();
