@@ -39,17 +39,21 @@ fn training_without_a_quota_is_profiled_by_bisection_to_what_one_thread_can_use(
     let limit = profile["limit"].as_f64().expect("limit");
     let measurements = profile["measurements"].as_u64().expect("measurements");
     let rate = profile["capacity_rps"].as_f64().expect("iterations/s");
-    // Whole device, then halving in 5 % steps from [0, 100]: how many halvings depends on where the request
-    // lands (5 or 6 points in all). Replaying the bisection towards the reported request gives the count it
-    // must have taken.
+    // Whole device, then halving in 5 % steps from [0, 100], each candidate followed by the whole device
+    // again: how many halvings depends on where the request lands (5 or 6 shares, 9 or 11 windows in all).
+    // Replaying the bisection towards the reported request gives the count it must have taken.
     let request_pct = (request * 100.0).round() as u32;
-    let replay = dilu_core::profiler::bisect_training(
+    let replay = dilu_core::profiler::bisect_training_paired(
         |pct| if pct >= request_pct { 1.0 } else { 0.0 },
         dilu_core::profiler::DEFAULT_TRAINING_TARGET,
     )
     .unwrap();
     assert_eq!(replay.sm_request_pct, request_pct, "{profile}");
-    assert_eq!(measurements, replay.measured as u64, "{profile}");
+    assert_eq!(
+        measurements,
+        (replay.measured + replay.references) as u64,
+        "{profile}"
+    );
     assert_eq!(limit, 1.0, "training may burst to the whole device");
     assert!(
         (0.4..=0.7).contains(&request),

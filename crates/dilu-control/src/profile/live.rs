@@ -19,7 +19,7 @@ use dilu_api::profile::source;
 use dilu_core::profiler::knee::{candidates, default_knee};
 use dilu_core::profiler::{
     DEFAULT_TRAINING_TARGET, HgsConfig, Measure, Measurement, ProfileError, TrainingQuota,
-    bisect_training, hybrid_growth_search,
+    bisect_training_paired, hybrid_growth_search,
 };
 use serde_json::{Value, json};
 
@@ -359,7 +359,9 @@ fn iterations(
 }
 
 /// Profiles a training instance: bisection for the smallest share keeping 98% of its whole-device
-/// iteration rate; limit = the whole device.
+/// iteration rate, each share judged against the whole device measured right before and after it
+/// ([`bisect_training_paired`]: the machine's speed drifts more than 2 % over the search); limit = the whole
+/// device. `measurements` counts every window measured, the whole-device ones between candidates included.
 pub fn profile_training(
     base_url: &str,
     mut set_share: SetShare<'_>,
@@ -388,7 +390,7 @@ pub fn profile_training(
             f64::NAN
         })
     };
-    let result = bisect_training(&mut rate, DEFAULT_TRAINING_TARGET);
+    let result = bisect_training_paired(&mut rate, DEFAULT_TRAINING_TARGET);
     if let Some(reason) = failure {
         return Err(ProfilingError::Instance(reason));
     }

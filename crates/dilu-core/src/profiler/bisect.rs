@@ -27,6 +27,10 @@ pub struct TrainingProfile {
     pub full_throughput: f64,
     /// Throughput at `sm_request_pct`.
     pub throughput: f64,
+    /// Whole-device measurements taken again beside the candidates ([`bisect_training_paired`]; 0 for
+    /// [`bisect_training`]).
+    #[serde(default)]
+    pub references: usize,
 }
 
 /// Bisects for the smallest share (multiple of 5%) whose throughput, `measure(sm_pct)`, reaches `target` of
@@ -70,7 +74,48 @@ pub fn bisect_training(
         measured,
         full_throughput: full,
         throughput: at_high,
+        references: 0,
     })
+}
+
+/// [`bisect_training`] for a machine whose speed drifts during the search (a shared CPU device: 10–20 % within
+/// a minute). A single whole-device measurement at the start would judge every later candidate against the
+/// speed the machine had then, so a fast start fails every share. Here the whole device is measured again
+/// right after each candidate, and the candidate is judged against the mean of the whole-device rates
+/// measured just before and just after it (a drift that is linear over the two cancels). The rate reported
+/// for a candidate is scaled to the first whole-device measurement. Costs one more measurement per
+/// candidate (counted in `references`; `measured` stays the search's distinct shares).
+pub fn bisect_training_paired(
+    mut measure: impl FnMut(u32) -> f64,
+    target: f64,
+) -> Result<TrainingProfile, ProfileError> {
+    let mut first = f64::NAN;
+    let mut before = f64::NAN;
+    let mut references = 0usize;
+    let mut profile = bisect_training(
+        |pct| {
+            if pct == 100 {
+                first = measure(100);
+                before = first;
+                return first;
+            }
+            let candidate = measure(pct);
+            let after = measure(100);
+            references += 1;
+            let around = (before + after) / 2.0;
+            if after.is_finite() && after > 0.0 {
+                before = after;
+            }
+            if around.is_finite() && around > 0.0 {
+                candidate * first / around
+            } else {
+                f64::NAN
+            }
+        },
+        target,
+    )?;
+    profile.references = references;
+    Ok(profile)
 }
 
 #[cfg(test)]
@@ -124,7 +169,66 @@ mod tests {
         ));
     }
 
+    /// A machine that gets 3 % slower with every measurement (a 1.2 s window each: about 20 % over the
+    /// search, what the shared CPU device showed), and a trainer that saturates at half the device.
+    fn drifting() -> impl FnMut(u32) -> f64 {
+        let mut calls = 0u32;
+        move |pct| {
+            let speed = 1.0 - 0.03 * f64::from(calls);
+            calls += 1;
+            speed * f64::from(pct.min(50)) / 50.0
+        }
+    }
+
+    #[test]
+    fn a_drifting_machine_fails_every_share_against_one_reference_but_not_against_its_neighbours() {
+        // Every candidate is measured slower than the whole device was at the start, so none keeps 98 %.
+        let plain = bisect_training(drifting(), 0.98).unwrap();
+        assert_eq!(plain.sm_request_pct, 100);
+        // Judged against the whole device measured beside it, 50 % keeps everything and 45 % does not.
+        let paired = bisect_training_paired(drifting(), 0.98).unwrap();
+        assert_eq!(paired.sm_request_pct, 50);
+        // 100, 50, 25, 35, 40, 45: each candidate followed by one more whole-device measurement.
+        assert_eq!(paired.measured, 6);
+        assert_eq!(paired.references, 5);
+        assert_eq!(paired.full_throughput, 1.0);
+        // The rate at 50 % (0.97 at the second measurement) scaled to the first reference (1.0) by the mean
+        // around it, (1.0 + 0.94) / 2 = 0.97.
+        assert!((paired.throughput - 1.0).abs() < 1e-12, "{paired:?}");
+    }
+
+    #[test]
+    fn a_failed_reference_fails_the_candidate() {
+        let mut calls = 0;
+        let p = bisect_training_paired(
+            |pct| {
+                calls += 1;
+                if pct == 100 && calls > 1 {
+                    f64::NAN
+                } else {
+                    1.0
+                }
+            },
+            0.98,
+        )
+        .unwrap();
+        // Every candidate fails without a reference after it; the answer stays the whole device.
+        assert_eq!(p.sm_request_pct, 100);
+    }
+
     proptest! {
+        #[test]
+        fn without_drift_pairing_finds_what_the_plain_search_finds(
+            knee in 1.0f64..=100.0, p in 0.2f64..4.0, target in 0.5f64..=1.0,
+        ) {
+            let f = move |s: u32| (f64::from(s) / knee).min(1.0).powf(p);
+            let plain = bisect_training(f, target).unwrap();
+            let paired = bisect_training_paired(f, target).unwrap();
+            prop_assert_eq!(plain.sm_request_pct, paired.sm_request_pct);
+            prop_assert_eq!(plain.measured, paired.measured);
+            prop_assert_eq!(paired.references, paired.measured - 1);
+        }
+
         #[test]
         fn power_knee_curves(knee in 1.0f64..=100.0, p in 0.2f64..4.0, target in 0.5f64..=1.0) {
             let f = move |s: f64| (s / knee).min(1.0).powf(p);

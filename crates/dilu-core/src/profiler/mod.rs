@@ -10,7 +10,9 @@ pub mod hgs;
 pub mod knee;
 pub mod quota;
 
-pub use bisect::{DEFAULT_TRAINING_TARGET, TrainingProfile, bisect_training};
+pub use bisect::{
+    DEFAULT_TRAINING_TARGET, TrainingProfile, bisect_training, bisect_training_paired,
+};
 pub use hgs::{HgsConfig, HgsResult, TeDrop, exhaustive_best, hybrid_growth_search};
 pub use quota::{InferenceQuota, TrainingQuota};
 

@@ -138,6 +138,7 @@ mod tests {
             measured: 6,
             full_throughput: 1.0,
             throughput: 0.99,
+            references: 0,
         });
         assert_eq!((q.sm_request, q.sm_limit), (0.55, 1.0));
     }
