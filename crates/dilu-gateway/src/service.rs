@@ -1,5 +1,6 @@
 //! The gateway as one HTTP service ([`GatewayService`]): inference requests are recognised by their path and
-//! answered without a router in between; everything else goes to [`crate::Gateway::router`].
+//! answered without a router in between; everything else goes to [`crate::Gateway::router`] (or, for a server
+//! that has more routes and middleware than the gateway's, such as `dilu up`, to its own router).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,8 +10,9 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::{Method, Request, header};
 use axum::response::Response;
+use dilu_http::guard::HostPolicy;
 use tower_service::Service;
 
 use super::Gateway;
@@ -21,6 +23,8 @@ use super::handlers;
 pub struct GatewayService {
     gateway: Arc<Gateway>,
     router: Router,
+    /// Which `Host` names an inference request may carry to be answered directly (others go to the router).
+    host: HostPolicy,
 }
 
 impl GatewayService {
@@ -28,7 +32,20 @@ impl GatewayService {
         GatewayService {
             gateway: Arc::clone(gateway),
             router: gateway.router(),
+            host: HostPolicy::Any,
         }
+    }
+
+    /// Serves every request but inference with `router` instead of the gateway's own: a server whose router
+    /// holds the gateway's routes ([`Gateway::router`] merged in) with more routes and middleware around
+    /// them. Inference requests are still answered directly, when their `Host` is one `host` allows; any
+    /// other goes to `router`, whose own `Host` check ([`dilu_http::guard::check_host`] with the same
+    /// policy) refuses it. The router must not apply other middleware to the inference routes, which the
+    /// direct path would skip.
+    pub fn with_router(mut self, router: Router, host: HostPolicy) -> Self {
+        self.router = router;
+        self.host = host;
+        self
     }
 
     /// Adds `routes` (say `GET /metrics`) to those served through the router; they must not overlap the
@@ -66,7 +83,12 @@ impl Service<Request<Body>> for GatewayService {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if request.method() == Method::POST {
+        let host_allowed = || {
+            let host = request.headers().get(header::HOST);
+            self.host
+                .allows(host.map(|v| v.to_str().unwrap_or("(not text)")))
+        };
+        if request.method() == Method::POST && host_allowed() {
             let uri = request.uri().clone();
             if let Some(function) = infer_function(uri.path()) {
                 let served = handlers::serve_infer(&self.gateway, function, request);
@@ -100,5 +122,54 @@ mod tests {
         ] {
             assert_eq!(infer_function(other), None, "{other}");
         }
+    }
+
+    /// What a request to `service` answers (status).
+    async fn status_of(
+        service: &mut GatewayService,
+        method: Method,
+        path: &str,
+        host: &str,
+    ) -> u16 {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        service.call(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn behind_a_router_inference_is_answered_directly_only_for_an_allowed_host() {
+        use dilu_http::guard::check_host;
+        let gateway = crate::Gateway::new(crate::GatewayConfig::default());
+        let policy = HostPolicy::Loopback;
+        let router = gateway
+            .router()
+            .route("/extra", axum::routing::get(|| async { "extra" }))
+            .layer(axum::middleware::from_fn_with_state(policy, check_host));
+        let mut service = gateway.service().with_router(router, policy);
+        let infer = "/v2/models/nothing/infer";
+        // A loopback name: the gateway itself answers (no such function: 404).
+        assert_eq!(
+            status_of(&mut service, Method::POST, infer, "127.0.0.1:8080").await,
+            404
+        );
+        // A foreign name: past the router's Host check (421), not served.
+        assert_eq!(
+            status_of(&mut service, Method::POST, infer, "rebind.example").await,
+            421
+        );
+        // The router's own routes, under the same check.
+        assert_eq!(
+            status_of(&mut service, Method::GET, "/extra", "localhost").await,
+            200
+        );
+        assert_eq!(
+            status_of(&mut service, Method::GET, "/extra", "rebind.example").await,
+            421
+        );
     }
 }

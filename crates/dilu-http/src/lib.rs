@@ -8,8 +8,8 @@
 //! - the client's identity on every request ([`Peer`]: its address, or its user id on a Unix socket);
 //! - middleware for `Host` checks (DNS rebinding), `Content-Type: application/json` on state-changing
 //!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]);
-//! - for a server with one event loop per core, one listener's connections kept even across the loops
-//!   ([`balance`]).
+//! - for a server with one event loop per core ([`EventLoops`]), one listener's connections kept even across
+//!   the loops ([`balance`]).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -24,10 +24,12 @@ mod body;
 mod conns;
 pub mod guard;
 mod limits;
+mod loops;
 mod serve;
 pub mod token;
 
 pub use balance::{Share, balance};
 pub use body::BodyError;
 pub use limits::{Limits, open_file_limit, raise_open_file_limit};
+pub use loops::EventLoops;
 pub use serve::{Listener, Peer, serve};

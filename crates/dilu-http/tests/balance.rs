@@ -1,39 +1,21 @@
-//! A balanced listener: connections kept even across event loops on their own threads, new ones going to the
-//! loop that holds the fewest when the others hold more.
+//! A balanced listener served by event loops on their own threads (`EventLoops`): connections kept even
+//! across the loops, new ones going to the loop that holds the fewest when the others hold more.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use dilu_http::{Limits, Share};
+use dilu_http::{EventLoops, Limits};
 
-/// Serves `GET /who` (the serving thread's name) on `share` from a single-threaded runtime on its own thread,
-/// until `stop` fires.
-fn event_loop(
-    name: String,
-    share: Share,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> JoinHandle<std::io::Result<()>> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let router = Router::new().route(
-                "/who",
-                get(|| async { std::thread::current().name().unwrap_or("?").to_string() }),
-            );
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(dilu_http::serve(share, router, Limits::default(), async {
-                    let _ = stop.await;
-                }))
-        })
-        .unwrap()
+/// `GET /who`: the serving thread's name.
+fn router() -> Router {
+    Router::new().route(
+        "/who",
+        get(|| async { std::thread::current().name().unwrap_or("?").to_string() }),
+    )
 }
 
 /// Asks `GET /who` over a kept-alive connection and returns the answer.
@@ -70,15 +52,8 @@ fn counts(answers: &[String]) -> BTreeMap<String, usize> {
 fn connections_go_to_the_event_loop_that_holds_the_fewest() {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
-    let shares: Vec<Share> = dilu_http::balance(socket, 2).unwrap();
-    let (stops, loops): (Vec<_>, Vec<_>) = shares
-        .into_iter()
-        .enumerate()
-        .map(|(i, share)| {
-            let (stop, stopped) = tokio::sync::oneshot::channel();
-            (stop, event_loop(format!("loop-{i}"), share, stopped))
-        })
-        .unzip();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loops = EventLoops::start(socket, 2, "loop", router(), Limits::default(), stopped).unwrap();
 
     // Sixteen connections opened together (as wrk opens them) split within one of eight and eight, whichever
     // loop wakes first to accept them (without the balance one loop often took all sixteen).
@@ -108,11 +83,9 @@ fn connections_go_to_the_event_loop_that_holds_the_fewest() {
         "{answers:?}"
     );
 
-    for stop in stops {
-        stop.send(()).unwrap();
-    }
-    for event_loop in loops {
-        event_loop.join().unwrap().unwrap();
-    }
+    // Stopped with connections still open: every loop closes its idle connections and returns.
+    stop.send(true).unwrap();
+    loops.join().unwrap();
     drop((staying, newcomers));
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
 }

@@ -19,7 +19,6 @@
 //! included (413). Specs are parsed on a blocking thread, never on the threads that serve `/v2` and `/health`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,7 +35,7 @@ use serde_json::{Value, json};
 
 use dilu_api::{FieldError, FunctionSpec, SpecFormat, parse_spec};
 use dilu_control::ControlError;
-use dilu_http::Limits;
+use dilu_gateway::GatewayService;
 use dilu_http::guard::{HostPolicy, Token, check_host};
 
 use crate::platform::Platform;
@@ -445,19 +444,12 @@ pub fn router(platform: Arc<Platform>, token: String, host: HostPolicy) -> Route
         .layer(middleware::from_fn_with_state(host, check_host))
 }
 
-/// Serves [`router`] on `listener` until `shutdown` resolves, with `dilu-http`'s timeouts and connection cap.
-pub async fn serve(
-    platform: Arc<Platform>,
-    token: String,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let host = HostPolicy::for_listener(listener.local_addr()?);
-    dilu_http::serve(
-        listener,
-        router(platform, token, host),
-        Limits::default(),
-        shutdown,
-    )
-    .await
+/// The whole HTTP surface as one service: [`router`], with inference requests answered by the gateway
+/// directly (no router, no middleware in between) when their `Host` is one `host` allows, which is all the
+/// router would check for them. Serve it with `dilu_http::serve` or `dilu_http::EventLoops`.
+pub fn service(platform: Arc<Platform>, token: String, host: HostPolicy) -> GatewayService {
+    let gateway = Arc::clone(platform.gateway());
+    gateway
+        .service()
+        .with_router(router(platform, token, host), host)
 }

@@ -173,6 +173,16 @@ fn nested_specs_oversized_bodies_and_foreign_hosts_get_precise_json_refusals() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 421);
+    // Inference too, although the gateway answers it without the router (dilu_server::api::service).
+    let response = up
+        .client()
+        .post(format!("{}/v2/models/any/infer", up.url))
+        .header("host", "rebind.example")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 421);
     let response = up
         .client()
         .get(format!("{}/v1/functions", up.url))

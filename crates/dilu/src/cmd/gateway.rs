@@ -22,8 +22,8 @@ use dilu_api::spec::GatewaySpec;
 use dilu_api::{Endpoint, Route};
 use dilu_core::units::parse_bytes;
 use dilu_gateway::{EndpointSource, Gateway, GatewayConfig, GatewayService, StaticEndpoints};
-use dilu_http::Limits;
 use dilu_http::guard::Token;
+use dilu_http::{EventLoops, Limits};
 use dilu_k8s::endpoints::KubeEndpoints;
 use tokio::sync::watch;
 
@@ -109,9 +109,9 @@ pub struct GatewayArgs {
     /// Largest request body (413 above it).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     max_body: u64,
-    /// Event loops serving clients and forwarding to instances, one thread each.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Event loops serving clients and forwarding to instances, one thread each [default: one per CPU].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 /// Where the routes come from.
@@ -236,24 +236,16 @@ fn service(gateway: &Arc<Gateway>, token: Option<Token>) -> GatewayService {
 pub fn run(args: GatewayArgs) -> Result<()> {
     let routes = source_of(&args)?;
     let token = token(&args)?;
-    if args.threads == 0 {
-        bail!("--threads must be at least 1");
-    }
     let config = GatewayConfig {
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         ..GatewayConfig::default()
-    };
-    let open_files = dilu_http::raise_open_file_limit();
-    let limits = Limits {
-        max_connections: Some((Limits::connection_cap(open_files) / args.threads).max(16)),
-        ..Limits::default()
     };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = Vec::with_capacity(args.threads);
+    let mut loops = None;
     let result: Result<()> = control.block_on(async {
         let stop = termination()?;
         let gateway = Gateway::new(config);
@@ -271,46 +263,28 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             }
         };
         let _following = gateway.follow(Arc::clone(&source));
-        let service = service(&gateway, token);
         let listener = bind_and_announce("gateway", args.listen)
             .await?
             .into_std()
             .context("preparing the listener")?;
-        let shares = dilu_http::balance(listener, args.threads)
-            .context("sharing the listener between the event loops")?;
-        for (i, listener) in shares.into_iter().enumerate() {
-            let (service, limits, mut stop) = (service.clone(), limits.clone(), stop_rx.clone());
-            let event_loop = move || -> Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("starting an event loop")?;
-                runtime.block_on(async move {
-                    let stopped = async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    };
-                    dilu_http::serve(listener, service, limits, stopped)
-                        .await
-                        .context("serving the gateway")
-                })
-            };
-            loops.push(
-                std::thread::Builder::new()
-                    .name(format!("dilu-gateway-{i}"))
-                    .spawn(event_loop)
-                    .context("starting an event-loop thread")?,
-            );
-        }
+        loops = Some(
+            EventLoops::start(
+                listener,
+                args.threads.map_or_else(EventLoops::per_cpu, usize::from),
+                "dilu-gateway",
+                service(&gateway, token),
+                Limits::default(),
+                stop_rx,
+            )
+            .context("starting the event loops")?,
+        );
         stop.await;
         drop(source);
         Ok(())
     });
     let _ = stop_tx.send(true);
-    for event_loop in loops {
-        match event_loop.join() {
-            Ok(served) => served?,
-            Err(_) => bail!("an event-loop thread panicked"),
-        }
+    if let Some(loops) = loops {
+        loops.join().context("serving the gateway")?;
     }
     result
 }

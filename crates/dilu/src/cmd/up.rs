@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use dilu_http::guard::HostPolicy;
+use dilu_http::{EventLoops, Limits};
 use dilu_server::platform::{Platform, PlatformConfig};
 
 use super::agent::{NodeArgs, start_agent, termination};
@@ -30,6 +32,10 @@ pub struct UpArgs {
     /// functions stay in the store and come back on the next start either way).
     #[arg(long)]
     keep_instances: bool,
+    /// Event loops serving the API and the gateway, one thread each (as `dilu gateway --threads`): a request
+    /// is read, forwarded and answered on one of them [default: one per CPU].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -52,17 +58,32 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mut config = PlatformConfig::new(data_dir.clone(), program, policy.clone());
     config.node_name = args.node_name.clone();
 
+    // The control plane runs on this runtime; clients are served by the event loops.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let result: Result<()> = runtime.block_on(async {
         let platform =
             Platform::start(config, Arc::clone(&agent)).context("starting the control plane")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
-            .with_context(|| format!("binding {}", args.listen))?;
+            .with_context(|| format!("binding {}", args.listen))?
+            .into_std()
+            .context("preparing the listener")?;
         let address = listener.local_addr()?;
+        let host = HostPolicy::for_listener(address);
+        let service = dilu_server::api::service(Arc::clone(&platform), token, host);
+        let loops = EventLoops::start(
+            listener,
+            args.threads.map_or_else(EventLoops::per_cpu, usize::from),
+            "dilu-up-http",
+            service,
+            Limits::default(),
+            loops_stopped,
+        )
+        .context("starting the event loops")?;
         println!("dilu up: serving on http://{address}");
         let c = policy.components();
         eprintln!(
@@ -75,10 +96,14 @@ pub fn run(args: UpArgs) -> Result<()> {
             data_dir.join("token").display()
         );
         std::io::stdout().flush()?;
-        dilu_server::api::serve(Arc::clone(&platform), token, listener, termination())
-            .await
-            .context("serving the API")?;
+        termination().await;
         eprintln!("dilu up: shutting down");
+        // Requests in flight finish (up to the listeners' grace) before the instances stop.
+        let _ = stop_loops.send(true);
+        tokio::task::spawn_blocking(move || loops.join())
+            .await
+            .context("waiting for the event loops")?
+            .context("serving the API")?;
         if args.keep_instances {
             platform.stop().await;
         } else {

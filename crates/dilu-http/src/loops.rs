@@ -1,0 +1,108 @@
+//! A server as several event loops, nginx's worker processes as threads: each loop is a single-threaded
+//! runtime on its own thread that serves its share of one listener ([`crate::balance`]) with
+//! [`crate::serve`], so a request is read, handled and answered on one thread and never pays for waking
+//! another. `dilu gateway` and `dilu up` serve this way.
+//!
+//! ```no_run
+//! # fn run() -> std::io::Result<()> {
+//! let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+//! let (stop, stopped) = tokio::sync::watch::channel(false);
+//! let socket = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let loops = dilu_http::EventLoops::start(socket, 2, "server", router, Default::default(), stopped)?;
+//! // ... until it is time to stop:
+//! let _ = stop.send(true);
+//! loops.join()
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::io;
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+use tower_service::Service;
+
+use crate::limits::{Limits, open_file_limit};
+
+/// Running event loops (see the module's documentation).
+pub struct EventLoops {
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl EventLoops {
+    /// How many loops a server runs when not told: one per CPU this process may use (nginx's
+    /// `worker_processes auto`), or 2 when that cannot be read.
+    pub fn per_cpu() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
+    /// Starts `loops` event loops (at least one), threads named `{name}-{i}`, serving `service` on `listener`
+    /// under `limits` until `stop` turns true; then each stops accepting and lets its requests in flight
+    /// finish, as [`crate::serve`] does. A connection cap left to the default ([`Limits::max_connections`]
+    /// `None`) is divided between the loops, so that together they stay under the open-file limit.
+    ///
+    /// Errors if the listener cannot be shared or a thread cannot start; loops started before that serve until
+    /// `stop` turns true.
+    pub fn start<S>(
+        listener: std::net::TcpListener,
+        loops: usize,
+        name: &str,
+        service: S,
+        limits: Limits,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<EventLoops>
+    where
+        S: Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let loops = loops.max(1);
+        let limits =
+            Limits {
+                max_connections: Some(limits.max_connections.unwrap_or_else(|| {
+                    (Limits::connection_cap(open_file_limit()) / loops).max(16)
+                })),
+                ..limits
+            };
+        let shares = crate::balance(listener, loops)?;
+        let mut threads = Vec::with_capacity(loops);
+        for (i, share) in shares.into_iter().enumerate() {
+            let (service, limits, mut stop) = (service.clone(), limits.clone(), stop.clone());
+            let event_loop = move || -> io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let stopped = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    };
+                    crate::serve(share, service, limits, stopped).await
+                })
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(event_loop)?,
+            );
+        }
+        Ok(EventLoops { threads })
+    }
+
+    /// Waits for every loop to return (after `stop` turned true, or when a loop failed) and gives the first
+    /// error: a loop that could not serve its listener, or one that panicked.
+    pub fn join(self) -> io::Result<()> {
+        let mut first = Ok(());
+        for thread in self.threads {
+            let served = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("an event loop panicked")));
+            if first.is_ok() {
+                first = served;
+            }
+        }
+        first
+    }
+}
