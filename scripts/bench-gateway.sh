@@ -31,6 +31,8 @@
 # the worker) shares this machine's CPUs, so a proxy's throughput is mostly its CPU time per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/bench-http.sh
+source scripts/lib/bench-http.sh
 
 RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10}"
@@ -146,29 +148,10 @@ nginx_pid=$!
 pids+=("$nginx_pid")
 nginx="http://127.0.0.1:$nginx_port"
 
-# The request: test_relu's input x, FP32 [3, 4, 5], half of it negative.
-body="$(python3 -c '
-import json
-x = [round((i - 30) / 7.0, 3) for i in range(60)]
-print(json.dumps({"inputs": [{"name": "x", "shape": [3, 4, 5], "datatype": "FP32", "data": x}]}, separators=(",", ":")))')"
-cat >"$tmp/post.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '$body'
-EOF
 path=/v2/models/relu/infer
+body="$(relu_request "$tmp/post.lua")"
 for base in "$worker" "$nginx" "$gateway"; do
-    for _ in $(seq 1 100); do
-        curl -sf -o "$tmp/answer.json" -H 'Content-Type: application/json' -d "$body" "$base$path" && break
-        sleep 0.1
-    done
-    python3 - "$tmp/answer.json" "$body" <<'PY'
-import json, sys
-answer, request = json.load(open(sys.argv[1])), json.loads(sys.argv[2])
-y = answer["outputs"][0]["data"]
-expected = [max(v, 0.0) for v in request["inputs"][0]["data"]]
-assert all(abs(a - b) < 1e-3 for a, b in zip(y, expected)) and len(y) == 60, answer
-PY
+    check_relu_answer "$base$path" "$body"
 done
 echo "== direct $worker, nginx $nginx (worker_processes $THREADS), gateway $gateway (--threads $THREADS)"
 
@@ -195,34 +178,10 @@ cpu_ticks() {
     echo "$total"
 }
 
-# Runs wrk and prints "req_per_s p50_us p99_us errors".
-measure() {
-    local url="$1" conns="$2" threads="$3" secs="$4"
-    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$tmp/post.lua" "$url" >"$tmp/wrk.out" 2>&1 || true
-    python3 - "$tmp/wrk.out" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def us(v):
-    m = re.match(r"([\d.]+)(us|ms|s)$", v)
-    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
-try:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    p50 = us(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-    p99 = us(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-except AttributeError:
-    sys.exit("wrk said:\n" + text)
-m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-errors = int(m.group(1)) if m else 0
-m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-errors += sum(int(g) for g in m.groups()) if m else 0
-print(f"{rps:.0f} {p50:.0f} {p99:.0f} {errors}")
-PY
-}
-
 hz="$(getconf CLK_TCK)"
 targets=(direct nginx gateway)
 for t in "${targets[@]}"; do
-    measure "$(url_of "$t")" "$CONNS" "$THREADS" "$WARMUP" >/dev/null
+    measure "$(url_of "$t")" "$CONNS" "$THREADS" "$WARMUP" "$tmp/post.lua" >/dev/null
 done
 
 echo "== machine: $(nproc) CPUs, load before the runs: $(cut -d' ' -f1-3 /proc/loadavg); busiest other processes:"
@@ -239,9 +198,9 @@ for run in $(seq 1 "$RUNS"); do
         order=()
         for i in 0 1 2; do order+=("${targets[$(((i + run + slice) % 3))]}"); done
         for t in "${order[@]}"; do
-            read -r _ serial_p50 _ e1 < <(measure "$(url_of "$t")" 1 1 "$slice_s")
+            read -r _ serial_p50 _ e1 < <(measure "$(url_of "$t")" 1 1 "$slice_s" "$tmp/post.lua")
             before="$(cpu_ticks "$t")"
-            read -r rps _ p99 e2 < <(measure "$(url_of "$t")" "$CONNS" "$THREADS" "$slice_s")
+            read -r rps _ p99 e2 < <(measure "$(url_of "$t")" "$CONNS" "$THREADS" "$slice_s" "$tmp/post.lua")
             after="$(cpu_ticks "$t")"
             echo "$run $slice $t $serial_p50 $rps $p99 $((e1 + e2)) $((after - before)) $slice_s" >>"$results"
         done
