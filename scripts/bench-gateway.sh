@@ -44,55 +44,12 @@ BIG_MB="${BIG_MB:-8}"
 BIG_CONNS="${BIG_CONNS:-48}"
 CACHE="${DILU_MODEL_CACHE:-$HOME/.cache/dilu/models}"
 
-need=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-    echo "== installing ${need[*]} from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y "${need[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
-fi
+install_missing nginx wrk
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-
-DILU="${DILU_BIN:-}"
-if [[ -z "$DILU" ]]; then
-    echo "== building the release dilu"
-    cargo build --release -p dilu
-    DILU=target/release/dilu
-fi
+bench_setup
 scripts/fetch-models.sh "$CACHE" >/dev/null
 MODEL="$CACHE/onnx-light/relu.onnx"
 test -s "$MODEL"
-
-tmp="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# Starts `dilu WHAT ARGS...` in the background; sets started_pid, and started_url from its `listening on` line.
-start_dilu() {
-    local what="$1"
-    shift
-    "$DILU" "$what" "$@" >"$tmp/$what.out" 2>"$tmp/$what.err" &
-    started_pid=$!
-    pids+=("$started_pid")
-    started_url=""
-    for _ in $(seq 1 300); do
-        started_url="$(sed -n "s/^dilu $what listening on //p" "$tmp/$what.out" | head -n1)"
-        [[ -n "$started_url" ]] && break
-        kill -0 "$started_pid" 2>/dev/null || { cat "$tmp/$what.err" >&2; exit 1; }
-        sleep 0.1
-    done
-    [[ -n "$started_url" ]] || { echo "dilu $what did not start" >&2; exit 1; }
-}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -27,49 +27,13 @@ CONNS="${CONNS:-16}"
 THREADS="${THREADS:-2}"
 export DILU_MODEL_CACHE="${DILU_MODEL_CACHE:-$HOME/.cache/dilu/models}"
 
-if ! command -v wrk >/dev/null; then
-    echo "== installing wrk from Debian"
-    apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-fi
-DILU="${DILU_BIN:-}"
-if [[ -z "$DILU" ]]; then
-    echo "== building the release dilu"
-    cargo build --release -p dilu
-    DILU=target/release/dilu
-fi
+install_missing wrk
+bench_setup
 scripts/fetch-models.sh "$DILU_MODEL_CACHE" >/dev/null
 test -s "$DILU_MODEL_CACHE/onnx-light/relu.onnx"
 
-tmp="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# Waits for PATTERN's first match (sed -n "s/PATTERN//p") in FILE while process PID lives; prints the rest.
-await_line() {
-    local file="$1" pattern="$2" pid="$3" found=""
-    for _ in $(seq 1 300); do
-        found="$(sed -n "s/$pattern//p" "$file" | head -n1)"
-        [[ -n "$found" ]] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$tmp"/*.err >&2; exit 1; }
-        sleep 0.1
-    done
-    [[ -n "$found" ]] || { echo "no '$pattern' in $file" >&2; exit 1; }
-    echo "$found"
-}
-
-"$DILU" up --data-dir "$tmp/data" --listen 127.0.0.1:0 --no-nvml --threads "$THREADS" \
-    >"$tmp/up.out" 2>"$tmp/up.err" &
-pids+=("$!")
-up="$(await_line "$tmp/up.out" '^dilu up: serving on ' "$!")"
+start_dilu up --data-dir "$tmp/data" --listen 127.0.0.1:0 --no-nvml --threads "$THREADS"
+up="$started_url"
 cat >"$tmp/relu.yaml" <<EOF
 apiVersion: dilu.io/v1alpha1
 kind: Function
@@ -85,10 +49,8 @@ EOF
 instance="$(curl -sf -H "Authorization: Bearer $(cat "$tmp/data/token")" "$up/v1/instances" | python3 -c '
 import json, sys
 print(next(i["labels"]["dilu.io/endpoint"] for i in json.load(sys.stdin)["instances"] if i["function"] == "relu"))')"
-"$DILU" gateway --listen 127.0.0.1:0 --route "relu=$instance" --threads "$THREADS" \
-    >"$tmp/gateway.out" 2>"$tmp/gateway.err" &
-pids+=("$!")
-gateway="$(await_line "$tmp/gateway.out" '^dilu gateway listening on ' "$!")"
+start_dilu gateway --listen 127.0.0.1:0 --route "relu=$instance" --threads "$THREADS"
+gateway="$started_url"
 
 path=/v2/models/relu/infer
 body="$(relu_request "$tmp/post.lua")"

@@ -1,4 +1,60 @@
-# Helpers shared by the HTTP benchmarks (sourced, not run): the relu model's v2 request and one wrk measurement.
+# Helpers shared by the HTTP benchmarks (sourced, not run): tools, the dilu binary, background processes, the relu
+# model's v2 request and one wrk measurement.
+
+# install_missing PACKAGE...: installs from Debian those of the packages whose command is not found.
+install_missing() {
+    local need=() p
+    for p in "$@"; do
+        command -v "$p" >/dev/null || [[ -x "/usr/sbin/$p" ]] || need+=("$p")
+    done
+    if ((${#need[@]})); then
+        echo "== installing ${need[*]} from Debian"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y "${need[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${need[@]}" >/dev/null; }
+    fi
+}
+
+# bench_setup: sets DILU (DILU_BIN, or target/release/dilu built now), tmp (a fresh folder) and pids (processes
+# started in the background); on exit the processes are stopped and the folder removed.
+bench_setup() {
+    DILU="${DILU_BIN:-}"
+    if [[ -z "$DILU" ]]; then
+        echo "== building the release dilu"
+        cargo build --release -p dilu
+        DILU=target/release/dilu
+    fi
+    tmp="$(mktemp -d)"
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$tmp"
+}
+
+# start_dilu WHAT ARGS...: starts `dilu WHAT ARGS...` in the background; sets started_pid, and started_url from
+# its "dilu WHAT listening on URL" (or "dilu up: serving on URL") line.
+start_dilu() {
+    local what="$1"
+    shift
+    "$DILU" "$what" "$@" >"$tmp/$what.out" 2>"$tmp/$what.err" &
+    started_pid=$!
+    pids+=("$started_pid")
+    started_url=""
+    for _ in $(seq 1 300); do
+        started_url="$(sed -n -e "s/^dilu $what listening on //p" -e "s/^dilu $what: serving on //p" "$tmp/$what.out" | head -n1)"
+        [[ -n "$started_url" ]] && break
+        kill -0 "$started_pid" 2>/dev/null || { cat "$tmp/$what.err" >&2; exit 1; }
+        sleep 0.1
+    done
+    [[ -n "$started_url" ]] || { echo "dilu $what did not start" >&2; exit 1; }
+}
 
 # relu_request LUA: writes wrk's script for a v2 JSON infer POST of test_relu's input x (FP32 [3, 4, 5], half
 # of it negative) to LUA and prints the JSON body.
