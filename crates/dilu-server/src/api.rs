@@ -16,7 +16,8 @@
 //! Mutating endpoints need `Authorization: Bearer <token>` (401 otherwise). On a loopback listener only
 //! loopback `Host` names are answered (421 otherwise: DNS rebinding). Errors are JSON
 //! `{"error", "field", "value", "rule"}` (the last three when a field is at fault), a body over the limit
-//! included (413). Specs are parsed on a blocking thread, never on the threads that serve `/v2` and `/health`.
+//! included (413). Specs are parsed, and deployed or deleted (SQLite writes), on blocking threads, never on the
+//! event loops that serve `/v2` and `/health`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -190,8 +191,24 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = spec_from(&headers, body).await?;
-    let view = st.platform.controller().deploy(spec)?;
+    let controller = Arc::clone(st.platform.controller());
+    let view = off_the_loop("deploying", move || controller.deploy(spec)).await?;
     Ok((StatusCode::CREATED, Json(to_value(&view))))
+}
+
+/// Runs a control-plane operation that writes the store (SQLite) on a blocking thread: the event loop the
+/// request came in on serves other connections, inference among them, meanwhile.
+async fn off_the_loop<T: Send + 'static>(
+    what: &str,
+    operation: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(done) => done.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} failed: {e}"),
+        )),
+    }
 }
 
 async fn replace(
@@ -231,7 +248,8 @@ async fn remove(
     State(st): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.platform.controller().delete(&name)?;
+    let controller = Arc::clone(st.platform.controller());
+    off_the_loop("deleting", move || controller.delete(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
