@@ -11,6 +11,8 @@ use dilu_agent::{Agent, AgentConfig};
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_core::units::parse_bytes;
 
+use super::worker::termination;
+
 /// Arguments of `dilu agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -148,18 +150,6 @@ pub fn start_agent(config: AgentConfig, who: &str) -> Result<std::sync::Arc<Agen
     Ok(agent)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn parse_gpu(text: &str) -> Result<DeclaredGpu, String> {
     let mut parts = text.split(',');
     let uuid = parts.next().unwrap_or_default().trim().to_string();
@@ -211,16 +201,21 @@ pub fn run(args: AgentArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let served = runtime.block_on(api::serve(
-        agent.clone(),
-        listen,
-        token,
-        |address| {
-            println!("dilu agent listening on {address}");
-        },
-        termination(),
-    ));
+    let served = runtime.block_on(async {
+        let stop = termination()?;
+        api::serve(
+            agent.clone(),
+            listen,
+            token,
+            |address| {
+                println!("dilu agent listening on {address}");
+            },
+            stop,
+        )
+        .await
+        .context("serving the agent API")
+    });
     agent.shutdown();
     drop(data_dir);
-    served.context("serving the agent API")
+    served
 }

@@ -23,7 +23,8 @@ use dilu_k8s::node::{self, Attached, Channel, NodeConfig, NodePreference, PodCha
 use dilu_quota::DeviceKind;
 use tokio::sync::watch;
 
-use super::agent::{AgentArgs, start_agent, termination};
+use super::agent::{AgentArgs, start_agent};
+use super::worker::termination;
 
 /// Flags of `dilu agent` that only `--kubernetes` uses.
 #[derive(Debug, Args)]
@@ -277,8 +278,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let on_signal = stop_tx.clone();
+        let signalled = termination()?;
         tokio::spawn(async move {
-            termination().await;
+            signalled.await;
             eprintln!("dilu agent: stopping (pod channels are left in place)");
             on_signal.send_replace(true);
         });

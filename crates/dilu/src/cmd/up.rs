@@ -11,7 +11,8 @@ use dilu_http::guard::HostPolicy;
 use dilu_http::{EventLoops, Limits};
 use dilu_server::platform::{Platform, PlatformConfig};
 
-use super::agent::{NodeArgs, start_agent, termination};
+use super::agent::{NodeArgs, start_agent};
+use super::worker::termination;
 
 /// Arguments of `dilu up`.
 #[derive(Debug, Args)]
@@ -65,6 +66,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         .context("starting the async runtime")?;
     let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let result: Result<()> = runtime.block_on(async {
+        // Installed first: a SIGTERM while the control plane starts (adopting instances, say) is kept and
+        // acted on once it has, instead of killing the process mid-way.
+        let stop = termination()?;
         let platform =
             Platform::start(config, Arc::clone(&agent)).context("starting the control plane")?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -96,7 +100,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             data_dir.join("token").display()
         );
         std::io::stdout().flush()?;
-        termination().await;
+        stop.await;
         eprintln!("dilu up: shutting down");
         // Requests in flight finish (up to the listeners' grace) before the instances stop.
         let _ = stop_loops.send(true);
