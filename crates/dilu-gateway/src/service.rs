@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, header};
+use axum::http::{Method, Request};
 use axum::response::Response;
 use dilu_http::guard::HostPolicy;
 use tower_service::Service;
@@ -83,14 +83,11 @@ impl Service<Request<Body>> for GatewayService {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let host_allowed = || {
-            let host = request.headers().get(header::HOST);
-            self.host
-                .allows(host.map(|v| v.to_str().unwrap_or("(not text)")))
-        };
-        if request.method() == Method::POST && host_allowed() {
+        if request.method() == Method::POST {
             let uri = request.uri().clone();
-            if let Some(function) = infer_function(uri.path()) {
+            if let Some(function) = infer_function(uri.path())
+                && self.host.allows_request(request.headers())
+            {
                 let served = handlers::serve_infer(&self.gateway, function, request);
                 return Box::pin(async move { Ok(served.await) });
             }
@@ -102,6 +99,7 @@ impl Service<Request<Body>> for GatewayService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     #[test]
     fn inference_paths_are_recognised_exactly() {

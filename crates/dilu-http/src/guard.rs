@@ -52,6 +52,12 @@ impl HostPolicy {
         }
     }
 
+    /// Whether a request with these headers is answered (see [`HostPolicy::allows`]); under
+    /// [`HostPolicy::Any`] without looking at them.
+    pub fn allows_request(self, headers: &HeaderMap) -> bool {
+        self == HostPolicy::Any || self.allows(request_host(headers))
+    }
+
     /// Whether a request with this `Host` header (absent: HTTP/1.0 or a Unix socket client) is answered.
     pub fn allows(self, host: Option<&str>) -> bool {
         match (self, host) {
@@ -59,6 +65,13 @@ impl HostPolicy {
             (HostPolicy::Loopback, Some(host)) => is_loopback_name(strip_port(host)),
         }
     }
+}
+
+/// A request's `Host` header as the policy reads it (one that is not text reads as no loopback name).
+fn request_host(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or("(not text)"))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -82,10 +95,7 @@ pub async fn check_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let host = request_host(request.headers());
     if !policy.allows(host) {
         return field_error(
             StatusCode::MISDIRECTED_REQUEST,

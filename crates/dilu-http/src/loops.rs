@@ -6,12 +6,10 @@
 //! ```no_run
 //! # fn run() -> std::io::Result<()> {
 //! let router = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
-//! let (stop, stopped) = tokio::sync::watch::channel(false);
 //! let socket = std::net::TcpListener::bind("127.0.0.1:0")?;
-//! let loops = dilu_http::EventLoops::start(socket, 2, "server", router, Default::default(), stopped)?;
+//! let loops = dilu_http::EventLoops::start(socket, 2, "server", router, Default::default())?;
 //! // ... until it is time to stop:
-//! let _ = stop.send(true);
-//! loops.join()
+//! loops.stop()
 //! # }
 //! ```
 
@@ -24,9 +22,11 @@ use tower_service::Service;
 
 use crate::limits::{Limits, open_file_limit};
 
-/// Running event loops (see the module's documentation).
+/// Running event loops (see the module's documentation). Dropped without [`EventLoops::stop`], the loops stop
+/// the same way, unwaited.
 pub struct EventLoops {
     threads: Vec<JoinHandle<io::Result<()>>>,
+    stop: watch::Sender<bool>,
 }
 
 impl EventLoops {
@@ -37,19 +37,17 @@ impl EventLoops {
     }
 
     /// Starts `loops` event loops (at least one), threads named `{name}-{i}`, serving `service` on `listener`
-    /// under `limits` until `stop` turns true; then each stops accepting and lets its requests in flight
+    /// under `limits` until [`EventLoops::stop`]; then each stops accepting and lets its requests in flight
     /// finish, as [`crate::serve`] does. A connection cap left to the default ([`Limits::max_connections`]
     /// `None`) is divided between the loops, so that together they stay under the open-file limit.
     ///
-    /// Errors if the listener cannot be shared or a thread cannot start; loops started before that serve until
-    /// `stop` turns true.
+    /// Errors if the listener cannot be shared or a thread cannot start; loops started before that stop.
     pub fn start<S>(
         listener: std::net::TcpListener,
         loops: usize,
         name: &str,
         service: S,
         limits: Limits,
-        stop: watch::Receiver<bool>,
     ) -> io::Result<EventLoops>
     where
         S: Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible>
@@ -68,9 +66,10 @@ impl EventLoops {
                 ..limits
             };
         let shares = crate::balance(listener, loops)?;
+        let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(loops);
         for (i, share) in shares.into_iter().enumerate() {
-            let (service, limits, mut stop) = (service.clone(), limits.clone(), stop.clone());
+            let (service, limits, mut stop) = (service.clone(), limits.clone(), stopped.clone());
             let event_loop = move || -> io::Result<()> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -88,12 +87,14 @@ impl EventLoops {
                     .spawn(event_loop)?,
             );
         }
-        Ok(EventLoops { threads })
+        Ok(EventLoops { threads, stop })
     }
 
-    /// Waits for every loop to return (after `stop` turned true, or when a loop failed) and gives the first
-    /// error: a loop that could not serve its listener, or one that panicked.
-    pub fn join(self) -> io::Result<()> {
+    /// Tells every loop to stop, waits for them to return (requests in flight answered, up to
+    /// [`Limits::shutdown_grace`]) and gives the first error: a loop that could not serve its listener, or one
+    /// that panicked. Blocks the calling thread.
+    pub fn stop(self) -> io::Result<()> {
+        let _ = self.stop.send(true);
         let mut first = Ok(());
         for thread in self.threads {
             let served = thread

@@ -52,8 +52,7 @@ fn counts(answers: &[String]) -> BTreeMap<String, usize> {
 fn connections_go_to_the_event_loop_that_holds_the_fewest() {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let loops = EventLoops::start(socket, 2, "loop", router(), Limits::default(), stopped).unwrap();
+    let loops = EventLoops::start(socket, 2, "loop", router(), Limits::default()).unwrap();
 
     // Sixteen connections opened together (as wrk opens them) split within one of eight and eight, whichever
     // loop wakes first to accept them (without the balance one loop often took all sixteen).
@@ -84,8 +83,7 @@ fn connections_go_to_the_event_loop_that_holds_the_fewest() {
     );
 
     // Stopped with connections still open: every loop closes its idle connections and returns.
-    stop.send(true).unwrap();
-    loops.join().unwrap();
+    loops.stop().unwrap();
     drop((staying, newcomers));
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed");
 }

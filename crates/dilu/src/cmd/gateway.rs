@@ -25,7 +25,6 @@ use dilu_gateway::{EndpointSource, Gateway, GatewayConfig, GatewayService, Stati
 use dilu_http::guard::Token;
 use dilu_http::{EventLoops, Limits};
 use dilu_k8s::endpoints::KubeEndpoints;
-use tokio::sync::watch;
 
 use crate::cmd::worker::{bind_and_announce, termination};
 
@@ -244,9 +243,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut loops = None;
-    let result: Result<()> = control.block_on(async {
+    let loops = control.block_on(async {
         let stop = termination()?;
         let gateway = Gateway::new(config);
         let source: Arc<dyn EndpointSource> = match routes {
@@ -267,26 +264,19 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             .await?
             .into_std()
             .context("preparing the listener")?;
-        loops = Some(
-            EventLoops::start(
-                listener,
-                args.threads.map_or_else(EventLoops::per_cpu, usize::from),
-                "dilu-gateway",
-                service(&gateway, token),
-                Limits::default(),
-                stop_rx,
-            )
-            .context("starting the event loops")?,
-        );
+        let loops = EventLoops::start(
+            listener,
+            args.threads.map_or_else(EventLoops::per_cpu, usize::from),
+            "dilu-gateway",
+            service(&gateway, token),
+            Limits::default(),
+        )
+        .context("starting the event loops")?;
         stop.await;
         drop(source);
-        Ok(())
-    });
-    let _ = stop_tx.send(true);
-    if let Some(loops) = loops {
-        loops.join().context("serving the gateway")?;
-    }
-    result
+        anyhow::Ok(loops)
+    })?;
+    loops.stop().context("serving the gateway")
 }
 
 #[cfg(test)]

@@ -64,7 +64,6 @@ pub fn run(args: UpArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (stop_loops, loops_stopped) = tokio::sync::watch::channel(false);
     let result: Result<()> = runtime.block_on(async {
         // Installed first: a SIGTERM while the control plane starts (adopting instances, say) is kept and
         // acted on once it has, instead of killing the process mid-way.
@@ -85,7 +84,6 @@ pub fn run(args: UpArgs) -> Result<()> {
             "dilu-up-http",
             service,
             Limits::default(),
-            loops_stopped,
         )
         .context("starting the event loops")?;
         println!("dilu up: serving on http://{address}");
@@ -103,8 +101,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         stop.await;
         eprintln!("dilu up: shutting down");
         // Requests in flight finish (up to the listeners' grace) before the instances stop.
-        let _ = stop_loops.send(true);
-        tokio::task::spawn_blocking(move || loops.join())
+        tokio::task::spawn_blocking(move || loops.stop())
             .await
             .context("waiting for the event loops")?
             .context("serving the API")?;
