@@ -78,3 +78,24 @@ impl Body for DeadlineBody {
         self.inner.size_hint()
     }
 }
+
+/// A body that fails at once with an error known before the service was called (the lean loop's late body).
+pub(crate) struct Refused(Option<BodyError>);
+
+impl Refused {
+    pub(crate) fn new(error: BodyError) -> Self {
+        Refused(Some(error))
+    }
+}
+
+impl Body for Refused {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Poll::Ready(self.0.take().map(Err))
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use atomic_waker::AtomicWaker;
 
 /// One connection's activity, shared by its task and the registry.
 pub(crate) struct Connection {
@@ -22,7 +22,10 @@ pub(crate) struct Connection {
     evicting: AtomicBool,
     /// Chosen by the sweep: close at once (nothing is in flight), not gracefully.
     expired: AtomicBool,
-    evict: Notify,
+    /// The listener is stopping.
+    stopping: AtomicBool,
+    /// The connection's task, woken when it is chosen to close or the listener stops.
+    task: AtomicWaker,
 }
 
 impl Connection {
@@ -32,9 +35,24 @@ impl Connection {
         Active(Arc::clone(self))
     }
 
-    /// Resolves when the registry chose this connection to be closed.
-    pub(crate) async fn evicted(&self) {
-        self.evict.notified().await;
+    /// Resolves once the connection is to close: the registry chose it (the cap or the sweep) or the listener
+    /// is stopping. Cheap to poll again (two atomic loads and a waker check), as a `select!` beside every
+    /// request's own future does on each wake-up.
+    pub(crate) fn closing(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.task.register(cx.waker());
+            if self.evicting.load(Ordering::Acquire) || self.stopping.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
+    /// Marks the connection chosen to close and wakes its task.
+    fn close(&self) {
+        self.evicting.store(true, Ordering::Release);
+        self.task.wake();
     }
 
     /// Whether the sweep closed it (idle past the header-read timeout), rather than the cap.
@@ -99,7 +117,8 @@ impl Registry {
             clock_us: Arc::clone(&self.clock_us),
             evicting: AtomicBool::new(false),
             expired: AtomicBool::new(false),
-            evict: Notify::new(),
+            stopping: AtomicBool::new(false),
+            task: AtomicWaker::new(),
         });
         self.lock().insert(connection.id, Arc::clone(&connection));
         connection
@@ -128,9 +147,7 @@ impl Registry {
         };
         match chosen {
             Some(connection) => {
-                connection.evicting.store(true, Ordering::Release);
-                // notify_one keeps the wake-up if the task is not waiting yet.
-                connection.evict.notify_one();
+                connection.close();
                 true
             }
             None => false,
@@ -153,12 +170,19 @@ impl Registry {
             if idle_for.is_some_and(|idle| idle >= timeout)
                 && !connection.expired.swap(true, Ordering::AcqRel)
             {
-                connection.evicting.store(true, Ordering::Release);
-                connection.evict.notify_one();
+                connection.close();
                 closed += 1;
             }
         }
         closed
+    }
+
+    /// Tells every connection that the listener stops: each finishes the request it is on and closes.
+    pub(crate) fn stop_all(&self) {
+        for connection in self.lock().values() {
+            connection.stopping.store(true, Ordering::Release);
+            connection.task.wake();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {

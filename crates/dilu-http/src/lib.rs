@@ -5,6 +5,8 @@
 //! - a **body deadline**: a request's body must arrive in full within [`Limits::body_read`] of its head;
 //! - a **connection cap** below the open-file limit; at the cap the longest-idle connection is closed to
 //!   admit a new one, so idle sockets cannot starve `/health` or inference ([`Limits::max_connections`]);
+//! - a lean HTTP/1.1 loop for ordinary requests (a `Content-Length` body of at most 1 MiB, no upgrade or
+//!   `100-continue`), with hyper taking the connection over at the first request it does not take;
 //! - the client's identity on every request ([`Peer`]: its address, or its user id on a Unix socket);
 //! - middleware for `Host` checks (DNS rebinding), `Content-Type: application/json` on state-changing
 //!   requests (cross-site form posts), and bearer tokens ([`guard`]), and private token files ([`token`]);
@@ -23,6 +25,7 @@ mod balance;
 mod body;
 mod conns;
 pub mod guard;
+mod h1;
 mod limits;
 mod loops;
 mod serve;

@@ -7,6 +7,11 @@
 //! head too slowly or sits idle goes within a quarter of the timeout after it (writes are stamped with the
 //! sweep's clock, so after a write the margin is a quarter either way). Arming, and mostly cancelling, a timer
 //! for every request head (plus the wake-ups it caused) cost the gateway about 7 % of its throughput.
+//!
+//! Each connection starts in the lean HTTP/1.1 loop of [`crate::h1`], which answers ordinary requests itself;
+//! hyper serves the connection from the first request that loop does not take. A connection is told to close
+//! (chosen by the cap or the sweep, or the listener stopping) through its registry entry
+//! ([`Connection::closing`]), which costs a waker check per wake-up rather than a lock.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,12 +26,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use crate::balance::{Balanced, LoadGuard, Share};
 use crate::body::DeadlineBody;
 use crate::conns::{Connection, Registry};
+use crate::h1;
 use crate::limits::{Limits, open_file_limit};
 
 /// A bound listener: TCP, a Unix socket (whose clients are known by their user id), or one event loop's
@@ -105,7 +111,6 @@ where
         .max(1);
     let slots = Arc::new(Semaphore::new(cap));
     let registry = Arc::new(Registry::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(true);
     let builder = Arc::new(builder);
@@ -151,7 +156,6 @@ where
             peer,
             connection,
             registry: Arc::clone(&registry),
-            stop: stop_rx.clone(),
             _load: load,
         };
         tokio::spawn(async move {
@@ -161,7 +165,7 @@ where
     }
 
     // Graceful stop: every connection finishes the request it is on and closes.
-    let _ = stop_tx.send(true);
+    registry.stop_all();
     let deadline = Instant::now() + limits.shutdown_grace;
     while registry.live() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -190,11 +194,6 @@ impl Drop for Sweep {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Resolves when the listener stops (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// A stream of either kind, for one connection task type.
@@ -337,7 +336,6 @@ struct ConnectionTask<S> {
     peer: Peer,
     connection: Arc<Connection>,
     registry: Arc<Registry>,
-    stop: watch::Receiver<bool>,
     /// Held until the connection closes (a balanced listener's count against this event loop).
     _load: Option<LoadGuard>,
 }
@@ -358,10 +356,48 @@ where
         }
     }
 
-    async fn serve_io<I>(mut self, io: I)
+    async fn serve_io<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mut io = Tracked {
+            io,
+            connection: Arc::clone(&self.connection),
+        };
+        // The lean loop first; hyper takes over at the first request it does not take (see `crate::h1`).
+        let mut router = self.router.clone();
+        let phase = h1::Phase::default();
+        let session = h1::Session {
+            peer: self.peer,
+            body_read: self.body_read,
+            connection: &self.connection,
+            phase: &phase,
+        };
+        let ended = {
+            let lean = h1::serve(&mut io, &mut router, session);
+            let mut lean = std::pin::pin!(lean);
+            tokio::select! {
+                biased;
+                ended = lean.as_mut() => ended,
+                () = self.connection.closing() => {
+                    // Close at once when waiting for a request head, or when past the header-read timeout
+                    // with nothing in flight (a slow reader of a response); else after the response.
+                    let idle = self.connection.expired() && self.connection.idle_since().is_some();
+                    if idle || !phase.answering() {
+                        h1::Ended::Closed
+                    } else {
+                        phase.close_after_response();
+                        lean.as_mut().await
+                    }
+                }
+            }
+        };
+        let h1::Ended::Handoff(read) = ended else {
+            self.registry.remove(&self.connection);
+            return;
+        };
+        let io = h1::Rewind::new(read, io);
+
         let router = self.router.clone();
         let peer = self.peer;
         let body_read = self.body_read;
@@ -380,26 +416,18 @@ where
                 response
             }
         });
-        let io = Tracked {
-            io,
-            connection: Arc::clone(&self.connection),
-        };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             _ = connection.as_mut() => {}
-            () = self.connection.evicted() => {
+            () = self.connection.closing() => {
                 // Past the header-read timeout with nothing in flight: close at once (a request head that
-                // trickles in must not keep it open). At the cap, or when a request began meanwhile, let the
-                // connection finish what it does.
+                // trickles in must not keep it open). At the cap, when stopping, or when a request began
+                // meanwhile, let the connection finish what it does.
                 if !(self.connection.expired() && self.connection.idle_since().is_some()) {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.as_mut().await;
                 }
-            }
-            () = stopped(&mut self.stop) => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.as_mut().await;
             }
         }
         self.registry.remove(&self.connection);
