@@ -62,6 +62,21 @@ pub(super) fn parse(text: &str) -> ByBatch {
     out
 }
 
+/// The executor's seconds over every batch size in a worker's `/metrics` text, once every batch it started
+/// (`dilu_worker_batches_total`) has its time recorded: the worker answers a batch's requests before it
+/// records the batch's time (after the batch's last CPU charge, which may wait for the share), so a scrape
+/// right after the answers can miss the batch. `None` while one is missing.
+pub(super) fn settled_seconds(text: &str) -> Option<f64> {
+    let times = parse(text);
+    let recorded: u64 = times.values().map(|t| t.batches).sum();
+    let started = text
+        .lines()
+        .find_map(|line| line.strip_prefix("dilu_worker_batches_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64);
+    (recorded >= started).then(|| times.values().map(|t| t.seconds).sum())
+}
+
 /// What each live instance's worker reported: its first scrape when it was already there as the run began (the
 /// batches before the run, e.g. the platform's profiling at deploy, are not the run's), and its latest one.
 #[derive(Debug, Default)]
@@ -253,6 +268,23 @@ dilu_worker_batches_total 15
             (m[&4].batches, m[&4].seconds, m[&4].squares),
             (10, 2.0, 0.5)
         );
+    }
+
+    #[test]
+    fn executor_seconds_wait_for_every_started_batch() {
+        let text = |started: u64| {
+            format!(
+                "dilu_worker_batch_seconds_sum{{batch_size=\"1\"}} 0.25\n\
+                 dilu_worker_batch_seconds_count{{batch_size=\"1\"}} 5\n\
+                 dilu_worker_batch_seconds_sum{{batch_size=\"4\"}} 2\n\
+                 dilu_worker_batch_seconds_count{{batch_size=\"4\"}} 10\n\
+                 dilu_worker_batches_total {started}\n"
+            )
+        };
+        assert_eq!(settled_seconds(&text(15)), Some(2.25));
+        assert_eq!(settled_seconds(&text(16)), None);
+        // No batch yet: nothing to wait for.
+        assert_eq!(settled_seconds("dilu_worker_batches_total 0\n"), Some(0.0));
     }
 
     #[test]

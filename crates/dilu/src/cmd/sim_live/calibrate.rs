@@ -10,7 +10,7 @@ use dilu_quota::layout::mode;
 use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, UNLIMITED};
 
 use super::CalibrateArgs;
-use super::batches::parse;
+use super::batches::settled_seconds;
 use super::body::RequestBody;
 use super::http::get_json;
 use super::process::{spawn_until, tempdir, train_command};
@@ -194,15 +194,26 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<Calibrated> {
             std::thread::sleep(Duration::from_millis(5));
         }
         cold_start_s = started.elapsed().as_secs_f64();
-        // The executor's seconds so far, over every batch size (the worker's summary).
+        // The executor's seconds so far, over every batch size (the worker's summary), once the worker has
+        // recorded every batch it ran.
         let executor_s = || -> Result<f64> {
-            let text = client
-                .get(&metrics)
-                .send()
-                .and_then(|r| r.error_for_status())
-                .and_then(|r| r.text())
-                .with_context(|| format!("GET {metrics}"))?;
-            Ok(parse(&text).values().map(|t| t.seconds).sum())
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = client
+                    .get(&metrics)
+                    .send()
+                    .and_then(|r| r.error_for_status())
+                    .and_then(|r| r.text())
+                    .with_context(|| format!("GET {metrics}"))?;
+                if let Some(seconds) = settled_seconds(&text) {
+                    return Ok(seconds);
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the worker at {metrics} did not record the time of every batch it ran within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
         };
         for &batch in &a.batches {
             for &pct in &a.shares {
@@ -223,6 +234,11 @@ pub(super) fn calibrate(a: CalibrateArgs) -> Result<Calibrated> {
                     overheads_s.extend(e2e.iter().zip(&executor).map(|(e, x)| e - x));
                 }
                 let mean = executor.iter().sum::<f64>() / executor.len() as f64;
+                ensure!(
+                    mean > 0.0,
+                    "batch {batch} at {pct}%: the worker recorded no executor time over {} rounds",
+                    executor.len()
+                );
                 if executor.len() >= 2 && mean > 0.0 {
                     let var = executor
                         .iter()
