@@ -185,7 +185,20 @@ async fn read_request<I: AsyncRead + Unpin>(
     } else {
         Body::from(buf.split_to(head.body_len).freeze())
     };
+    if wanted > MAX_KEPT {
+        shed(buf);
+    }
     Some((head.build(&raw, body, session.peer), complete))
+}
+
+/// A request larger than this makes the connection give up the buffer it grew for it (see [`shed`]).
+const MAX_KEPT: usize = 64 << 10;
+
+/// Gives up the allocation `buf` grew for a large request, keeping the bytes after it (a pipelined request)
+/// in a fresh buffer. Otherwise the buffer, once the request's body is dropped, would take that allocation
+/// back and an idle connection would hold up to [`MAX_BODY`] bytes for as long as it stays open.
+fn shed(buf: &mut BytesMut) {
+    *buf = BytesMut::from(&buf[..]);
 }
 
 /// The answer to a head whose `part` is not valid HTTP.
@@ -950,6 +963,25 @@ mod tests {
         let mut text = String::new();
         rewind.read_to_string(&mut text).await.unwrap();
         assert_eq!(text, "already read");
+    }
+
+    #[test]
+    fn a_large_request_leaves_no_large_buffer_behind() {
+        let mut buf = BytesMut::with_capacity(MAX_BODY);
+        buf.extend_from_slice(&vec![b'x'; MAX_BODY - 3]);
+        buf.extend_from_slice(b"GET");
+        let body = buf.split_to(MAX_BODY - 3).freeze();
+        shed(&mut buf);
+        drop(body);
+        buf.reserve(READ_CHUNK);
+        assert_eq!(&buf[..], b"GET");
+        assert!(buf.capacity() < MAX_KEPT, "{}", buf.capacity());
+        // Without shedding, the buffer takes the whole allocation back once the body is gone.
+        let mut kept = BytesMut::with_capacity(MAX_BODY);
+        kept.extend_from_slice(&vec![b'x'; MAX_BODY]);
+        drop(kept.split_to(MAX_BODY - 3).freeze());
+        kept.reserve(READ_CHUNK);
+        assert!(kept.capacity() >= MAX_BODY - 3, "{}", kept.capacity());
     }
 
     #[test]
