@@ -7,7 +7,7 @@
 //! body into the connection's buffer, builds the request around them without copying (header values and the
 //! body are slices of that buffer), calls the service and writes the response's head and first frame with
 //! one `writev`. Everything else — chunked or large uploads, `100-continue`, upgrades, malformed heads and
-//! hyper's own refusals of them — goes to hyper with the bytes already read (see [`Rewind`]), and the
+//! hyper's own refusals of them — goes to hyper with the bytes already read (which the connection's stream yields first), and the
 //! connection stays with hyper from then on.
 //!
 //! Why: hyper's general machinery (a dispatcher over a streaming body and an encoder, per connection) cost
@@ -25,15 +25,14 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tower_service::Service;
 
 use crate::body::{BodyError, Refused};
@@ -587,74 +586,13 @@ fn with_date(f: impl FnOnce(&[u8])) {
     });
 }
 
-/// A connection's stream that first yields bytes already read from it (what the lean loop buffered before
-/// handing the connection to hyper).
-pub(crate) struct Rewind<I> {
-    prefix: Bytes,
-    io: I,
-}
-
-impl<I> Rewind<I> {
-    pub(crate) fn new(prefix: BytesMut, io: I) -> Self {
-        Rewind {
-            prefix: prefix.freeze(),
-            io,
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::conns::Registry;
     use axum::Router;
     use axum::routing::{get, post};
+    use std::task::{Context, Poll};
     use tokio::io::DuplexStream;
 
     fn take(head: &str) -> Head {
@@ -952,17 +890,6 @@ mod tests {
             "{text}"
         );
         assert!(matches!(task.await.unwrap(), Ended::Closed));
-    }
-
-    #[tokio::test]
-    async fn rewind_yields_the_bytes_read_then_the_stream() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut rewind = Rewind::new(BytesMut::from(&b"already "[..]), server);
-        client.write_all(b"read").await.unwrap();
-        drop(client);
-        let mut text = String::new();
-        rewind.read_to_string(&mut text).await.unwrap();
-        assert_eq!(text, "already read");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -270,9 +271,11 @@ fn out_of_descriptors(error: &io::Error) -> bool {
     )
 }
 
-/// A connection's stream, noting every write as activity (see [`Connection::wrote`]).
+/// A connection's stream: it yields first the bytes the lean loop read but handed over unparsed
+/// (`unread`), and notes every write as activity (see [`Connection::wrote`]).
 struct Tracked<I> {
     io: I,
+    unread: Bytes,
     connection: Arc<Connection>,
 }
 
@@ -282,6 +285,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -362,6 +371,7 @@ where
     {
         let mut io = Tracked {
             io,
+            unread: Bytes::new(),
             connection: Arc::clone(&self.connection),
         };
         // The lean loop first; hyper takes over at the first request it does not take (see `crate::h1`).
@@ -396,7 +406,7 @@ where
             self.registry.remove(&self.connection);
             return;
         };
-        let io = h1::Rewind::new(read, io);
+        io.unread = read.freeze();
 
         let router = self.router.clone();
         let peer = self.peer;
