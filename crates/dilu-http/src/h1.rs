@@ -216,18 +216,20 @@ fn bad_request(part: &str) -> Response<Body> {
 /// Whether the client keeps the connection after this request: HTTP/1.1 unless it says `close`, HTTP/1.0
 /// only when it says `keep-alive`.
 fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
     if version == Version::HTTP_11 {
-        !says("close")
+        !connection_says(headers, "close")
     } else {
-        says("keep-alive")
+        connection_says(headers, "keep-alive")
     }
+}
+
+/// Whether a `Connection` header among `headers` lists `token`.
+fn connection_says(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
 }
 
 /// The outcome of parsing the buffered bytes.
@@ -393,10 +395,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let closes = parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    });
+    let closes = connection_says(&parts.headers, "close");
     let mut keep_alive = keep_alive && !closes;
     let size = body.size_hint().exact();
     let framing = match size {
@@ -455,10 +454,10 @@ async fn write_response<I: AsyncWrite + Unpin>(
         write_all(io, &mut [IoSlice::new(out)]).await?;
         return Ok(keep_alive);
     }
-    let mut head = Some(std::mem::take(out));
+    // The head goes out with the first frame (or alone, before the end of an empty body).
+    let mut head_sent = false;
     while let Some(data) = next_data(&mut body).await? {
-        let pending = head.take();
-        let prefix = pending.as_deref().unwrap_or(&[]);
+        let head: &[u8] = if head_sent { &[] } else { out };
         match framing {
             Framing::Chunked => {
                 let mut line = Vec::with_capacity(20);
@@ -467,7 +466,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 write_all(
                     io,
                     &mut [
-                        IoSlice::new(prefix),
+                        IoSlice::new(head),
                         IoSlice::new(&line),
                         IoSlice::new(&data),
                         IoSlice::new(b"\r\n"),
@@ -475,25 +474,17 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 )
                 .await?;
             }
-            _ => write_all(io, &mut [IoSlice::new(prefix), IoSlice::new(&data)]).await?,
+            _ => write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?,
         }
-        if let Some(buffer) = pending {
-            *out = buffer;
-        }
+        head_sent = true;
     }
-    let pending = head.take();
-    let prefix = pending.as_deref().unwrap_or(&[]);
+    let head: &[u8] = if head_sent { &[] } else { out };
     let end: &[u8] = if matches!(framing, Framing::Chunked) {
         b"0\r\n\r\n"
     } else {
         b""
     };
-    if !prefix.is_empty() || !end.is_empty() {
-        write_all(io, &mut [IoSlice::new(prefix), IoSlice::new(end)]).await?;
-    }
-    if let Some(buffer) = pending {
-        *out = buffer;
-    }
+    write_all(io, &mut [IoSlice::new(head), IoSlice::new(end)]).await?;
     Ok(keep_alive)
 }
 
