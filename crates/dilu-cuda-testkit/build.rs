@@ -1,12 +1,17 @@
-//! Builds the software CUDA driver (`libcuda.so.1`) and the two builds of the CUDA test application with
-//! the system C compiler (`$CC`, else `gcc`) into `$OUT_DIR/fakecuda/`.
+//! Builds the software CUDA driver (`libcuda.so.1`), the software NVML (`libnvidia-ml.so.1`) and the two
+//! builds of the CUDA test application with the system C compiler (`$CC`, else `gcc`) into `$OUT_DIR/fakecuda/`.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCES: [&str; 3] = ["csrc/cuda_subset.h", "csrc/fake_cuda.c", "csrc/cuda_app.c"];
+const SOURCES: [&str; 4] = [
+    "csrc/cuda_subset.h",
+    "csrc/fake_cuda.c",
+    "csrc/cuda_app.c",
+    "csrc/fake_nvml.c",
+];
 
 const COMMON_FLAGS: [&str; 6] = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror"];
 
@@ -88,6 +93,22 @@ fn build() -> Result<(), String> {
             path_str(&dir.join("cuda_app_dyn"))?,
             path_str(&app_source)?,
             "-ldl",
+            "-lpthread",
+        ],
+    )?;
+
+    // The software NVML: only the nvml* entry points exported.
+    compile(
+        &compiler,
+        &[
+            "-shared",
+            "-fPIC",
+            "-fvisibility=hidden",
+            "-Wl,-soname,libnvidia-ml.so.1",
+            "-Wl,-z,defs",
+            "-o",
+            path_str(&dir.join("libnvidia-ml.so.1"))?,
+            path_str(&csrc.join("fake_nvml.c"))?,
             "-lpthread",
         ],
     )?;

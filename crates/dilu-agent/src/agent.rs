@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::attached::Attached;
 use crate::config::AgentConfig;
 use crate::device;
+use crate::health::{self, HealthBoard, HealthChange};
+use crate::nvml;
 use crate::state;
 use crate::supervisor::{self, Backoff, Exit, LaunchSpec, Process};
 use crate::ticker::{self, TickStats};
@@ -136,6 +138,7 @@ pub struct Agent {
     config: AgentConfig,
     devices: Vec<Device>,
     notes: Vec<String>,
+    health: Arc<HealthBoard>,
     pub(crate) tokens: Arc<Mutex<TokenManager>>,
     instances: Mutex<Instances>,
     /// Channels of processes the agent does not start (`attached`); locked before `tokens`, never together
@@ -156,7 +159,35 @@ impl Agent {
                 .map_err(|e| internal(format!("creating {}", dir.display()))(e.to_string()))?;
         }
         restrict(&config.run_dir());
-        let (devices, notes) = device::discover(&config);
+        let (devices, mut notes) = device::discover(&config);
+        let stop = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(HealthBoard::default());
+        let mut threads = Vec::new();
+        let watched: Vec<String> = devices
+            .iter()
+            .filter(|d| d.source == "nvml")
+            .map(|d| d.uuid.clone())
+            .collect();
+        if config.health.enabled && !watched.is_empty() {
+            let board = health.clone();
+            let on_change = move |change: HealthChange| {
+                match change.health.reason() {
+                    Some(reason) => {
+                        eprintln!("dilu agent: device {} is unhealthy: {reason}", change.uuid)
+                    }
+                    None => eprintln!("dilu agent: device {} is healthy again", change.uuid),
+                }
+                board.set(change);
+            };
+            let library = nvml::library_path();
+            match health::watch_nvml(&library, watched, &config.health, stop.clone(), on_change) {
+                Ok((thread, more)) => {
+                    notes.extend(more.into_iter().map(|n| format!("GPU health: {n}")));
+                    threads.push(thread);
+                }
+                Err(error) => notes.push(format!("GPU health is not watched: {error}")),
+            }
+        }
         let tokens =
             TokenManager::new(&devices, config.window_ns, &config.policy).map_err(|e| {
                 AgentError::Internal {
@@ -170,6 +201,7 @@ impl Agent {
             config,
             devices,
             notes,
+            health,
             tokens: Arc::new(Mutex::new(tokens)),
             instances: Mutex::new(Instances {
                 map: BTreeMap::new(),
@@ -177,8 +209,8 @@ impl Agent {
             }),
             attached: Mutex::new(BTreeMap::new()),
             tick_stats: Arc::new(TickStats::default()),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Mutex::new(Vec::new()),
+            stop,
+            threads: Mutex::new(threads),
             started: Instant::now(),
         });
         if let Some(saved) = saved {
@@ -305,6 +337,11 @@ impl Agent {
     /// The devices of this node.
     pub fn devices(&self) -> &[Device] {
         &self.devices
+    }
+
+    /// The devices' health (GPUs found through NVML are watched; every other device is healthy).
+    pub fn health(&self) -> &Arc<HealthBoard> {
+        &self.health
     }
 
     /// Notes from device discovery (e.g. why NVML was not used).
@@ -461,6 +498,14 @@ impl Agent {
                 )
             })?
             .clone();
+        if let Some(reason) = self.health.health(&device.uuid).reason() {
+            return Err(FieldError::new(
+                "device",
+                &device.uuid,
+                format!("the device is unhealthy ({reason}); choose another device"),
+            )
+            .into());
+        }
         if device.kind == DeviceKind::Gpu && self.config.interposer.is_none() {
             return Err(FieldError::new(
                 "device",

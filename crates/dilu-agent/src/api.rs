@@ -130,8 +130,12 @@ async fn devices(State(agent): State<Arc<Agent>>) -> Response {
             let budget = budgets.iter().find(|b| b.device == d.uuid);
             let on_device: Vec<&dilu_api::agent::InstanceStatus> =
                 instances.iter().filter(|i| i.device == d.uuid).collect();
+            let health = agent.health().health(&d.uuid);
             json!({
                 "device": d,
+                "healthy": health.is_healthy(),
+                "health": health,
+                "health_reason": health.reason(),
                 "budgeting": budget,
                 "instances": on_device.iter().map(|i| json!({
                     "id": i.id,

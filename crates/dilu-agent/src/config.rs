@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use dilu_core::policy::{Policy, PolicyName};
 
+use crate::health::HealthConfig;
+
 /// A GPU declared on the command line rather than found through NVML: for nodes where NVML is not
 /// available to the agent, and for tests against the software CUDA driver.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +49,8 @@ pub struct AgentConfig {
     /// Variables of the agent's environment instances inherit beyond the built-in allow-list
     /// (`supervisor::INHERITED_ENV`), e.g. `SSL_CERT_FILE` or `HTTPS_PROXY`; never the rest.
     pub pass_env: Vec<String>,
+    /// How the health of NVML-discovered GPUs is watched.
+    pub health: HealthConfig,
 }
 
 impl AgentConfig {
@@ -65,6 +69,7 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(5),
             policy: Policy::named(PolicyName::Dilu),
             pass_env: Vec::new(),
+            health: HealthConfig::default(),
         }
     }
 

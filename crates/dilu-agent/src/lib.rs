@@ -7,6 +7,7 @@ pub mod agent;
 pub mod attached;
 pub mod config;
 pub mod device;
+pub mod health;
 pub mod nvml;
 pub mod state;
 pub mod supervisor;

@@ -34,6 +34,16 @@ pub fn render(agent: &Agent) -> String {
     }
     let mut f = Family::new(
         &mut out,
+        "dilu_agent_device_healthy",
+        "gauge",
+        "1 while a device may be given work; 0 after a critical Xid or while NVML cannot reach it.",
+    );
+    for d in agent.devices() {
+        let healthy = agent.health().health(&d.uuid).is_healthy();
+        f.sample(&[("device", &d.uuid)], if healthy { 1.0 } else { 0.0 });
+    }
+    let mut f = Family::new(
+        &mut out,
         "dilu_agent_device_capacity_units",
         "gauge",
         "Cost units a device executes per window, as used for budgets.",

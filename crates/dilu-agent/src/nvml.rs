@@ -8,8 +8,9 @@
 //! The library loaded is `libnvidia-ml.so.1` (found by the dynamic loader's usual search), or the path in the
 //! environment variable [`LIBRARY_ENV`] (`DILU_NVML_LIBRARY`) when it is set.
 //!
-//! The unit tests here run on machines without a GPU and exercise the "no library" path; the real NVML path
-//! (symbol resolution, init, per-device queries) is exercised on GPU nodes.
+//! The unit tests here exercise the "no library" paths; the real NVML path (symbol resolution, init,
+//! per-device queries) runs against a software NVML (`dilu-cuda-testkit`'s `libnvidia-ml.so.1`) in
+//! `crates/dilu/tests/agent_gpu_health.rs`, and against the driver's on GPU nodes.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::fmt;
@@ -145,12 +146,14 @@ pub fn discover() -> Result<Vec<GpuInfo>, NvmlError> {
 
 /// Like [`discover`], also saying why the list is empty when NVML is unusable for a benign reason.
 ///
-/// Loads [`library_path_override`] if set, else [`DEFAULT_LIBRARY`].
+/// Loads [`library_path`].
 pub fn discover_report() -> Result<Discovery, NvmlError> {
-    match library_path_override() {
-        Some(path) => discover_from(&path),
-        None => discover_from(Path::new(DEFAULT_LIBRARY)),
-    }
+    discover_from(&library_path())
+}
+
+/// The library to load: [`library_path_override`] if set, else [`DEFAULT_LIBRARY`].
+pub fn library_path() -> PathBuf {
+    library_path_override().unwrap_or_else(|| PathBuf::from(DEFAULT_LIBRARY))
 }
 
 /// Discovery with an explicit library: a bare file name is searched by the dynamic loader, a path with a `/`
@@ -210,12 +213,12 @@ pub fn discover_from(library: &Path) -> Result<Discovery, NvmlError> {
 }
 
 /// A `dlopen`ed library, closed on drop.
-struct Library {
+pub(crate) struct Library {
     handle: *mut c_void,
 }
 
 impl Library {
-    fn open(path: &Path) -> Result<Library, String> {
+    pub(crate) fn open(path: &Path) -> Result<Library, String> {
         let name = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| "library path contains a NUL byte".to_string())?;
         // SAFETY: `name` is a valid C string; dlopen has no other preconditions.
@@ -257,7 +260,7 @@ fn dl_error() -> String {
 }
 
 /// `nvmlDevice_t`: an opaque pointer.
-type Device = *mut c_void;
+pub(crate) type Device = *mut c_void;
 
 /// `nvmlMemory_t` (v1).
 #[repr(C)]
@@ -276,11 +279,60 @@ type StringFn = unsafe extern "C" fn(Device, *mut c_char, c_uint) -> c_int;
 type MemoryFn = unsafe extern "C" fn(Device, *mut Memory) -> c_int;
 /// `nvmlDeviceGetAttributes_v2(device, nvmlDeviceAttributes_t*)`; only the first field is read.
 type AttributesFn = unsafe extern "C" fn(Device, *mut c_void) -> c_int;
+type HandleByUuidFn = unsafe extern "C" fn(*const c_char, *mut Device) -> c_int;
+
+/// `nvmlEventSet_t`: an opaque pointer.
+pub(crate) type EventSet = *mut c_void;
+
+/// `nvmlEventData_t`.
+#[repr(C)]
+pub(crate) struct EventData {
+    pub(crate) device: Device,
+    pub(crate) event_type: u64,
+    /// For an Xid event, the Xid.
+    pub(crate) event_data: u64,
+    pub(crate) gpu_instance_id: c_uint,
+    pub(crate) compute_instance_id: c_uint,
+}
+
+impl Default for EventData {
+    fn default() -> Self {
+        EventData {
+            device: std::ptr::null_mut(),
+            event_type: 0,
+            event_data: 0,
+            gpu_instance_id: 0,
+            compute_instance_id: 0,
+        }
+    }
+}
+
+type EventSetCreateFn = unsafe extern "C" fn(*mut EventSet) -> c_int;
+type EventSetFreeFn = unsafe extern "C" fn(EventSet) -> c_int;
+type RegisterEventsFn = unsafe extern "C" fn(Device, u64, EventSet) -> c_int;
+type EventSetWaitFn = unsafe extern "C" fn(EventSet, *mut EventData, c_uint) -> c_int;
+
+/// `nvmlEventTypeXidCriticalError`.
+pub(crate) const EVENT_XID_CRITICAL: u64 = 0x8;
+/// `NVML_ERROR_NOT_SUPPORTED`.
+pub(crate) const NVML_ERROR_NOT_SUPPORTED: c_int = 3;
+/// `NVML_ERROR_TIMEOUT`.
+pub(crate) const NVML_ERROR_TIMEOUT: c_int = 10;
+
+/// The NVML functions the health watch needs besides discovery's, resolved together: a library without one
+/// of them cannot be watched.
+pub(crate) struct EventApi {
+    pub(crate) handle_by_uuid: HandleByUuidFn,
+    pub(crate) set_create: EventSetCreateFn,
+    pub(crate) set_free: EventSetFreeFn,
+    pub(crate) register: RegisterEventsFn,
+    pub(crate) wait: EventSetWaitFn,
+}
 
 /// The NVML functions discovery uses, resolved from a loaded library.
-struct Api<'lib> {
-    init: InitFn,
-    shutdown: InitFn,
+pub(crate) struct Api<'lib> {
+    pub(crate) init: InitFn,
+    pub(crate) shutdown: InitFn,
     error_string: Option<ErrorStringFn>,
     count: CountFn,
     handle_by_index: HandleFn,
@@ -302,7 +354,7 @@ macro_rules! resolve {
 }
 
 impl<'lib> Api<'lib> {
-    fn resolve(lib: &'lib Library, path: &Path) -> Result<Api<'lib>, NvmlError> {
+    pub(crate) fn resolve(lib: &'lib Library, path: &Path) -> Result<Api<'lib>, NvmlError> {
         let missing = |symbol: &'static str| NvmlError::MissingSymbol {
             library: path.to_path_buf(),
             symbol,
@@ -327,7 +379,27 @@ impl<'lib> Api<'lib> {
         })
     }
 
-    fn error_string(&self, rc: c_int) -> String {
+    /// The health watch's functions; the first one missing is named in the error.
+    pub(crate) fn events(lib: &'lib Library, path: &Path) -> Result<EventApi, NvmlError> {
+        let missing = |symbol: &'static str| NvmlError::MissingSymbol {
+            library: path.to_path_buf(),
+            symbol,
+        };
+        Ok(EventApi {
+            handle_by_uuid: resolve!(lib, c"nvmlDeviceGetHandleByUUID", HandleByUuidFn)
+                .ok_or_else(|| missing("nvmlDeviceGetHandleByUUID"))?,
+            set_create: resolve!(lib, c"nvmlEventSetCreate", EventSetCreateFn)
+                .ok_or_else(|| missing("nvmlEventSetCreate"))?,
+            set_free: resolve!(lib, c"nvmlEventSetFree", EventSetFreeFn)
+                .ok_or_else(|| missing("nvmlEventSetFree"))?,
+            register: resolve!(lib, c"nvmlDeviceRegisterEvents", RegisterEventsFn)
+                .ok_or_else(|| missing("nvmlDeviceRegisterEvents"))?,
+            wait: resolve!(lib, c"nvmlEventSetWait_v2", EventSetWaitFn)
+                .ok_or_else(|| missing("nvmlEventSetWait_v2"))?,
+        })
+    }
+
+    pub(crate) fn error_string(&self, rc: c_int) -> String {
         let Some(f) = self.error_string else {
             return "unknown error (nvmlErrorString not exported)".to_string();
         };

@@ -1,7 +1,9 @@
 //! A software CUDA driver for tests.
 //!
-//! The build script compiles three artifacts with the system C compiler:
+//! The build script compiles four artifacts with the system C compiler:
 //!
+//! - `libnvidia-ml.so.1`, a software NVML: device discovery and health events (Xid, a GPU falling off the
+//!   bus) for the agent's tests, configured through [`NVML_ENV_DEVICES`] and [`NVML_ENV_CONTROL`];
 //! - `libcuda.so.1`, a driver that implements a subset of the CUDA driver API against a simulated device
 //!   (kernels occupy the device for a time computed from their shape; memory is counted against a total;
 //!   several processes can share one device through a state file);
@@ -128,7 +130,22 @@ impl Artifacts {
     pub fn driver(&self) -> PathBuf {
         self.driver_dir.join("libcuda.so.1")
     }
+
+    /// The software NVML (`libnvidia-ml.so.1`, see [`NVML_ENV_DEVICES`]): load it through the agent's
+    /// `DILU_NVML_LIBRARY`.
+    pub fn nvml(&self) -> PathBuf {
+        self.driver_dir.join("libnvidia-ml.so.1")
+    }
 }
+
+/// The software NVML's devices: `uuid,name,memory MiB,SMs[,noevents]` per device, separated by `;`
+/// (`noevents`: the device refuses registration for events, as GPUs without event support do).
+pub const NVML_ENV_DEVICES: &str = "DILU_FAKE_NVML_DEVICES";
+/// The `nvmlReturn_t` the software NVML's `nvmlInit_v2` returns (default 0, success).
+pub const NVML_ENV_INIT: &str = "DILU_FAKE_NVML_INIT";
+/// A file the test appends lines to while the software NVML runs: `xid <uuid> <n>` (a critical-Xid event),
+/// `lost <uuid>` (the device fell off the bus: `NVML_ERROR_GPU_IS_LOST`), `back <uuid>`.
+pub const NVML_ENV_CONTROL: &str = "DILU_FAKE_NVML_CONTROL";
 
 /// Paths of the artifacts the build script produced.
 pub fn artifacts() -> Artifacts {

@@ -2,7 +2,8 @@
 //! device plugin API (no kubelet here): it publishes its devices, registers one plugin per device kind, creates
 //! the channel file of a pod bound to its node at `<channel root>/<device>/<pod UID>`, steers the kubelet's pick
 //! to the pod's assigned device, leaves the channel on SIGTERM, re-opens it after a restart, and removes it when
-//! the pod is gone. Skipped (with `SKIPPED: …`) where the API server binaries are missing.
+//! the pod is gone; and it tells the kubelet when an NVML GPU turns unhealthy. Skipped (with `SKIPPED: …`)
+//! where the API server binaries are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,19 +34,34 @@ struct Agent {
 }
 
 impl Agent {
+    /// The agent with two declared GPUs (no NVML).
     fn start(dir: &Path, kubeconfig: &Path, run: u32) -> Agent {
+        let gpus = [
+            "--no-nvml",
+            "--gpu",
+            "GPU-agent-0,memory=1GiB",
+            "--gpu",
+            "GPU-agent-1,memory=1GiB",
+        ];
+        Agent::start_with(dir, kubeconfig, run, &gpus, &[])
+    }
+
+    /// The agent with these device flags and environment.
+    fn start_with(
+        dir: &Path,
+        kubeconfig: &Path,
+        run: u32,
+        devices: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Agent {
         let log = dir.join(format!("agent-{run}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let interposer = dir.join("libdilu_cuda.so");
         std::fs::write(&interposer, b"not really").unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dilu"))
-            .args(["agent", "--kubernetes", "--node-name", NODE, "--no-nvml"])
-            .args([
-                "--gpu",
-                "GPU-agent-0,memory=1GiB",
-                "--gpu",
-                "GPU-agent-1,memory=1GiB",
-            ])
+            .args(["agent", "--kubernetes", "--node-name", NODE])
+            .args(devices)
+            .envs(env.iter().copied())
             .args([
                 "--cpu-cores",
                 "1",
@@ -219,5 +235,81 @@ async fn the_node_agent_publishes_its_devices_and_budgets_the_pods_bound_to_its_
         .await
         .unwrap();
     until("channel removed", &agent, async || !channel.exists()).await;
+    assert!(agent.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_that_reports_a_critical_xid_is_offered_to_the_kubelet_as_unhealthy() {
+    const A: &str = "GPU-0000aaaa-0000-0000-0000-000000000001";
+    const B: &str = "GPU-0000bbbb-0000-0000-0000-000000000002";
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let out = api.kubectl(&["apply", "-f", &repo("deploy/namespace.yaml")]);
+    assert!(out.status.success());
+    fake_node(&api.client(), NODE, &[], 2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let mut kubelet = FakeKubelet::start(&dir.path().join("plugins")).unwrap();
+    let control = dir.path().join("nvml-control");
+    std::fs::write(&control, "").unwrap();
+    let nvml = dilu_cuda_testkit::artifacts().nvml();
+    let devices =
+        format!("{A},NVIDIA H100 80GB HBM3,81559,132;{B},NVIDIA H100 80GB HBM3,81559,132");
+    let agent = Agent::start_with(
+        dir.path(),
+        &api.kubeconfig(ADMIN),
+        1,
+        &["--gpu-health-check-s", "0.2"],
+        &[
+            ("DILU_NVML_LIBRARY", nvml.as_os_str()),
+            (
+                dilu_cuda_testkit::NVML_ENV_DEVICES,
+                std::ffi::OsStr::new(&devices),
+            ),
+            (dilu_cuda_testkit::NVML_ENV_CONTROL, control.as_os_str()),
+        ],
+    );
+    let mut gpu = None;
+    for _ in 0..2 {
+        let conn = kubelet
+            .next_plugin(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+        if conn.registered.request.resource_name == meta::GPU_SHARE {
+            gpu = Some(conn);
+        }
+    }
+    let gpu = gpu.expect("a GPU-share plugin");
+    assert_eq!(gpu.available().len(), 8, "2 NVML GPUs x 4 shares");
+
+    let mut line = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&control)
+        .unwrap();
+    std::io::Write::write_all(&mut line, format!("xid {A} 79\n").as_bytes()).unwrap();
+    let listed = gpu
+        .wait_lists(2, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    for share in &listed {
+        let expected = if share.id.starts_with(A) {
+            dilu_deviceplugin::UNHEALTHY
+        } else {
+            dilu_deviceplugin::HEALTHY
+        };
+        assert_eq!(share.health, expected, "{}", share.id);
+    }
+    let available = gpu.available();
+    assert_eq!(available.len(), 4, "{available:?}");
+    assert!(
+        available.iter().all(|id| id.starts_with(B)),
+        "{available:?}"
+    );
+    assert!(
+        agent
+            .log()
+            .contains(&format!("device {A} is unhealthy: critical Xid 79"))
+    );
     assert!(agent.terminate().success());
 }

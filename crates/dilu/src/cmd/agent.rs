@@ -1,5 +1,6 @@
 //! `dilu agent`: the node agent — devices, the token manager, instance supervision and the local API.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use dilu_agent::api::{self, Listen};
 use dilu_agent::config::DeclaredGpu;
+use dilu_agent::health::HealthConfig;
 use dilu_agent::{Agent, AgentConfig};
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_core::units::parse_bytes;
@@ -57,6 +59,16 @@ pub struct NodeArgs {
     /// Do not look for GPUs through NVML.
     #[arg(long)]
     no_nvml: bool,
+    /// Do not watch the health of NVML-discovered GPUs (critical Xid events, falling off the bus).
+    #[arg(long)]
+    no_gpu_health: bool,
+    /// Xids that do not make a GPU unhealthy: they report the application's fault, not the GPU's
+    /// (comma-separated; the default is NVIDIA's device plugin's list).
+    #[arg(long, value_name = "XIDS", default_value = "13,31,43,45,68,109", value_parser = parse_xids)]
+    gpu_health_ignore_xids: BTreeSet<u64>,
+    /// Seconds between checks that each GPU still answers NVML.
+    #[arg(long, default_value_t = 5.0, value_parser = parse_check_s)]
+    gpu_health_check_s: f64,
     /// Declare a GPU by hand: UUID[,capacity=UNITS][,memory=SIZE] (capacity in cost units per window;
     /// without it the capacity is learned). Repeatable.
     #[arg(long = "gpu", value_parser = parse_gpu)]
@@ -77,6 +89,24 @@ pub struct NodeArgs {
     /// only PATH, HOME, the locale, TZ, TMPDIR and diagnostics switches (docs/security.md), never the rest.
     #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
     pass_env: Vec<String>,
+}
+
+fn parse_xids(text: &str) -> Result<BTreeSet<u64>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<u64>()
+                .map_err(|_| format!("{x:?}: an Xid is a whole number (e.g. 13,31,43)"))
+        })
+        .collect()
+}
+
+fn parse_check_s(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?}: seconds between 0.1 and 3600")),
+    }
 }
 
 fn parse_env_name(name: &str) -> Result<String, String> {
@@ -116,6 +146,11 @@ impl NodeArgs {
         config.log_max_bytes = self.log_max;
         config.stop_grace = Duration::from_secs_f64(self.stop_grace_s.max(0.0));
         config.pass_env = self.pass_env.clone();
+        config.health = HealthConfig {
+            enabled: !self.no_gpu_health,
+            ignored_xids: self.gpu_health_ignore_xids.clone(),
+            check_every: Duration::from_secs_f64(self.gpu_health_check_s),
+        };
         Ok(config)
     }
 }

@@ -169,7 +169,7 @@ pub fn node_devices(agent: &Agent) -> Vec<NodeDevice> {
 }
 
 /// Starts one device plugin per device kind the agent has (GPUs as `dilu.io/gpu-share`, CPU devices as
-/// `dilu.io/cpu-share`), all healthy, steered by `preference`.
+/// `dilu.io/cpu-share`), each device with the health the agent watches, steered by `preference`.
 async fn start_plugins(
     agent: &Agent,
     kube: &KubeNodeArgs,
@@ -190,7 +190,7 @@ async fn start_plugins(
             .filter(|d| d.kind == kind)
             .map(|d| PhysicalDevice {
                 uuid: d.uuid.clone(),
-                healthy: true,
+                healthy: agent.health().health(&d.uuid).is_healthy(),
             })
             .collect();
         if devices.is_empty() {
@@ -222,6 +222,12 @@ async fn start_plugins(
         let plugin = DevicePlugin::new(config, devices)
             .with_context(|| format!("the {resource} device plugin"))?;
         plugin.handle().set_preference(Some(hook.clone()));
+        // The kubelet learns every health change through ListAndWatch (and leaves an unhealthy device's
+        // shares out of the node's allocatable).
+        let handle = plugin.handle();
+        agent.health().subscribe(move |change| {
+            handle.set_health(&change.uuid, change.health.is_healthy());
+        });
         let serve = ServeConfig::new(&kube.device_plugin_dir, socket);
         let plugin = RunningPlugin::start(plugin, serve).await.with_context(|| {
             format!(

@@ -85,13 +85,25 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Starts `dilu agent` on a free port with `data_dir` and extra flags.
+    /// Starts `dilu agent` on a free port with `data_dir` and extra flags, without NVML.
     pub fn start(data_dir: &Path, extra: &[&str]) -> AgentProc {
+        let mut flags = vec!["--no-nvml"];
+        flags.extend_from_slice(extra);
+        Self::start_with_env(data_dir, &flags, &[])
+    }
+
+    /// Starts `dilu agent` on a free port with `data_dir`, these flags and these environment variables (NVML
+    /// is looked for unless the flags say `--no-nvml`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        flags: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> AgentProc {
         let mut child = Command::new(dilu_bin())
             .args(["agent", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(["--no-nvml"])
-            .args(extra)
+            .args(flags)
+            .envs(env.iter().copied())
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
