@@ -9,12 +9,15 @@
 //!   allocation, `Allocate` (env and mounts of the device the IDs name), `PreStartContainer` (no-op).
 //! - [`server`]: serves the plugin on its Unix socket in the kubelet's device plugin directory, registers with
 //!   `kubelet.sock`, and registers again (re-serving its own socket if it was removed) when the kubelet restarts.
-//! - `testkit` (feature `testkit`): a kubelet-side peer for tests, written from the same proto.
+//! - [`podresources`]: a client of the kubelet's PodResources API (`List`): which shares each pod holds.
+//! - `testkit` (feature `testkit`): a kubelet-side peer for tests, written from the same proto, and a stand-in
+//!   for the PodResources API.
 //! - [`v1beta1`]: the generated API (vendored `proto/deviceplugin/v1beta1/api.proto`).
 
 pub mod error;
 pub mod ids;
 pub mod plugin;
+pub mod podresources;
 pub mod server;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -30,6 +33,12 @@ pub use server::{RegistrationState, RunningPlugin, ServeConfig};
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
+}
+
+/// The part of the kubelet's PodResources API v1 the agent reads (`proto/podresources/v1/api.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("v1");
 }
 
 /// The API version a plugin registers with.

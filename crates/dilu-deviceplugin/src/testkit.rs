@@ -358,3 +358,83 @@ impl FakeKubelet {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// A stand-in for the kubelet's PodResources API (`v1.PodResourcesLister/List`) on a socket: answers with the
+/// pods the test sets, as the kubelet answers with the IDs it gave each container.
+pub struct FakePodResources {
+    pods: Arc<Mutex<Vec<crate::v1::PodResources>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FakePodResources {
+    /// Serves on `socket` (a stale socket file there is replaced).
+    pub fn start(socket: &Path) -> Result<Self, Error> {
+        let listener = uds::bind(socket)?;
+        let pods = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let service =
+            crate::v1::pod_resources_lister_server::PodResourcesListerServer::new(Lister {
+                pods: pods.clone(),
+            });
+        let task = tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            pods,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// From now on `List` answers that pod `namespace/name` (one container, `c`) holds `ids` of `resource`,
+    /// besides the pods set before.
+    pub fn hold(&self, namespace: &str, name: &str, resource: &str, ids: &[&str]) {
+        let pod = crate::v1::PodResources {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            containers: vec![crate::v1::ContainerResources {
+                name: "c".into(),
+                devices: vec![crate::v1::ContainerDevices {
+                    resource_name: resource.to_string(),
+                    device_ids: ids.iter().map(|id| (*id).to_string()).collect(),
+                }],
+            }],
+        };
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        pods.retain(|p| !(p.namespace == namespace && p.name == name));
+        pods.push(pod);
+    }
+
+    /// Stops serving.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Lister {
+    pods: Arc<Mutex<Vec<crate::v1::PodResources>>>,
+}
+
+#[tonic::async_trait]
+impl crate::v1::pod_resources_lister_server::PodResourcesLister for Lister {
+    async fn list(
+        &self,
+        _: Request<crate::v1::ListPodResourcesRequest>,
+    ) -> Result<Response<crate::v1::ListPodResourcesResponse>, Status> {
+        let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Response::new(crate::v1::ListPodResourcesResponse {
+            pod_resources: pods,
+        }))
+    }
+}

@@ -2,7 +2,8 @@
 //! (dilu-k8s-testkit), running as a user with only the RBAC of `deploy/agent.yaml`: it writes its Node's
 //! inventory, keeps its Lease renewed, attaches a channel for every Dilu pod bound to its node with the pod's
 //! device and quota, applies quota changes from the pod annotation (latency measured), keeps the channel of a
-//! pod being deleted until it is gone, and after a restart attaches the pods again and removes leftovers.
+//! pod being deleted until it is gone, after a restart attaches the pods again and removes leftovers, and
+//! deletes a pod the kubelet gave shares of another device than its assignment.
 //! Skipped (with `SKIPPED: …`) where the binaries are missing; build them with `bash scripts/build-kube.sh`.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,10 @@ use std::time::{Duration, Instant};
 use dilu_api::{InstanceKind, Quota};
 use dilu_core::ledger::DeviceInventory;
 use dilu_k8s::meta::{self, NodeDevice};
-use dilu_k8s::node::{self, Attached, Channel, NodeConfig, NodeStats, PodChannels, quantile};
+use dilu_k8s::node::{
+    self, Attached, Channel, Held, NodeConfig, NodeStats, PickCheck, PodChannels, PodDevices,
+    quantile,
+};
 use dilu_k8s_testkit::{ApiServer, fake_node};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -516,5 +520,65 @@ async fn a_restarted_agent_attaches_its_pods_again_and_removes_leftovers() {
     );
     // Exactly one attach each for the two pods: nothing is attached before the initial list is complete.
     assert_eq!(channels.attaches.lock().unwrap().len(), attaches_before + 2);
+    agent.stop().await;
+}
+
+/// The kubelet's PodResources record, as the test sets it.
+#[derive(Default)]
+struct FakeHeld(Mutex<Vec<Held>>);
+
+impl PodDevices for FakeHeld {
+    fn held(&self) -> dilu_control::backend::BoxFuture<'_, Result<Vec<Held>, String>> {
+        let held = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(held) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_kubelet_gave_another_device_is_deleted_once() {
+    let Some(api) = cluster().await else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(api.client(), NS);
+    let channels = Arc::new(FakeChannels::default());
+    create(&pods, pod("right", NODE, Some(GPU), &quota_text(0.2, 0.4))).await;
+    create(&pods, pod("wrong", NODE, Some(GPU), &quota_text(0.2, 0.4))).await;
+    create(
+        &pods,
+        pod("unadmitted", NODE, Some(CPU), &quota_text(0.1, 0.1)),
+    )
+    .await;
+    let held = |name: &str, device: &str| Held {
+        key: format!("{NS}/{name}"),
+        devices: [device.to_string()].into(),
+    };
+    // The kubelet gave "wrong" a share of the CPU device; "unadmitted" holds nothing yet.
+    let record = Arc::new(FakeHeld(Mutex::new(vec![
+        held("right", GPU),
+        held("wrong", CPU),
+    ])));
+    let mut config = config();
+    config.pick_check = Some(PickCheck {
+        source: record.clone(),
+        every: Duration::from_millis(100),
+    });
+    let stats = config.stats.clone();
+    let agent = Running::start(api.client_as("dilu-agent"), config, channels.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let wrong = pods.get("wrong").await.unwrap();
+        if wrong.metadata.deletion_timestamp.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "\"wrong\" was never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Deleted with a grace period (no kubelet here to finish it), and only once; the others stay.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(stats.snapshot().misplaced_deleted, 1);
+    for name in ["right", "unadmitted"] {
+        let pod = pods.get(name).await.unwrap();
+        assert!(pod.metadata.deletion_timestamp.is_none(), "{name}");
+    }
     agent.stop().await;
 }

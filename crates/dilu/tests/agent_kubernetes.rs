@@ -2,15 +2,16 @@
 //! device plugin API (no kubelet here): it publishes its devices, registers one plugin per device kind, creates
 //! the channel file of a pod bound to its node at `<channel root>/<device>/<pod UID>`, steers the kubelet's pick
 //! to the pod's assigned device, leaves the channel on SIGTERM, re-opens it after a restart, and removes it when
-//! the pod is gone; and it tells the kubelet when an NVML GPU turns unhealthy. Skipped (with `SKIPPED: …`)
-//! where the API server binaries are missing.
+//! the pod is gone; tells the kubelet (and the inventory) when an NVML GPU turns unhealthy; and deletes a pod
+//! the kubelet gave another device than its assignment (read from a stand-in PodResources API). Skipped (with
+//! `SKIPPED: …`) where the API server binaries are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dilu_core::ledger::DeviceInventory;
-use dilu_deviceplugin::testkit::FakeKubelet;
+use dilu_deviceplugin::testkit::{FakeKubelet, FakePodResources};
 use dilu_k8s::meta;
 use dilu_k8s_testkit::{ADMIN, ApiServer, fake_node};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -282,6 +283,20 @@ async fn a_gpu_that_reports_a_critical_xid_is_offered_to_the_kubelet_as_unhealth
     }
     let gpu = gpu.expect("a GPU-share plugin");
     assert_eq!(gpu.available().len(), 8, "2 NVML GPUs x 4 shares");
+    let nodes: Api<Node> = Api::all(api.client());
+    let inventory = async || -> Vec<String> {
+        let node = nodes.get(NODE).await.unwrap();
+        node.annotations()
+            .get(meta::INVENTORY)
+            .and_then(|t| meta::node_devices(NODE, t).ok())
+            .map(|d| d.into_iter().map(|d| d.uuid).collect())
+            .unwrap_or_default()
+    };
+    until("both GPUs in the inventory", &agent, async || {
+        let listed = inventory().await;
+        listed.iter().any(|u| u == A) && listed.iter().any(|u| u == B)
+    })
+    .await;
 
     let mut line = std::fs::OpenOptions::new()
         .append(true)
@@ -311,5 +326,88 @@ async fn a_gpu_that_reports_a_critical_xid_is_offered_to_the_kubelet_as_unhealth
             .log()
             .contains(&format!("device {A} is unhealthy: critical Xid 79"))
     );
+    // dilu-scheduler places by the inventory: A leaves it, B and the CPU device stay.
+    until("A left out of the inventory", &agent, async || {
+        let listed = inventory().await;
+        listed.len() == 2 && !listed.iter().any(|u| u == A) && listed.iter().any(|u| u == B)
+    })
+    .await;
     assert!(agent.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_kubelet_gave_another_device_is_deleted_to_be_replaced() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let out = api.kubectl(&["apply", "-f", &repo("deploy/namespace.yaml")]);
+    assert!(out.status.success());
+    let admin = api.client();
+    fake_node(&admin, NODE, &[], 2).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let _kubelet = FakeKubelet::start(&dir.path().join("plugins")).unwrap();
+    let record = dir.path().join("pod-resources.sock");
+    let pod_resources = FakePodResources::start(&record).unwrap();
+    let record = record.display().to_string();
+    let agent = Agent::start_with(
+        dir.path(),
+        &api.kubeconfig(ADMIN),
+        1,
+        &[
+            "--no-nvml",
+            "--gpu",
+            "GPU-agent-0,memory=1GiB",
+            "--gpu",
+            "GPU-agent-1,memory=1GiB",
+            "--pod-resources-socket",
+            &record,
+            "--pick-check-s",
+            "0.2",
+        ],
+        &[],
+    );
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    for (name, device) in [("p1", "GPU-agent-1"), ("p2", "GPU-agent-0")] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": {
+                meta::ASSIGNMENT: format!(r#"{{"node":"{NODE}","device":"{device}"}}"#),
+                meta::QUOTA: r#"{"request":0.25,"limit":0.5}"#,
+            }},
+            "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "example.invalid/none"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    // The kubelet gave both pods shares of GPU-agent-0: p1 was assigned GPU-agent-1.
+    pod_resources.hold("default", "p1", meta::GPU_SHARE, &["GPU-agent-0::00"]);
+    pod_resources.hold("default", "p2", meta::GPU_SHARE, &["GPU-agent-0::01"]);
+    until("p1 deleted", &agent, async || {
+        pods.get("p1")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    })
+    .await;
+    assert!(
+        agent.log().contains(
+            "pod default/p1 was assigned GPU-agent-1 but the kubelet gave it GPU-agent-0"
+        ),
+        "{}",
+        agent.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pods.get("p2")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "p2 holds its assigned device"
+    );
+    assert!(agent.terminate().success());
+    pod_resources.stop().await;
 }

@@ -1,8 +1,8 @@
 //! The Kubernetes side of the node agent (`dilu agent --kubernetes`, a DaemonSet; `docs/kubernetes.md`).
 //!
 //! [`run`] keeps three things true for its node while it runs:
-//! - **inventory**: the Node's [`meta::INVENTORY`] annotation lists the agent's devices (merge patch; written
-//!   again whenever the Node shows something else);
+//! - **inventory**: the Node's [`meta::INVENTORY`] annotation lists the agent's healthy devices (merge patch;
+//!   written again whenever the Node shows something else or a device's health changes);
 //! - **heartbeat**: the Lease [`meta::node_lease_name`] in [`meta::NODE_LEASE_NAMESPACE`] is renewed every
 //!   third of [`meta::NODE_LEASE_SECONDS`] (holder = the node), so the control plane can tell a lost node;
 //! - **channels**: every pod bound to the node (`spec.nodeName`) that carries an [`meta::ASSIGNMENT`] has a
@@ -15,14 +15,17 @@
 //!   counters and budgets) and removes leftovers of pods that went away meanwhile.
 //!
 //! It also keeps the device plugin's preference ([`preference::NodePreference`]) current: the pods bound here
-//! that the kubelet has not admitted yet, oldest first.
+//! that the kubelet has not admitted yet, oldest first; and, with [`NodeConfig::pick_check`], checks the
+//! kubelet's picks against the assignments ([`reconcile::misplaced`]) and deletes a pod given another device
+//! than its own, so that it is replaced.
 //!
 //! The channels themselves are the caller's ([`PodChannels`]): this crate does not depend on the agent. The
 //! binary implements it over `dilu_agent::Agent::attach`, with the channel at
 //! `<channel root>/<device UUID>/<pod UID>`.
 //!
 //! RBAC: `nodes` get, list, watch, patch (its own Node's annotation; the watch is on its own Node only);
-//! `pods` list, watch (those bound to its node); `leases` get, create, patch in the lease namespace.
+//! `pods` list, watch (those bound to its node), delete (the pick check); `leases` get, create, patch in the
+//! lease namespace.
 
 pub mod inventory;
 pub mod lease;
@@ -30,7 +33,7 @@ pub mod preference;
 pub mod reconcile;
 pub mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -39,15 +42,17 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::meta::{self, NodeDevice};
 pub use preference::NodePreference;
-pub use reconcile::{Action, Attached, Channel, PodState, Want};
+pub use reconcile::{Action, Attached, Channel, Held, Misplaced, PodState, Want};
 pub use stats::{NodeStats, NodeStatsSnapshot, quantile};
 
 /// The node's quota channels, as the agent keeps them. Calls are short (file creation and the token manager's
@@ -60,6 +65,29 @@ pub trait PodChannels: Send + Sync {
     fn detach(&self, pod_uid: &str) -> Result<(), String>;
     /// The channels there are now: budgeted ones, and files left on the node that nothing budgets.
     fn attached(&self) -> Vec<Attached>;
+}
+
+/// The kubelet's record of which devices each pod holds (its PodResources API), as device UUIDs.
+pub trait PodDevices: Send + Sync {
+    /// Every pod that holds shares of the node's devices.
+    fn held(&self) -> dilu_control::backend::BoxFuture<'_, Result<Vec<Held>, String>>;
+}
+
+/// Checking the kubelet's pick: how often, and where from.
+#[derive(Clone)]
+pub struct PickCheck {
+    /// The kubelet's record.
+    pub source: Arc<dyn PodDevices>,
+    /// How often it is read.
+    pub every: Duration,
+}
+
+impl std::fmt::Debug for PickCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PickCheck")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the node agent cannot run.
@@ -82,8 +110,11 @@ pub enum NodeError {
 pub struct NodeConfig {
     /// The Node's name (`spec.nodeName` of its pods; the DaemonSet passes it from the downward API).
     pub node: String,
-    /// The devices written into the inventory annotation.
+    /// The node's devices: the inventory annotation lists them, less the unhealthy ones.
     pub devices: Vec<NodeDevice>,
+    /// The UUIDs of the devices that are unhealthy now (the agent's GPU health watch), left out of the
+    /// inventory so that nothing is placed on them; `None`: every device is always listed.
+    pub unhealthy: Option<watch::Receiver<BTreeSet<String>>>,
     /// Where the heartbeat Lease lives ([`meta::NODE_LEASE_NAMESPACE`]).
     pub lease_namespace: String,
     /// `leaseDurationSeconds` ([`meta::NODE_LEASE_SECONDS`]); renewed every third of it.
@@ -96,6 +127,9 @@ pub struct NodeConfig {
     pub stats: Arc<NodeStats>,
     /// The device plugin's preference, kept current.
     pub preference: NodePreference,
+    /// When set, a pod the kubelet gave shares of another device than its assignment is deleted (so that the
+    /// controller replaces it and dilu-scheduler places the replacement again).
+    pub pick_check: Option<PickCheck>,
 }
 
 impl NodeConfig {
@@ -104,12 +138,14 @@ impl NodeConfig {
         Self {
             node: node.into(),
             devices,
+            unhealthy: None,
             lease_namespace: meta::NODE_LEASE_NAMESPACE.to_string(),
             lease_seconds: meta::NODE_LEASE_SECONDS,
             resync: Duration::from_secs(30),
             retry: Duration::from_secs(1),
             stats: Arc::default(),
             preference: NodePreference::new(),
+            pick_check: None,
         }
     }
 
@@ -160,8 +196,19 @@ pub async fn run(
         Api::all(client.clone()),
         node.clone(),
         config.devices.clone(),
+        config.unhealthy.clone(),
         config.stats.clone(),
     ));
+    let (pods_tx, pods_rx) = watch::channel(BTreeMap::new());
+    if let Some(check) = config.pick_check.clone() {
+        side.spawn(check_picks(
+            client.clone(),
+            node.clone(),
+            check,
+            pods_rx,
+            config.stats.clone(),
+        ));
+    }
     let pods: Api<Pod> = Api::all(client);
     let mut events = watcher(
         pods,
@@ -209,6 +256,13 @@ pub async fn run(
             }
         }
         if loop_state.ready {
+            pods_tx.send_if_modified(|pods| {
+                let changed = *pods != loop_state.store;
+                if changed {
+                    pods.clone_from(&loop_state.store);
+                }
+                changed
+            });
             let failed = loop_state.reconcile();
             let wait = if failed {
                 loop_state.config.retry
@@ -442,11 +496,94 @@ async fn heartbeat(
     }
 }
 
-/// Watches the own Node and writes the inventory whenever it differs (at once when the watch starts).
+/// Reads the kubelet's record every `check.every` and deletes the pods it shows on another device than their
+/// assignment ([`reconcile::misplaced`]), each with its UID as the precondition and at most once.
+async fn check_picks(
+    client: Client,
+    node: String,
+    check: PickCheck,
+    pods: watch::Receiver<BTreeMap<String, PodState>>,
+    stats: Arc<NodeStats>,
+) {
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::time::sleep(check.every).await;
+        let held = match check.source.held().await {
+            Ok(held) => {
+                if failing.take().is_some() {
+                    eprintln!(
+                        "dilu agent: node {node}: the kubelet's pod resources are readable again"
+                    );
+                }
+                held
+            }
+            Err(error) => {
+                if failing.as_ref() != Some(&error) {
+                    eprintln!(
+                        "dilu agent: node {node}: reading the kubelet's pod resources: {error} (the kubelet's \
+                         picks are not checked until it answers)"
+                    );
+                    failing = Some(error);
+                }
+                continue;
+            }
+        };
+        let wrong = reconcile::misplaced(&pods.borrow(), &held);
+        let current = pods.borrow().keys().cloned().collect::<BTreeSet<_>>();
+        deleted.retain(|uid| current.contains(uid));
+        for pod in wrong {
+            if !deleted.insert(pod.uid.clone()) {
+                continue;
+            }
+            let Some((namespace, name)) = pod.key.split_once('/') else {
+                continue;
+            };
+            eprintln!(
+                "dilu agent: node {node}: pod {} was assigned {} but the kubelet gave it {}; deleting it so that it \
+                 is replaced",
+                pod.key,
+                pod.assigned,
+                pod.held.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+            let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(pod.uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => stats.update(|s| s.misplaced_deleted += 1),
+                Err(error) => {
+                    eprintln!(
+                        "dilu agent: node {node}: deleting pod {}: {error} (retried at the next check)",
+                        pod.key
+                    );
+                    deleted.remove(&pod.uid);
+                }
+            }
+        }
+    }
+}
+
+/// The devices the inventory lists: all but the unhealthy ones.
+fn listed(devices: &[NodeDevice], unhealthy: &BTreeSet<String>) -> Vec<NodeDevice> {
+    devices
+        .iter()
+        .filter(|d| !unhealthy.contains(&d.uuid))
+        .cloned()
+        .collect()
+}
+
+/// Watches the own Node and writes the inventory whenever it differs from what should be listed (at once when
+/// the watch starts, and when a device's health changes).
 async fn keep_inventory(
     api: Api<Node>,
     node: String,
-    devices: Vec<NodeDevice>,
+    all: Vec<NodeDevice>,
+    mut unhealthy: Option<watch::Receiver<BTreeSet<String>>>,
     stats: Arc<NodeStats>,
 ) {
     let mut events = watcher(
@@ -456,19 +593,42 @@ async fn keep_inventory(
     .default_backoff()
     .boxed();
     let mut missing_reported = false;
-    while let Some(event) = events.next().await {
-        let seen = match event {
-            Ok(Event::Apply(n) | Event::InitApply(n)) => n,
-            Ok(Event::InitDone) => {
-                continue;
-            }
-            Ok(_) => continue,
-            Err(error) => {
-                eprintln!("dilu agent: node {node}: watching the Node: {error} (retrying)");
-                continue;
+    let mut devices = match &mut unhealthy {
+        Some(rx) => listed(&all, &rx.borrow_and_update()),
+        None => all.clone(),
+    };
+    let mut seen: Option<Node> = None;
+    loop {
+        let health_changed = async {
+            match &mut unhealthy {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
             }
         };
-        if inventory::is_current(&seen, &devices) {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    Ok(Event::Apply(n) | Event::InitApply(n)) => seen = Some(n),
+                    Ok(_) => continue,
+                    Err(error) => {
+                        eprintln!("dilu agent: node {node}: watching the Node: {error} (retrying)");
+                        continue;
+                    }
+                }
+            }
+            open = health_changed => {
+                match (open, &mut unhealthy) {
+                    (true, Some(rx)) => devices = listed(&all, &rx.borrow_and_update()),
+                    // The sender is gone: the list stays as it is.
+                    _ => unhealthy = None,
+                }
+            }
+        }
+        let Some(seen) = &seen else {
+            continue;
+        };
+        if inventory::is_current(seen, &devices) {
             continue;
         }
         let mut backoff = Duration::from_millis(200);

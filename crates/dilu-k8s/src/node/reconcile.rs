@@ -259,6 +259,55 @@ pub fn plan(desired: &BTreeMap<String, PodState>, observed: &[Attached]) -> Vec<
     detaches
 }
 
+/// The devices the kubelet gave one pod (its PodResources record), by `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// `namespace/name`.
+    pub key: String,
+    /// The devices (UUIDs) its containers hold shares of.
+    pub devices: BTreeSet<String>,
+}
+
+/// A pod the kubelet gave shares of devices other than its assigned one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misplaced {
+    /// The pod UID (the deletion's precondition: a newer pod of the same name is left alone).
+    pub uid: String,
+    /// `namespace/name`.
+    pub key: String,
+    /// Its assigned device.
+    pub assigned: String,
+    /// The devices it holds instead.
+    pub held: BTreeSet<String>,
+}
+
+/// The pods of `desired` that hold shares (per `held`) but none of their assigned device: the kubelet picked
+/// another device than dilu-scheduler booked, so the pod's channel is on the wrong device and the booking is
+/// wrong. Pods being deleted, and pods the kubelet reports nothing for, are left out. Ordered by key.
+pub fn misplaced(desired: &BTreeMap<String, PodState>, held: &[Held]) -> Vec<Misplaced> {
+    let held: BTreeMap<&str, &BTreeSet<String>> = held
+        .iter()
+        .filter(|h| !h.devices.is_empty())
+        .map(|h| (h.key.as_str(), &h.devices))
+        .collect();
+    let mut wrong: Vec<Misplaced> = desired
+        .iter()
+        .filter(|(_, pod)| !pod.deleting)
+        .filter_map(|(uid, pod)| {
+            let assigned = pod.device.as_ref()?;
+            let devices = held.get(pod.key.as_str())?;
+            (!devices.contains(assigned)).then(|| Misplaced {
+                uid: uid.clone(),
+                key: pod.key.clone(),
+                assigned: assigned.clone(),
+                held: (*devices).clone(),
+            })
+        })
+        .collect();
+    wrong.sort_by(|a, b| a.key.cmp(&b.key));
+    wrong
+}
+
 /// The UIDs whose channels `plan` would touch: for tests and logs.
 pub fn touched(actions: &[Action]) -> BTreeSet<&str> {
     actions
@@ -505,6 +554,47 @@ mod tests {
         assert!(
             matches!(&actions[1], Action::Attach { channel, previous: None, .. } if channel.device == "GPU-2")
         );
+    }
+
+    #[test]
+    fn a_pod_holding_shares_of_another_device_than_its_assignment_is_misplaced() {
+        let other = r#"{"node":"n1","device":"GPU-2"}"#;
+        let mut deleting = pod("u4", &[(meta::ASSIGNMENT, other), (meta::QUOTA, QUOTA)]);
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let pods = desired(&[
+            pod("u1", &[(meta::ASSIGNMENT, ASSIGNED), (meta::QUOTA, QUOTA)]),
+            pod("u2", &[(meta::ASSIGNMENT, other), (meta::QUOTA, QUOTA)]),
+            pod("u3", &[(meta::ASSIGNMENT, other), (meta::QUOTA, QUOTA)]),
+            deleting,
+        ]);
+        let held = |key: &str, devices: &[&str]| Held {
+            key: key.into(),
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        };
+        let wrong = misplaced(
+            &pods,
+            &[
+                // Right: its assigned device.
+                held("default/p-u1", &["GPU-1"]),
+                // Wrong: the kubelet gave it GPU-1's share.
+                held("default/p-u2", &["GPU-1"]),
+                // u3: the kubelet reports nothing (not admitted yet): left alone. u4: being deleted.
+                held("default/p-u4", &["GPU-1"]),
+                // A pod that is not Dilu's, or gone.
+                held("default/other", &["GPU-2"]),
+            ],
+        );
+        assert_eq!(
+            wrong,
+            vec![Misplaced {
+                uid: "u2".into(),
+                key: "default/p-u2".into(),
+                assigned: "GPU-2".into(),
+                held: BTreeSet::from(["GPU-1".to_string()]),
+            }]
+        );
+        // Holding the assigned device among others is not misplaced.
+        assert!(misplaced(&pods, &[held("default/p-u2", &["GPU-1", "GPU-2"])]).is_empty());
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct NodeStatsSnapshot {
     pub lease_failures: u64,
     /// Times the inventory annotation was written.
     pub inventory_writes: u64,
+    /// Pods deleted because the kubelet gave them another device than their assignment.
+    pub misplaced_deleted: u64,
     /// Quota changes applied: microseconds from the pod event's arrival to `attach` returning, oldest first
     /// (the last [`KEPT_LATENCIES`]).
     pub quota_latencies_us: Vec<u64>,

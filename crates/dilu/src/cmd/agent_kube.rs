@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -19,7 +20,9 @@ use dilu_deviceplugin::{
     DevicePlugin, PhysicalDevice, PluginConfig, Preference, RunningPlugin, ServeConfig,
 };
 use dilu_k8s::meta::{self, NodeDevice};
-use dilu_k8s::node::{self, Attached, Channel, NodeConfig, NodePreference, PodChannels};
+use dilu_k8s::node::{
+    self, Attached, Channel, Held, NodeConfig, NodePreference, PickCheck, PodChannels, PodDevices,
+};
 use dilu_quota::DeviceKind;
 use tokio::sync::watch;
 
@@ -53,6 +56,44 @@ pub struct KubeNodeArgs {
     /// DaemonSet rolling update) but stay short enough to move pods off a dead node quickly.
     #[arg(long, default_value_t = meta::NODE_LEASE_SECONDS, value_parser = clap::value_parser!(i32).range(3..=3600))]
     lease_seconds: i32,
+    /// The kubelet's PodResources socket, read to check which device the kubelet gave each pod.
+    #[arg(long, default_value = dilu_deviceplugin::podresources::DEFAULT_SOCKET)]
+    pod_resources_socket: PathBuf,
+    /// Seconds between checks of the kubelet's picks: a pod given shares of another device than its assignment
+    /// is deleted, so that it is replaced (0: no checks).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_pick_check_s)]
+    pick_check_s: f64,
+}
+
+fn parse_pick_check_s(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s == 0.0 || (0.1..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?}: 0 (off) or seconds between 0.1 and 3600")),
+    }
+}
+
+/// The kubelet's PodResources record of the shares Dilu's plugins gave, as the node agent's [`PodDevices`].
+struct KubeletPodDevices {
+    socket: PathBuf,
+}
+
+impl PodDevices for KubeletPodDevices {
+    fn held(&self) -> dilu_control::backend::BoxFuture<'_, Result<Vec<Held>, String>> {
+        Box::pin(async move {
+            let resources = [meta::GPU_SHARE, meta::CPU_SHARE];
+            dilu_deviceplugin::podresources::list(&self.socket, &resources, Duration::from_secs(5))
+                .await
+                .map(|pods| {
+                    pods.into_iter()
+                        .map(|p| Held {
+                            key: p.key,
+                            devices: p.devices,
+                        })
+                        .collect()
+                })
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// The agent's attached channels as the node agent's [`PodChannels`]: the pod UID is the channel's id, its
@@ -166,6 +207,27 @@ pub fn node_devices(agent: &Agent) -> Vec<NodeDevice> {
             cores: d.cores,
         })
         .collect()
+}
+
+/// The UUIDs of the agent's unhealthy devices, kept current (the node's inventory leaves them out).
+fn unhealthy_devices(agent: &Agent) -> watch::Receiver<BTreeSet<String>> {
+    let uuids: Vec<String> = agent.devices().iter().map(|d| d.uuid.clone()).collect();
+    let board = Arc::downgrade(agent.health());
+    let (tx, rx) = watch::channel(BTreeSet::new());
+    agent.health().subscribe(move |_| {
+        let Some(board) = board.upgrade() else { return };
+        let unhealthy: BTreeSet<String> = uuids
+            .iter()
+            .filter(|uuid| !board.health(uuid).is_healthy())
+            .cloned()
+            .collect();
+        tx.send_if_modified(|current| {
+            let changed = *current != unhealthy;
+            *current = unhealthy;
+            changed
+        });
+    });
+    rx
 }
 
 /// Starts one device plugin per device kind the agent has (GPUs as `dilu.io/gpu-share`, CPU devices as
@@ -294,6 +356,15 @@ pub fn run(args: AgentArgs) -> Result<()> {
         let mut node_config = NodeConfig::new(node_name, node_devices(&agent));
         node_config.lease_namespace = kube.lease_namespace.clone();
         node_config.lease_seconds = kube.lease_seconds;
+        node_config.unhealthy = Some(unhealthy_devices(&agent));
+        if kube.pick_check_s > 0.0 {
+            node_config.pick_check = Some(PickCheck {
+                source: Arc::new(KubeletPodDevices {
+                    socket: kube.pod_resources_socket.clone(),
+                }),
+                every: Duration::from_secs_f64(kube.pick_check_s),
+            });
+        }
         let plugins = start_plugins(&agent, kube, &node_config.preference).await?;
         let api_task = tokio::spawn(api::serve(
             agent.clone(),
