@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use dilu_agent::health::Health;
 use dilu_agent::{Agent, AgentError};
 use dilu_api::agent::{InstanceSpec, InstanceStatus, RestartPolicy};
 use dilu_api::{FieldError, ProcessSpec, Quota, QuotaUpdate, Runtime, RuntimeName};
@@ -244,12 +245,18 @@ impl ProcessBackend {
 
 impl InstanceBackend for ProcessBackend {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        // A GPU that reported a critical Xid stays failed until the agent restarts: left out, so that nothing
+        // is placed on it (the ledger drops the bookings of the instances there). One that NVML cannot reach
+        // for a while stays in: the agent refuses new instances there until it answers, and a device that left
+        // the inventory and came back would have lost the bookings of the instances still on it.
+        let health = self.agent.health();
         let node = NodeInventory {
             name: self.node.clone(),
             devices: self
                 .agent
                 .devices()
                 .iter()
+                .filter(|d| !matches!(health.health(&d.uuid), Health::Failed { .. }))
                 .map(|d| DeviceInventory {
                     uuid: d.uuid.clone(),
                     memory_mib: d.memory_bytes >> 20,
@@ -414,4 +421,51 @@ fn check_process(process: &ProcessSpec) -> Result<(), FieldError> {
         program,
         "no such program on the node's PATH (name it by its absolute path, or install it)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dilu_agent::AgentConfig;
+    use dilu_agent::config::DeclaredGpu;
+    use dilu_agent::health::HealthChange;
+
+    #[tokio::test]
+    async fn a_failed_gpu_leaves_the_inventory_and_an_unreachable_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::new(dir.path().join("agent"));
+        config.discover_gpus = false;
+        config.cpu_cores = Some(1.0);
+        config.declared_gpus = ["GPU-a", "GPU-b", "GPU-c"]
+            .map(|uuid| DeclaredGpu {
+                uuid: uuid.into(),
+                capacity_per_window: None,
+                memory_bytes: 1 << 30,
+            })
+            .to_vec();
+        let agent = Agent::start(config).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("dilu.db")).unwrap());
+        let backend =
+            ProcessBackend::new("local", agent.clone(), PathBuf::from("dilu"), store).unwrap();
+        let listed = |nodes: Vec<NodeInfo>| -> Vec<String> {
+            nodes[0].devices.iter().map(|d| d.uuid.clone()).collect()
+        };
+        assert_eq!(backend.nodes().await.unwrap()[0].devices.len(), 4);
+        agent.health().set(HealthChange {
+            uuid: "GPU-a".into(),
+            health: Health::Failed { xid: 79 },
+        });
+        agent.health().set(HealthChange {
+            uuid: "GPU-b".into(),
+            health: Health::Unreachable {
+                reason: "GPU is lost".into(),
+            },
+        });
+        let devices = listed(backend.nodes().await.unwrap());
+        assert!(!devices.contains(&"GPU-a".to_string()), "{devices:?}");
+        assert!(devices.contains(&"GPU-b".to_string()), "{devices:?}");
+        assert!(devices.contains(&"GPU-c".to_string()), "{devices:?}");
+        assert_eq!(devices.len(), 3, "{devices:?}");
+        agent.shutdown();
+    }
 }
