@@ -559,15 +559,22 @@ impl Controller {
     pub async fn update(&self, spec: FunctionSpec) -> Result<FunctionView, ControlError> {
         let name = spec.name.clone();
         self.set_spec(spec)?;
+        self.apply_now(&name).await
+    }
+
+    /// The rest of [`Controller::update`] after [`Controller::set_spec`]: one pass, so that the new spec applies
+    /// before the caller answers, then the function's view.
+    pub async fn apply_now(&self, name: &str) -> Result<FunctionView, ControlError> {
         if let Err(e) = self.reconcile().await {
             eprintln!("dilu: reconcile: {e}");
         }
-        self.function(&name)
+        self.function(name)
     }
 
     /// The synchronous part of [`Controller::update`]: checks and stores the new spec and changes the desired
-    /// state.
-    fn set_spec(&self, spec: FunctionSpec) -> Result<(), ControlError> {
+    /// state. It writes the store, so a caller on an event loop that serves other requests runs it on a
+    /// blocking thread and then calls [`Controller::apply_now`].
+    pub fn set_spec(&self, spec: FunctionSpec) -> Result<(), ControlError> {
         self.admit(&spec)?;
         let name = spec.name.clone();
         let scaler = scaler_for(&self.config.policy, &spec)?;

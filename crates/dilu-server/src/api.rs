@@ -228,9 +228,10 @@ async fn replace(
         )
         .into());
     }
-    Ok(Json(to_value(
-        &st.platform.controller().update(spec).await?,
-    )))
+    let controller = Arc::clone(st.platform.controller());
+    let storing = Arc::clone(&controller);
+    off_the_loop("updating", move || storing.set_spec(spec)).await?;
+    Ok(Json(to_value(&controller.apply_now(&name).await?)))
 }
 
 async fn list(State(st): State<Arc<ApiState>>) -> Json<Value> {
