@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::plugin::DevicePlugin;
@@ -96,17 +95,9 @@ impl Serving {
 fn serve(plugin: &DevicePlugin, socket: &Path) -> Result<Serving, Error> {
     let listener = uds::bind(socket)?;
     let identity = uds::identity(socket);
-    let (shutdown, stopped) = oneshot::channel::<()>();
     let (closing, closing_rx) = watch::channel(false);
     let service = DevicePluginServer::new(plugin.closing_on(closing_rx));
-    let task = tokio::spawn(async move {
-        let _ = Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let (shutdown, task) = uds::spawn_serving(listener, Server::builder().add_service(service));
     Ok(Serving {
         identity,
         closing,

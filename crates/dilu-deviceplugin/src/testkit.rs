@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
@@ -295,19 +294,11 @@ impl FakeKubelet {
         let listener = uds::bind(&socket)?;
         let started = Instant::now();
         let (plugins_tx, plugins) = mpsc::unbounded_channel();
-        let (shutdown, stopped) = oneshot::channel::<()>();
         let service = registration_server::RegistrationServer::new(Registrar {
             plugins: plugins_tx,
             dir: dir.to_path_buf(),
         });
-        let task = tokio::spawn(async move {
-            let _ = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (shutdown, task) = uds::spawn_serving(listener, Server::builder().add_service(service));
         Ok(Self {
             socket,
             started,
@@ -372,19 +363,11 @@ impl FakePodResources {
     pub fn start(socket: &Path) -> Result<Self, Error> {
         let listener = uds::bind(socket)?;
         let pods = Arc::new(Mutex::new(Vec::new()));
-        let (shutdown, stopped) = oneshot::channel::<()>();
         let service =
             crate::v1::pod_resources_lister_server::PodResourcesListerServer::new(Lister {
                 pods: pods.clone(),
             });
-        let task = tokio::spawn(async move {
-            let _ = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (shutdown, task) = uds::spawn_serving(listener, Server::builder().add_service(service));
         Ok(Self {
             pods,
             shutdown: Some(shutdown),

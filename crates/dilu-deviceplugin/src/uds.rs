@@ -1,9 +1,14 @@
-//! gRPC over Unix sockets: a tonic channel to a socket file, and a file identity to notice a recreated socket.
+//! gRPC over Unix sockets: a tonic channel to a socket file, serving on one, and a file identity to notice a
+//! recreated socket.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::Router;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::Error;
@@ -56,4 +61,20 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, Error> {
         Err(e) => return Err(Error::io("removing stale socket", PathBuf::from(path))(e)),
     }
     tokio::net::UnixListener::bind(path).map_err(Error::io("binding", path))
+}
+
+/// Serves `router` on `listener` on a task of its own, until the returned sender is used or dropped.
+pub fn spawn_serving(
+    listener: tokio::net::UnixListener,
+    router: Router,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (shutdown, task)
 }
