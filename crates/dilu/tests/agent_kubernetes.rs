@@ -183,7 +183,16 @@ async fn the_node_agent_publishes_its_devices_and_budgets_the_pods_bound_to_its_
             })
     })
     .await;
+    // The Lease comes from the heartbeat task, which runs beside the inventory's: not necessarily first.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), meta::NODE_LEASE_NAMESPACE);
+    until("Lease created", &agent, async || {
+        leases
+            .get_opt(&meta::node_lease_name(NODE))
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
     let lease = leases.get(&meta::node_lease_name(NODE)).await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(NODE));
 
