@@ -356,11 +356,14 @@ pub fn devices_view(platform: &Platform) -> Value {
                     })
                 })
                 .collect();
+            let health = agent.health().health(&d.uuid);
             json!({
                 "uuid": d.uuid,
                 "name": d.name,
                 "kind": d.kind.name(),
                 "node": node,
+                "healthy": health.is_healthy(),
+                "health_reason": health.reason(),
                 "controller": budget.map(|b| b.controller.clone()),
                 "capacity_per_window": budget.map(|b| b.capacity_per_window),
                 "requested": budget.map(|b| b.requested),

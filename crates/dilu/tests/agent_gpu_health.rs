@@ -2,7 +2,8 @@
 //! (`dilu-cuda-testkit`'s `libnvidia-ml.so.1`) as it loads the real one, discovers its devices, and follows
 //! what the test makes the "driver" report: application Xids change nothing, a critical Xid makes a device
 //! unhealthy for good, a device that falls off the bus is unhealthy until it answers again (also one that
-//! cannot report events). An unhealthy device gets no instance, and `/devices` and `/metrics` say why.
+//! cannot report events). An unhealthy device gets no instance, and `/devices` and `/metrics` say why; under
+//! `dilu up`, `/v1/devices` and `dilu status` too.
 
 mod common;
 
@@ -11,7 +12,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AgentProc, wait_for};
+use common::platform::UpProc;
+use common::{AgentProc, dilu_bin, wait_for};
 use dilu_cuda_testkit::{NVML_ENV_CONTROL, NVML_ENV_DEVICES, artifacts};
 use serde_json::{Value, json};
 
@@ -238,5 +240,58 @@ fn health_watching_can_be_turned_off_and_xids_chosen() {
     assert!(
         stderr.contains("\"x\": an Xid is a whole number"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn dilu_up_and_dilu_status_show_an_unhealthy_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("nvml-control");
+    std::fs::write(&control, "").unwrap();
+    let nvml = artifacts().nvml();
+    let devices = format!("{A},NVIDIA H100 80GB HBM3,81559,132");
+    let up = UpProc::start_with_env(
+        &dir.path().join("up"),
+        &["--cpu-cores", "1", "--gpu-health-check-s", "0.2"],
+        &[
+            ("DILU_NVML_LIBRARY", nvml.as_os_str()),
+            (NVML_ENV_DEVICES, OsStr::new(&devices)),
+            (NVML_ENV_CONTROL, control.as_os_str()),
+        ],
+    );
+    let gpu = |view: &Value| -> Value {
+        view["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["uuid"] == A)
+            .cloned()
+            .unwrap_or_else(|| panic!("{A} not in {view}"))
+    };
+    let (status, view) = up.get("/v1/devices");
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(gpu(&view)["healthy"], true, "{view}");
+    say(&control, &format!("xid {A} 79"));
+    let view = wait_for(Duration::from_secs(20), || {
+        let (_, view) = up.get("/v1/devices");
+        (gpu(&view)["healthy"] == false).then_some(view)
+    })
+    .expect("the GPU turns unhealthy in /v1/devices");
+    assert!(
+        gpu(&view)["health_reason"]
+            .as_str()
+            .unwrap()
+            .contains("critical Xid 79"),
+        "{view}"
+    );
+    let out = std::process::Command::new(dilu_bin())
+        .args(["status", "--server", &up.url, "--token", &up.token])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("UNHEALTHY: critical Xid 79"),
+        "dilu status:\n{text}"
     );
 }

@@ -376,6 +376,12 @@ pub fn status(args: ListArgs) -> Result<()> {
             d["controller"].as_str().unwrap_or("?"),
             share(&d["training_budget"]),
         );
+        if d["healthy"] == false {
+            println!(
+                "  UNHEALTHY: {} (no new instances)",
+                d["health_reason"].as_str().unwrap_or("no reason given")
+            );
+        }
         println!(
             "  {:<16} {:<20} {:<10} {:<10} {:>8} {:>8} {:>8} {:>8}",
             "INSTANCE", "FUNCTION", "KIND", "STATUS", "REQUEST", "LIMIT", "SHARE", "USAGE"

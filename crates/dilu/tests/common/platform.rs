@@ -74,22 +74,36 @@ impl UpProc {
         extra: &[&str],
         open_files: Option<u64>,
     ) -> UpProc {
+        let mut flags = vec!["--no-nvml"];
+        flags.extend_from_slice(extra);
+        Self::start_command(data_dir, &flags, open_files, &[])
+    }
+
+    /// Starts `dilu up` with these flags (NVML is looked for unless they say `--no-nvml`) and environment.
+    pub fn start_with_env(
+        data_dir: &Path,
+        flags: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> UpProc {
+        Self::start_command(data_dir, flags, None, env)
+    }
+
+    fn start_command(
+        data_dir: &Path,
+        flags: &[&str],
+        open_files: Option<u64>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> UpProc {
         let mut command = Command::new(dilu_bin());
         if let Some(limit) = open_files {
             super::limit_open_files(&mut command, limit);
         }
         let mut child = command
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-nvml",
-                "--stop-grace-s",
-                "1",
-            ])
+            .args(["up", "--listen", "127.0.0.1:0", "--stop-grace-s", "1"])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
+            .args(flags)
+            .envs(env.iter().copied())
             .env("RUST_BACKTRACE", "0")
             .env_remove("DILU_TOKEN")
             .stdout(Stdio::piped())
