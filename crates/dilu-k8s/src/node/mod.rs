@@ -199,16 +199,18 @@ pub async fn run(
         config.unhealthy.clone(),
         config.stats.clone(),
     ));
-    let (pods_tx, pods_rx) = watch::channel(BTreeMap::new());
-    if let Some(check) = config.pick_check.clone() {
+    // The pick check reads the pods as of the last pass; without it nothing is published.
+    let pods_tx = config.pick_check.clone().map(|check| {
+        let (tx, rx) = watch::channel(BTreeMap::new());
         side.spawn(check_picks(
             client.clone(),
             node.clone(),
             check,
-            pods_rx,
+            rx,
             config.stats.clone(),
         ));
-    }
+        tx
+    });
     let pods: Api<Pod> = Api::all(client);
     let mut events = watcher(
         pods,
@@ -256,13 +258,15 @@ pub async fn run(
             }
         }
         if loop_state.ready {
-            pods_tx.send_if_modified(|pods| {
-                let changed = *pods != loop_state.store;
-                if changed {
-                    pods.clone_from(&loop_state.store);
-                }
-                changed
-            });
+            if let Some(pods_tx) = &pods_tx {
+                pods_tx.send_if_modified(|pods| {
+                    let changed = *pods != loop_state.store;
+                    if changed {
+                        pods.clone_from(&loop_state.store);
+                    }
+                    changed
+                });
+            }
             let failed = loop_state.reconcile();
             let wait = if failed {
                 loop_state.config.retry
@@ -529,9 +533,11 @@ async fn check_picks(
                 continue;
             }
         };
-        let wrong = reconcile::misplaced(&pods.borrow(), &held);
-        let current = pods.borrow().keys().cloned().collect::<BTreeSet<_>>();
-        deleted.retain(|uid| current.contains(uid));
+        let wrong = {
+            let pods = pods.borrow();
+            deleted.retain(|uid| pods.contains_key(uid));
+            reconcile::misplaced(&pods, &held)
+        };
         for pod in wrong {
             if !deleted.insert(pod.uid.clone()) {
                 continue;
