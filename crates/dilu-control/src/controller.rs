@@ -138,6 +138,8 @@ struct Tracked {
     reported_alloc_failures: u64,
     /// Whether its not becoming ready in time was reported (for this start).
     reported_not_ready: bool,
+    /// Why booking it again failed, once reported (its device came back to the inventory without room).
+    rebook_error: Option<String>,
 }
 
 /// One function as the reconciler tracks it.
@@ -210,6 +212,14 @@ fn phase_for(profile: Option<&Profile>) -> FunctionPhase {
         Some(_) => FunctionPhase::Running,
         None => FunctionPhase::Starting,
     }
+}
+
+/// Whether device `at` is in the ledger's inventory now.
+fn in_inventory(ledger: &Ledger, at: &DeviceRef) -> bool {
+    ledger
+        .nodes()
+        .iter()
+        .any(|n| n.name == at.node && n.devices.iter().any(|d| d.uuid == at.device))
 }
 
 /// A node inventory the ledger cannot use.
@@ -328,6 +338,22 @@ impl Function {
         terms.request(self.spec.kind, &self.spec.name, memory_mib(&self.spec))
     }
 
+    /// What an instance found running books: the function's terms when it runs the current template, else
+    /// the quota it runs with.
+    fn booking_of_observed(
+        &self,
+        policy: &Policy,
+        o: &ObservedInstance,
+    ) -> dilu_core::InstanceRequest {
+        let terms = if self.outdated_template(o) {
+            None
+        } else {
+            self.terms(policy, 1.0)
+        }
+        .unwrap_or_else(|| InstanceQuota::spatial(o.quota.request, o.quota.limit, 0.0));
+        self.booking(&terms)
+    }
+
     /// The live instances (not on their way out) that run the current template (`outdated == false`) or an
     /// earlier one (`true`).
     fn live_ids(&self, outdated: bool) -> Vec<String> {
@@ -368,6 +394,7 @@ impl Function {
                 reported_exit: None,
                 reported_alloc_failures: 0,
                 reported_not_ready: false,
+                rebook_error: None,
             },
         );
     }
@@ -910,8 +937,34 @@ impl Controller {
             }
         }
         for o in observed {
+            // A tracked instance the ledger does not hold: its device left the inventory (the ledger dropped
+            // its booking) and is back. Booked again where it runs, so that nothing is placed over it.
+            let rebook = (f.instances.contains_key(&o.id)
+                && !o.terminating
+                && !pass.ledger.contains(&o.name)
+                && in_inventory(pass.ledger, &o.at))
+            .then(|| f.booking_of_observed(policy, &o));
             match f.instances.get_mut(&o.id) {
                 Some(t) => {
+                    if let Some(request) = rebook {
+                        match pass.ledger.adopt(&o.name, &o.at, &request) {
+                            Ok(()) => {
+                                t.rebook_error = None;
+                                eprintln!(
+                                    "dilu: {name}: instance {} booked again on {}/{} (its device is back in \
+                                     the inventory)",
+                                    o.id, o.at.node, o.at.device
+                                );
+                            }
+                            Err(e) => {
+                                let e = e.to_string();
+                                if t.rebook_error.as_ref() != Some(&e) {
+                                    eprintln!("dilu: {name}: booking instance {} again: {e}", o.id);
+                                    t.rebook_error = Some(e);
+                                }
+                            }
+                        }
+                    }
                     // A cluster scheduler may bind the instance elsewhere than planned: follow where it runs.
                     if t.obs.at != o.at
                         && !o.at.node.is_empty()
@@ -928,14 +981,10 @@ impl Controller {
                     t.obs = o;
                 }
                 None => {
-                    let terms = if f.outdated_template(&o) {
-                        None
-                    } else {
-                        f.terms(policy, 1.0)
-                    }
-                    .unwrap_or_else(|| InstanceQuota::spatial(o.quota.request, o.quota.limit, 0.0));
                     if !pass.ledger.contains(&o.name)
-                        && let Err(e) = pass.ledger.adopt(&o.name, &o.at, &f.booking(&terms))
+                        && let Err(e) =
+                            pass.ledger
+                                .adopt(&o.name, &o.at, &f.booking_of_observed(policy, &o))
                     {
                         eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
                     }

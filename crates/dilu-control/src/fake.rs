@@ -113,6 +113,21 @@ impl FakeBackend {
         lock(&self.logs).insert(id.to_string(), text.to_string());
     }
 
+    /// The node's devices from now on (a device left out is gone from the inventory; its instances keep
+    /// running, as on a GPU that NVML cannot reach for a while).
+    pub fn set_devices(&self, uuids: &[&str]) {
+        if let Some(node) = lock(&self.nodes).first_mut() {
+            node.devices = uuids
+                .iter()
+                .map(|uuid| DeviceInventory {
+                    uuid: (*uuid).to_string(),
+                    memory_mib: 0,
+                    gpu: false,
+                })
+                .collect();
+        }
+    }
+
     /// `id` vanishes without being asked to (its node went away with it).
     pub fn vanish(&self, id: &str) {
         lock(&self.instances).remove(id);

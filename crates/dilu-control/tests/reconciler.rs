@@ -557,6 +557,46 @@ async fn a_full_device_leaves_a_clear_reason_until_room_is_made() {
 }
 
 #[tokio::test]
+async fn an_instance_whose_device_leaves_and_comes_back_is_booked_there_again() {
+    let rig = Rig::new(2, PolicyName::Dilu);
+    let big = "quota: {request: 0.7, limit: 0.9}\nscaling: {capacity_rps: 10}\n";
+    rig.c.deploy(inference("x", big)).unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("x").len(), 1);
+    let booked = |device: &str| -> f64 {
+        rig.c
+            .booked()
+            .iter()
+            .find(|(at, _)| at.device == device)
+            .map_or(0.0, |(_, share)| *share)
+    };
+    let device = ["CPU-0", "CPU-1"]
+        .into_iter()
+        .find(|d| booked(d) > 0.0)
+        .expect("x is booked somewhere");
+    let other = if device == "CPU-0" { "CPU-1" } else { "CPU-0" };
+    assert!((booked(device) - 0.7).abs() < 1e-9, "{}", booked(device));
+    // Its device leaves the inventory (unreachable) while it keeps running, then comes back.
+    rig.backend.set_devices(&[other]);
+    rig.run_for(300, 100).await;
+    assert_eq!(booked(device), 0.0);
+    assert_eq!(rig.ready("x").len(), 1, "it keeps running and serving");
+    rig.backend.set_devices(&["CPU-0", "CPU-1"]);
+    rig.run_for(300, 100).await;
+    assert!(
+        (booked(device) - 0.7).abs() < 1e-9,
+        "booked again: {}",
+        booked(device)
+    );
+    // So a new instance of 0.7 goes to the other device, never over it.
+    rig.c.deploy(inference("y", big)).unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("y").len(), 1);
+    assert!((booked(other) - 0.7).abs() < 1e-9, "{:?}", rig.c.booked());
+    assert!(booked(device) <= 1.0, "{:?}", rig.c.booked());
+}
+
+#[tokio::test]
 async fn a_function_scales_to_zero_and_a_waiting_request_starts_it_again() {
     let rig = Rig::new(1, PolicyName::Dilu);
     rig.c

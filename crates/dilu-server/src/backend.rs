@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use dilu_agent::health::Health;
 use dilu_agent::{Agent, AgentError};
 use dilu_api::agent::{InstanceSpec, InstanceStatus, RestartPolicy};
 use dilu_api::{FieldError, ProcessSpec, Quota, QuotaUpdate, Runtime, RuntimeName};
@@ -245,10 +244,9 @@ impl ProcessBackend {
 
 impl InstanceBackend for ProcessBackend {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
-        // A GPU that reported a critical Xid stays failed until the agent restarts: left out, so that nothing
-        // is placed on it (the ledger drops the bookings of the instances there). One that NVML cannot reach
-        // for a while stays in: the agent refuses new instances there until it answers, and a device that left
-        // the inventory and came back would have lost the bookings of the instances still on it.
+        // An unhealthy device (a critical Xid, or NVML cannot reach it) is left out, so that nothing is placed
+        // on it; the ledger drops the bookings of the instances there, and books those still running there
+        // again when the device is back (one NVML could not reach for a while).
         let health = self.agent.health();
         let node = NodeInventory {
             name: self.node.clone(),
@@ -256,7 +254,7 @@ impl InstanceBackend for ProcessBackend {
                 .agent
                 .devices()
                 .iter()
-                .filter(|d| !matches!(health.health(&d.uuid), Health::Failed { .. }))
+                .filter(|d| health.health(&d.uuid).is_healthy())
                 .map(|d| DeviceInventory {
                     uuid: d.uuid.clone(),
                     memory_mib: d.memory_bytes >> 20,
@@ -428,10 +426,10 @@ mod tests {
     use super::*;
     use dilu_agent::AgentConfig;
     use dilu_agent::config::DeclaredGpu;
-    use dilu_agent::health::HealthChange;
+    use dilu_agent::health::{Health, HealthChange};
 
     #[tokio::test]
-    async fn a_failed_gpu_leaves_the_inventory_and_an_unreachable_one_stays() {
+    async fn an_unhealthy_gpu_leaves_the_inventory_until_it_is_healthy_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::new(dir.path().join("agent"));
         config.discover_gpus = false;
@@ -463,8 +461,15 @@ mod tests {
         });
         let devices = listed(backend.nodes().await.unwrap());
         assert!(!devices.contains(&"GPU-a".to_string()), "{devices:?}");
-        assert!(devices.contains(&"GPU-b".to_string()), "{devices:?}");
+        assert!(!devices.contains(&"GPU-b".to_string()), "{devices:?}");
         assert!(devices.contains(&"GPU-c".to_string()), "{devices:?}");
+        assert_eq!(devices.len(), 2, "{devices:?}");
+        agent.health().set(HealthChange {
+            uuid: "GPU-b".into(),
+            health: Health::Healthy,
+        });
+        let devices = listed(backend.nodes().await.unwrap());
+        assert!(devices.contains(&"GPU-b".to_string()), "{devices:?}");
         assert_eq!(devices.len(), 3, "{devices:?}");
         agent.shutdown();
     }
