@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -236,9 +236,8 @@ pub fn watch_nvml(
                 let _ = ready.send(notes);
             })
         })
-        .map_err(|e| NvmlError::Load {
-            library: PathBuf::from("(thread)"),
-            reason: format!("starting the GPU health thread: {e}"),
+        .map_err(|e| NvmlError::HealthThread {
+            reason: format!("starting it: {e}"),
         })?;
     match setup.recv() {
         Ok(Ok(notes)) => Ok((thread, notes)),
@@ -248,9 +247,8 @@ pub fn watch_nvml(
         }
         Err(_) => {
             let _ = thread.join();
-            Err(NvmlError::Load {
-                library: PathBuf::from("(thread)"),
-                reason: "the GPU health thread ended during setup".into(),
+            Err(NvmlError::HealthThread {
+                reason: "it ended during setup".into(),
             })
         }
     }

@@ -126,6 +126,12 @@ pub enum NvmlError {
         /// `nvmlErrorString` for the code.
         message: String,
     },
+    /// The GPU health watch's thread could not start, or ended before it had set up.
+    #[error("the GPU health watch thread: {reason}")]
+    HealthThread {
+        /// What happened.
+        reason: String,
+    },
 }
 
 fn device_suffix(device: Option<u32>) -> String {
