@@ -121,6 +121,11 @@ where
             return Ended::Closed;
         };
         let (response, head_only, version, keep_alive) = match request {
+            Ok(request)
+                if let Some(refusal) = host_refusal(request.version(), request.headers()) =>
+            {
+                (refusal, false, request.version(), false)
+            }
             Ok(request) => {
                 let head_only = request.method() == Method::HEAD;
                 let version = request.version();
@@ -211,6 +216,35 @@ fn bad_request(part: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The 400 an HTTP/1.1 request without exactly one `Host` header gets (RFC 9112 §3.2 makes the server refuse
+/// it; HTTP/1.0 may omit it). Both paths of a connection check it, the lean loop and hyper (which does not).
+pub(crate) fn host_refusal(version: Version, headers: &HeaderMap) -> Option<Response<Body>> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let reason = match (hosts.next(), hosts.next()) {
+        (Some(_), None) => return None,
+        (None, _) => {
+            "bad request: an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)\n"
+        }
+        (Some(_), Some(_)) => {
+            "bad request: an HTTP/1.1 request takes exactly one Host header, this one has several (RFC 9112 \
+             section 3.2)\n"
+        }
+    };
+    let mut response = Response::new(Body::from(reason));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
 }
 
 /// Whether the client keeps the connection after this request: HTTP/1.1 unless it says `close`, HTTP/1.0
@@ -741,7 +775,7 @@ mod tests {
         let (mut client, task) = start();
         client
             .write_all(
-                b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nfirstGET /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /who HTTP/1.1\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nfirstGET /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /who HTTP/1.1\r\nHost: a\r\n\r\n",
             )
             .await
             .unwrap();
@@ -755,7 +789,7 @@ mod tests {
         assert_eq!(text.matches("\r\ndate: ").count(), 3, "{text}");
         // Still open: a fourth request is answered.
         client
-            .write_all(b"GET /hello HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
         assert!(read_until(&mut client, "hello").await.ends_with("hello"));
@@ -767,7 +801,7 @@ mod tests {
     async fn a_body_that_arrives_in_pieces_is_read_whole() {
         let (mut client, _task) = start();
         client
-            .write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 11\r\n\r\nhel")
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhel")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -782,7 +816,10 @@ mod tests {
     #[tokio::test]
     async fn close_and_http_1_0_end_the_connection_after_the_answer() {
         for (request, keeps) in [
-            ("GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (
+                "GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                false,
+            ),
             ("GET /hello HTTP/1.0\r\n\r\n", false),
             (
                 "GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -808,7 +845,9 @@ mod tests {
     async fn head_has_the_length_and_no_body() {
         let (mut client, _task) = start();
         client
-            .write_all(b"HEAD /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n")
+            .write_all(
+                b"HEAD /hello HTTP/1.1\r\nHost: a\r\n\r\nGET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
+            )
             .await
             .unwrap();
         let text = read_until(&mut client, "hello").await;
@@ -823,7 +862,7 @@ mod tests {
     async fn a_body_of_unknown_size_is_chunked_or_closes_on_http_1_0() {
         let (mut client, _task) = start();
         client
-            .write_all(b"GET /stream HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
         let text = read_until(&mut client, "0\r\n\r\n").await;
@@ -853,10 +892,9 @@ mod tests {
     #[tokio::test]
     async fn the_first_request_it_does_not_take_hands_over_every_byte_read() {
         let (mut client, task) = start();
-        let chunked =
-            "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let chunked = "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         client
-            .write_all(format!("GET /hello HTTP/1.1\r\n\r\n{chunked}").as_bytes())
+            .write_all(format!("GET /hello HTTP/1.1\r\nHost: a\r\n\r\n{chunked}").as_bytes())
             .await
             .unwrap();
         assert!(read_until(&mut client, "hello").await.ends_with("hello"));
@@ -871,7 +909,7 @@ mod tests {
         let (mut client, task) = start();
         // `<` passes httparse but not `http`'s URI parser.
         client
-            .write_all(b"GET /a<b HTTP/1.1\r\n\r\n")
+            .write_all(b"GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
             .unwrap();
         let text = read_to_end(&mut client).await;
@@ -880,6 +918,41 @@ mod tests {
             text.contains("the request target is not valid HTTP"),
             "{text}"
         );
+        assert!(matches!(task.await.unwrap(), Ended::Closed));
+    }
+
+    #[tokio::test]
+    async fn an_http_1_1_request_without_exactly_one_host_gets_400_and_the_connection_closes() {
+        for (request, why) in [
+            ("GET /hello HTTP/1.1\r\n\r\n", "needs a Host header"),
+            (
+                "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "exactly one Host header",
+            ),
+        ] {
+            let (mut client, task) = start();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let text = read_to_end(&mut client).await;
+            assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+            assert!(text.contains(why) && text.contains("RFC 9112"), "{text}");
+            assert!(
+                !text.contains("hello"),
+                "the service was not called: {text}"
+            );
+            assert!(matches!(task.await.unwrap(), Ended::Closed));
+        }
+        // HTTP/1.0 may leave it out.
+        let (mut client, task) = start();
+        client
+            .write_all(b"GET /hello HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let text = read_to_end(&mut client).await;
+        assert!(
+            text.starts_with("HTTP/1.0 200 OK\r\n") || text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("hello"), "{text}");
         assert!(matches!(task.await.unwrap(), Ended::Closed));
     }
 

@@ -416,12 +416,20 @@ where
             let active = tracker.begin();
             let started = Instant::now();
             let (mut parts, body) = request.into_parts();
-            parts.extensions.insert(peer);
-            let body = axum::body::Body::new(DeadlineBody::new(body, started + body_read));
-            let mut router = router.clone();
-            let response = router.call(hyper::Request::from_parts(parts, body));
+            let call = match h1::host_refusal(parts.version, &parts.headers) {
+                Some(refusal) => Err(refusal),
+                None => {
+                    parts.extensions.insert(peer);
+                    let body = axum::body::Body::new(DeadlineBody::new(body, started + body_read));
+                    let mut router = router.clone();
+                    Ok(router.call(hyper::Request::from_parts(parts, body)))
+                }
+            };
             async move {
-                let response = response.await;
+                let response = match call {
+                    Ok(response) => response.await,
+                    Err(refusal) => Ok(refusal),
+                };
                 drop(active);
                 response
             }

@@ -97,3 +97,24 @@ async fn expect_100_continue_and_large_bodies_are_served_by_hyper() {
     let text = read_until(&mut stream, &format!("{len} bytes")).await;
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
 }
+
+#[tokio::test]
+async fn hyper_refuses_an_http_1_1_request_without_host_as_the_lean_loop_does() {
+    let addr = start().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // Chunked: hyper's path.
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(text.contains("needs a Host header"), "{text}");
+    assert!(
+        !text.contains("bytes"),
+        "the service was not called: {text}"
+    );
+}
