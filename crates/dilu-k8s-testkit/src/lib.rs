@@ -44,4 +44,4 @@ pub use nodes::{
 pub use probe::http_status;
 pub use runner::{HOST_IP, INHERITED_ENV, MAX_BACKOFF, MAX_GRACE, NodeRunner, NodeRunnerBuilder};
 pub use scheduler::KubeScheduler;
-pub use wait::eventually;
+pub use wait::{event_for, eventually};

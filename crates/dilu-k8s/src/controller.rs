@@ -12,6 +12,8 @@
 //!   serving label (gateways stop routing to it at once) and is deleted with grace period 0 (its kubelet may
 //!   be gone with the node, so nobody would confirm a graceful deletion); the reconciler sees the instance
 //!   gone and creates a replacement, which dilu-scheduler places on a live node.
+//! - The reconciler's decisions (deployed, profiled, scaled out or in, an instance that exited…) become
+//!   Kubernetes Events on their `Function`, and an evicted pod gets `NodeLost` ([`crate::events`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use dilu_api::Profile;
 use dilu_api::Route;
+use dilu_control::events::LiveEvent;
 use dilu_control::profile::live::LiveSettings;
 use dilu_control::state::FunctionPhase;
 use dilu_control::{
@@ -31,10 +34,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::backend::{KubeBackend, PodTemplate};
 use crate::crd::{Condition, Function, FunctionStatus};
+use crate::events::{self, EventSink, EventType, Reporter, function_ref, pod_ref};
 use crate::meta;
 use crate::nodes::LostNodes;
 use crate::store::{KubeStore, ProfileWrite};
@@ -57,6 +61,8 @@ pub struct ControllerOptions {
     /// The namespace of the node agents' Leases (default [`meta::NODE_LEASE_NAMESPACE`]); the pods of a node
     /// whose Lease ran out are replaced. `None`: Leases are not followed.
     pub node_lease_namespace: Option<String>,
+    /// Whether the reconciler's decisions become Kubernetes Events on the `Function`s (default true).
+    pub events: bool,
 }
 
 impl ControllerOptions {
@@ -70,6 +76,7 @@ impl ControllerOptions {
             period: Duration::from_secs(1),
             gateway_url: None,
             node_lease_namespace: Some(meta::NODE_LEASE_NAMESPACE.to_string()),
+            events: true,
         }
     }
 }
@@ -125,7 +132,8 @@ pub async fn run(
         .list(&ListParams::default())
         .await
         .map_err(api("listing functions"))?;
-    let mut sync = Sync::new(functions.clone(), Arc::clone(&store));
+    let uids: Uids = Arc::default();
+    let mut sync = Sync::new(functions.clone(), Arc::clone(&store), Arc::clone(&uids));
     for f in &initial {
         sync.record(f);
     }
@@ -152,13 +160,24 @@ pub async fn run(
     for f in &initial {
         sync.apply(f).await;
     }
+    let sink = if options.events {
+        EventSink::start(client.clone(), Reporter::from_host("dilu.io/controller"))
+    } else {
+        EventSink::off()
+    };
+    let mirror = tokio::spawn(mirror_decisions(
+        controller.events().subscribe(),
+        options.namespace.clone(),
+        uids,
+        sink.clone(),
+    ));
     let reconciler = tokio::spawn(Arc::clone(&controller).run());
     let writer = tokio::spawn(write_profiles(functions.clone(), writes_rx));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &options.namespace);
     let serving = tokio::spawn(mark_serving(pods.clone(), controller.routes()));
     let evicting = options.node_lease_namespace.as_deref().map(|ns| {
         let lost = LostNodes::watch(client.clone(), ns, "dilu-controller");
-        tokio::spawn(replace_lost(pods.clone(), lost))
+        tokio::spawn(replace_lost(pods.clone(), lost, sink.clone()))
     });
     let status = tokio::spawn(write_statuses(
         functions.clone(),
@@ -189,6 +208,7 @@ pub async fn run(
     writer.abort();
     status.abort();
     serving.abort();
+    mirror.abort();
     if let Some(task) = evicting {
         task.abort();
     }
@@ -206,13 +226,24 @@ struct Sync {
     woken: BTreeMap<String, String>,
     /// Functions whose spec is refused, with the reason (written to their status).
     invalid: BTreeSet<String>,
+    /// Each object's UID, which its events name.
+    uids: Uids,
+}
+
+/// Each `Function`'s UID by name (its events need it: `kubectl describe` finds them by UID).
+type Uids = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+fn uids_of(uids: &Uids) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    uids.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sync {
-    fn new(functions: Api<Function>, store: Arc<KubeStore>) -> Sync {
+    fn new(functions: Api<Function>, store: Arc<KubeStore>, uids: Uids) -> Sync {
         Sync {
             functions,
             store,
+            uids,
             controller: None,
             applied: BTreeMap::new(),
             woken: BTreeMap::new(),
@@ -222,6 +253,7 @@ impl Sync {
 
     /// Records an object in the store before the reconciler exists (restores its profile).
     fn record(&mut self, f: &Function) {
+        self.note_uid(f);
         if f.deleting() {
             return;
         }
@@ -235,7 +267,14 @@ impl Sync {
         }
     }
 
+    fn note_uid(&self, f: &Function) {
+        if let Some(uid) = &f.metadata.uid {
+            uids_of(&self.uids).insert(f.name().to_string(), uid.clone());
+        }
+    }
+
     async fn apply(&mut self, f: &Function) {
+        self.note_uid(f);
         let Some(controller) = self.controller.clone() else {
             return;
         };
@@ -327,6 +366,7 @@ impl Sync {
 
     /// The object is gone (deleted without the finalizer, or the finalizer was removed).
     fn gone(&mut self, name: &str) {
+        uids_of(&self.uids).remove(name);
         self.applied.remove(name);
         self.woken.remove(name);
         self.store.forget(name);
@@ -454,7 +494,7 @@ async fn mark_serving(pods: Api<Pod>, mut routes: watch::Receiver<Arc<Vec<Route>
 /// lost, every Dilu pod bound to a lost node is taken out of the routes ([`meta::SERVING`] removed) and deleted
 /// with grace period 0 (its UID as precondition). One line per node that becomes lost: when it was noticed and
 /// how many pods it had.
-async fn replace_lost(pods: Api<Pod>, lost: LostNodes) {
+async fn replace_lost(pods: Api<Pod>, lost: LostNodes, events: EventSink) {
     let mut changes = lost.subscribe();
     let mut announced: BTreeSet<String> = BTreeSet::new();
     loop {
@@ -492,7 +532,22 @@ async fn replace_lost(pods: Api<Pod>, lost: LostNodes) {
                         futures::stream::iter(victims)
                             .for_each_concurrent(16, |(name, uid)| {
                                 let pods = pods.clone();
-                                async move { evict(&pods, &name, uid).await }
+                                let events = events.clone();
+                                let node = node.clone();
+                                async move {
+                                    if evict(&pods, &name, uid.clone()).await {
+                                        events.emit(
+                                            pod_ref(pods_namespace(&pods), &name, uid.as_deref().unwrap_or("")),
+                                            EventType::Warning,
+                                            "NodeLost",
+                                            "Delete",
+                                            format!(
+                                                "node {node}'s agent stopped renewing its Lease; deleted at once \
+                                                 so that a replacement is placed on a live node"
+                                            ),
+                                        );
+                                    }
+                                }
                             })
                             .await;
                     }
@@ -507,15 +562,15 @@ async fn replace_lost(pods: Api<Pod>, lost: LostNodes) {
     }
 }
 
-/// Takes pod `name` out of the routes, then deletes it at once (grace period 0).
-async fn evict(pods: &Api<Pod>, name: &str, uid: Option<String>) {
+/// Takes pod `name` out of the routes, then deletes it at once (grace period 0); whether it deleted it.
+async fn evict(pods: &Api<Pod>, name: &str, uid: Option<String>) -> bool {
     let patch = serde_json::json!({ "metadata": { "labels": { meta::SERVING: null } } });
     match pods
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => return,
+        Err(kube::Error::Api(s)) if s.code == 404 => return false,
         Err(e) => eprintln!("dilu-controller: pod {name}: taking it out of the routes: {e}"),
     }
     let params = DeleteParams::background()
@@ -525,9 +580,59 @@ async fn evict(pods: &Api<Pod>, name: &str, uid: Option<String>) {
             resource_version: None,
         });
     match pods.delete(name, &params).await {
-        Ok(_) => eprintln!("dilu-controller: pod {name}: deleted (its node is lost)"),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(e) => eprintln!("dilu-controller: pod {name}: deleting it: {e}"),
+        Ok(_) => {
+            eprintln!("dilu-controller: pod {name}: deleted (its node is lost)");
+            true
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => false,
+        Err(e) => {
+            eprintln!("dilu-controller: pod {name}: deleting it: {e}");
+            false
+        }
+    }
+}
+
+/// The namespace an `Api<Pod>` is scoped to (the controller's are always namespaced).
+fn pods_namespace(pods: &Api<Pod>) -> &str {
+    pods.namespace().unwrap_or("default")
+}
+
+/// Turns the reconciler's decisions into Kubernetes Events on their `Function` ([`events::decision`]).
+/// Decisions about a function whose object is gone are left out; a lagging receiver skips what it missed.
+async fn mirror_decisions(
+    mut decisions: broadcast::Receiver<Arc<LiveEvent>>,
+    namespace: String,
+    uids: Uids,
+    sink: EventSink,
+) {
+    loop {
+        let live = match decisions.recv().await {
+            Ok(live) => live,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                eprintln!(
+                    "dilu-controller: {missed} decision(s) not turned into Kubernetes events (lagging)"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let decision = &live.event;
+        let (Some(function), Some((type_, reason, action))) = (
+            decision.function.as_deref(),
+            events::decision(decision.kind),
+        ) else {
+            continue;
+        };
+        let Some(uid) = uids_of(&uids).get(function).cloned() else {
+            continue;
+        };
+        sink.emit(
+            function_ref(&namespace, function, &uid),
+            type_,
+            reason,
+            action,
+            events::decision_message(decision),
+        );
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`leader`]: leader election over a Lease, for the controller's and the scheduler's replicas.
 //! - [`node`]: the node agent's side (`dilu agent --kubernetes`): inventory, heartbeat Lease, pod channels.
 //! - [`error`]: why Kubernetes-side work failed.
+//! - [`events`]: Kubernetes Events for Dilu's decisions (`kubectl describe` shows them).
 //! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
 
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod load;
 pub mod meta;

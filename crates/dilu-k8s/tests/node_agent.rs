@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use dilu_api::{InstanceKind, Quota};
 use dilu_core::ledger::DeviceInventory;
+use dilu_k8s::events::{EventCountsSnapshot, EventSink, Reporter};
 use dilu_k8s::meta::{self, NodeDevice};
 use dilu_k8s::node::{
     self, Attached, Channel, Held, NodeConfig, NodeStats, PickCheck, PodChannels, PodDevices,
     quantile,
 };
-use dilu_k8s_testkit::{ApiServer, fake_node};
+use dilu_k8s_testkit::{ApiServer, event_for, fake_node};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
@@ -562,6 +563,15 @@ async fn a_pod_the_kubelet_gave_another_device_is_deleted_once() {
         source: record.clone(),
         every: Duration::from_millis(100),
     });
+    // Events written with the agent's own RBAC (deploy/agent.yaml).
+    config.events = EventSink::start(
+        api.client_as("dilu-agent"),
+        Reporter {
+            controller: "dilu.io/agent".into(),
+            instance: NODE.into(),
+        },
+    );
+    let sink = config.events.clone();
     let stats = config.stats.clone();
     let agent = Running::start(api.client_as("dilu-agent"), config, channels.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -580,5 +590,27 @@ async fn a_pod_the_kubelet_gave_another_device_is_deleted_once() {
         let pod = pods.get(name).await.unwrap();
         assert!(pod.metadata.deletion_timestamp.is_none(), "{name}");
     }
+    // `kubectl describe pod wrong` says why it went.
+    let event = event_for(
+        &api.client(),
+        NS,
+        "wrong",
+        "WrongDevice",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.message.unwrap_or_default();
+    assert!(
+        note.contains(&format!("assigned device {GPU}")) && note.contains(CPU),
+        "{note}"
+    );
+    assert_eq!(
+        sink.counts(),
+        EventCountsSnapshot {
+            created: 1,
+            ..EventCountsSnapshot::default()
+        }
+    );
     agent.stop().await;
 }

@@ -19,7 +19,7 @@ use dilu_k8s::controller::{self, ControllerOptions};
 use dilu_k8s::endpoints::KubeEndpoints;
 use dilu_k8s::meta;
 use dilu_k8s::scheduler::{self, SchedulerConfig};
-use dilu_k8s_testkit::{ApiServer, eventually, fake_devices, fake_node};
+use dilu_k8s_testkit::{ApiServer, event_for, eventually, fake_devices, fake_node};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -348,6 +348,16 @@ async fn node_loss() {
                 "{name} was deleted while still labelled serving"
             );
         }
+    }
+    // Each says why in `kubectl describe pod`.
+    for name in &on_a {
+        let event = event_for(&client, NS, name, "NodeLost", Duration::from_secs(10)).await;
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        let message = event.message.unwrap_or_default();
+        assert!(
+            message.contains("node node-a's agent stopped renewing its Lease"),
+            "{message}"
+        );
     }
     let list = pods.list(&ListParams::default()).await.unwrap().items;
     assert!(on_node(&list, "node-a").is_empty());

@@ -12,7 +12,9 @@ use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, NodeInventory};
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_k8s::meta::{self, Assignment, PodBooking};
 use dilu_k8s::scheduler::{self, Counters, SchedulerConfig};
-use dilu_k8s_testkit::{ApiServer, KUBE_SCHEDULER_USER, fake_devices, fake_node, fake_nodes};
+use dilu_k8s_testkit::{
+    ApiServer, KUBE_SCHEDULER_USER, event_for, fake_devices, fake_node, fake_nodes,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
@@ -438,6 +440,29 @@ async fn a_pod_that_fits_nowhere_waits_unschedulable_until_a_node_appears() {
         1,
         "tried once while nothing changed"
     );
+    // `kubectl describe pod second` shows why, as the kube-scheduler's FailedScheduling does.
+    let failed = event_for(
+        &client,
+        NS,
+        "second",
+        "FailedScheduling",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert_eq!(failed.message.as_deref(), Some(message.as_str()));
+    assert_eq!(failed.involved_object.kind.as_deref(), Some("Pod"));
+    assert_eq!(failed.involved_object.uid, second.metadata.uid);
+    assert_eq!(
+        failed.reporting_component.as_deref(),
+        Some("dilu.io/scheduler")
+    );
+    let described = api.kubectl(&["describe", "pod", "-n", NS, "second"]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("FailedScheduling"),
+        "kubectl describe pod:\n{described}"
+    );
 
     fake_node(&client, "gpu-b", &fake_devices("gpu-b", 1), 1)
         .await
@@ -462,5 +487,23 @@ async fn a_pod_that_fits_nowhere_waits_unschedulable_until_a_node_appears() {
     assert_eq!(scheduled.as_deref(), Some("True"));
     let counters = run.counters.snapshot();
     assert_eq!((counters.binds, counters.failures), (2, 0));
+    let scheduled = event_for(&client, NS, "second", "Scheduled", Duration::from_secs(10)).await;
+    assert_eq!(scheduled.type_.as_deref(), Some("Normal"));
+    let note = scheduled.message.unwrap_or_default();
+    assert!(
+        note.contains(&format!("{NS}/second to gpu-b, device GPU-gpu-b-0")),
+        "{note}"
+    );
+    // One FailedScheduling only: the reason did not change while it waited.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NS);
+    let failed = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .count();
+    assert_eq!(failed, 1);
     run.stop().await;
 }

@@ -19,7 +19,8 @@
 //! (`scripts/bench-scheduler.sh` runs exactly that.) Environment: `DILU_BENCH_ROUNDS` (rounds of all three,
 //! default 1), `DILU_BENCH_PODS` (1000), `DILU_BENCH_NODES` (enough for the pods: 125), `DILU_BENCH_IN_FLIGHT` (dilu-scheduler's
 //! binds in flight, 64), `DILU_BENCH_SKIP_DEFAULT_QPS=1` (leave out the qps-50 run, which takes ~20 s), `DILU_BENCH_ONLY` (`dilu` or
-//! `kube`: one side only).
+//! `kube`: one side only). dilu-scheduler runs twice: writing its `Scheduled` event per bind, as kube-scheduler
+//! does (the ratios are of this run), and without events, which tells what they cost.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -50,16 +51,24 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Contender {
-    Dilu { in_flight: usize },
-    Kube { qps: f32, burst: i32 },
+    /// `events`: whether it writes its `Scheduled` events (kube-scheduler always does).
+    Dilu {
+        in_flight: usize,
+        events: bool,
+    },
+    Kube {
+        qps: f32,
+        burst: i32,
+    },
 }
 
 impl Contender {
     fn label(&self) -> String {
         match self {
-            Contender::Dilu { in_flight } => {
-                format!("dilu-scheduler ({in_flight} binds in flight)")
-            }
+            Contender::Dilu { in_flight, events } => format!(
+                "dilu-scheduler ({in_flight} in flight{})",
+                if *events { "" } else { ", no events" }
+            ),
             Contender::Kube { qps, burst } => {
                 format!("kube-scheduler 1.20 (qps {qps}, burst {burst})")
             }
@@ -235,10 +244,11 @@ async fn measure(contender: Contender, nodes: usize, pods: usize) -> Measured {
     let test_cpu0 = cpu_seconds(std::process::id());
     let start = Instant::now();
     let (task, kube) = match contender {
-        Contender::Dilu { in_flight } => {
+        Contender::Dilu { in_flight, events } => {
             let config = SchedulerConfig {
                 namespace: Some(NS.into()),
                 max_in_flight: in_flight,
+                events,
                 counters: counters.clone(),
                 ..SchedulerConfig::default()
             };
@@ -276,6 +286,15 @@ async fn measure(contender: Contender, nodes: usize, pods: usize) -> Measured {
     let server_cpu = cpu_seconds(api.pid()) + cpu_seconds(api.etcd_pid()) - server_cpu0;
     let test_cpu = cpu_seconds(std::process::id()) - test_cpu0;
     let kube_cpu = kube.as_ref().map(|k| cpu_seconds(k.pid()));
+    if task.is_some() {
+        // The watch can see a bind before the scheduler has taken in its answer; stopping then would abandon
+        // binds the API server did.
+        dilu_k8s_testkit::eventually("every bind answered", Duration::from_secs(30), || {
+            let done = counters.snapshot().binds as usize >= pods;
+            async move { done.then_some(()) }
+        })
+        .await;
+    }
     let _ = stop_tx.send(());
     if let Some(task) = task {
         task.await.unwrap();
@@ -313,7 +332,14 @@ async fn scheduling_throughput() {
         "{pods} whole-GPU pods do not fit {nodes} nodes × {GPUS_PER_NODE} GPUs"
     );
     let mut contenders = vec![
-        Contender::Dilu { in_flight },
+        Contender::Dilu {
+            in_flight,
+            events: true,
+        },
+        Contender::Dilu {
+            in_flight,
+            events: false,
+        },
         Contender::Kube {
             qps: 5000.0,
             burst: 5000,

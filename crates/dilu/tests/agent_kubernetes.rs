@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dilu_core::ledger::DeviceInventory;
 use dilu_deviceplugin::testkit::{FakeKubelet, FakePodResources};
 use dilu_k8s::meta;
-use dilu_k8s_testkit::{ADMIN, ApiServer, fake_node};
+use dilu_k8s_testkit::{ADMIN, ApiServer, event_for, fake_node};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -341,6 +341,28 @@ async fn a_gpu_that_reports_a_critical_xid_is_offered_to_the_kubelet_as_unhealth
         listed.len() == 2 && !listed.iter().any(|u| u == A) && listed.iter().any(|u| u == B)
     })
     .await;
+    // The operator sees it on the Node: an event (in default, the kubelet's convention for Node events) that
+    // `kubectl describe node` lists.
+    let event = event_for(
+        &api.client(),
+        "default",
+        NODE,
+        "GPUUnhealthy",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.message.unwrap_or_default();
+    assert!(
+        note.contains(A) && note.contains("critical Xid 79"),
+        "{note}"
+    );
+    let described = api.kubectl(&["describe", "node", NODE]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("GPUUnhealthy") && described.contains(A),
+        "kubectl describe node:\n{described}"
+    );
     assert!(agent.terminate().success());
 }
 

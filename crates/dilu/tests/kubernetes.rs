@@ -15,11 +15,11 @@ use common::platform::{argmax, ensure_models, output_data};
 use dilu_core::ledger::Ledger;
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_k8s::meta::{self, Assignment, PodBooking};
-use dilu_k8s_testkit::ApiServer;
+use dilu_k8s_testkit::{ApiServer, event_for};
 use harness::{Cluster, Load, ready_pods, repo, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::Api;
 use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 /// The PaddleOCR example with its model path expanded (what `envsubst` does before `kubectl apply`) and a
@@ -224,6 +224,48 @@ async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(failed, 0, "answers by status: {statuses:?}");
+
+    // What happened is in `kubectl describe`: the controller's decisions on the Function (written with the
+    // RBAC of deploy/rbac.yaml), the scheduler's bind on each pod.
+    for reason in ["Deployed", "Profiled", "ScaledOut", "ScaledIn"] {
+        let event = event_for(
+            &cluster.api.client(),
+            "default",
+            "ocr-cls",
+            reason,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(
+            event.involved_object.kind.as_deref(),
+            Some("Function"),
+            "{reason}"
+        );
+        assert_eq!(event.involved_object.uid, f.metadata.uid, "{reason}");
+        assert_eq!(
+            event.reporting_component.as_deref(),
+            Some("dilu.io/controller")
+        );
+    }
+    let described = cluster.kubectl(&["describe", "function", "ocr-cls"]);
+    assert!(
+        described.contains("ScaledOut") && described.contains("Profiled"),
+        "kubectl describe function:\n{described}"
+    );
+    let pod = cluster.pods("ocr-cls").await.remove(0);
+    let scheduled = event_for(
+        &cluster.api.client(),
+        "default",
+        &pod.name_any(),
+        "Scheduled",
+        Duration::from_secs(20),
+    )
+    .await;
+    let message = scheduled.message.unwrap_or_default();
+    assert!(
+        message.contains("Successfully assigned default/"),
+        "{message}"
+    );
 
     // kubectl delete: every pod goes, the finalizer is removed, no process is left.
     cluster.kubectl(&["delete", "function", "ocr-cls", "--wait=false"]);

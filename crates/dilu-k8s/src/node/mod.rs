@@ -50,6 +50,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::events::{EventSink, EventType, pod_ref};
 use crate::meta::{self, NodeDevice};
 pub use preference::NodePreference;
 pub use reconcile::{Action, Attached, Channel, Held, Misplaced, PodState, Want};
@@ -130,6 +131,8 @@ pub struct NodeConfig {
     /// When set, a pod the kubelet gave shares of another device than its assignment is deleted (so that the
     /// controller replaces it and dilu-scheduler places the replacement again).
     pub pick_check: Option<PickCheck>,
+    /// Where its Kubernetes Events go (a pod deleted by the pick check gets `WrongDevice`); off by default.
+    pub events: EventSink,
 }
 
 impl NodeConfig {
@@ -146,6 +149,7 @@ impl NodeConfig {
             stats: Arc::default(),
             preference: NodePreference::new(),
             pick_check: None,
+            events: EventSink::off(),
         }
     }
 
@@ -208,6 +212,7 @@ pub async fn run(
             check,
             rx,
             config.stats.clone(),
+            config.events.clone(),
         ));
         tx
     });
@@ -508,6 +513,7 @@ async fn check_picks(
     check: PickCheck,
     pods: watch::Receiver<BTreeMap<String, PodState>>,
     stats: Arc<NodeStats>,
+    events: EventSink,
 ) {
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut failing: Option<String> = None;
@@ -545,12 +551,11 @@ async fn check_picks(
             let Some((namespace, name)) = pod.key.split_once('/') else {
                 continue;
             };
+            let held = pod.held.iter().cloned().collect::<Vec<_>>().join(", ");
             eprintln!(
-                "dilu agent: node {node}: pod {} was assigned {} but the kubelet gave it {}; deleting it so that it \
-                 is replaced",
-                pod.key,
-                pod.assigned,
-                pod.held.iter().cloned().collect::<Vec<_>>().join(", ")
+                "dilu agent: node {node}: pod {} was assigned {} but the kubelet gave it {held}; deleting it so \
+                 that it is replaced",
+                pod.key, pod.assigned,
             );
             let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
             let params = DeleteParams {
@@ -561,7 +566,20 @@ async fn check_picks(
                 ..DeleteParams::default()
             };
             match api.delete(name, &params).await {
-                Ok(_) => stats.update(|s| s.misplaced_deleted += 1),
+                Ok(_) => {
+                    stats.update(|s| s.misplaced_deleted += 1);
+                    events.emit(
+                        pod_ref(namespace, name, &pod.uid),
+                        EventType::Warning,
+                        "WrongDevice",
+                        "Delete",
+                        format!(
+                            "dilu-scheduler assigned device {} but the kubelet gave shares of {held}; deleted so \
+                             that its replacement is placed again",
+                            pod.assigned
+                        ),
+                    );
+                }
                 Err(error) => {
                     eprintln!(
                         "dilu agent: node {node}: deleting pod {}: {error} (retried at the next check)",

@@ -1,6 +1,7 @@
 //! The thin I/O layer of dilu-scheduler: two watches (Nodes, and the pods with the function label) feed the
 //! core; each bind is its own task (up to `max_in_flight` at once, nothing serialises them); unschedulable
-//! pods get their `PodScheduled` condition written; the core's decisions are logged to stderr.
+//! pods get their `PodScheduled` condition written; the core's decisions are logged to stderr and become
+//! Kubernetes Events on the pods (`Scheduled`, `FailedScheduling`; [`crate::events`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -21,6 +22,7 @@ use super::state::{Bind, BindOutcome, ConditionUpdate, Nanos, PodView, Schedulin
 use super::{SchedulerConfig, SchedulerError};
 use dilu_core::ledger::DeviceClass;
 
+use crate::events::{EventSink, EventType, Reporter, pod_ref};
 use crate::meta::{self, Assignment, PodBooking};
 use crate::nodes::LostNodes;
 
@@ -96,7 +98,12 @@ fn node_offer(node: &Node) -> Option<Result<dilu_core::ledger::NodeInventory, St
 }
 
 /// Binds `bind.name` to its node with the assignment in the Binding's annotations; on a 409 re-reads the pod.
-async fn bind(api: Api<Pod>, bind: Bind, scheduler_name: String) -> (Bind, BindOutcome) {
+async fn bind(
+    api: Api<Pod>,
+    bind: Bind,
+    scheduler_name: String,
+    events: EventSink,
+) -> (Bind, BindOutcome) {
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(bind.name.clone()),
@@ -125,7 +132,23 @@ async fn bind(api: Api<Pod>, bind: Bind, scheduler_name: String) -> (Bind, BindO
         )
         .await;
     let outcome = match posted {
-        Ok(_) => BindOutcome::Bound,
+        Ok(_) => {
+            events.emit(
+                pod_ref(&bind.namespace, &bind.name, &bind.uid),
+                EventType::Normal,
+                "Scheduled",
+                "Binding",
+                format!(
+                    "Successfully assigned {} to {}, device {} (SM request {:.1} %, limit {:.1} %)",
+                    bind.key(),
+                    bind.at.node,
+                    bind.at.device,
+                    f64::from(bind.sm_request) / 10.0,
+                    f64::from(bind.sm_limit) / 10.0
+                ),
+            );
+            BindOutcome::Bound
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let fresh = match api.get_opt(&bind.name).await {
                 Ok(Some(pod)) => pod_view(&pod, &scheduler_name).map(Box::new),
@@ -141,7 +164,18 @@ async fn bind(api: Api<Pod>, bind: Bind, scheduler_name: String) -> (Bind, BindO
 }
 
 /// Writes `PodScheduled=False`, reason `Unschedulable`, with the ledger's message (a status patch).
-async fn mark_unschedulable(api: Api<Pod>, update: ConditionUpdate) -> Option<String> {
+async fn mark_unschedulable(
+    api: Api<Pod>,
+    update: ConditionUpdate,
+    events: EventSink,
+) -> Option<String> {
+    events.emit(
+        pod_ref(&update.namespace, &update.name, &update.uid),
+        EventType::Warning,
+        "FailedScheduling",
+        "Scheduling",
+        update.message.clone(),
+    );
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let patch = serde_json::json!({
         "status": {"conditions": [{
@@ -249,6 +283,11 @@ pub async fn run(
             .unwrap_or("(not followed)")
     );
     let name = config.scheduler_name.clone();
+    let events = if config.events {
+        EventSink::start(client.clone(), Reporter::from_host("dilu.io/scheduler"))
+    } else {
+        EventSink::off()
+    };
     let mut binds: JoinSet<(Bind, BindOutcome)> = JoinSet::new();
     let mut sent: HashMap<tokio::task::Id, Bind> = HashMap::new();
     let mut writes: JoinSet<Option<String>> = JoinSet::new();
@@ -273,12 +312,12 @@ pub async fn run(
     loop {
         for b in core.next_binds(since(start)) {
             let api = Api::namespaced(client.clone(), &b.namespace);
-            let handle = binds.spawn(bind(api, b.clone(), name.clone()));
+            let handle = binds.spawn(bind(api, b.clone(), name.clone(), events.clone()));
             sent.insert(handle.id(), b);
         }
         for update in core.take_condition_updates() {
             let api = Api::namespaced(client.clone(), &update.namespace);
-            writes.spawn(mark_unschedulable(api, update));
+            writes.spawn(mark_unschedulable(api, update, events.clone()));
         }
         for line in core.take_log() {
             eprintln!("{line}");

@@ -98,6 +98,8 @@ pub struct SchedulerConfig {
     /// The namespace of the node agents' Leases (default [`crate::meta::NODE_LEASE_NAMESPACE`]): nothing is
     /// placed on a node whose Lease ran out ([`crate::nodes`]). `None`: Leases are not followed.
     pub node_lease_namespace: Option<String>,
+    /// Whether it writes Kubernetes Events (`Scheduled`, `FailedScheduling`) on the pods (default true).
+    pub events: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -111,6 +113,7 @@ impl Default for SchedulerConfig {
             backoff_max: Duration::from_secs(60),
             counters: Arc::new(Counters::default()),
             node_lease_namespace: Some(crate::meta::NODE_LEASE_NAMESPACE.to_string()),
+            events: true,
         }
     }
 }

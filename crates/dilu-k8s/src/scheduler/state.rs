@@ -120,6 +120,8 @@ pub struct ConditionUpdate {
     pub namespace: String,
     /// The pod's name.
     pub name: String,
+    /// The pod's UID (its events name it).
+    pub uid: String,
     /// The ledger's message.
     pub message: String,
 }
@@ -856,6 +858,7 @@ impl Scheduling {
                     let update = ConditionUpdate {
                         namespace: entry.view.namespace.clone(),
                         name: entry.view.name.clone(),
+                        uid: entry.view.uid.clone(),
                         message: message.clone(),
                     };
                     self.conditions.push(update);

@@ -19,6 +19,7 @@ use dilu_agent::{Agent, AgentError};
 use dilu_deviceplugin::{
     DevicePlugin, PhysicalDevice, PluginConfig, Preference, RunningPlugin, ServeConfig,
 };
+use dilu_k8s::events::{EventSink, EventType, Reporter, node_ref};
 use dilu_k8s::meta::{self, NodeDevice};
 use dilu_k8s::node::{
     self, Attached, Channel, Held, NodeConfig, NodePreference, PickCheck, PodChannels, PodDevices,
@@ -230,6 +231,30 @@ fn unhealthy_devices(agent: &Agent) -> watch::Receiver<BTreeSet<String>> {
     rx
 }
 
+/// Writes an event on the Node whenever one of its devices becomes unhealthy (`GPUUnhealthy`, with the reason)
+/// or healthy again (`GPUHealthy`); a device unhealthy at start is reported at once.
+fn report_health(agent: &Agent, node: &str, events: EventSink) {
+    let node = node.to_string();
+    agent.health().subscribe(move |change| {
+        let (type_, reason, note) = match change.health.reason() {
+            Some(why) => (
+                EventType::Warning,
+                "GPUUnhealthy",
+                format!(
+                    "device {} is unhealthy: {why}; nothing new is placed on it",
+                    change.uuid
+                ),
+            ),
+            None => (
+                EventType::Normal,
+                "GPUHealthy",
+                format!("device {} is healthy again", change.uuid),
+            ),
+        };
+        events.emit(node_ref(&node), type_, reason, "Watch", note);
+    });
+}
+
 /// Starts one device plugin per device kind the agent has (GPUs as `dilu.io/gpu-share`, CPU devices as
 /// `dilu.io/cpu-share`), each device with the health the agent watches, steered by `preference`.
 async fn start_plugins(
@@ -357,6 +382,14 @@ pub fn run(args: AgentArgs) -> Result<()> {
         node_config.lease_namespace = kube.lease_namespace.clone();
         node_config.lease_seconds = kube.lease_seconds;
         node_config.unhealthy = Some(unhealthy_devices(&agent));
+        node_config.events = EventSink::start(
+            client.clone(),
+            Reporter {
+                controller: "dilu.io/agent".into(),
+                instance: node_config.node.clone(),
+            },
+        );
+        report_health(&agent, &node_config.node, node_config.events.clone());
         if kube.pick_check_s > 0.0 {
             node_config.pick_check = Some(PickCheck {
                 source: Arc::new(KubeletPodDevices {
