@@ -13,11 +13,13 @@
 //!   max_batch: 8                                          # the largest batch the server forms
 //!   ready_timeout_s: 120                                  # a start that takes longer fails
 //!   sample: { inputs: [ ... ] }                           # a v2 request body for profiling (optional)
+//!   image: registry.example.com/resnet:1.4                # Kubernetes: the image holding the program
 //! ```
 //!
-//! The platform starts the process with `PORT` (where it must listen, on 127.0.0.1), `DILU_FUNCTION` (the
-//! model name it serves under `/v2/models/…`) and `DILU_MAX_BATCH` in its environment, and replaces `$PORT` and
-//! `${PORT}` in its arguments. On a GPU the CUDA interposer is preloaded, so its budget and memory cap hold.
+//! The platform starts the process with `HOST` and `PORT` (where it must listen: 127.0.0.1 under `dilu up`, the
+//! pod's IP on Kubernetes), `DILU_FUNCTION` (the model name it serves under `/v2/models/…`), `DILU_MAX_BATCH`
+//! and, with an SLO, `DILU_SLO_MS` in its environment, and replaces `$HOST`, `${HOST}`, `$PORT` and `${PORT}` in
+//! its arguments. On a GPU the CUDA interposer is preloaded, so its budget and memory cap hold.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,9 +30,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::RESERVED_ENV;
 
-/// The variables the platform sets for a process and a spec cannot set: the agent's ([`RESERVED_ENV`]),
-/// the port, the function's name, the batch and the preload.
-pub const PROCESS_ENV: [&str; 3] = ["PORT", "DILU_FUNCTION", "DILU_MAX_BATCH"];
+/// The variables the platform sets for a process and a spec cannot set (besides the agent's,
+/// [`RESERVED_ENV`]): where to listen, the function's name, the batch and the SLO.
+pub const PROCESS_ENV: [&str; 5] = [
+    "HOST",
+    "PORT",
+    "DILU_FUNCTION",
+    "DILU_MAX_BATCH",
+    "DILU_SLO_MS",
+];
+
+/// The variables whose value is known only when an instance starts: `$HOST` and `$PORT` in a process's
+/// arguments are left for it (`dilu deploy` does not expand them).
+pub const LEFT_FOR_THE_INSTANCE: [&str; 2] = ["HOST", "PORT"];
 
 /// What a process speaks.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -125,6 +137,10 @@ pub struct ProcessSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(schema_with = "any_object"))]
     pub sample: Option<serde_json::Value>,
+    /// The container image that holds the program (required on Kubernetes, where the instance is a pod;
+    /// `dilu up` runs the command on its own node and does not use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn one() -> u32 {
@@ -160,13 +176,18 @@ impl ProcessSpec {
             .unwrap_or_else(|| self.protocol_for(inference).default_readiness().to_string())
     }
 
-    /// The program and every argument, `$PORT` and `${PORT}` replaced by `port`.
-    pub fn command_line(&self, port: u16) -> Vec<String> {
+    /// The program and every argument, `$HOST`/`${HOST}` replaced by `host` and `$PORT`/`${PORT}` by `port`.
+    pub fn command_line(&self, host: &str, port: u16) -> Vec<String> {
         let port = port.to_string();
         self.command
             .iter()
             .chain(&self.args)
-            .map(|a| a.replace("${PORT}", &port).replace("$PORT", &port))
+            .map(|a| {
+                a.replace("${PORT}", &port)
+                    .replace("$PORT", &port)
+                    .replace("${HOST}", host)
+                    .replace("$HOST", host)
+            })
             .collect()
     }
 
@@ -273,6 +294,16 @@ impl ProcessSpec {
                 "must be in 1..=3600 seconds",
             )?;
         }
+        if let Some(image) = &self.image {
+            FieldError::require(
+                !image.is_empty()
+                    && image.len() <= MAX_TEXT
+                    && image.bytes().all(|b| b.is_ascii_graphic()),
+                "process.image",
+                format!("{:?}", image.chars().take(40).collect::<String>()),
+                "must be an image reference (printable ASCII, no spaces), such as registry.example.com/app:1.0",
+            )?;
+        }
         if let Some(sample) = &self.sample {
             FieldError::require(
                 inference,
@@ -321,12 +352,23 @@ mod tests {
     }
 
     #[test]
-    fn the_port_is_substituted_in_every_argument() {
-        let p = spec("command: [srv, --port, $PORT]\nargs: [\"--url=http://127.0.0.1:${PORT}/x\"]");
-        assert_eq!(
-            p.command_line(8123),
-            ["srv", "--port", "8123", "--url=http://127.0.0.1:8123/x"]
+    fn the_host_and_port_are_substituted_in_every_argument() {
+        let p = spec(
+            "command: [srv, --host, $HOST, --port, $PORT]\nargs: [\"--url=http://${HOST}:${PORT}/x\"]",
         );
+        assert_eq!(
+            p.command_line("127.0.0.1", 8123),
+            [
+                "srv",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8123",
+                "--url=http://127.0.0.1:8123/x"
+            ]
+        );
+        // In a pod the kubelet expands the pod's IP.
+        assert_eq!(p.command_line("$(POD_IP)", 8080)[2], "$(POD_IP)");
     }
 
     #[test]
@@ -352,6 +394,13 @@ mod tests {
                 "process.ready_timeout_s",
             ),
             ("command: [x]\nsample: {data: 1}", "process.sample"),
+            ("command: [x]\nenv: {HOST: 0.0.0.0}", "process.env.HOST"),
+            (
+                "command: [x]\nenv: {DILU_SLO_MS: '5'}",
+                "process.env.DILU_SLO_MS",
+            ),
+            ("command: [x]\nimage: ''", "process.image"),
+            ("command: [x]\nimage: 'my image'", "process.image"),
         ];
         for (yaml, field) in cases {
             let e = spec(yaml).validate(true).unwrap_err();

@@ -324,6 +324,7 @@ impl FunctionSpec {
                     max_batch: 1,
                     ready_timeout_s: None,
                     sample: None,
+                    image: None,
                 }),
             },
         }

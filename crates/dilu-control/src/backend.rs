@@ -134,6 +134,7 @@ impl InstancePlan {
             }
             Runtime::Process { process } => {
                 let mut env = process.env.clone();
+                env.insert("HOST".into(), host.to_string());
                 env.insert("PORT".into(), port.to_string());
                 env.insert("DILU_FUNCTION".into(), self.function.clone());
                 env.insert("DILU_MAX_BATCH".into(), self.batch.max(1).to_string());
@@ -141,7 +142,7 @@ impl InstancePlan {
                     env.insert("DILU_SLO_MS".into(), slo.to_string());
                 }
                 Launch::Program {
-                    command: process.command_line(port),
+                    command: process.command_line(host, port),
                     env,
                     workdir: process.workdir.clone(),
                 }

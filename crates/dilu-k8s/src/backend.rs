@@ -2,7 +2,8 @@
 //!
 //! - `create` makes a Pod owned by its `Function` (owner reference), labelled with the function, template,
 //!   generation and instance name, annotated with its booking and quota, asking for `dilu-scheduler`; its
-//!   container runs the `dilu` image with the plan's arguments, listening on `$(POD_IP):8080`, with the
+//!   container runs the `dilu` image with the plan's arguments (a process function: its own image and
+//!   command, with `HOST=$(POD_IP)` and `PORT=8080`), listening on `$(POD_IP):8080`, with the
 //!   runtime's readiness probe, its pod UID in `DILU_POD_UID` and its quota channel in `DILU_QUOTA_FILE`
 //!   (`/run/dilu/quota/$(DILU_POD_UID)`, where the node agent's device plugin mounts the device's channels),
 //!   and one share of its device kind as resource request and limit ([`share_resource`]), which makes the
@@ -119,8 +120,13 @@ impl PodTemplate {
             field_env("POD_IP", "status.podIP"),
             field_env(meta::POD_UID_ENV, "metadata.uid"),
         ];
-        // The built-in runtimes are the image's `dilu`; a process is its own command (check() refuses those
-        // until a spec can name an image).
+        // The built-in runtimes are the image's `dilu`; a process is its own command in its own image (check()
+        // refuses a process without one). `$(POD_IP)` in its HOST and arguments is the kubelet's to expand.
+        let image = match &plan.runtime {
+            Runtime::Process { process } => process.image.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| self.image.clone());
         let (command, args, working_dir) = match plan.launch("$(POD_IP)", INSTANCE_PORT) {
             Launch::Dilu(args) => (vec!["dilu".to_string()], Some(args), None),
             Launch::Program {
@@ -138,7 +144,7 @@ impl PodTemplate {
         };
         let container = Container {
             name: "instance".into(),
-            image: Some(self.image.clone()),
+            image: Some(image),
             image_pull_policy: Some(self.pull_policy.clone()),
             command: Some(command),
             args,
@@ -508,12 +514,13 @@ impl InstanceBackend for KubeBackend {
                 model.path.display().to_string(),
                 "must be an absolute path inside the instance's image or volume",
             )),
-            Runtime::Process { .. } => Err(FieldError::new(
-                "runtime",
-                "process",
-                "is not supported on Kubernetes yet: a pod runs Dilu's image, which does not hold your server \
-                 (run it with `dilu up`, or serve an ONNX model with runtime onnx)",
+            Runtime::Process { process } if process.image.is_none() => Err(FieldError::new(
+                "process.image",
+                "(none)",
+                "is required on Kubernetes: the container image that holds the program (the instance is a pod \
+                 running it)",
             )),
+
             _ => Ok(()),
         }
     }
@@ -619,6 +626,73 @@ mod tests {
         let one = BTreeMap::from([(meta::CPU_SHARE.to_string(), Quantity("1".into()))]);
         assert_eq!(r.requests.as_ref(), Some(&one));
         assert_eq!(r.limits.as_ref(), Some(&one));
+    }
+
+    #[tokio::test]
+    async fn a_process_function_runs_its_command_in_its_image_listening_on_the_pod_ip() {
+        let process: dilu_api::ProcessSpec = serde_yaml::from_str(
+            "command: [python3, serve.py, --host, $HOST, --port, $PORT]\nenv: {OMP_NUM_THREADS: '1'}\n\
+             workdir: /srv\nimage: registry.example.com/resnet:1.4\nreadiness: /ready\n",
+        )
+        .unwrap();
+        let mut plan = plan();
+        plan.runtime = Runtime::Process { process };
+        let backend_check = |runtime: &Runtime| -> Result<(), FieldError> {
+            // check() needs no API server: build a backend around a client that is never used.
+            let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+            let client = Client::try_from(config).unwrap();
+            KubeBackend::new(client, PodTemplate::new("ml", "dilu:test")).check(runtime)
+        };
+        backend_check(&plan.runtime).unwrap();
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan, "uid-1");
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example.com/resnet:1.4"));
+        assert_eq!(
+            c.command.as_deref().unwrap(),
+            [
+                "python3",
+                "serve.py",
+                "--host",
+                "$(POD_IP)",
+                "--port",
+                "8080"
+            ]
+        );
+        assert_eq!(c.args, None);
+        assert_eq!(c.working_dir.as_deref(), Some("/srv"));
+        let env: Vec<(&str, Option<&str>)> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        // POD_IP first: the kubelet expands $(POD_IP) only from variables defined before.
+        assert_eq!(env[0], ("POD_IP", None));
+        for want in [
+            ("HOST", Some("$(POD_IP)")),
+            ("PORT", Some("8080")),
+            ("DILU_FUNCTION", Some("ocr")),
+            ("DILU_MAX_BATCH", Some("4")),
+            ("OMP_NUM_THREADS", Some("1")),
+        ] {
+            assert!(env.contains(&want), "{want:?} in {env:?}");
+        }
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/ready"));
+        // Without an image there is nothing for the pod to run.
+        let Runtime::Process { process } = &mut plan.runtime else {
+            unreachable!()
+        };
+        process.image = None;
+        let e = backend_check(&plan.runtime).unwrap_err();
+        assert_eq!(e.field, "process.image");
     }
 
     #[test]

@@ -608,3 +608,112 @@ async fn a_function_at_zero_starts_on_its_first_request_and_a_spec_change_rolls_
         .sum();
     assert_eq!(failed, 0, "answers during the roll: {statuses:?}");
 }
+
+/// `runtime: process` on Kubernetes: the pod runs the spec's image with its command, listening on the pod's IP
+/// (`$HOST`); it is profiled with the spec's sample and serves through the gateway. Without an image the spec is
+/// refused with `SpecValid=False` naming `process.image`. (The node runner runs the command here and pulls no
+/// image; the image only has to reach the pod.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_function_runs_its_image_and_serves_through_the_gateway() {
+    let Some(cluster) = Cluster::start(1).await else {
+        return;
+    };
+    let (gateway, url) = cluster.gateway();
+    let scheduler = cluster.scheduler("s1");
+    let controller = cluster.controller("c1", Some(&url));
+    let logs = || {
+        format!(
+            "{}\n{}\n{}",
+            controller.log(),
+            scheduler.log(),
+            gateway.log()
+        )
+    };
+    let server = cluster.dir.path().join("doubler.py");
+    std::fs::write(&server, common::DOUBLER).unwrap();
+    let python = std::env::var("DILU_PYTHON").unwrap_or_else(|_| "python3".into());
+    let manifest = |name: &str, image: &str| {
+        format!(
+            "apiVersion: dilu.io/v1alpha1\nkind: Function\nmetadata: {{name: {name}}}\nspec:\n  kind: inference\n  \
+             runtime: process\n  process:\n    command: [{python}, {server}]\n{image}    max_batch: 4\n    \
+             sample: {sample}\n  slo_ms: 500\n  scaling: {{min_instances: 1, max_instances: 1}}\n",
+            server = server.display(),
+            sample = common::DOUBLER_SAMPLE,
+        )
+    };
+    let path = cluster.dir.path().join("doubler.yaml");
+    std::fs::write(
+        &path,
+        manifest("doubler", "    image: registry.example.com/doubler:1.0\n")
+            + "---\n"
+            + &manifest("no-image", ""),
+    )
+    .unwrap();
+    let started = Instant::now();
+    cluster.kubectl(&["apply", "-f", &path.display().to_string()]);
+
+    let f = wait_until(
+        "doubler profiled and running",
+        Duration::from_secs(120),
+        logs,
+        || async {
+            let f = cluster.function("doubler").await?;
+            let s = f.status.clone()?;
+            (s.phase.as_deref() == Some("running") && s.ready_instances >= 1).then_some(f)
+        },
+    )
+    .await;
+    let status = f.status.clone().unwrap();
+    println!(
+        "process function running {:.1} s after kubectl apply: quota {:?}, batch {:?}, capacity {:?} req/s",
+        started.elapsed().as_secs_f64(),
+        status.quota,
+        status.batch,
+        status.capacity_rps
+    );
+    assert!(status.quota.is_some(), "profiled: {status:?}");
+    let pods = cluster.pods("doubler").await;
+    let pod = pods
+        .iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .unwrap();
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example.com/doubler:1.0"));
+    assert_eq!(c.command.as_ref().unwrap()[0], python);
+    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+    let log = cluster.runner.log(&pod.name_any());
+    assert!(
+        log.contains(&format!("doubler doubler on {pod_ip}:8080")),
+        "listens on the pod's IP: {log}"
+    );
+
+    // Through the gateway.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .post(format!("{url}/v2/models/doubler/infer"))
+        .header("content-type", "application/json")
+        .body(common::DOUBLER_SAMPLE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(output_data(&v), [2.0, 4.0, 6.0, 8.0], "{v}");
+
+    // No image: nothing to run in a pod, refused with the field.
+    let refused = wait_until(
+        "no-image refused",
+        Duration::from_secs(30),
+        logs,
+        || async {
+            let f = cluster.function("no-image").await?;
+            f.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "SpecValid" && c.status == "False")
+        },
+    )
+    .await;
+    assert!(refused.message.contains("process.image"), "{refused:?}");
+    assert!(cluster.pods("no-image").await.is_empty());
+}

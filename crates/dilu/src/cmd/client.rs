@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use dilu_api::process::LEFT_FOR_THE_INSTANCE;
 use reqwest::blocking::{Client, Response};
 use serde_json::Value;
 
@@ -85,8 +86,9 @@ pub(super) fn json_of(resp: Response, method: &str, url: &str) -> Result<Value> 
 pub struct DeployArgs {
     /// The function spec (YAML or JSON). `~`, `$VAR`, `${VAR}` and `${VAR:-default}` in `model.path` and in a
     /// process's command, args and workdir are expanded here (`DILU_MODEL_CACHE` defaults to
-    /// ~/.cache/dilu/models; `$PORT` is left for the instance), and relative paths are taken from the spec's
-    /// folder (a process runs there unless its workdir says otherwise), so the server gets absolute paths.
+    /// ~/.cache/dilu/models; `$HOST` and `$PORT` are left for the instance), and relative paths are taken from
+    /// the spec's folder (a process runs there unless its workdir says otherwise), so the server gets absolute
+    /// paths.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
     /// Wait until the function runs (profiled, with a ready instance), or fails.
@@ -99,12 +101,9 @@ pub struct DeployArgs {
     server: ServerArgs,
 }
 
-/// The variable the platform sets for every process and `dilu deploy` leaves for it: `$PORT` in a process's
-/// arguments is the instance's port, known only when the instance starts.
-const LEFT_FOR_THE_INSTANCE: &str = "PORT";
-
 /// `$VAR`, `${VAR}`, `${VAR:-default}` and a leading `~` expanded in the value of `field`; an unset variable
-/// without a default is an error naming the field and the variable. `$PORT` is left as written.
+/// without a default is an error naming the field and the variable. `$HOST` and `$PORT` are left as written
+/// (the instance's, known when it starts: [`LEFT_FOR_THE_INSTANCE`]).
 pub(crate) fn expand(text: &str, field: &str) -> Result<String> {
     let home = || {
         std::env::var("HOME").map_err(|_| anyhow!("{field}: HOME is not set (needed to expand ~)"))
@@ -144,7 +143,7 @@ pub(crate) fn expand(text: &str, field: &str) -> Result<String> {
             Some((name, default)) => (name, Some(default)),
             None => (expression, None),
         };
-        if name.is_empty() || name == LEFT_FOR_THE_INSTANCE {
+        if name.is_empty() || LEFT_FOR_THE_INSTANCE.contains(&name) {
             out.push('$');
             out.push_str(written);
         } else {
@@ -498,6 +497,7 @@ mod tests {
         assert_eq!(expand("${DILU_TEST_X:-python3}").unwrap(), "/m");
         assert_eq!(expand("--port=$PORT").unwrap(), "--port=$PORT");
         assert_eq!(expand("${PORT}").unwrap(), "${PORT}");
+        assert_eq!(expand("--host=$HOST").unwrap(), "--host=$HOST");
     }
 
     #[test]

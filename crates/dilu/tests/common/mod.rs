@@ -11,6 +11,13 @@ use serde_json::Value;
 
 pub mod platform;
 
+/// A v2 server in Python's standard library for process functions (`common/doubler.py`): output = input × 2.
+pub const DOUBLER: &str = include_str!("doubler.py");
+
+/// A v2 request the doubler answers (`[1, 2, 3, 4]` → `[2, 4, 6, 8]`).
+pub const DOUBLER_SAMPLE: &str =
+    r#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}"#;
+
 /// The `dilu` binary under test.
 pub fn dilu_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dilu")
