@@ -19,7 +19,7 @@ Training mode (`--train`): launches `KERNELS_PER_REQUEST` kernels per step in a 
 `GET /health` and `GET /status` (`{"iterations": N, ...}`).
 
 Environment:
-    PORT                 TCP port to listen on, on 127.0.0.1 (required)
+    PORT                 TCP port to listen on (required), on $HOST (default 127.0.0.1)
     DILU_FUNCTION        model name served under /v2/models/NAME (default: cuda-ctypes)
     DILU_MAX_BATCH       largest batch one request may carry (default: 8)
     WEIGHTS_BYTES        device memory allocated at start and held (default: 64MiB; suffixes KiB, MiB, GiB)
@@ -650,7 +650,11 @@ class Server(ThreadingHTTPServer):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="run the training loop instead of serving v2")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST") or "127.0.0.1",
+        help="address to listen on (default: $HOST, which the platform sets, else 127.0.0.1)",
+    )
     args = parser.parse_args()
     try:
         config = Config(args)

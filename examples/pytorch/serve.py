@@ -17,8 +17,9 @@ out-of-memory included: the server frees its cache and goes on), 503 not ready.
 
 To serve your own model, change the section "The model" below (see README.md, "Serving your own model").
 
-Environment (set by the platform): PORT (required), DILU_FUNCTION (the model name; default: the network's
-name), DILU_MAX_BATCH (default 8); CUDA_VISIBLE_DEVICES and the CUDA interposer on a GPU node. Optional:
+Environment (set by the platform): PORT (required), HOST (the address to listen on; default 127.0.0.1),
+DILU_FUNCTION (the model name; default: the network's name), DILU_MAX_BATCH (default 8); CUDA_VISIBLE_DEVICES
+and the CUDA interposer on a GPU node. Optional:
 MODEL (the network, as --model), LOG_BATCHES=1 (one stderr line per batch run: items and requests).
 
 Exit status: 0 after SIGTERM or SIGINT; 2 bad configuration (PORT missing or invalid, unknown model name);
@@ -528,7 +529,11 @@ def main():
     parser.add_argument("--max-wait-ms", type=float, default=2.0,
                         help="how long a batch waits for more requests (default: 2 ms)")
     parser.add_argument("--warmup", action="store_true", help="run a batch of 1 and of max_batch before ready")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST") or "127.0.0.1",
+        help="address to listen on (default: $HOST, which the platform sets, else 127.0.0.1)",
+    )
     args = parser.parse_args()
     port, function, max_batch = read_config(args)
 

@@ -5,12 +5,12 @@ It trains a small convolutional network on a fixed synthetic data set (random 3x
 fixed random linear function, so the loss really falls; fixed seed, nothing downloaded), on `cuda` when
 PyTorch sees a GPU, else on the CPU, forever, until SIGTERM or SIGINT (then it exits 0).
 
-While it trains it serves, on 127.0.0.1:$PORT, from a background thread:
+While it trains it serves, on $HOST:$PORT (HOST defaults to 127.0.0.1), from a background thread:
     GET /health   200 {"status": "running"} once training runs (503 before; 500 after a fatal error)
     GET /status   200 {"iterations": N, "loss": x, "device": "...", "batch": B, "elapsed_s": t}
 N is the number of optimizer steps done so far: the platform's profiler reads its rate.
 
-Environment: PORT (required), BATCH_SIZE (default 64), OMP_NUM_THREADS (CPU threads).
+Environment: PORT (required), HOST (default 127.0.0.1), BATCH_SIZE (default 64), OMP_NUM_THREADS (CPU threads).
 Exit status: 0 after SIGTERM or SIGINT; 2 bad configuration (PORT missing or invalid); 4 CUDA out of memory;
 1 any other fatal error.
 """
@@ -144,7 +144,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="auto: cuda when PyTorch sees a GPU, else cpu")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST") or "127.0.0.1",
+        help="address to listen on (default: $HOST, which the platform sets, else 127.0.0.1)",
+    )
     args = parser.parse_args()
     port = read_port()
     batch = env_positive("BATCH_SIZE", 64)
