@@ -140,6 +140,9 @@ struct Tracked {
     reported_not_ready: bool,
     /// Why booking it again failed, once reported (its device came back to the inventory without room).
     rebook_error: Option<String>,
+    /// When the control plane asked for it, until its first readiness is counted; `None` for one it adopted,
+    /// whose start it did not see.
+    created_ns: Option<u64>,
 }
 
 /// One function as the reconciler tracks it.
@@ -395,6 +398,7 @@ impl Function {
                 reported_alloc_failures: 0,
                 reported_not_ready: false,
                 rebook_error: None,
+                created_ns: Some(now),
             },
         );
     }
@@ -988,7 +992,11 @@ impl Controller {
                     {
                         eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
                     }
+                    let id = o.id.clone();
                     f.track(o, take(pass.next_seq), pass.now);
+                    if let Some(t) = f.instances.get_mut(&id) {
+                        t.created_ns = None;
+                    }
                 }
             }
         }
@@ -1010,6 +1018,14 @@ impl Controller {
                 if state != t.state {
                     t.state = state;
                     t.since_ns = pass.now;
+                }
+                if state != InstanceState::Starting
+                    && let Some(created) = t.created_ns.take()
+                {
+                    self.metrics.instance_ready(
+                        &name,
+                        Duration::from_nanos(pass.now.saturating_sub(created)),
+                    );
                 }
             }
             if let Some(exit) = &t.obs.last_exit
@@ -1542,6 +1558,7 @@ impl Controller {
                 profiling,
             } => {
                 let key = plan.name.clone();
+                let asked = self.clock.now_ns();
                 let result = self.backend.create(*plan).await;
                 let now = self.clock.now_ns();
                 let mut st = lock(&self.state);
@@ -1564,7 +1581,11 @@ impl Controller {
                         if std::mem::take(&mut f.start_error) {
                             f.last_error = None;
                         }
+                        let id = obs.id.clone();
                         f.track(obs, take(next_seq), now);
+                        if let Some(t) = f.instances.get_mut(&id) {
+                            t.created_ns = Some(asked);
+                        }
                     }
                     // Deleted while it started: the next pass stops it as an orphan.
                     (Ok(_), None) => {}

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use dilu_core::prometheus::Family;
+use std::time::Duration;
+
+use dilu_core::prometheus::{AtomicHistogram, Family, STARTUP_BUCKETS_S};
 
 #[derive(Default)]
 struct Counts {
@@ -15,6 +17,7 @@ struct Counts {
     scaling: BTreeMap<(String, &'static str), u64>,
     vertical: BTreeMap<String, u64>,
     profiling: BTreeMap<(String, String, &'static str), u64>,
+    startup: BTreeMap<String, AtomicHistogram<{ STARTUP_BUCKETS_S.len() }>>,
 }
 
 /// Counters the control plane keeps.
@@ -41,6 +44,16 @@ impl ControlMetrics {
     /// An instance of `function` was started.
     pub fn instance_started(&self, function: &str) {
         self.with(|c| *c.instances_started.entry(function.into()).or_default() += 1);
+    }
+
+    /// An instance of `function` became ready for the first time, `took` after it was created.
+    pub fn instance_ready(&self, function: &str, took: Duration) {
+        self.with(|c| {
+            c.startup
+                .entry(function.into())
+                .or_insert_with(|| AtomicHistogram::new(&STARTUP_BUCKETS_S))
+                .observe(took)
+        });
     }
 
     /// An instance of `function` exited or vanished without being asked to.
@@ -108,6 +121,16 @@ impl ControlMetrics {
         );
         for (function, n) in &c.instances_started {
             f.sample(&[("function", function)], *n as f64);
+        }
+        let mut f = Family::new(
+            out,
+            "dilu_control_instance_startup_seconds",
+            "histogram",
+            "Time from an instance's creation to its first readiness (process start, model load, readiness probe), \
+             as the control plane sees it (to one reconcile pass).",
+        );
+        for (function, h) in &c.startup {
+            h.render(&mut f, &[("function", function)]);
         }
         let mut f = Family::new(
             out,

@@ -161,6 +161,13 @@ async fn serving_then_broken() -> (Rig, String) {
 const V1: &str =
     "quota: {request: 0.2, limit: 0.5}\nscaling: {max_instances: 1, capacity_rps: 10}\n";
 
+/// The control plane's `/metrics` families.
+fn metrics_text(c: &Controller) -> String {
+    let mut out = String::new();
+    c.metrics().render(&mut out, 1, &c.instance_counts());
+    out
+}
+
 fn spec(yaml: &str) -> FunctionSpec {
     parse_spec(yaml, SpecFormat::Yaml).unwrap()
 }
@@ -198,6 +205,16 @@ async fn a_function_with_quota_and_capacity_runs_its_minimum_and_is_routed_once_
     let q = rig.backend.instance(id).unwrap().quota;
     assert_eq!((q.request, q.limit), (0.2, 0.5));
     assert!((rig.c.booked()[0].1 - 0.4).abs() < 1e-9);
+    // Each took READY_MS from the create to its first readiness.
+    let text = metrics_text(&rig.c);
+    for line in [
+        "dilu_control_instance_startup_seconds_bucket{function=\"a\",le=\"0.25\"} 0",
+        "dilu_control_instance_startup_seconds_bucket{function=\"a\",le=\"0.5\"} 2",
+        "dilu_control_instance_startup_seconds_sum{function=\"a\"} 0.6",
+        "dilu_control_instance_startup_seconds_count{function=\"a\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
     // Passes without change do nothing more.
     let before = rig.backend.calls().len();
     rig.run_for(1_000, 100).await;
@@ -527,6 +544,12 @@ async fn a_restarted_controller_adopts_running_instances_without_creating_any() 
     assert_eq!(ids, before, "the same instances, ready on the first pass");
     assert_eq!(c2.routes().borrow()[0].endpoints.len(), 2);
     assert_eq!(rig.calls("create").len(), creates, "nothing new started");
+    // It did not see them start: no start-up time is counted for them.
+    assert!(
+        !metrics_text(&c2).contains("dilu_control_instance_startup_seconds_count"),
+        "{}",
+        metrics_text(&c2)
+    );
     assert!(
         (c2.booked()[0].1 - 0.4).abs() < 1e-9,
         "the ledger books what runs"

@@ -3,6 +3,8 @@
 //! every component (agent, worker, control plane, gateway) renders `/metrics` the same way.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
 pub struct Family<'a> {
@@ -86,6 +88,70 @@ impl<'a> Family<'a> {
         self.sample_named(&sum_name, labels, sum);
         let count_name = format!("{}_count", self.name);
         self.sample_named(&count_name, labels, count as f64);
+    }
+}
+
+/// Upper bounds, in seconds, of histograms of start-up times (50 ms to 5 min): an instance's process start,
+/// model load and first readiness, or a request's wait for one.
+pub const STARTUP_BUCKETS_S: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// A histogram of durations that records without a lock or an allocation: one atomic per bucket (not
+/// cumulative; the last one is `+Inf`) and the sum.
+pub struct AtomicHistogram<const N: usize> {
+    bounds_s: &'static [f64; N],
+    /// `bounds_s` in nanoseconds, for the hot path.
+    bounds_ns: [u64; N],
+    /// `N + 1` buckets.
+    counts: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl<const N: usize> AtomicHistogram<N> {
+    /// An empty histogram with buckets up to each of `bounds_s` (seconds), and `+Inf`.
+    pub fn new(bounds_s: &'static [f64; N]) -> Self {
+        AtomicHistogram {
+            bounds_s,
+            bounds_ns: bounds_s.map(|b| (b * 1e9) as u64),
+            counts: (0..=N).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one duration.
+    pub fn observe(&self, value: Duration) {
+        let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = self
+            .bounds_ns
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(N);
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Mean of the observations so far, if any.
+    pub fn mean(&self) -> Option<Duration> {
+        let count = self.count();
+        (count > 0).then(|| Duration::from_nanos(self.sum_ns.load(Relaxed) / count))
+    }
+
+    /// Appends this histogram's samples to `family` with `labels`.
+    pub fn render(&self, family: &mut Family<'_>, labels: &[(&str, &str)]) {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        family.histogram(
+            labels,
+            self.bounds_s,
+            &counts[..N],
+            self.sum_ns.load(Relaxed) as f64 / 1e9,
+            counts.iter().sum(),
+        );
     }
 }
 

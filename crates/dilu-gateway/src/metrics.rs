@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use dilu_core::prometheus::Family;
+use dilu_core::prometheus::{AtomicHistogram, Family, STARTUP_BUCKETS_S};
 
 /// Upper bounds of the latency histogram's buckets, in seconds (1 ms to 30 s).
 pub(crate) const BUCKETS_S: [f64; 14] = [
@@ -16,62 +16,6 @@ pub(crate) const OWN_BUCKETS_S: [f64; 13] = [
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1,
 ];
-
-/// A histogram of durations that records without a lock or an allocation: one atomic per bucket (not
-/// cumulative; the last one is `+Inf`) and the sum.
-pub(crate) struct AtomicHistogram<const N: usize> {
-    bounds_s: &'static [f64; N],
-    /// `bounds_s` in nanoseconds, for the hot path.
-    bounds_ns: [u64; N],
-    /// `N + 1` buckets.
-    counts: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-}
-
-impl<const N: usize> AtomicHistogram<N> {
-    pub(crate) fn new(bounds_s: &'static [f64; N]) -> Self {
-        AtomicHistogram {
-            bounds_s,
-            bounds_ns: bounds_s.map(|b| (b * 1e9) as u64),
-            counts: (0..=N).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn observe(&self, value: Duration) {
-        let ns = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = self
-            .bounds_ns
-            .iter()
-            .position(|&bound| ns <= bound)
-            .unwrap_or(N);
-        self.counts[bucket].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-    }
-
-    /// Observations so far.
-    pub(crate) fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
-    /// Mean of the observations so far, if any.
-    pub(crate) fn mean(&self) -> Option<Duration> {
-        let count = self.count();
-        (count > 0).then(|| Duration::from_nanos(self.sum_ns.load(Relaxed) / count))
-    }
-
-    /// Appends this histogram's samples to `family` with `labels`.
-    fn render(&self, family: &mut Family<'_>, labels: &[(&str, &str)]) {
-        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
-        family.histogram(
-            labels,
-            self.bounds_s,
-            &counts[..N],
-            self.sum_ns.load(Relaxed) as f64 / 1e9,
-            counts.iter().sum(),
-        );
-    }
-}
 
 /// Status code recorded when the client went away before its response was ready (nginx's convention).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
@@ -89,6 +33,8 @@ pub(crate) struct FunctionMetrics {
     slo_violations: AtomicU64,
     retries: AtomicU64,
     cold_start_waits: AtomicU64,
+    /// How long requests that found no ready instance waited for one (those that got one).
+    cold_start_wait: AtomicHistogram<{ STARTUP_BUCKETS_S.len() }>,
     /// Window counters, reset by `take_window`.
     pub(crate) arrivals: AtomicU64,
     pub(crate) completed: AtomicU64,
@@ -108,6 +54,7 @@ impl FunctionMetrics {
             slo_violations: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             cold_start_waits: AtomicU64::new(0),
+            cold_start_wait: AtomicHistogram::new(&STARTUP_BUCKETS_S),
             arrivals: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -146,6 +93,11 @@ impl FunctionMetrics {
 
     pub(crate) fn count_cold_start_wait(&self) {
         self.cold_start_waits.fetch_add(1, Relaxed);
+    }
+
+    /// A request that found no ready instance got one after `waited`.
+    pub(crate) fn record_cold_start_wait(&self, waited: Duration) {
+        self.cold_start_wait.observe(waited);
     }
 
     /// Mean latency of the requests seen so far, if any.
@@ -212,6 +164,18 @@ pub(crate) fn render(out: &mut String, functions: &[Snapshot<'_>], unknown_funct
     for f in functions {
         f.metrics
             .own_time
+            .render(&mut family, &[("function", &f.metrics.function)]);
+    }
+    let mut family = Family::new(
+        out,
+        "dilu_gateway_cold_start_wait_seconds",
+        "histogram",
+        "How long requests that found their function without a ready instance waited until one took them (a \
+         cold start as clients see it; requests that gave up are in dilu_gateway_requests_total as 503).",
+    );
+    for f in functions {
+        f.metrics
+            .cold_start_wait
             .render(&mut family, &[("function", &f.metrics.function)]);
     }
     let gauges: [GaugeFamily; 3] = [

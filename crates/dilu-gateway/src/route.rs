@@ -597,6 +597,13 @@ async fn wait_for_slot(
         rx,
         done: false,
     };
+    let cold_since = cold.then(tokio::time::Instant::now);
+    let granted = |answer: Result<Ticket, Removed>| {
+        if let (Ok(_), Some(since)) = (&answer, cold_since) {
+            function.metrics.record_cold_start_wait(since.elapsed());
+        }
+        granted(function, answer)
+    };
     if cold {
         function.metrics.count_cold_start_wait();
         if fire_hook {
@@ -607,7 +614,7 @@ async fn wait_for_slot(
         }
         let cold_deadline = tokio::time::Instant::now() + cold_start_timeout;
         tokio::select! {
-            answer = wait.answer() => return granted(function, answer),
+            answer = wait.answer() => return granted(answer),
             () = tokio::time::sleep_until(cold_deadline) => {}
         }
         if let ColdCheck::GaveUp = function.check_cold(waiter_id) {
@@ -619,7 +626,7 @@ async fn wait_for_slot(
         }
     }
     let answer = wait.answer().await;
-    granted(function, answer)
+    granted(answer)
 }
 
 fn granted(

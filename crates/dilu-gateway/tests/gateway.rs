@@ -726,6 +726,11 @@ async fn cold_start_times_out_with_503_and_calls_the_hook() {
         h.metric("dilu_gateway_cold_start_waits_total{function=\"f\"}"),
         1.0
     );
+    // A request that gave up is not a cold start that happened.
+    assert_eq!(
+        h.metric("dilu_gateway_cold_start_wait_seconds_count{function=\"f\"}"),
+        0.0
+    );
     assert_eq!(h.queued(), 0);
 }
 
@@ -754,7 +759,16 @@ async fn cold_start_succeeds_when_an_instance_arrives() {
     }
     assert_eq!(control.await.unwrap(), "f");
     assert_eq!(fake.hits.load(SeqCst), 3);
-    assert!(h.metric("dilu_gateway_cold_start_waits_total{function=\"f\"}") >= 1.0);
+    let waits = h.metric("dilu_gateway_cold_start_waits_total{function=\"f\"}");
+    assert!(waits >= 1.0);
+    // Each is in the wait histogram; the one that fired the hook waited at least the 100 ms the "control
+    // plane" took to publish an instance.
+    assert_eq!(
+        h.metric("dilu_gateway_cold_start_wait_seconds_count{function=\"f\"}"),
+        waits
+    );
+    let waited = h.metric("dilu_gateway_cold_start_wait_seconds_sum{function=\"f\"}");
+    assert!((0.1..30.0).contains(&waited), "{waited}");
     let ready = h
         .client
         .get(format!("{}/v2/models/f/ready", h.base))
@@ -983,6 +997,7 @@ async fn metrics_expose_every_family_in_valid_text_format() {
         "slo_violations_total",
         "retries_total",
         "cold_start_waits_total",
+        "cold_start_wait_seconds",
         "instances_ready",
     ] {
         assert_eq!(
