@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::backend::{KubeBackend, PodTemplate};
 use crate::crd::{Condition, Function, FunctionStatus};
-use crate::events::{self, EventSink, EventType, Reporter, function_ref, pod_ref};
+use crate::events::{self, EventCounts, EventSink, EventType, Reporter, function_ref, pod_ref};
 use crate::meta;
 use crate::nodes::LostNodes;
 use crate::store::{KubeStore, ProfileWrite};
@@ -63,6 +63,40 @@ pub struct ControllerOptions {
     pub node_lease_namespace: Option<String>,
     /// Whether the reconciler's decisions become Kubernetes Events on the `Function`s (default true).
     pub events: bool,
+    /// Where its event writer counts; keep a clone to read it.
+    pub event_counts: Arc<EventCounts>,
+    /// The reconciler while it runs, for whoever serves its metrics; keep a clone to read it.
+    pub running: Running,
+}
+
+/// The reconciler of a controller while it runs (a standby replica has none).
+#[derive(Clone, Default)]
+pub struct Running(Arc<std::sync::Mutex<Option<Arc<Controller>>>>);
+
+impl Running {
+    fn set(&self, controller: Option<Arc<Controller>>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = controller;
+    }
+
+    /// The reconciler, while this replica's runs.
+    pub fn get(&self) -> Option<Arc<Controller>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Appends the reconciler's metrics (`dilu_control_*`, as `dilu up` serves them) to `out`; nothing while
+    /// none runs.
+    pub fn render_metrics(&self, out: &mut String) {
+        if let Some(c) = self.get() {
+            c.metrics()
+                .render(out, c.functions().len(), &c.instance_counts());
+        }
+    }
 }
 
 impl ControllerOptions {
@@ -77,6 +111,8 @@ impl ControllerOptions {
             gateway_url: None,
             node_lease_namespace: Some(meta::NODE_LEASE_NAMESPACE.to_string()),
             events: true,
+            event_counts: Arc::default(),
+            running: Running::default(),
         }
     }
 }
@@ -161,7 +197,11 @@ pub async fn run(
         sync.apply(f).await;
     }
     let sink = if options.events {
-        EventSink::start(client.clone(), Reporter::from_host("dilu.io/controller"))
+        EventSink::start_counting(
+            client.clone(),
+            Reporter::from_host("dilu.io/controller"),
+            options.event_counts.clone(),
+        )
     } else {
         EventSink::off()
     };
@@ -172,6 +212,7 @@ pub async fn run(
         sink.clone(),
     ));
     let reconciler = tokio::spawn(Arc::clone(&controller).run());
+    options.running.set(Some(Arc::clone(&controller)));
     let writer = tokio::spawn(write_profiles(functions.clone(), writes_rx));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &options.namespace);
     let serving = tokio::spawn(mark_serving(pods.clone(), controller.routes()));
@@ -203,6 +244,7 @@ pub async fn run(
             },
         }
     }
+    options.running.set(None);
     controller.stop().await;
     reconciler.abort();
     writer.abort();

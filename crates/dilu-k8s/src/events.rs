@@ -108,6 +108,26 @@ pub struct EventCountsSnapshot {
 }
 
 impl EventCounts {
+    /// Appends `dilu_kube_events_total{result}` (Prometheus text) to `out`.
+    pub fn render(&self, out: &mut String) {
+        let c = self.snapshot();
+        let mut family = dilu_core::prometheus::Family::new(
+            out,
+            "dilu_kube_events_total",
+            "counter",
+            "Kubernetes Events this process gave its writer: created, repeated (counted on an earlier event), \
+             dropped (queue full) or failed (refused by the API server).",
+        );
+        for (result, n) in [
+            ("created", c.created),
+            ("repeated", c.repeated),
+            ("dropped", c.dropped),
+            ("failed", c.failed),
+        ] {
+            family.sample(&[("result", result)], n as f64);
+        }
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> EventCountsSnapshot {
         EventCountsSnapshot {
@@ -149,8 +169,16 @@ impl EventSink {
     /// A sink whose events a task on the current Tokio runtime writes through `client` as `reporter`. The task
     /// ends when every clone of the sink is dropped (events still queued then are written first).
     pub fn start(client: Client, reporter: Reporter) -> EventSink {
+        EventSink::start_counting(client, reporter, Arc::default())
+    }
+
+    /// [`EventSink::start`], counting in `counts` (which a metrics endpoint may render).
+    pub fn start_counting(
+        client: Client,
+        reporter: Reporter,
+        counts: Arc<EventCounts>,
+    ) -> EventSink {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let counts = Arc::new(EventCounts::default());
         tokio::spawn(write_events(client, reporter, rx, Arc::clone(&counts)));
         EventSink {
             tx: Some(tx),

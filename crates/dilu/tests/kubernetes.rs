@@ -16,7 +16,7 @@ use dilu_core::ledger::Ledger;
 use dilu_core::policy::{Policy, PolicyName};
 use dilu_k8s::meta::{self, Assignment, PodBooking};
 use dilu_k8s_testkit::{ApiServer, event_for};
-use harness::{Cluster, Load, ready_pods, repo, wait_until};
+use harness::{Cluster, Load, metric, metrics_url, ready_pods, repo, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -247,6 +247,33 @@ async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
             Some("dilu.io/controller")
         );
     }
+    // Both serve their metrics: the controller's decisions and start-up times, the scheduler's binds.
+    let control = metrics_url(&controller);
+    let sched = metrics_url(&scheduler);
+    assert_eq!(
+        metric(&control, "dilu_kube_leader{component=\"controller\"}").await,
+        Some(1.0)
+    );
+    let outs = metric(
+        &control,
+        "dilu_control_scaling_actions_total{function=\"ocr-cls\",direction=\"out\"}",
+    )
+    .await;
+    assert!(outs >= Some(1.0), "{outs:?}");
+    let started = metric(
+        &control,
+        "dilu_control_instance_startup_seconds_count{function=\"ocr-cls\"}",
+    )
+    .await;
+    assert!(started >= Some(2.0), "{started:?}");
+    let binds = metric(&sched, "dilu_scheduler_binds_total").await;
+    assert!(binds >= Some(2.0), "{binds:?}");
+    let events = metric(&sched, "dilu_kube_events_total{result=\"created\"}").await;
+    assert!(events >= Some(2.0), "{events:?}");
+    assert_eq!(
+        metric(&sched, "dilu_kube_events_total{result=\"failed\"}").await,
+        Some(0.0)
+    );
     let described = cluster.kubectl(&["describe", "function", "ocr-cls"]);
     assert!(
         described.contains("ScaledOut") && described.contains("Profiled"),
@@ -324,6 +351,28 @@ async fn a_standby_controller_and_scheduler_take_over_from_a_killed_leader() {
         holder("dilu-scheduler")
     })
     .await;
+    // Each says whether it leads.
+    let ci = if leader_c == "c1" { 0 } else { 1 };
+    let si = if leader_s == "s1" { 0 } else { 1 };
+    let leading = |proc: &harness::Proc, component: &str| {
+        let url = metrics_url(proc);
+        let series = format!("dilu_kube_leader{{component=\"{component}\"}}");
+        async move { metric(&url, &series).await }
+    };
+    // (The Lease names the leader a moment before its work starts.)
+    wait_until(
+        "the leaders' gauges at 1",
+        Duration::from_secs(10),
+        logs,
+        || async {
+            (leading(&controllers[ci], "controller").await == Some(1.0)
+                && leading(&schedulers[si], "scheduler").await == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(leading(&controllers[1 - ci], "controller").await, Some(0.0));
+    assert_eq!(leading(&schedulers[1 - si], "scheduler").await, Some(0.0));
 
     // A deploy (quota given: no profiling) with two instances; kill both leaders as soon as the first pod exists.
     let manifest = ocr_manifest(&cache, cluster.dir.path());
@@ -341,8 +390,6 @@ async fn a_standby_controller_and_scheduler_take_over_from_a_killed_leader() {
     })
     .await;
     let killed = Instant::now();
-    let ci = if leader_c == "c1" { 0 } else { 1 };
-    let si = if leader_s == "s1" { 0 } else { 1 };
     controllers[ci].kill9();
     schedulers[si].kill9();
     let new_c = wait_until(
@@ -353,6 +400,13 @@ async fn a_standby_controller_and_scheduler_take_over_from_a_killed_leader() {
     )
     .await;
     let took_over = killed.elapsed();
+    wait_until(
+        "the standby's gauge at 1",
+        Duration::from_secs(10),
+        logs,
+        || async { (leading(&controllers[1 - ci], "controller").await == Some(1.0)).then_some(()) },
+    )
+    .await;
     wait_until(
         "two ready pods",
         Duration::from_secs(120),

@@ -284,7 +284,11 @@ pub async fn run(
     );
     let name = config.scheduler_name.clone();
     let events = if config.events {
-        EventSink::start(client.clone(), Reporter::from_host("dilu.io/scheduler"))
+        EventSink::start_counting(
+            client.clone(),
+            Reporter::from_host("dilu.io/scheduler"),
+            config.event_counts.clone(),
+        )
     } else {
         EventSink::off()
     };

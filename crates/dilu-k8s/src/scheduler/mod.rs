@@ -64,6 +64,46 @@ pub struct CounterSnapshot {
 }
 
 impl Counters {
+    /// Appends the counters as Prometheus counters (`dilu_scheduler_*_total`) to `out`.
+    pub fn render(&self, out: &mut String) {
+        let c = self.snapshot();
+        for (name, help, value) in [
+            (
+                "dilu_scheduler_binds_total",
+                "Binds the API server accepted.",
+                c.binds,
+            ),
+            (
+                "dilu_scheduler_bind_failures_total",
+                "Binds that failed (released and retried), and placements the ledger refused.",
+                c.failures,
+            ),
+            (
+                "dilu_scheduler_bind_conflicts_total",
+                "Binds refused with 409 (the pod was bound already or being deleted; adopted).",
+                c.conflicts,
+            ),
+            (
+                "dilu_scheduler_pods_gone_total",
+                "Binds refused with 404 (the pod was gone).",
+                c.gone,
+            ),
+            (
+                "dilu_scheduler_unschedulable_total",
+                "Placement attempts that found no device with room.",
+                c.unschedulable,
+            ),
+            (
+                "dilu_scheduler_adopted_total",
+                "Bound pods booked from their assignment.",
+                c.adopted,
+            ),
+        ] {
+            dilu_core::prometheus::Family::new(out, name, "counter", help)
+                .sample(&[], value as f64);
+        }
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -100,6 +140,8 @@ pub struct SchedulerConfig {
     pub node_lease_namespace: Option<String>,
     /// Whether it writes Kubernetes Events (`Scheduled`, `FailedScheduling`) on the pods (default true).
     pub events: bool,
+    /// Where its event writer counts; keep a clone to read it.
+    pub event_counts: Arc<crate::events::EventCounts>,
 }
 
 impl Default for SchedulerConfig {
@@ -114,6 +156,7 @@ impl Default for SchedulerConfig {
             counters: Arc::new(Counters::default()),
             node_lease_namespace: Some(crate::meta::NODE_LEASE_NAMESPACE.to_string()),
             events: true,
+            event_counts: Arc::default(),
         }
     }
 }

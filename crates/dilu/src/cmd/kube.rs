@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -17,6 +18,7 @@ use dilu_k8s::leader::{Election, lead};
 use dilu_k8s::load::{PullConfig, PulledLoad};
 use dilu_k8s::scheduler::SchedulerConfig;
 
+use crate::cmd::kube_metrics::{self, MetricsListen, Render};
 use crate::cmd::worker::termination;
 
 /// `dilu kube …`.
@@ -31,9 +33,9 @@ pub enum KubeCommand {
     Scheduler(SchedulerArgs),
 }
 
-/// Leader election flags shared by the controller and the scheduler.
+/// Flags shared by the controller and the scheduler: leader election and the metrics endpoint.
 #[derive(Debug, Args)]
-pub struct ElectionArgs {
+pub struct ReplicaArgs {
     /// Namespace of the Lease.
     #[arg(long, default_value = "dilu-system")]
     lease_namespace: String,
@@ -46,9 +48,12 @@ pub struct ElectionArgs {
     /// Run without leader election (one replica only).
     #[arg(long)]
     no_leader_election: bool,
+    /// Where `GET /metrics` (Prometheus text) and `GET /healthz` are served, or `off`.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_listen: MetricsListen,
 }
 
-impl ElectionArgs {
+impl ReplicaArgs {
     fn election(&self, lease: &str) -> Election {
         let identity = self.identity.clone().unwrap_or_else(|| {
             std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -91,7 +96,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value = dilu_k8s::meta::NODE_LEASE_NAMESPACE)]
     node_lease_namespace: String,
     #[command(flatten)]
-    election: ElectionArgs,
+    replica: ReplicaArgs,
 }
 
 /// Arguments of `dilu kube scheduler`.
@@ -107,7 +112,7 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = dilu_k8s::meta::NODE_LEASE_NAMESPACE)]
     node_lease_namespace: String,
     #[command(flatten)]
-    election: ElectionArgs,
+    replica: ReplicaArgs,
 }
 
 fn policy_name(name: &str) -> Result<PolicyName> {
@@ -178,9 +183,20 @@ async fn controller(args: ControllerArgs) -> Result<()> {
                 .context("--gateway")?,
         )
     };
-    replica(client, &args.election, "dilu-controller", |client, stop| {
-        dilu_k8s::controller::run(client, options, load, stop)
-    })
+    let render: Render = {
+        let (running, events) = (options.running.clone(), options.event_counts.clone());
+        Arc::new(move |out: &mut String| {
+            running.render_metrics(out);
+            events.render(out);
+        })
+    };
+    replica(
+        client,
+        &args.replica,
+        "dilu-controller",
+        ("controller", render),
+        |client, stop| dilu_k8s::controller::run(client, options, load, stop),
+    )
     .await
 }
 
@@ -192,18 +208,31 @@ async fn scheduler(args: SchedulerArgs) -> Result<()> {
         node_lease_namespace: Some(args.node_lease_namespace.clone()),
         ..SchedulerConfig::default()
     };
-    replica(client, &args.election, "dilu-scheduler", |client, stop| {
-        dilu_k8s::scheduler::run(client, config, stop)
-    })
+    let render: Render = {
+        let (counters, events) = (config.counters.clone(), config.event_counts.clone());
+        Arc::new(move |out: &mut String| {
+            counters.render(out);
+            events.render(out);
+        })
+    };
+    replica(
+        client,
+        &args.replica,
+        "dilu-scheduler",
+        ("scheduler", render),
+        |client, stop| dilu_k8s::scheduler::run(client, config, stop),
+    )
     .await
 }
 
 /// Runs `work` until SIGTERM or SIGINT: at once with `--no-leader-election`, else while this replica holds
-/// `lease` (its `stop` future then also completes when the lease is lost). An error of `work` is the command's.
+/// `lease` (its `stop` future then also completes when the lease is lost). Meanwhile serves the metrics
+/// endpoint of `component` with `render` (`--metrics-listen`). An error of `work` is the command's.
 async fn replica<F, Fut, E>(
     client: kube::Client,
-    election: &ElectionArgs,
+    flags: &ReplicaArgs,
     lease: &'static str,
+    (component, render): (&'static str, Render),
     work: F,
 ) -> Result<()>
 where
@@ -212,13 +241,30 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let shutdown = termination()?;
-    if election.no_leader_election {
-        return work(client, Box::pin(shutdown)).await.context(lease);
+    let leading = Arc::new(AtomicBool::new(false));
+    kube_metrics::serve(
+        flags.metrics_listen,
+        component,
+        Arc::clone(&leading),
+        render,
+    )
+    .await?;
+    let working = |client, stop| {
+        leading.store(true, Ordering::Relaxed);
+        let done = work(client, stop);
+        async {
+            let result = done.await;
+            leading.store(false, Ordering::Relaxed);
+            result
+        }
+    };
+    if flags.no_leader_election {
+        return working(client, Box::pin(shutdown)).await.context(lease);
     }
     let work_client = client.clone();
     let mut failure = None;
-    lead(client, &election.election(lease), shutdown, |stop| async {
-        failure = work(work_client, stop).await.err();
+    lead(client, &flags.election(lease), shutdown, |stop| async {
+        failure = working(work_client, stop).await.err();
     })
     .await
     .context(lease)?;

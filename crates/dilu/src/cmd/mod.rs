@@ -8,6 +8,7 @@ pub mod datadir;
 pub mod events;
 pub mod gateway;
 pub mod kube;
+pub mod kube_metrics;
 pub mod models;
 pub mod output;
 pub mod profile;

@@ -77,25 +77,55 @@ impl Drop for Proc {
     }
 }
 
-/// Waits for the gateway's "listening on" line in its log.
-pub fn gateway_url(gateway: &Proc) -> String {
+/// Waits for the line of `proc`'s log that holds `marker` and returns what follows it.
+fn announced(proc: &Proc, marker: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = gateway.text();
-        if let Some(url) = text
+        let text = proc.text();
+        if let Some(rest) = text
             .lines()
-            .find_map(|l| l.split("listening on ").nth(1))
+            .find_map(|l| l.split(marker).nth(1))
             .map(|u| u.trim().to_string())
         {
-            return url;
+            return rest;
         }
         assert!(
             Instant::now() < deadline,
-            "gateway never listened\n{}",
-            gateway.log()
+            "no {marker:?} line\n{}",
+            proc.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits for the gateway's "listening on" line in its log.
+pub fn gateway_url(gateway: &Proc) -> String {
+    announced(gateway, "listening on ")
+}
+
+/// The `/metrics` URL a controller or scheduler announced.
+pub fn metrics_url(proc: &Proc) -> String {
+    announced(proc, "metrics on ")
+}
+
+/// The value of `series` (name and labels exactly as exposed) in the Prometheus text at `url`; `None` when absent.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .ok()?
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// The API server with the CRD, `dilu-system` and the RBAC of `deploy/` bound to the test users Dilu's processes
@@ -207,6 +237,8 @@ impl ControlPlane {
                 identity,
                 "--lease-seconds",
                 "6",
+                "--metrics-listen",
+                "127.0.0.1:0",
             ],
         )
     }
@@ -221,6 +253,8 @@ impl ControlPlane {
             "6",
             "--image",
             "dilu:test",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ];
         if let Some(g) = gateway {
             args.extend(["--gateway", g]);
