@@ -155,6 +155,20 @@ impl<const N: usize> AtomicHistogram<N> {
     }
 }
 
+/// The value of the sample written exactly `series` (its name and labels as exposed, such as
+/// `dilu_gateway_retries_total{function="f"}`) in exposition `text`; `None` when there is none or its value is
+/// not a number. For readers of a `/metrics` page: tests, and tools that scrape one series.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 pub fn escape(value: &str) -> String {
     value
@@ -183,6 +197,17 @@ pub fn number(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_value_is_found_by_its_exact_name_and_labels() {
+        let text = "# TYPE a counter\na 1\na_total 2\na{x=\"y\"} 3.5 1700000000000\nb NaN\n";
+        assert_eq!(value(text, "a"), Some(1.0));
+        assert_eq!(value(text, "a_total"), Some(2.0));
+        assert_eq!(value(text, "a{x=\"y\"}"), Some(3.5));
+        assert!(value(text, "b").is_some_and(f64::is_nan));
+        assert_eq!(value(text, "a{x=\"z\"}"), None);
+        assert_eq!(value(text, "c"), None);
+    }
 
     #[test]
     fn families_escape_labels_and_write_histograms() {

@@ -190,13 +190,7 @@ impl Harness {
 
     /// The value of one sample line, 0 when absent.
     fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.parse().unwrap())
+        dilu_core::prometheus::value(&self.metrics(), series).unwrap_or(0.0)
     }
 
     fn window(&self) -> WindowCounts {

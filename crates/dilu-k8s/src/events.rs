@@ -1,6 +1,6 @@
-//! Kubernetes Events for what Dilu's processes decide, on the object each decision
-//! concerns, so that `kubectl describe pod|node|function` and `kubectl get events` show it as they show the
-//! kube-scheduler's and the kubelet's:
+//! Kubernetes Events for what Dilu's processes decide, on the object each decision concerns, so that `kubectl
+//! describe pod|node|function` and `kubectl get events` show it as they show the kube-scheduler's and the
+//! kubelet's:
 //!
 //! - dilu-scheduler: `Scheduled` when it binds a pod (node, device, shares), `FailedScheduling` when nothing
 //!   fits (the ledger's reason; once per change of reason, as the pod's `PodScheduled` condition);
@@ -14,8 +14,8 @@
 //! API server delays events, never a bind or a reconcile pass. A full queue drops the event and counts it
 //! (client-go's recorder drops too). The same event again (same object, reason and message) within
 //! [`REPEAT_WINDOW`] is not a new object: the first one's `count` and `lastTimestamp` say it happened again,
-//! as client-go's correlator does.
-//! A write that fails is counted and logged once per distinct error.
+//! as client-go's correlator does. A write that fails is counted and logged once per distinct error; the counts
+//! are `dilu_kube_events_total{result}` on the process's `/metrics` ([`EventCounts::render`]).
 //!
 //! They are core `v1` Events (what the kubelet and controller-runtime write, and what `kubectl describe`
 //! reads). `events.k8s.io/v1` would do for namespaced objects, but kube-apiserver 1.20 (the one the tests run)

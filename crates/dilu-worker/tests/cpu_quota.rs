@@ -60,12 +60,11 @@ fn executor_cpu_time_is_charged_and_throttled() {
         .unwrap();
     let elapsed = start.elapsed();
     let metric = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        dilu_core::prometheus::value(&text, name)
             .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
     };
-    let cpu_s = metric("dilu_worker_cpu_seconds_total ");
-    let throttled_s = metric("dilu_worker_cpu_throttled_seconds_total ");
+    let cpu_s = metric("dilu_worker_cpu_seconds_total");
+    let throttled_s = metric("dilu_worker_cpu_throttled_seconds_total");
     eprintln!(
         "10% CPU quota: {done} requests in {wall:?}, executor CPU {cpu_s:.3} s, throttled {throttled_s:.3} s, \
          channel: {} ns charged in {} charges, {} delayed",

@@ -182,8 +182,7 @@ fn status_and_metrics_report_a_running_loop() {
     assert_eq!(response.status(), 200);
     let text = response.text().unwrap();
     let metric = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        dilu_core::prometheus::value(&text, name)
             .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
     };
     assert!(metric("dilu_training_iterations_total") >= iterations(&second) as f64);

@@ -121,11 +121,7 @@ pub async fn metric(url: &str, series: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
+    dilu_core::prometheus::value(&text, series)
 }
 
 /// The API server with the CRD, `dilu-system` and the RBAC of `deploy/` bound to the test users Dilu's processes
