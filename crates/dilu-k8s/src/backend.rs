@@ -570,6 +570,11 @@ mod tests {
         }
     }
 
+    /// The path of a container's readiness probe.
+    fn probe_path(c: &Container) -> Option<String> {
+        c.readiness_probe.as_ref()?.http_get.as_ref()?.path.clone()
+    }
+
     #[test]
     fn a_plan_becomes_a_pod_for_dilu_scheduler_owned_by_its_function() {
         let pod = PodTemplate::new("ml", "dilu:test").pod(&plan(), "uid-1");
@@ -589,14 +594,7 @@ mod tests {
         );
         // The SLO reaches the worker, which publishes it on its quota channel.
         assert!(args.windows(2).any(|w| w == ["--slo-ms", "80"]), "{args:?}");
-        let probe = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(probe.path.as_deref(), Some("/v2/health/ready"));
+        assert_eq!(probe_path(c).as_deref(), Some("/v2/health/ready"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str()),
@@ -678,14 +676,7 @@ mod tests {
         ] {
             assert!(env.contains(&want), "{want:?} in {env:?}");
         }
-        let probe = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(probe.path.as_deref(), Some("/ready"));
+        assert_eq!(probe_path(c).as_deref(), Some("/ready"));
         // Without an image there is nothing for the pod to run.
         let Runtime::Process { process } = &mut plan.runtime else {
             unreachable!()

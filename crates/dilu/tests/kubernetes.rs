@@ -106,11 +106,7 @@ async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
         "ocr-cls running with a ready pod",
         Duration::from_secs(180),
         logs,
-        || async {
-            let f = cluster.function("ocr-cls").await?;
-            let s = f.status.clone()?;
-            (s.phase.as_deref() == Some("running") && s.ready_instances >= 1).then_some(f)
-        },
+        || cluster.running("ocr-cls"),
     )
     .await;
     let ready_after = started.elapsed();
@@ -710,11 +706,7 @@ async fn a_process_function_runs_its_image_and_serves_through_the_gateway() {
         "doubler profiled and running",
         Duration::from_secs(120),
         logs,
-        || async {
-            let f = cluster.function("doubler").await?;
-            let s = f.status.clone()?;
-            (s.phase.as_deref() == Some("running") && s.ready_instances >= 1).then_some(f)
-        },
+        || cluster.running("doubler"),
     )
     .await;
     let status = f.status.clone().unwrap();

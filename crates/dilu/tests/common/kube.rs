@@ -294,6 +294,13 @@ impl ControlPlane {
         let functions: Api<Function> = Api::namespaced(self.api.client(), "default");
         functions.get_opt(name).await.unwrap()
     }
+
+    /// Function `name` once its status says running with a ready pod.
+    pub async fn running(&self, name: &str) -> Option<Function> {
+        let f = self.function(name).await?;
+        let s = f.status.as_ref()?;
+        (s.phase.as_deref() == Some("running") && s.ready_instances >= 1).then_some(f)
+    }
 }
 
 /// A control plane with CPU nodes (`cpu-node-<i>`, inventories written by the test) and one node runner for all.
