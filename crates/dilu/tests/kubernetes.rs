@@ -20,6 +20,7 @@ use harness::{Cluster, Load, metric, metrics_url, ready_pods, repo, wait_until};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The PaddleOCR example with its model path expanded (what `envsubst` does before `kubectl apply`) and a
@@ -467,6 +468,42 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Replicated control-plane Deployments keep their replicas on different nodes where they can.
+    let text = std::fs::read_to_string(repo("deploy/control-plane.yaml")).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value["kind"].as_str() != Some("Deployment") {
+            continue;
+        }
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_yaml::from_value(value).unwrap();
+        let spec = d.spec.as_ref().unwrap();
+        if spec.replicas.unwrap_or(1) < 2 {
+            continue;
+        }
+        let name = d.metadata.name.clone().unwrap();
+        let terms = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .unwrap_or_else(|| panic!("{name}: no pod anti-affinity"));
+        let own = spec.selector.match_labels.clone();
+        assert!(
+            terms.iter().any(
+                |t| t.pod_affinity_term.topology_key == "kubernetes.io/hostname"
+                    && t.pod_affinity_term
+                        .label_selector
+                        .as_ref()
+                        .is_some_and(|s| s.match_labels == own)
+            ),
+            "{name}: its anti-affinity does not spread its own replicas over nodes"
+        );
+    }
     let out = api.kubectl(&["apply", "--dry-run=server", "-f", &repo("deploy")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
