@@ -86,17 +86,9 @@ async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
     let Some(cluster) = Cluster::start(2).await else {
         return;
     };
-    let (gateway, url) = cluster.gateway();
-    let scheduler = cluster.scheduler("s1");
-    let controller = cluster.controller("c1", Some(&url));
-    let logs = || {
-        format!(
-            "{}\n{}\n{}",
-            controller.log(),
-            scheduler.log(),
-            gateway.log()
-        )
-    };
+    let serving = cluster.serving();
+    let url = serving.url.clone();
+    let logs = || serving.logs();
 
     let started = Instant::now();
     let manifest = ocr_manifest(&cache, cluster.dir.path());
@@ -245,8 +237,8 @@ async fn paddleocr_function_through_kubectl_scheduler_gateway_and_scaling() {
         );
     }
     // Both serve their metrics: the controller's decisions and start-up times, the scheduler's binds.
-    let control = metrics_url(&controller);
-    let sched = metrics_url(&scheduler);
+    let control = metrics_url(&serving.controller);
+    let sched = metrics_url(&serving.scheduler);
     assert_eq!(
         metric(&control, "dilu_kube_leader{component=\"controller\"}").await,
         Some(1.0)
@@ -560,17 +552,9 @@ async fn a_function_at_zero_starts_on_its_first_request_and_a_spec_change_rolls_
     let Some(cluster) = Cluster::start(1).await else {
         return;
     };
-    let (gateway, url) = cluster.gateway();
-    let scheduler = cluster.scheduler("s1");
-    let controller = cluster.controller("c1", Some(&url));
-    let logs = || {
-        format!(
-            "{}\n{}\n{}",
-            controller.log(),
-            scheduler.log(),
-            gateway.log()
-        )
-    };
+    let serving = cluster.serving();
+    let url = serving.url.clone();
+    let logs = || serving.logs();
 
     // SqueezeNet with its quota given, allowed to scale to zero, with a short scaling window.
     let text = std::fs::read_to_string(repo("examples/squeezenet.yaml"))
@@ -705,17 +689,9 @@ async fn a_process_function_runs_its_image_and_serves_through_the_gateway() {
     let Some(cluster) = Cluster::start(1).await else {
         return;
     };
-    let (gateway, url) = cluster.gateway();
-    let scheduler = cluster.scheduler("s1");
-    let controller = cluster.controller("c1", Some(&url));
-    let logs = || {
-        format!(
-            "{}\n{}\n{}",
-            controller.log(),
-            scheduler.log(),
-            gateway.log()
-        )
-    };
+    let serving = cluster.serving();
+    let url = serving.url.clone();
+    let logs = || serving.logs();
     let server = cluster.dir.path().join("doubler.py");
     std::fs::write(&server, common::DOUBLER).unwrap();
     let python = std::env::var("DILU_PYTHON").unwrap_or_else(|_| "python3".into());

@@ -124,6 +124,27 @@ pub async fn metric(url: &str, series: &str) -> Option<f64> {
     dilu_core::prometheus::value(&text, series)
 }
 
+/// The processes of a serving cluster ([`ControlPlane::serving`]).
+pub struct Serving {
+    pub gateway: Proc,
+    /// The gateway's base URL.
+    pub url: String,
+    pub scheduler: Proc,
+    pub controller: Proc,
+}
+
+impl Serving {
+    /// The tails of the three logs, for a failure message.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.controller.log(),
+            self.scheduler.log(),
+            self.gateway.log()
+        )
+    }
+}
+
 /// The API server with the CRD, `dilu-system` and the RBAC of `deploy/` bound to the test users Dilu's processes
 /// run as, and a directory for their logs.
 pub struct ControlPlane {
@@ -261,6 +282,19 @@ impl ControlPlane {
             &self.user("dilu-controller"),
             &args,
         )
+    }
+
+    /// A gateway, scheduler `s1` and controller `c1` (following that gateway), as a serving cluster runs them.
+    pub fn serving(&self) -> Serving {
+        let (gateway, url) = self.gateway();
+        let scheduler = self.scheduler("s1");
+        let controller = self.controller("c1", Some(&url));
+        Serving {
+            gateway,
+            url,
+            scheduler,
+            controller,
+        }
     }
 
     pub fn gateway(&self) -> (Proc, String) {
