@@ -813,6 +813,13 @@ impl Controller {
             .ok_or_else(|| ControlError::NotFound(name.to_string()))
     }
 
+    /// Appends the control plane's families (`dilu_control_*`) to `out`, as every `/metrics` that serves this
+    /// reconciler renders them.
+    pub fn render_metrics(&self, out: &mut String) {
+        let functions = lock(&self.state).functions.len();
+        self.metrics.render(out, functions, &self.instance_counts());
+    }
+
     /// Every function's view, by name.
     pub fn functions(&self) -> Vec<FunctionView> {
         lock(&self.state)

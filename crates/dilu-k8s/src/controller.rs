@@ -93,8 +93,7 @@ impl Running {
     /// none runs.
     pub fn render_metrics(&self, out: &mut String) {
         if let Some(c) = self.get() {
-            c.metrics()
-                .render(out, c.functions().len(), &c.instance_counts());
+            c.render_metrics(out);
         }
     }
 }

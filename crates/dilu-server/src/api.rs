@@ -402,13 +402,8 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 
 /// Every metric of the process: control plane, gateway and node agent.
 pub fn render_metrics(platform: &Platform) -> String {
-    let controller = platform.controller();
     let mut out = String::new();
-    controller.metrics().render(
-        &mut out,
-        controller.functions().len(),
-        &controller.instance_counts(),
-    );
+    platform.controller().render_metrics(&mut out);
     platform.gateway().render_metrics(&mut out);
     out.push_str(&dilu_agent::metrics::render(platform.agent()));
     out
