@@ -384,8 +384,9 @@ impl Function {
         }
     }
 
-    /// Starts tracking `obs`, numbered `seq`, as starting.
-    fn track(&mut self, obs: ObservedInstance, seq: u64, now: u64) {
+    /// Starts tracking `obs`, numbered `seq`, as starting from `now`; `created_ns` is when the control plane
+    /// asked for it (`None`: adopted, its start not seen).
+    fn track(&mut self, obs: ObservedInstance, seq: u64, now: u64, created_ns: Option<u64>) {
         self.instances.insert(
             obs.id.clone(),
             Tracked {
@@ -398,7 +399,7 @@ impl Function {
                 reported_alloc_failures: 0,
                 reported_not_ready: false,
                 rebook_error: None,
-                created_ns: Some(now),
+                created_ns,
             },
         );
     }
@@ -999,11 +1000,7 @@ impl Controller {
                     {
                         eprintln!("dilu: {name}: adopting instance {}: {e}", o.id);
                     }
-                    let id = o.id.clone();
-                    f.track(o, take(pass.next_seq), pass.now);
-                    if let Some(t) = f.instances.get_mut(&id) {
-                        t.created_ns = None;
-                    }
+                    f.track(o, take(pass.next_seq), pass.now, None);
                 }
             }
         }
@@ -1588,11 +1585,7 @@ impl Controller {
                         if std::mem::take(&mut f.start_error) {
                             f.last_error = None;
                         }
-                        let id = obs.id.clone();
-                        f.track(obs, take(next_seq), now);
-                        if let Some(t) = f.instances.get_mut(&id) {
-                            t.created_ns = Some(asked);
-                        }
+                        f.track(obs, take(next_seq), now, Some(asked));
                     }
                     // Deleted while it started: the next pass stops it as an orphan.
                     (Ok(_), None) => {}
