@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use dilu_api::QuotaUpdate;
 use dilu_api::agent::{
-    Budgeting, Counters, Device, DeviceBudget, InstancePhase, InstanceSpec, InstanceStatus,
-    RestartPolicy,
+    Budgeting, Counters, CpuEnforcement, Device, DeviceBudget, Enforcement, InstancePhase,
+    InstanceSpec, InstanceStatus, RestartPolicy,
 };
 use dilu_core::FieldError;
 use dilu_core::sync::lock;
@@ -19,7 +19,8 @@ use dilu_quota::{AgentChannel, ChannelSpec, DeviceKind, Snapshot, mode, monotoni
 use serde::{Deserialize, Serialize};
 
 use crate::attached::Attached;
-use crate::config::AgentConfig;
+use crate::cgroup::{self, CpuCgroups, CpuGroup, Hierarchy};
+use crate::config::{AgentConfig, CgroupMode};
 use crate::device;
 use crate::health::{self, HealthBoard, HealthChange};
 use crate::nvml;
@@ -126,6 +127,8 @@ struct Entry {
     restart_at: Option<Instant>,
     /// Why the last readiness probe of this start failed (cleared when it is ready or restarts).
     not_ready: Option<String>,
+    /// The CPU cgroup its processes start in, when the agent meters it with one.
+    cgroup: Option<CpuGroup>,
 }
 
 struct Instances {
@@ -138,6 +141,8 @@ pub struct Agent {
     config: AgentConfig,
     devices: Vec<Device>,
     notes: Vec<String>,
+    /// The CPU cgroups that hold processes on CPU devices to their budgets; none when off or unavailable.
+    cgroups: Option<CpuCgroups>,
     health: Arc<HealthBoard>,
     pub(crate) tokens: Arc<Mutex<TokenManager>>,
     instances: Mutex<Instances>,
@@ -160,6 +165,7 @@ impl Agent {
         }
         restrict(&config.run_dir());
         let (devices, mut notes) = device::discover(&config);
+        let cgroups = open_cgroups(&config, &devices, &mut notes)?;
         let stop = Arc::new(AtomicBool::new(false));
         let health = Arc::new(HealthBoard::default());
         let mut threads = Vec::new();
@@ -201,6 +207,7 @@ impl Agent {
             config,
             devices,
             notes,
+            cgroups,
             health,
             tokens: Arc::new(Mutex::new(tokens)),
             instances: Mutex::new(Instances {
@@ -292,6 +299,19 @@ impl Agent {
             ) {
                 eprintln!("dilu agent: instance {}: {error}; not budgeted", record.id);
             }
+            // Its process is in its group already (it joined before it ran); the group is found again.
+            let cgroup = match self.cgroup_for(&record.id, &record.spec) {
+                Ok(group) => group,
+                Err(error) => {
+                    eprintln!("dilu agent: instance {}: {error}; not metered", record.id);
+                    None
+                }
+            };
+            if let Some(group) = &cgroup
+                && let Err(error) = tokens.meter(&record.id, group.clone())
+            {
+                eprintln!("dilu agent: instance {}: {error}; not metered", record.id);
+            }
             instances.map.insert(
                 record.id.clone(),
                 Entry {
@@ -301,8 +321,13 @@ impl Agent {
                     started: Instant::now(),
                     restart_at,
                     not_ready: None,
+                    cgroup,
                 },
             );
+        }
+        if let Some(cgroups) = &self.cgroups {
+            let known: Vec<&str> = instances.map.keys().map(String::as_str).collect();
+            cgroups.sweep(&known);
         }
     }
 
@@ -430,7 +455,29 @@ impl Agent {
         Ok(())
     }
 
-    fn launch_spec(&self, record: &InstanceRecord) -> Result<LaunchSpec, AgentError> {
+    /// The CPU cgroup instance `id` is metered with, created if missing: when its spec asks for one, it runs
+    /// on a CPU device and this agent has cgroups.
+    fn cgroup_for(
+        &self,
+        id: &str,
+        spec: &InstanceSpec,
+    ) -> Result<Option<CpuGroup>, cgroup::CgroupError> {
+        let on_cpu = self
+            .device(&spec.device)
+            .is_some_and(|d| d.kind == DeviceKind::Cpu);
+        match &self.cgroups {
+            Some(cgroups) if on_cpu && spec.cpu_enforcement == CpuEnforcement::Cgroup => {
+                cgroups.group(id).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn launch_spec(
+        &self,
+        record: &InstanceRecord,
+        cgroup: Option<&CpuGroup>,
+    ) -> Result<LaunchSpec, AgentError> {
         let spec = &record.spec;
         let device = self.device(&spec.device).ok_or_else(|| {
             FieldError::new("device", &spec.device, "no such device on this node")
@@ -477,6 +524,7 @@ impl Agent {
             clear_env: false,
             cwd: spec.workdir.clone(),
             log_path: record.log.clone(),
+            cgroup_procs: cgroup.map(CpuGroup::procs_files).unwrap_or_default(),
         })
     }
 
@@ -543,15 +591,36 @@ impl Agent {
             restarts: 0,
             last_exit: None,
         };
-        let launch = self.launch_spec(&record)?;
-        let process = match supervisor::spawn(&launch) {
-            Ok(process) => process,
+        // The group holds the process from its first instruction, at the budget it starts with.
+        let cgroup = self
+            .cgroup_for(&id, &record.spec)
+            .and_then(|group| {
+                if let Some(group) = &group {
+                    let budget =
+                        lock(&self.tokens).initial_budget(&device.uuid, &record.spec.quota);
+                    group.set_limit(cgroup::limit_for(budget, self.config.window_ns))?;
+                }
+                Ok(group)
+            })
+            .map_err(|e| internal(format!("instance {id}: CPU cgroup"))(e.to_string()));
+        let launch = cgroup
+            .and_then(|group| Ok((self.launch_spec(&record, group.as_ref())?, group)))
+            .and_then(|(launch, group)| {
+                supervisor::spawn(&launch)
+                    .map(|process| (process, group))
+                    .map_err(|error| AgentError::Internal {
+                        context: format!("starting {:?}", record.spec.command),
+                        reason: error.to_string(),
+                    })
+            });
+        let (process, cgroup) = match launch {
+            Ok(started) => started,
             Err(error) => {
                 let _ = std::fs::remove_file(&channel_path);
-                return Err(AgentError::Internal {
-                    context: format!("starting {:?}", record.spec.command),
-                    reason: error.to_string(),
-                });
+                if let Ok(Some(group)) = self.cgroup_for(&id, &record.spec) {
+                    let _ = group.remove();
+                }
+                return Err(error);
             }
         };
         record.pid = Some(process.pid());
@@ -559,15 +628,23 @@ impl Agent {
         if record.spec.health_url.is_none() {
             record.status = InstancePhase::Ready;
         }
-        lock(&self.tokens)
-            .add(
-                &record.spec.device,
-                &id,
-                record.spec.kind,
-                record.spec.quota,
-                channel,
-            )
-            .map_err(|e: TokenError| internal("budgeting the instance")(e.to_string()))?;
+        {
+            let mut tokens = lock(&self.tokens);
+            tokens
+                .add(
+                    &record.spec.device,
+                    &id,
+                    record.spec.kind,
+                    record.spec.quota,
+                    channel,
+                )
+                .map_err(|e: TokenError| internal("budgeting the instance")(e.to_string()))?;
+            if let Some(group) = &cgroup {
+                tokens
+                    .meter(&id, group.clone())
+                    .map_err(|e| internal("metering the instance")(e.to_string()))?;
+            }
+        }
         instances.map.insert(
             id.clone(),
             Entry {
@@ -577,6 +654,7 @@ impl Agent {
                 started: Instant::now(),
                 restart_at: None,
                 not_ready: None,
+                cgroup,
             },
         );
         drop(instances);
@@ -624,6 +702,11 @@ impl Agent {
             process.stop(self.config.stop_grace);
         }
         lock(&self.tokens).remove(id);
+        if let Some(group) = &entry.cgroup
+            && let Err(error) = group.remove()
+        {
+            eprintln!("dilu agent: instance {id}: {error}");
+        }
         let _ = std::fs::remove_file(&entry.record.channel);
         remove_logs(&entry.record.log);
         self.persist();
@@ -663,6 +746,17 @@ impl Agent {
             budgeting: tokens.resident(&r.id),
             counters: tokens.snapshot(&r.id).as_ref().map(counters),
             not_ready: entry.not_ready.clone(),
+            enforcement: match (&entry.cgroup, r.spec.cpu_enforcement) {
+                (Some(_), _) => Enforcement::Cgroup,
+                (None, CpuEnforcement::Cgroup)
+                    if self
+                        .device(&r.spec.device)
+                        .is_some_and(|d| d.kind == DeviceKind::Cpu) =>
+                {
+                    Enforcement::None
+                }
+                (None, _) => Enforcement::Channel,
+            },
         }
     }
 
@@ -718,7 +812,7 @@ impl Agent {
                 if entry.process.is_none() && entry.restart_at.is_some_and(|at| at <= now) {
                     entry.restart_at = None;
                     match self
-                        .launch_spec(&entry.record)
+                        .launch_spec(&entry.record, entry.cgroup.as_ref())
                         .map(|spec| supervisor::spawn(&spec))
                     {
                         Ok(Ok(process)) => {
@@ -810,6 +904,44 @@ impl Agent {
             let _ = thread.join();
         }
         self.persist();
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.close();
+        }
+    }
+}
+
+/// The agent's CPU cgroups as `config.cpu_cgroup` asks, with a note saying where they are or why there are
+/// none; none at all without a CPU device.
+fn open_cgroups(
+    config: &AgentConfig,
+    devices: &[Device],
+    notes: &mut Vec<String>,
+) -> Result<Option<CpuCgroups>, AgentError> {
+    if !devices.iter().any(|d| d.kind == DeviceKind::Cpu) {
+        return Ok(None);
+    }
+    if config.cpu_cgroup == CgroupMode::Off {
+        notes.push("processes on CPU devices run unthrottled (CPU cgroups are off)".into());
+        return Ok(None);
+    }
+    let opened = Hierarchy::discover()
+        .and_then(|h| CpuCgroups::open(h, &cgroup::agent_name(&config.data_dir)));
+    match opened {
+        Ok(cgroups) => {
+            notes.push(format!(
+                "processes on CPU devices are held to their budgets by CPU cgroups in {}",
+                cgroups.path().display()
+            ));
+            Ok(Some(cgroups))
+        }
+        Err(error) if config.cpu_cgroup == CgroupMode::Require => Err(AgentError::Internal {
+            context: "CPU cgroups (required)".into(),
+            reason: error.to_string(),
+        }),
+        Err(error) => {
+            notes.push(format!("processes on CPU devices run unthrottled: {error}"));
+            Ok(None)
+        }
     }
 }
 
@@ -870,6 +1002,7 @@ mod tests {
             restart: RestartPolicy::Never,
             name: Some(name.into()),
             labels: BTreeMap::new(),
+            cpu_enforcement: CpuEnforcement::Channel,
         }
     }
 
@@ -1018,6 +1151,166 @@ mod tests {
         assert_eq!(log_files(&agent), ["alive.log", "notes.txt"]);
         assert_eq!(agent.logs("alive", 100).unwrap(), "up\n");
         agent.delete_instance("alive").unwrap();
+        agent.shutdown();
+    }
+
+    /// Whether this machine lets `agent` hold processes in CPU cgroups. Says so loudly when it cannot; under
+    /// `CI=true` that fails the test where the kernel mounts a hierarchy with the cpu controller.
+    fn has_cgroups(agent: &Agent, test: &str) -> bool {
+        if agent.cgroups.is_some() {
+            return true;
+        }
+        let notes = agent.notes().join("; ");
+        let offered = Hierarchy::discover().is_ok();
+        assert!(
+            !(offered && std::env::var("CI").is_ok_and(|v| v == "true")),
+            "{test}: the kernel offers CPU cgroups but the agent could not use them (run as root): {notes}"
+        );
+        eprintln!("SKIPPED {test}: no usable CPU cgroups on this machine: {notes}");
+        false
+    }
+
+    /// CPU time the process `pid` has used, ns (from `/proc`, in clock ticks).
+    fn proc_cpu_ns(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, as proc(5) counts).
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        ticks * 1_000_000_000 / hz
+    }
+
+    #[test]
+    fn a_process_on_a_cpu_device_is_held_to_its_budget_by_a_cpu_cgroup_and_metered_through_it() {
+        let test = "a_process_on_a_cpu_device_is_held_to_its_budget_by_a_cpu_cgroup";
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(config(dir.path())).unwrap();
+        if !has_cgroups(&agent, test) {
+            return;
+        }
+        // A busy loop would take a whole core; its quota allows a quarter of the one-core device.
+        let mut spec = sh(&agent, "burn", "while :; do :; done");
+        spec.quota = Quota {
+            request: 0.25,
+            limit: 0.25,
+            memory: None,
+        };
+        spec.cpu_enforcement = CpuEnforcement::Cgroup;
+        let status = agent.create_instance(spec, false).unwrap();
+        assert_eq!(status.enforcement, Enforcement::Cgroup);
+        let pid = lock(&agent.instances).map["burn"].record.pid.unwrap();
+        let group = agent.cgroups.as_ref().unwrap().group("burn").unwrap();
+        // It ran in its group from the start: the shell is in it.
+        let procs = std::fs::read_to_string(&group.procs_files()[0]).unwrap();
+        assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
+        wait_for("the agent to see it busy", || {
+            agent
+                .instance("burn")
+                .unwrap()
+                .budgeting
+                .is_some_and(|b| b.busy)
+        });
+        let measure = |agent: &Agent| {
+            let cost = |agent: &Agent| agent.instance("burn").unwrap().counters.unwrap().cost;
+            let (cost0, proc0, t0) = (cost(agent), proc_cpu_ns(pid), Instant::now());
+            std::thread::sleep(Duration::from_secs(2));
+            let (cost1, proc1) = (cost(agent), proc_cpu_ns(pid));
+            let seconds = t0.elapsed().as_secs_f64();
+            (
+                (cost1 - cost0) as f64 / 1e9 / seconds,
+                (proc1 - proc0) as f64 / 1e9 / seconds,
+            )
+        };
+        let (charged, used) = measure(&agent);
+        eprintln!("{test}: used {used:.3} cores by /proc, {charged:.3} charged to its channel");
+        // Held to a quarter core (CFS enforces it per 5 ms period), where unthrottled it would take one.
+        assert!(used <= 0.25 * 1.1 + 0.02, "used {used:.3} cores");
+        assert!(used > 0.05, "used {used:.3} cores: it should run");
+        // The channel is charged with what the group used, which is what /proc counts.
+        assert!(
+            (charged - used).abs() <= 0.03 + 0.1 * used,
+            "charged {charged:.3}, used {used:.3}"
+        );
+        // Its limit is the budget the token manager writes.
+        let budget = agent
+            .instance("burn")
+            .unwrap()
+            .budgeting
+            .unwrap()
+            .budget
+            .unwrap();
+        assert_eq!(
+            group.limit().unwrap(),
+            cgroup::limit_for(budget, agent.config().window_ns)
+        );
+        // A larger limit is followed at once.
+        agent
+            .update_quota(
+                "burn",
+                QuotaUpdate {
+                    request: None,
+                    limit: Some(0.75),
+                    memory: None,
+                },
+                false,
+            )
+            .unwrap();
+        wait_for("the larger limit", || {
+            group
+                .limit()
+                .unwrap()
+                .is_some_and(|l| l.quota_us > 2_500 && l.period_us == 5_000)
+        });
+        // A restarted agent meters the process it adopts through the same group.
+        agent.shutdown();
+        drop(agent);
+        let agent = Agent::start(config(dir.path())).unwrap();
+        let status = agent.instance("burn").unwrap();
+        assert!(status.adopted);
+        assert_eq!(status.enforcement, Enforcement::Cgroup);
+        let (charged, _) = measure(&agent);
+        assert!(
+            charged > 0.05,
+            "charged {charged:.3} cores after re-adoption"
+        );
+        agent.delete_instance("burn").unwrap();
+        assert!(!group.path().exists(), "the group outlived its instance");
+        agent.shutdown();
+    }
+
+    #[test]
+    fn a_process_on_a_cpu_device_runs_unthrottled_when_cgroups_are_off_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.cpu_cgroup = CgroupMode::Off;
+        let agent = Agent::start(config).unwrap();
+        assert!(
+            agent
+                .notes()
+                .iter()
+                .any(|n| n.contains("processes on CPU devices run unthrottled")),
+            "{:?}",
+            agent.notes()
+        );
+        let mut spec = sh(&agent, "free", "sleep 30");
+        spec.cpu_enforcement = CpuEnforcement::Cgroup;
+        assert_eq!(
+            agent.create_instance(spec, false).unwrap().enforcement,
+            Enforcement::None
+        );
+        let builtin = sh(&agent, "worker", "sleep 30");
+        assert_eq!(
+            agent.create_instance(builtin, false).unwrap().enforcement,
+            Enforcement::Channel
+        );
+        agent.delete_instance("free").unwrap();
+        agent.delete_instance("worker").unwrap();
         agent.shutdown();
     }
 }

@@ -19,6 +19,32 @@ pub struct DeclaredGpu {
     pub memory_bytes: u64,
 }
 
+/// Whether the agent meters processes on CPU devices with CPU cgroups (`crate::cgroup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupMode {
+    /// When this machine lets the agent create them; otherwise such processes run unthrottled, and the agent's
+    /// notes say why.
+    #[default]
+    Auto,
+    /// Never: such processes run unthrottled.
+    Off,
+    /// Always: the agent does not start without them.
+    Require,
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(CgroupMode::Auto),
+            "off" => Ok(CgroupMode::Off),
+            "require" => Ok(CgroupMode::Require),
+            other => Err(format!("{other:?}: must be auto, off or require")),
+        }
+    }
+}
+
 /// Everything the agent needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -51,6 +77,8 @@ pub struct AgentConfig {
     pub pass_env: Vec<String>,
     /// How the health of NVML-discovered GPUs is watched.
     pub health: HealthConfig,
+    /// Whether processes on CPU devices are held to their budgets by CPU cgroups.
+    pub cpu_cgroup: CgroupMode,
 }
 
 impl AgentConfig {
@@ -70,6 +98,7 @@ impl AgentConfig {
             policy: Policy::named(PolicyName::Dilu),
             pass_env: Vec::new(),
             health: HealthConfig::default(),
+            cpu_cgroup: CgroupMode::Auto,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod attached;
+pub mod cgroup;
 pub mod config;
 pub mod device;
 pub mod health;

@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,9 @@ pub struct LaunchSpec {
     pub cwd: Option<PathBuf>,
     /// The file stdout and stderr are appended to (created with mode [`LOG_FILE_MODE`] if absent).
     pub log_path: PathBuf,
+    /// `cgroup.procs` files of the groups the process joins before it executes the program (its CPU cgroup),
+    /// so that none of its own work, nor any child's, runs outside them.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Why an instance could not be started.
@@ -97,7 +101,16 @@ pub enum SupervisorError {
         /// The operating system's error.
         reason: io::Error,
     },
-    /// The program could not be started (not found, not executable, bad working directory, …).
+    /// A cgroup to start the process in could not be opened.
+    #[error("open {path}: {reason}")]
+    OpenCgroup {
+        /// The group's `cgroup.procs`.
+        path: PathBuf,
+        /// The operating system's error.
+        reason: io::Error,
+    },
+    /// The program could not be started (not found, not executable, bad working directory, joining its
+    /// cgroup, …).
     #[error("spawn {program}: {reason}")]
     Spawn {
         /// The program.
@@ -252,17 +265,39 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Process, SupervisorError> {
         cmd.current_dir(cwd);
     }
     cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which is
-    // async-signal-safe; it touches no memory shared with the parent.
+    // Opened here, written in the child: "0" moves the writer itself into the group.
+    let groups: Vec<std::fs::File> = spec
+        .cgroup_procs
+        .iter()
+        .map(|path| {
+            OpenOptions::new().write(true).open(path).map_err(|reason| {
+                SupervisorError::OpenCgroup {
+                    path: path.clone(),
+                    reason,
+                }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let group_fds: Vec<libc::c_int> = groups.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2) and write(2) on
+    // descriptors opened before the fork, both async-signal-safe; it reads `group_fds` (moved into the
+    // closure, not shared with the parent's threads) and allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(io::Error::last_os_error());
+            }
+            for &fd in &group_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|reason| SupervisorError::Spawn {
+    let spawned = cmd.spawn();
+    drop(groups);
+    let mut child = spawned.map_err(|reason| SupervisorError::Spawn {
         program: spec.program.clone(),
         reason,
     })?;
@@ -788,6 +823,7 @@ mod tests {
             clear_env: true,
             cwd: Some(dir.path().to_path_buf()),
             log_path: log.clone(),
+            cgroup_procs: Vec::new(),
         };
         let mut p = spawn(&spec).unwrap();
         assert_eq!(wait_exit(&mut p), Exit::Code(0));

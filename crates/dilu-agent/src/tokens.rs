@@ -17,6 +17,8 @@ use dilu_core::scaling::vertical::{
     Grant, QueueState, ResidentState, VerticalController, VerticalEvent,
 };
 use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, CounterPage, DeviceKind, UNLIMITED};
+
+use crate::cgroup::{CfsLimit, CgroupError, CpuGroup, limit_for};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// A share at least this close to the whole device is written as an unlimited budget.
@@ -59,11 +61,60 @@ struct Resident {
     busy_seen_ns: u64,
     share: f64,
     budget: u64,
+    meter: Option<Meter>,
+}
+
+/// A resident the agent meters with a CPU cgroup (a process that does not charge its channel): each window
+/// the group's CPU time since the last is charged to the channel, and the budget is written as the group's
+/// CFS limit.
+struct Meter {
+    group: CpuGroup,
+    last_usage_ns: u64,
+    /// The limit written last (`None`: unlimited).
+    limit: Option<CfsLimit>,
+    /// Whether a failure has been reported (once per resident: a vanished group fails every window).
+    reported: bool,
+}
+
+impl Meter {
+    fn report(&mut self, id: &str, error: &CgroupError) {
+        if !self.reported {
+            self.reported = true;
+            eprintln!("dilu agent: instance {id}: CPU cgroup: {error}");
+        }
+    }
+
+    /// CPU time the group used since the last call, ns.
+    fn used(&mut self, id: &str) -> u64 {
+        match self.group.usage_ns() {
+            Ok(usage) => {
+                let used = usage.saturating_sub(self.last_usage_ns);
+                self.last_usage_ns = usage;
+                used
+            }
+            Err(error) => {
+                self.report(id, &error);
+                0
+            }
+        }
+    }
+
+    fn hold(&mut self, id: &str, budget: u64, window_ns: u64) {
+        let limit = limit_for(budget, window_ns);
+        if limit == self.limit {
+            return;
+        }
+        match self.group.set_limit(limit) {
+            Ok(()) => self.limit = limit,
+            Err(error) => self.report(id, &error),
+        }
+    }
 }
 
 /// A device's residents, controller and capacity.
 struct DeviceTokens {
     uuid: String,
+    window_ns: u64,
     kind: DeviceKind,
     fixed_capacity: Option<u64>,
     learned_capacity: f64,
@@ -115,6 +166,10 @@ impl DeviceTokens {
         let mut total = 0u64;
         let mut events = Vec::new();
         for (index, r) in self.residents.iter_mut().enumerate() {
+            if let Some(meter) = r.meter.as_mut() {
+                let used = meter.used(&r.id);
+                r.channel.counters().cost_launched.fetch_add(used, Relaxed);
+            }
             let cost = r
                 .channel
                 .counters()
@@ -183,6 +238,9 @@ impl DeviceTokens {
                 r.budget = budget;
                 r.channel.set_budget(budget);
             }
+            if let Some(meter) = r.meter.as_mut() {
+                meter.hold(&r.id, budget, self.window_ns);
+            }
             r.channel.record_tick(now_ns);
         }
     }
@@ -235,6 +293,7 @@ impl TokenManager {
                 .iter()
                 .map(|d| DeviceTokens {
                     uuid: d.uuid.clone(),
+                    window_ns,
                     kind: d.kind,
                     fixed_capacity: d.capacity_per_window,
                     learned_capacity: 0.0,
@@ -309,9 +368,34 @@ impl TokenManager {
             busy_seen_ns: 0,
             share: 0.0,
             budget,
+            meter: None,
         });
         d.changed = true;
         Ok(())
+    }
+
+    /// Meters instance `id` with its CPU cgroup from now on (it does not charge its channel itself): its
+    /// current budget becomes the group's limit at once, and each window charges the channel with the CPU
+    /// time the group used. Returns whether the instance is managed.
+    pub fn meter(&mut self, id: &str, group: CpuGroup) -> Result<bool, CgroupError> {
+        let window_ns = self.window_ns;
+        let Some(r) = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.residents.iter_mut())
+            .find(|r| r.id == id)
+        else {
+            return Ok(false);
+        };
+        let limit = limit_for(r.budget, window_ns);
+        group.set_limit(limit)?;
+        r.meter = Some(Meter {
+            last_usage_ns: group.usage_ns()?,
+            group,
+            limit,
+            reported: false,
+        });
+        Ok(true)
     }
 
     /// Stops budgeting an instance and hands back its channel.
@@ -447,6 +531,58 @@ mod tests {
         manager.add(&device, id, kind, quota, channel).unwrap();
         let instance = InstanceChannel::open(&path).unwrap();
         (manager, instance, dir)
+    }
+
+    #[test]
+    fn a_metered_resident_is_charged_its_groups_cpu_time_and_its_budget_becomes_the_groups_limit() {
+        let (mut manager, instance, dir) = one_resident("proc", InstanceKind::Training);
+        // A fake cgroup v1 tree: the kernel's files, written by hand.
+        let root = dir.path().join("cgroup");
+        std::fs::create_dir(&root).unwrap();
+        let hierarchy = crate::cgroup::Hierarchy::V1 {
+            cpu: root.clone(),
+            cpuacct: root.clone(),
+        };
+        let group = crate::cgroup::CpuCgroups::open(hierarchy, "a")
+            .unwrap()
+            .group("proc")
+            .unwrap();
+        let usage = group.path().join("cpuacct.usage");
+        std::fs::write(&usage, "7000000").unwrap();
+        assert!(manager.meter("proc", group.clone()).unwrap());
+        assert!(!manager.meter("nobody", group.clone()).unwrap());
+        let counters = instance.counters();
+        manager.tick(WINDOW_NS);
+        // Nothing used since it was metered: idle, nothing charged.
+        assert_eq!(counters.cost_launched.load(Relaxed), 0);
+        assert!(!manager.resident("proc").unwrap().busy);
+        std::fs::write(&usage, "8500000").unwrap();
+        manager.tick(2 * WINDOW_NS);
+        assert_eq!(counters.cost_launched.load(Relaxed), 1_500_000);
+        let view = manager.resident("proc").unwrap();
+        assert!(view.busy);
+        assert_eq!(view.usage_last_window, 1_500_000);
+        let budget = view.budget.unwrap();
+        assert_eq!(
+            group.limit().unwrap(),
+            Some(CfsLimit::per_window(budget, WINDOW_NS))
+        );
+        // The whole device: no limit at all.
+        manager.set_quota(
+            "proc",
+            Quota {
+                request: 1.0,
+                limit: 1.0,
+                memory: None,
+            },
+            3 * WINDOW_NS,
+        );
+        assert_eq!(manager.resident("proc").unwrap().budget, None);
+        assert_eq!(group.limit().unwrap(), None);
+        // A group that went away costs a note, not the tick.
+        std::fs::remove_file(&usage).unwrap();
+        manager.tick(4 * WINDOW_NS);
+        assert_eq!(counters.cost_launched.load(Relaxed), 1_500_000);
     }
 
     #[test]

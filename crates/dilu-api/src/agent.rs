@@ -23,6 +23,33 @@ pub enum RestartPolicy {
     Always,
 }
 
+/// Who holds an instance on a CPU device to its budget (on a GPU the interposer does, whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuEnforcement {
+    /// The instance charges the CPU time it uses to its quota channel and waits for budget itself (Dilu's
+    /// worker and trainer).
+    #[default]
+    Channel,
+    /// The agent holds it in a CPU cgroup whose quota follows its budget and charges its channel with the
+    /// group's usage (any other program: a `process` function).
+    Cgroup,
+}
+
+/// What holds a running instance to its budget, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforcement {
+    /// The instance itself, through its quota channel (the built-in runtimes; the interposer on a GPU).
+    #[default]
+    Channel,
+    /// A CPU cgroup the agent keeps at its budget.
+    Cgroup,
+    /// Nothing: it asked for a cgroup and the agent has none (the agent's notes say why); it runs
+    /// unthrottled, though its quota still books the device.
+    None,
+}
+
 /// `POST /instances`: everything needed to start an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +83,9 @@ pub struct InstanceSpec {
     /// agent restarts.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// On a CPU device: whether the instance charges its own channel or the agent meters it with a cgroup.
+    #[serde(default)]
+    pub cpu_enforcement: CpuEnforcement,
 }
 
 fn default_kind() -> InstanceKind {
@@ -220,6 +250,9 @@ pub struct InstanceStatus {
     pub budgeting: Option<Budgeting>,
     /// The channel's counters.
     pub counters: Option<Counters>,
+    /// What holds it to its budget.
+    #[serde(default)]
+    pub enforcement: Enforcement,
     /// While starting: why its last readiness probe failed (`connection refused (nothing listens on port
     /// 8123)`, `GET /ready answered 404 Not Found`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dilu_agent::{Agent, AgentError};
-use dilu_api::agent::{InstanceSpec, InstanceStatus, RestartPolicy};
+use dilu_api::agent::{CpuEnforcement, InstanceSpec, InstanceStatus, RestartPolicy};
 use dilu_api::{FieldError, ProcessSpec, Quota, QuotaUpdate, Runtime, RuntimeName};
 use dilu_control::backend::{
     BackendError, BoxFuture, InstanceBackend, InstancePlan, Launch, NodeInfo, ObservedInstance,
@@ -275,7 +275,15 @@ impl InstanceBackend for ProcessBackend {
             let endpoint = format!("http://127.0.0.1:{port}");
             let health = format!("{endpoint}{}", plan.health_path());
             let (command, env, workdir) = self.command(&plan, port);
+            // Dilu's own runtimes charge their CPU time to their channel; any other program is metered by the
+            // agent with a CPU cgroup.
+            let cpu_enforcement = if plan.runtime.name() == RuntimeName::Process {
+                CpuEnforcement::Cgroup
+            } else {
+                CpuEnforcement::Channel
+            };
             let spec = InstanceSpec {
+                cpu_enforcement,
                 command,
                 workdir,
                 env,

@@ -217,6 +217,7 @@ mod tests {
                     restart: RestartPolicy::OnFailure,
                     name: Some("i-000001".into()),
                     labels: BTreeMap::new(),
+                    cpu_enforcement: Default::default(),
                 },
                 true,
             )

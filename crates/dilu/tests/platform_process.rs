@@ -73,6 +73,35 @@ fn a_process_function_is_profiled_with_its_sample_and_serves_v2_through_the_gate
     assert!(profile["measurements"].as_u64().unwrap() >= 2, "{view:#}");
     assert!(profile["capacity_rps"].as_f64().unwrap() > 0.0, "{view:#}");
     assert_eq!(doubled(&up, "doubler"), [2.0, 4.0, 6.0, 8.0]);
+    // A process does not charge its CPU time itself: the agent holds it in a CPU cgroup and charges its channel
+    // with what the group used (the interpreter's start-up at least), where this machine allows cgroups.
+    let (_, nodes) = up.get("/v1/nodes");
+    let held = nodes["nodes"][0]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| {
+            n.as_str()
+                .unwrap()
+                .contains("held to their budgets by CPU cgroups")
+        });
+    let (_, list) = up.get("/v1/instances");
+    let instance = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["function"] == "doubler")
+        .unwrap_or_else(|| panic!("{list:#}"));
+    if held {
+        assert_eq!(instance["enforcement"], "cgroup", "{instance:#}");
+        assert!(
+            instance["counters"]["cost"].as_u64().unwrap() > 0,
+            "{instance:#}"
+        );
+    } else {
+        eprintln!("no CPU cgroups here ({nodes}): the process runs unthrottled");
+        assert_eq!(instance["enforcement"], "none", "{instance:#}");
+    }
 }
 
 #[test]

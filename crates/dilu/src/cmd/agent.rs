@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dilu_agent::api::{self, Listen};
-use dilu_agent::config::DeclaredGpu;
+use dilu_agent::config::{CgroupMode, DeclaredGpu};
 use dilu_agent::health::HealthConfig;
 use dilu_agent::{Agent, AgentConfig};
 use dilu_core::policy::{Policy, PolicyName};
@@ -89,6 +89,11 @@ pub struct NodeArgs {
     /// only PATH, HOME, the locale, TZ, TMPDIR and diagnostics switches (docs/security.md), never the rest.
     #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
     pass_env: Vec<String>,
+    /// Hold processes on CPU devices (`process` functions, which do not charge their own CPU time) to their
+    /// budgets with CPU cgroups: `auto` when this machine allows it (root, cgroup v1's cpu and cpuacct or v2's
+    /// cpu controller), `off`, or `require` (refuse to start without them).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    cpu_cgroup: CgroupMode,
 }
 
 fn parse_xids(text: &str) -> Result<BTreeSet<u64>, String> {
@@ -146,6 +151,7 @@ impl NodeArgs {
         config.log_max_bytes = self.log_max;
         config.stop_grace = Duration::from_secs_f64(self.stop_grace_s.max(0.0));
         config.pass_env = self.pass_env.clone();
+        config.cpu_cgroup = self.cpu_cgroup;
         config.health = HealthConfig {
             enabled: !self.no_gpu_health,
             ignored_xids: self.gpu_health_ignore_xids.clone(),

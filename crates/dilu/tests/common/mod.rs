@@ -247,13 +247,31 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
-        for pid in AgentProc::recorded_pids(&self.data_dir) {
-            // SAFETY: signalling a process group and a pid we started; failures (already gone) are fine.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
+        kill_instances(&self.data_dir);
+    }
+}
+
+/// Kills the instances the agent keeping its files in `data_dir` recorded, and removes the CPU cgroups it
+/// held them in (an agent killed with SIGKILL leaves those for its next start, which a test never makes).
+pub fn kill_instances(data_dir: &Path) {
+    for pid in AgentProc::recorded_pids(data_dir) {
+        // SAFETY: signalling a process group and a pid we started; failures (already gone) are fine.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+            libc::kill(pid as i32, libc::SIGKILL);
         }
+    }
+    use dilu_agent::cgroup::{CpuCgroups, Hierarchy, agent_name};
+    let Some(cgroups) = Hierarchy::discover()
+        .ok()
+        .and_then(|h| CpuCgroups::find(h, &agent_name(data_dir)))
+    else {
+        return;
+    };
+    // A killed process leaves its group once it is reaped: it was the killed agent's child, so by init.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cgroups.close() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

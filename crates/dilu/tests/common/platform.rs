@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{AgentProc, dilu_bin};
+use super::dilu_bin;
 
 /// The model cache the tests read: `$DILU_MODEL_CACHE`, else `~/.cache/dilu/models`.
 pub fn model_cache() -> PathBuf {
@@ -255,13 +255,7 @@ pub fn ready_instances(view: &Value) -> usize {
 impl Drop for UpProc {
     fn drop(&mut self) {
         self.kill9();
-        for pid in AgentProc::recorded_pids(&self.data_dir.join("agent")) {
-            // SAFETY: signalling process groups and pids this test started; failures are fine.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
+        super::kill_instances(&self.data_dir.join("agent"));
     }
 }
 
