@@ -1202,6 +1202,7 @@ mod tests {
             memory: None,
         };
         spec.cpu_enforcement = CpuEnforcement::Cgroup;
+        spec.restart = RestartPolicy::Always;
         let status = agent.create_instance(spec, false).unwrap();
         assert_eq!(status.enforcement, Enforcement::Cgroup);
         let pid = lock(&agent.instances).map["burn"].record.pid.unwrap();
@@ -1216,7 +1217,7 @@ mod tests {
                 .budgeting
                 .is_some_and(|b| b.busy)
         });
-        let measure = |agent: &Agent| {
+        let measure = |agent: &Agent, pid: u32| {
             let cost = |agent: &Agent| agent.instance("burn").unwrap().counters.unwrap().cost;
             let (cost0, proc0, t0) = (cost(agent), proc_cpu_ns(pid), Instant::now());
             std::thread::sleep(Duration::from_secs(2));
@@ -1227,7 +1228,7 @@ mod tests {
                 (proc1 - proc0) as f64 / 1e9 / seconds,
             )
         };
-        let (charged, used) = measure(&agent);
+        let (charged, used) = measure(&agent, pid);
         eprintln!("{test}: used {used:.3} cores by /proc, {charged:.3} charged to its channel");
         // Held to a quarter core (CFS enforces it per 5 ms period), where unthrottled it would take one.
         assert!(used <= 0.25 * 1.1 + 0.02, "used {used:.3} cores");
@@ -1267,6 +1268,22 @@ mod tests {
                 .unwrap()
                 .is_some_and(|l| l.quota_us > 2_500 && l.period_us == 5_000)
         });
+        // A restart starts the new process in the same group.
+        // SAFETY: killing the process group this test's agent started.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        let pid = {
+            let mut restarted = None;
+            wait_for("the restart", || {
+                restarted = lock(&agent.instances).map["burn"]
+                    .record
+                    .pid
+                    .filter(|p| *p != pid);
+                restarted.is_some()
+            });
+            restarted.unwrap()
+        };
+        let procs = std::fs::read_to_string(&group.procs_files()[0]).unwrap();
+        assert!(procs.lines().any(|p| p == pid.to_string()), "{procs}");
         // A restarted agent meters the process it adopts through the same group.
         agent.shutdown();
         drop(agent);
@@ -1274,7 +1291,7 @@ mod tests {
         let status = agent.instance("burn").unwrap();
         assert!(status.adopted);
         assert_eq!(status.enforcement, Enforcement::Cgroup);
-        let (charged, _) = measure(&agent);
+        let (charged, _) = measure(&agent, pid);
         assert!(
             charged > 0.05,
             "charged {charged:.3} cores after re-adoption"
