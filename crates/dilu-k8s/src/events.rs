@@ -10,8 +10,8 @@
 //! - the node agent: `GPUUnhealthy`/`GPUHealthy` on its Node, `WrongDevice` on a pod it deletes because the
 //!   kubelet gave it shares of another device than its assignment.
 //!
-//! [`EventSink::emit`] never waits: events go through a bounded queue to one task that writes them, so a slow
-//! API server delays events, never a bind or a reconcile pass. A full queue drops the event and counts it
+//! [`EventSink::emit`] never waits: events go through a bounded queue to one task that writes them (up to
+//! [`WRITES_IN_FLIGHT`] at once), so a slow API server delays events, never a bind or a reconcile pass. A full queue drops the event and counts it
 //! (client-go's recorder drops too). The same event again (same object, reason and message) within
 //! [`REPEAT_WINDOW`] is not a new object: the first one's `count` and `lastTimestamp` say it happened again,
 //! as client-go's correlator does. A write that fails is counted and logged once per distinct error; the counts
@@ -34,12 +34,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// How many events may wait to be written before new ones are dropped.
 pub const QUEUE: usize = 1024;
 /// A repeat of an event within this long counts in the first one's `count` instead of being a new object.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// How many event writes the writer keeps in flight at once.
+pub const WRITES_IN_FLIGHT: usize = 8;
 /// How long an event's message may be (1 kB, the bound `events.k8s.io` sets on a note).
 pub const MESSAGE_MAX_BYTES: usize = 1024;
 
@@ -329,14 +332,32 @@ impl RepeatKey {
     }
 }
 
-/// An event already written, for its repeats.
+/// An event written (or being written), for its repeats.
 struct Written {
     namespace: String,
     name: String,
+    /// How many times it happened so far (what the next write of it says).
     count: i32,
     first: Instant,
+    /// A write of it is in flight; repeats meanwhile wait for it and go in one patch after it.
+    in_flight: bool,
+    /// Repeats no write has carried yet.
+    waiting: u64,
 }
 
+/// One write the writer started: a new event, or a patch carrying `events` repeats.
+struct Write {
+    key: RepeatKey,
+    create: bool,
+    events: u64,
+    /// For the log line of a failure.
+    about: String,
+}
+
+/// The writer: up to [`WRITES_IN_FLIGHT`] writes at once, so a burst of events (a thousand binds) is written at
+/// the API server's pace rather than one round trip after another. Writes of one event (its creation, then the
+/// patches of its `count`) never overlap: repeats that arrive while one is in flight are carried together by
+/// one patch after it, so the count only grows.
 async fn write_events(
     client: Client,
     reporter: Reporter,
@@ -344,60 +365,164 @@ async fn write_events(
     counts: Arc<EventCounts>,
 ) {
     let mut written: HashMap<RepeatKey, Written> = HashMap::new();
+    let mut writes: JoinSet<(Write, Result<(), kube::Error>)> = JoinSet::new();
     let mut last_error: Option<String> = None;
-    while let Some(pending) = rx.recv().await {
-        let now = Instant::now();
-        written.retain(|_, w| now.duration_since(w.first) < REPEAT_WINDOW);
-        let key = RepeatKey::of(&pending);
-        let result = match written.get_mut(&key) {
-            Some(w) => {
-                w.count += 1;
-                let api: Api<Event> = Api::namespaced(client.clone(), &w.namespace);
-                let patch = serde_json::json!({
-                    "count": w.count, "lastTimestamp": Time(Timestamp::now())
-                });
-                api.patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| counts.repeated.fetch_add(1, Ordering::Relaxed))
-            }
-            None => {
-                let event = new_event(&reporter, &pending);
-                let namespace = event.metadata.namespace.clone().unwrap_or_default();
-                let name = event.metadata.name.clone().unwrap_or_default();
-                let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-                let created = api.create(&PostParams::default(), &event).await;
-                if created.is_ok() {
-                    written.insert(
-                        key,
-                        Written {
-                            namespace,
-                            name,
-                            count: 1,
-                            first: now,
-                        },
-                    );
-                }
-                created.map(|_| counts.created.fetch_add(1, Ordering::Relaxed))
-            }
-        };
-        match result {
-            Ok(_) => last_error = None,
-            Err(e) => {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                let text = e.to_string();
-                if last_error.as_ref() != Some(&text) {
-                    eprintln!(
-                        "{}: writing a Kubernetes event ({} on {} {}): {text} (events are skipped until \
-                         the API server takes them)",
-                        reporter.controller,
-                        pending.reason,
-                        pending.regarding.kind.as_deref().unwrap_or("object"),
-                        pending.regarding.name.as_deref().unwrap_or("?"),
-                    );
-                    last_error = Some(text);
-                }
+    let mut open = true;
+    while open || !writes.is_empty() {
+        tokio::select! {
+            pending = rx.recv(), if open && writes.len() < WRITES_IN_FLIGHT => match pending {
+                Some(pending) => accept(&client, &reporter, pending, &mut written, &mut writes),
+                None => open = false,
+            },
+            Some(done) = writes.join_next(), if !writes.is_empty() => {
+                let Ok((write, result)) = done else { continue };
+                finish(&client, &reporter, &counts, write, result, &mut written, &mut writes, &mut last_error);
             }
         }
+    }
+}
+
+/// Takes one event in: a new object, a patch of an earlier one's count, or a repeat for the patch after the
+/// write in flight.
+fn accept(
+    client: &Client,
+    reporter: &Reporter,
+    pending: Pending,
+    written: &mut HashMap<RepeatKey, Written>,
+    writes: &mut JoinSet<(Write, Result<(), kube::Error>)>,
+) {
+    let now = Instant::now();
+    written
+        .retain(|_, w| w.in_flight || w.waiting > 0 || now.duration_since(w.first) < REPEAT_WINDOW);
+    let key = RepeatKey::of(&pending);
+    let about = format!(
+        "{} on {} {}",
+        pending.reason,
+        pending.regarding.kind.as_deref().unwrap_or("object"),
+        pending.regarding.name.as_deref().unwrap_or("?")
+    );
+    match written.get_mut(&key) {
+        Some(w) => {
+            w.count += 1;
+            if w.in_flight {
+                w.waiting += 1;
+            } else {
+                w.in_flight = true;
+                writes.spawn(patch(
+                    client.clone(),
+                    w,
+                    Write {
+                        key,
+                        create: false,
+                        events: 1,
+                        about,
+                    },
+                ));
+            }
+        }
+        None => {
+            let event = new_event(reporter, &pending);
+            let namespace = event.metadata.namespace.clone().unwrap_or_default();
+            let name = event.metadata.name.clone().unwrap_or_default();
+            let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+            written.insert(
+                key.clone(),
+                Written {
+                    namespace,
+                    name,
+                    count: 1,
+                    first: now,
+                    in_flight: true,
+                    waiting: 0,
+                },
+            );
+            let write = Write {
+                key,
+                create: true,
+                events: 1,
+                about,
+            };
+            writes.spawn(async move {
+                let created = api.create(&PostParams::default(), &event).await;
+                (write, created.map(|_| ()))
+            });
+        }
+    }
+}
+
+/// The patch that sets `w`'s count, as `write`.
+fn patch(
+    client: Client,
+    w: &Written,
+    write: Write,
+) -> impl std::future::Future<Output = (Write, Result<(), kube::Error>)> + use<> {
+    let api: Api<Event> = Api::namespaced(client, &w.namespace);
+    let name = w.name.clone();
+    let body = serde_json::json!({ "count": w.count, "lastTimestamp": Time(Timestamp::now()) });
+    async move {
+        let patched = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await;
+        (write, patched.map(|_| ()))
+    }
+}
+
+/// Counts a finished write and starts the patch of the repeats that waited for it.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    client: &Client,
+    reporter: &Reporter,
+    counts: &EventCounts,
+    write: Write,
+    result: Result<(), kube::Error>,
+    written: &mut HashMap<RepeatKey, Written>,
+    writes: &mut JoinSet<(Write, Result<(), kube::Error>)>,
+    last_error: &mut Option<String>,
+) {
+    let Some(w) = written.get_mut(&write.key) else {
+        return;
+    };
+    w.in_flight = false;
+    match &result {
+        Ok(()) if write.create => {
+            counts.created.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(()) => {
+            counts.repeated.fetch_add(write.events, Ordering::Relaxed);
+        }
+        Err(_) => {
+            counts.failed.fetch_add(write.events, Ordering::Relaxed);
+        }
+    }
+    match result {
+        Ok(()) => *last_error = None,
+        Err(e) => {
+            let text = e.to_string();
+            if last_error.as_ref() != Some(&text) {
+                eprintln!(
+                    "{}: writing a Kubernetes event ({}): {text} (events are skipped until the API server takes \
+                     them)",
+                    reporter.controller, write.about,
+                );
+                *last_error = Some(text);
+            }
+            if write.create {
+                // No object to count repeats on: they fail with it, and the next one is a new event.
+                counts.failed.fetch_add(w.waiting, Ordering::Relaxed);
+                written.remove(&write.key);
+                return;
+            }
+        }
+    }
+    if w.waiting > 0 {
+        let events = std::mem::take(&mut w.waiting);
+        w.in_flight = true;
+        let write = Write {
+            events,
+            create: false,
+            ..write
+        };
+        writes.spawn(patch(client.clone(), w, write));
     }
 }
 

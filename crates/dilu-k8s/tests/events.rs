@@ -161,3 +161,57 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
         sink.counts()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_burst_of_events_every_repeat_lands_on_one_event_with_its_count() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let client = api.client();
+    let sink = EventSink::start(client.clone(), reporter());
+    // 200 distinct events with one event repeated 60 times among them: several writes are in flight at once,
+    // and the repeats arrive while the first of them is still being created.
+    let mut repeats = 0;
+    for i in 0..200 {
+        sink.emit(
+            pod_ref("default", &format!("p{i}"), ""),
+            EventType::Normal,
+            "Scheduled",
+            "Binding",
+            format!("pod {i} bound"),
+        );
+        if i % 10 < 3 {
+            sink.emit(
+                node_ref("n1"),
+                EventType::Warning,
+                "GPUUnhealthy",
+                "Watch",
+                "GPU-1: Xid 79",
+            );
+            repeats += 1;
+        }
+    }
+    settled(
+        &sink,
+        EventCountsSnapshot {
+            created: 201,
+            repeated: repeats - 1,
+            ..EventCountsSnapshot::default()
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let list = events.list(&ListParams::default()).await.unwrap().items;
+    let unhealthy: Vec<&Event> = list
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("GPUUnhealthy"))
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "one object for every repeat");
+    assert_eq!(unhealthy[0].count, Some(repeats as i32));
+    assert_eq!(
+        list.iter()
+            .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+            .count(),
+        200
+    );
+}
