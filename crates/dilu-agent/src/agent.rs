@@ -1238,6 +1238,10 @@ mod tests {
             (charged - used).abs() <= 0.03 + 0.1 * used,
             "charged {charged:.3}, used {used:.3}"
         );
+        // CFS held it back, which its channel counts as a runtime's waits for budget.
+        let counters = agent.instance("burn").unwrap().counters.unwrap();
+        assert!(counters.launches_delayed > 0, "{counters:?}");
+        assert!(counters.delay_seconds > 0.0, "{counters:?}");
         // Its limit is the budget the token manager writes.
         let budget = agent
             .instance("burn")

@@ -278,6 +278,15 @@ impl CfsLimit {
     }
 }
 
+/// What CFS reports of a group's throttling, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttled {
+    /// Periods in which the group used its quota up and was held back.
+    pub periods: u64,
+    /// How long it was held back, ns.
+    pub time_ns: u64,
+}
+
 /// One instance's cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuGroup {
@@ -327,6 +336,34 @@ impl CpuGroup {
                     .map(|us| us.saturating_mul(1_000))
                     .ok_or_else(|| parse_error(&path, "a usage_usec line", &text))
             }
+        }
+    }
+
+    /// How often and how long CFS has held the group back since it was created: throttled periods, and the
+    /// time its runnable threads waited for the next period (`cpu.stat`'s `nr_throttled` and `throttled_time`,
+    /// ns, on cgroup v1; `throttled_usec` on v2).
+    pub fn throttled(&self) -> Result<Throttled, CgroupError> {
+        let (path, time_key, time_scale) = match &self.dirs {
+            Dirs::V1 { cpu, .. } => (cpu.join("cpu.stat"), "throttled_time", 1),
+            Dirs::V2(dir) => (dir.join("cpu.stat"), "throttled_usec", 1_000),
+        };
+        let text = read(&path)?;
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once(' '))
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        };
+        match (field("nr_throttled"), field(time_key)) {
+            (Some(periods), Some(time)) => Ok(Throttled {
+                periods,
+                time_ns: time.saturating_mul(time_scale),
+            }),
+            _ => Err(parse_error(
+                &path,
+                "nr_throttled and the throttled time",
+                &text,
+            )),
         }
     }
 
@@ -639,6 +676,18 @@ mod tests {
         .unwrap();
         assert_eq!(group.usage_ns().unwrap(), 123_456_789);
         std::fs::write(
+            root.path().join("cpu/dilu/agent1/f-1/cpu.stat"),
+            "nr_periods 400\nnr_throttled 363\nthrottled_time 991948886\nnr_bursts 0\nburst_time 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            group.throttled().unwrap(),
+            Throttled {
+                periods: 363,
+                time_ns: 991_948_886
+            }
+        );
+        std::fs::write(
             root.path().join("cpuacct/dilu/agent1/f-1/cpuacct.usage"),
             "lots\n",
         )
@@ -696,10 +745,17 @@ mod tests {
         assert_eq!(group.limit().unwrap(), None);
         std::fs::write(
             group.path().join("cpu.stat"),
-            "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n",
+            "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\nnr_periods 9\nnr_throttled 4\nthrottled_usec 1500\n",
         )
         .unwrap();
         assert_eq!(group.usage_ns().unwrap(), 2_500_000);
+        assert_eq!(
+            group.throttled().unwrap(),
+            Throttled {
+                periods: 4,
+                time_ns: 1_500_000
+            }
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use dilu_core::scaling::vertical::{
 };
 use dilu_quota::{AgentChannel, COST_UNITS_PER_WAVE, CounterPage, DeviceKind, UNLIMITED};
 
-use crate::cgroup::{CfsLimit, CgroupError, CpuGroup, limit_for};
+use crate::cgroup::{CfsLimit, CgroupError, CpuGroup, Throttled, limit_for};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// A share at least this close to the whole device is written as an unlimited budget.
@@ -70,6 +70,7 @@ struct Resident {
 struct Meter {
     group: CpuGroup,
     last_usage_ns: u64,
+    last_throttled: Throttled,
     /// The limit written last (`None`: unlimited).
     limit: Option<CfsLimit>,
     /// Whether a failure has been reported (once per resident: a vanished group fails every window).
@@ -95,6 +96,25 @@ impl Meter {
             Err(error) => {
                 self.report(id, &error);
                 0
+            }
+        }
+    }
+
+    /// Throttled periods and time since the last call: what the channel counts as delayed launches and delay
+    /// for a runtime that waits for budget itself.
+    fn held_back(&mut self, id: &str) -> Throttled {
+        match self.group.throttled() {
+            Ok(now) => {
+                let since = Throttled {
+                    periods: now.periods.saturating_sub(self.last_throttled.periods),
+                    time_ns: now.time_ns.saturating_sub(self.last_throttled.time_ns),
+                };
+                self.last_throttled = now;
+                since
+            }
+            Err(error) => {
+                self.report(id, &error);
+                Throttled::default()
             }
         }
     }
@@ -167,8 +187,11 @@ impl DeviceTokens {
         let mut events = Vec::new();
         for (index, r) in self.residents.iter_mut().enumerate() {
             if let Some(meter) = r.meter.as_mut() {
-                let used = meter.used(&r.id);
-                r.channel.counters().cost_launched.fetch_add(used, Relaxed);
+                let counters = r.channel.counters();
+                counters.cost_launched.fetch_add(meter.used(&r.id), Relaxed);
+                let held = meter.held_back(&r.id);
+                counters.launches_delayed.fetch_add(held.periods, Relaxed);
+                counters.delay_ns.fetch_add(held.time_ns, Relaxed);
             }
             let cost = r
                 .channel
@@ -391,6 +414,7 @@ impl TokenManager {
         group.set_limit(limit)?;
         r.meter = Some(Meter {
             last_usage_ns: group.usage_ns()?,
+            last_throttled: group.throttled()?,
             group,
             limit,
             reported: false,
@@ -549,6 +573,12 @@ mod tests {
             .unwrap();
         let usage = group.path().join("cpuacct.usage");
         std::fs::write(&usage, "7000000").unwrap();
+        let stat = group.path().join("cpu.stat");
+        std::fs::write(
+            &stat,
+            "nr_periods 10\nnr_throttled 2\nthrottled_time 900000\n",
+        )
+        .unwrap();
         assert!(manager.meter("proc", group.clone()).unwrap());
         assert!(!manager.meter("nobody", group.clone()).unwrap());
         let counters = instance.counters();
@@ -557,8 +587,16 @@ mod tests {
         assert_eq!(counters.cost_launched.load(Relaxed), 0);
         assert!(!manager.resident("proc").unwrap().busy);
         std::fs::write(&usage, "8500000").unwrap();
+        std::fs::write(
+            &stat,
+            "nr_periods 12\nnr_throttled 3\nthrottled_time 2900000\n",
+        )
+        .unwrap();
         manager.tick(2 * WINDOW_NS);
         assert_eq!(counters.cost_launched.load(Relaxed), 1_500_000);
+        // CFS holding it back counts as waiting for budget does for a runtime that charges itself.
+        assert_eq!(counters.launches_delayed.load(Relaxed), 1);
+        assert_eq!(counters.delay_ns.load(Relaxed), 2_000_000);
         let view = manager.resident("proc").unwrap();
         assert!(view.busy);
         assert_eq!(view.usage_last_window, 1_500_000);
