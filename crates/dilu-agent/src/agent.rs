@@ -811,6 +811,17 @@ impl Agent {
                 }
                 if entry.process.is_none() && entry.restart_at.is_some_and(|at| at <= now) {
                     entry.restart_at = None;
+                    // Its CPU cgroup is made again if it went meanwhile (something removed the empty group):
+                    // the token manager notices the fresh counters and writes its limit again.
+                    if entry.cgroup.is_some() {
+                        match self.cgroup_for(&entry.record.id, &entry.record.spec) {
+                            Ok(group) => entry.cgroup = group,
+                            Err(error) => eprintln!(
+                                "dilu agent: instance {}: CPU cgroup: {error}",
+                                entry.record.id
+                            ),
+                        }
+                    }
                     match self
                         .launch_spec(&entry.record, entry.cgroup.as_ref())
                         .map(|spec| supervisor::spawn(&spec))
@@ -939,7 +950,11 @@ fn open_cgroups(
             reason: error.to_string(),
         }),
         Err(error) => {
-            notes.push(format!("processes on CPU devices run unthrottled: {error}"));
+            notes.push(format!(
+                "processes on CPU devices run unthrottled: {error} (the agent holds them with CPU cgroups when \
+                 it may create them: as root, or in a delegated cgroup v2 subtree; --cpu-cgroup off says they \
+                 are not wanted)"
+            ));
             Ok(None)
         }
     }

@@ -71,8 +71,9 @@ struct Meter {
     group: CpuGroup,
     last_usage_ns: u64,
     last_throttled: Throttled,
-    /// The limit written last (`None`: unlimited).
-    limit: Option<CfsLimit>,
+    /// The limit written last (`None`: unlimited); `Err` while the group's limit is not known to be it (a
+    /// group made again, whose new directory has none).
+    limit: Result<Option<CfsLimit>, ()>,
     /// Whether a failure has been reported (once per resident: a vanished group fails every window).
     reported: bool,
 }
@@ -88,8 +89,16 @@ impl Meter {
     /// CPU time the group used since the last call, ns.
     fn used(&mut self, id: &str) -> u64 {
         match self.group.usage_ns() {
+            Ok(usage) if usage < self.last_usage_ns => {
+                // The group was made again (removed while its instance waited to restart): its counters and its
+                // limit start afresh.
+                self.last_usage_ns = usage;
+                self.last_throttled = Throttled::default();
+                self.limit = Err(());
+                usage
+            }
             Ok(usage) => {
-                let used = usage.saturating_sub(self.last_usage_ns);
+                let used = usage - self.last_usage_ns;
                 self.last_usage_ns = usage;
                 used
             }
@@ -121,11 +130,11 @@ impl Meter {
 
     fn hold(&mut self, id: &str, budget: u64, window_ns: u64) {
         let limit = limit_for(budget, window_ns);
-        if limit == self.limit {
+        if Ok(limit) == self.limit {
             return;
         }
         match self.group.set_limit(limit) {
-            Ok(()) => self.limit = limit,
+            Ok(()) => self.limit = Ok(limit),
             Err(error) => self.report(id, &error),
         }
     }
@@ -416,7 +425,7 @@ impl TokenManager {
             last_usage_ns: group.usage_ns()?,
             last_throttled: group.throttled()?,
             group,
-            limit,
+            limit: Ok(limit),
             reported: false,
         });
         Ok(true)
@@ -617,10 +626,30 @@ mod tests {
         );
         assert_eq!(manager.resident("proc").unwrap().budget, None);
         assert_eq!(group.limit().unwrap(), None);
+        manager.set_quota(
+            "proc",
+            Quota {
+                request: 0.3,
+                limit: 0.3,
+                memory: None,
+            },
+            3 * WINDOW_NS,
+        );
+        let limit = group.limit().unwrap();
+        assert!(limit.is_some());
+        // Made again (an empty group removed while its instance waited to restart): fresh counters, no
+        // limit. The next window notices and writes the limit again.
+        std::fs::write(&usage, "1000").unwrap();
+        std::fs::write(&stat, "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n").unwrap();
+        std::fs::write(group.path().join("cpu.cfs_quota_us"), "-1").unwrap();
+        let charged = counters.cost_launched.load(Relaxed);
+        manager.tick(4 * WINDOW_NS);
+        assert_eq!(counters.cost_launched.load(Relaxed), charged + 1000);
+        assert_eq!(group.limit().unwrap(), limit);
         // A group that went away costs a note, not the tick.
         std::fs::remove_file(&usage).unwrap();
-        manager.tick(4 * WINDOW_NS);
-        assert_eq!(counters.cost_launched.load(Relaxed), 1_500_000);
+        manager.tick(5 * WINDOW_NS);
+        assert_eq!(counters.cost_launched.load(Relaxed), charged + 1000);
     }
 
     #[test]
