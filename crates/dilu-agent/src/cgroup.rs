@@ -132,13 +132,14 @@ impl Hierarchy {
         Hierarchy::from_mountinfo(&text)
     }
 
-    fn join(&self, relative: &Path) -> Dirs {
+    /// The hierarchy's root group.
+    fn root(&self) -> Dirs {
         match self {
             Hierarchy::V1 { cpu, cpuacct } => Dirs::V1 {
-                cpu: cpu.join(relative),
-                cpuacct: cpuacct.join(relative),
+                cpu: cpu.clone(),
+                cpuacct: cpuacct.clone(),
             },
-            Hierarchy::V2(dir) => Dirs::V2(dir.join(relative)),
+            Hierarchy::V2(dir) => Dirs::V2(dir.clone()),
         }
     }
 }
@@ -191,7 +192,8 @@ impl Dirs {
         }
     }
 
-    fn child(&self, name: &str) -> Dirs {
+    fn child(&self, name: impl AsRef<Path>) -> Dirs {
+        let name = name.as_ref();
         match self {
             Dirs::V1 { cpu, cpuacct } => Dirs::V1 {
                 cpu: cpu.join(name),
@@ -453,9 +455,9 @@ impl CpuCgroups {
             Dirs::V2(dilu.clone()).create()?;
             enable_cpu(&dilu)?;
         } else {
-            hierarchy.join(Path::new("dilu")).create()?;
+            hierarchy.root().child("dilu").create()?;
         }
-        let parent = hierarchy.join(&Path::new("dilu").join(agent));
+        let parent = hierarchy.root().child(Path::new("dilu").join(agent));
         let cgroups = CpuCgroups { hierarchy, parent };
         cgroups.make_parent()?;
         let _ = cgroups.parent.remove();
@@ -473,7 +475,7 @@ impl CpuCgroups {
     /// The parent group of agent `agent` in `hierarchy` if that agent made one, without creating anything (for
     /// cleaning up after an agent that was killed).
     pub fn find(hierarchy: Hierarchy, agent: &str) -> Option<CpuCgroups> {
-        let parent = hierarchy.join(&Path::new("dilu").join(agent));
+        let parent = hierarchy.root().child(Path::new("dilu").join(agent));
         parent
             .main()
             .is_dir()
@@ -644,6 +646,14 @@ mod tests {
         }
     }
 
+    /// A limit written reads back as written, and so does none.
+    fn round_trips(group: &CpuGroup, limit: CfsLimit) {
+        group.set_limit(Some(limit)).unwrap();
+        assert_eq!(group.limit().unwrap(), Some(limit));
+        group.set_limit(None).unwrap();
+        assert_eq!(group.limit().unwrap(), None);
+    }
+
     #[test]
     fn v1_groups_write_cfs_files_and_read_cpuacct_usage() {
         let root = tempfile::tempdir().unwrap();
@@ -665,10 +675,7 @@ mod tests {
             quota_us: 2_500,
             period_us: 5_000,
         };
-        group.set_limit(Some(limit)).unwrap();
-        assert_eq!(group.limit().unwrap(), Some(limit));
-        group.set_limit(None).unwrap();
-        assert_eq!(group.limit().unwrap(), None);
+        round_trips(&group, limit);
         std::fs::write(
             root.path().join("cpuacct/dilu/agent1/f-1/cpuacct.usage"),
             "123456789\n",
@@ -740,9 +747,7 @@ mod tests {
             std::fs::read_to_string(group.path().join("cpu.max")).unwrap(),
             "1200 15000"
         );
-        assert_eq!(group.limit().unwrap(), Some(limit));
-        group.set_limit(None).unwrap();
-        assert_eq!(group.limit().unwrap(), None);
+        round_trips(&group, limit);
         std::fs::write(
             group.path().join("cpu.stat"),
             "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\nnr_periods 9\nnr_throttled 4\nthrottled_usec 1500\n",

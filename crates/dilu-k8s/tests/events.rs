@@ -19,6 +19,17 @@ fn reporter() -> Reporter {
     }
 }
 
+/// Node n1's GPU-1 became unhealthy (the same event every time).
+fn gpu_unhealthy(sink: &EventSink) {
+    sink.emit(
+        node_ref("n1"),
+        EventType::Warning,
+        "GPUUnhealthy",
+        "Watch",
+        "GPU-1: Xid 79",
+    );
+}
+
 async fn settled(sink: &EventSink, want: EventCountsSnapshot) {
     eventually(
         &format!("event counts {want:?}"),
@@ -99,13 +110,7 @@ async fn repeats_are_counted_on_the_first_event_and_refusals_do_not_stop_the_wri
         "Binding",
         "x",
     );
-    sink.emit(
-        node_ref("n1"),
-        EventType::Warning,
-        "GPUUnhealthy",
-        "Watch",
-        "GPU-1: Xid 79",
-    );
+    gpu_unhealthy(&sink);
     settled(
         &sink,
         EventCountsSnapshot {
@@ -181,13 +186,7 @@ async fn in_a_burst_of_events_every_repeat_lands_on_one_event_with_its_count() {
             format!("pod {i} bound"),
         );
         if i % 10 < 3 {
-            sink.emit(
-                node_ref("n1"),
-                EventType::Warning,
-                "GPUUnhealthy",
-                "Watch",
-                "GPU-1: Xid 79",
-            );
+            gpu_unhealthy(&sink);
             repeats += 1;
         }
     }
