@@ -639,10 +639,11 @@ impl Agent {
                     channel,
                 )
                 .map_err(|e: TokenError| internal("budgeting the instance")(e.to_string()))?;
-            if let Some(group) = &cgroup {
-                tokens
-                    .meter(&id, group.clone())
-                    .map_err(|e| internal("metering the instance")(e.to_string()))?;
+            // The process runs in its group at its first budget either way; failing here would orphan it.
+            if let Some(group) = &cgroup
+                && let Err(error) = tokens.meter(&id, group.clone())
+            {
+                eprintln!("dilu agent: instance {id}: {error}; not metered");
             }
         }
         instances.map.insert(
