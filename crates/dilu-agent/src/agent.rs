@@ -1202,10 +1202,30 @@ mod tests {
         ticks * 1_000_000_000 / hz
     }
 
+    /// Kills the instances an agent keeping its files in the directory recorded, when dropped: a test that fails
+    /// half-way leaves no busy loop running after it.
+    struct KillRecorded(PathBuf);
+
+    impl Drop for KillRecorded {
+        fn drop(&mut self) {
+            let saved: Option<StateFile> =
+                state::load(&self.0.join("agent-state.json")).unwrap_or(None);
+            for pid in saved
+                .iter()
+                .flat_map(|s| &s.instances)
+                .filter_map(|i| i.pid)
+            {
+                // SAFETY: signalling process groups this test's agent started; failures (gone) are fine.
+                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            }
+        }
+    }
+
     #[test]
     fn a_process_on_a_cpu_device_is_held_to_its_budget_by_a_cpu_cgroup_and_metered_through_it() {
         let test = "a_process_on_a_cpu_device_is_held_to_its_budget_by_a_cpu_cgroup";
         let dir = tempfile::tempdir().unwrap();
+        let _kill = KillRecorded(dir.path().to_path_buf());
         let agent = Agent::start(config(dir.path())).unwrap();
         if !has_cgroups(&agent, test) {
             return;
