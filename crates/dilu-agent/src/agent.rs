@@ -528,6 +528,44 @@ impl Agent {
         })
     }
 
+    /// Starts `record`'s process, in its CPU cgroup when it has one: the group holds it from its first
+    /// instruction, at `first_budget` (what its channel starts with). A group made for a start that failed is
+    /// removed again.
+    fn start_process(
+        &self,
+        record: &InstanceRecord,
+        first_budget: u64,
+    ) -> Result<(Process, Option<CpuGroup>), AgentError> {
+        let group_error = |e: cgroup::CgroupError| {
+            internal(format!("instance {}: CPU cgroup", record.id))(e.to_string())
+        };
+        let group = self
+            .cgroup_for(&record.id, &record.spec)
+            .map_err(group_error)?;
+        let started = match &group {
+            Some(g) => g
+                .set_limit(cgroup::limit_for(first_budget, self.config.window_ns))
+                .map_err(group_error),
+            None => Ok(()),
+        }
+        .and_then(|()| self.launch_spec(record, group.as_ref()))
+        .and_then(|launch| {
+            supervisor::spawn(&launch).map_err(|error| AgentError::Internal {
+                context: format!("starting {:?}", record.spec.command),
+                reason: error.to_string(),
+            })
+        });
+        match started {
+            Ok(process) => Ok((process, group)),
+            Err(error) => {
+                if let Some(g) = &group {
+                    let _ = g.remove();
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Starts an instance: validates it, creates its channel (0600), starts its process with the quota,
     /// device and (on GPUs) interposer environment, and begins budgeting it.
     pub fn create_instance(
@@ -591,35 +629,11 @@ impl Agent {
             restarts: 0,
             last_exit: None,
         };
-        // The group holds the process from its first instruction, at the budget it starts with.
-        let cgroup = self
-            .cgroup_for(&id, &record.spec)
-            .and_then(|group| {
-                if let Some(group) = &group {
-                    let budget =
-                        lock(&self.tokens).initial_budget(&device.uuid, &record.spec.quota);
-                    group.set_limit(cgroup::limit_for(budget, self.config.window_ns))?;
-                }
-                Ok(group)
-            })
-            .map_err(|e| internal(format!("instance {id}: CPU cgroup"))(e.to_string()));
-        let launch = cgroup
-            .and_then(|group| Ok((self.launch_spec(&record, group.as_ref())?, group)))
-            .and_then(|(launch, group)| {
-                supervisor::spawn(&launch)
-                    .map(|process| (process, group))
-                    .map_err(|error| AgentError::Internal {
-                        context: format!("starting {:?}", record.spec.command),
-                        reason: error.to_string(),
-                    })
-            });
-        let (process, cgroup) = match launch {
+        let first_budget = channel.control().budget_per_window.load(Relaxed);
+        let (process, cgroup) = match self.start_process(&record, first_budget) {
             Ok(started) => started,
             Err(error) => {
                 let _ = std::fs::remove_file(&channel_path);
-                if let Ok(Some(group)) = self.cgroup_for(&id, &record.spec) {
-                    let _ = group.remove();
-                }
                 return Err(error);
             }
         };

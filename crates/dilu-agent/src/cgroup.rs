@@ -280,6 +280,21 @@ impl CfsLimit {
     }
 }
 
+/// The value of `key` in a `cpu.stat` text (`key value` lines).
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// `usage_usec` of a cgroup v2 `cpu.stat`, in ns.
+fn usage_usec(path: &Path, text: &str) -> Result<u64, CgroupError> {
+    stat_field(text, "usage_usec")
+        .map(|us| us.saturating_mul(1_000))
+        .ok_or_else(|| parse_error(path, "a usage_usec line", text))
+}
+
 /// What CFS reports of a group's throttling, cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Throttled {
@@ -331,12 +346,7 @@ impl CpuGroup {
             }
             Dirs::V2(dir) => {
                 let path = dir.join("cpu.stat");
-                let text = read(&path)?;
-                text.lines()
-                    .find_map(|line| line.strip_prefix("usage_usec "))
-                    .and_then(|us| us.trim().parse::<u64>().ok())
-                    .map(|us| us.saturating_mul(1_000))
-                    .ok_or_else(|| parse_error(&path, "a usage_usec line", &text))
+                usage_usec(&path, &read(&path)?)
             }
         }
     }
@@ -345,26 +355,40 @@ impl CpuGroup {
     /// time its runnable threads waited for the next period (`cpu.stat`'s `nr_throttled` and `throttled_time`,
     /// ns, on cgroup v1; `throttled_usec` on v2).
     pub fn throttled(&self) -> Result<Throttled, CgroupError> {
-        let (path, time_key, time_scale) = match &self.dirs {
-            Dirs::V1 { cpu, .. } => (cpu.join("cpu.stat"), "throttled_time", 1),
-            Dirs::V2(dir) => (dir.join("cpu.stat"), "throttled_usec", 1_000),
+        let path = self.stat_path();
+        self.throttled_in(&path, &read(&path)?)
+    }
+
+    /// [`CpuGroup::usage_ns`] and [`CpuGroup::throttled`] together, reading `cpu.stat` once (on cgroup v2 it
+    /// holds both): what the token manager reads every window.
+    pub fn sample(&self) -> Result<(u64, Throttled), CgroupError> {
+        let path = self.stat_path();
+        let stat = read(&path)?;
+        let usage = match &self.dirs {
+            Dirs::V1 { .. } => self.usage_ns()?,
+            Dirs::V2(_) => usage_usec(&path, &stat)?,
         };
-        let text = read(&path)?;
-        let field = |key: &str| {
-            text.lines()
-                .filter_map(|line| line.split_once(' '))
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        Ok((usage, self.throttled_in(&path, &stat)?))
+    }
+
+    fn stat_path(&self) -> PathBuf {
+        self.dirs.main().join("cpu.stat")
+    }
+
+    fn throttled_in(&self, path: &Path, text: &str) -> Result<Throttled, CgroupError> {
+        let (time_key, time_scale) = match &self.dirs {
+            Dirs::V1 { .. } => ("throttled_time", 1),
+            Dirs::V2(_) => ("throttled_usec", 1_000),
         };
-        match (field("nr_throttled"), field(time_key)) {
+        match (stat_field(text, "nr_throttled"), stat_field(text, time_key)) {
             (Some(periods), Some(time)) => Ok(Throttled {
                 periods,
                 time_ns: time.saturating_mul(time_scale),
             }),
             _ => Err(parse_error(
-                &path,
+                path,
                 "nr_throttled and the throttled time",
-                &text,
+                text,
             )),
         }
     }

@@ -86,44 +86,35 @@ impl Meter {
         }
     }
 
-    /// CPU time the group used since the last call, ns.
-    fn used(&mut self, id: &str) -> u64 {
-        match self.group.usage_ns() {
-            Ok(usage) if usage < self.last_usage_ns => {
+    /// CPU time the group used, and how CFS held it back, since the last call: the channel counts the first as
+    /// cost and the second as delayed launches and delay, as for a runtime that waits for budget itself.
+    fn sample(&mut self, id: &str) -> (u64, Throttled) {
+        match self.group.sample() {
+            Ok((usage, throttled)) if usage < self.last_usage_ns => {
                 // The group was made again (removed while its instance waited to restart): its counters and its
                 // limit start afresh.
                 self.last_usage_ns = usage;
-                self.last_throttled = Throttled::default();
+                self.last_throttled = throttled;
                 self.limit = Err(());
-                usage
+                (usage, throttled)
             }
-            Ok(usage) => {
+            Ok((usage, throttled)) => {
+                let since = Throttled {
+                    periods: throttled
+                        .periods
+                        .saturating_sub(self.last_throttled.periods),
+                    time_ns: throttled
+                        .time_ns
+                        .saturating_sub(self.last_throttled.time_ns),
+                };
                 let used = usage - self.last_usage_ns;
                 self.last_usage_ns = usage;
-                used
+                self.last_throttled = throttled;
+                (used, since)
             }
             Err(error) => {
                 self.report(id, &error);
-                0
-            }
-        }
-    }
-
-    /// Throttled periods and time since the last call: what the channel counts as delayed launches and delay
-    /// for a runtime that waits for budget itself.
-    fn held_back(&mut self, id: &str) -> Throttled {
-        match self.group.throttled() {
-            Ok(now) => {
-                let since = Throttled {
-                    periods: now.periods.saturating_sub(self.last_throttled.periods),
-                    time_ns: now.time_ns.saturating_sub(self.last_throttled.time_ns),
-                };
-                self.last_throttled = now;
-                since
-            }
-            Err(error) => {
-                self.report(id, &error);
-                Throttled::default()
+                (0, Throttled::default())
             }
         }
     }
@@ -197,8 +188,8 @@ impl DeviceTokens {
         for (index, r) in self.residents.iter_mut().enumerate() {
             if let Some(meter) = r.meter.as_mut() {
                 let counters = r.channel.counters();
-                counters.cost_launched.fetch_add(meter.used(&r.id), Relaxed);
-                let held = meter.held_back(&r.id);
+                let (used, held) = meter.sample(&r.id);
+                counters.cost_launched.fetch_add(used, Relaxed);
                 counters.launches_delayed.fetch_add(held.periods, Relaxed);
                 counters.delay_ns.fetch_add(held.time_ns, Relaxed);
             }
