@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 
 use dilu_core::scaling::lazy::LazyConfig;
+use dilu_core::scheduling::NodeConstraints;
 use dilu_core::{FieldError, InstanceKind};
 use serde::{Deserialize, Serialize};
 
@@ -277,6 +278,10 @@ pub struct FunctionSpec {
     /// Gateway behaviour.
     #[serde(default)]
     pub gateway: GatewaySpec,
+    /// Which nodes its instances may run on: a node selector, required node affinity and tolerations of node
+    /// taints, as Kubernetes defines them (`docs/kubernetes.md`, "Node selectors, affinity and taints").
+    #[serde(default, skip_serializing_if = "NodeConstraints::is_empty")]
+    pub scheduling: NodeConstraints,
 }
 
 fn default_kind() -> InstanceKind {
@@ -330,17 +335,23 @@ impl FunctionSpec {
         }
     }
 
-    /// What its instances run, as a comparable string: instances whose key differs from their function's
-    /// current one are left from an earlier generation and are replaced by a rolling update.
+    /// What its instances run and where they may run, as a comparable string: instances whose key differs
+    /// from their function's current one are left from an earlier generation and are replaced by a rolling
+    /// update (so a changed node selector or toleration moves them, as a changed pod template does).
     pub fn template_key(&self) -> String {
-        match &self.process {
-            // Written only when present, so the keys of functions from before processes stay the same.
-            Some(process) => {
-                serde_json::json!([self.kind.as_str(), self.model, self.training, process])
-                    .to_string()
-            }
-            None => serde_json::json!([self.kind.as_str(), self.model, self.training]).to_string(),
+        let mut key = vec![
+            serde_json::json!(self.kind.as_str()),
+            serde_json::json!(self.model),
+            serde_json::json!(self.training),
+        ];
+        // Each written only when present, so the keys of functions from before them stay the same.
+        if let Some(process) = &self.process {
+            key.push(serde_json::json!(process));
         }
+        if !self.scheduling.is_empty() {
+            key.push(serde_json::json!({ "scheduling": self.scheduling }));
+        }
+        serde_json::Value::Array(key).to_string()
     }
 }
 
@@ -622,7 +633,10 @@ impl FunctionSpec {
             q.validate("quota")?;
         }
         self.validate_scaling()?;
-        self.validate_gateway()
+        self.validate_gateway()?;
+        self.scheduling
+            .validate()
+            .map_err(|e| e.within("scheduling"))
     }
 
     fn validate_model(&self) -> Result<(), FieldError> {
@@ -932,6 +946,50 @@ mod tests {
         assert_eq!(e.field, "scaling.lazy.out_votes");
         let e = err(&format!("{OK}gateway: {{max_body: 12}}\n"));
         assert_eq!(e.field, "gateway.max_body");
+    }
+
+    #[test]
+    fn scheduling_takes_kubernetes_node_rules_and_names_a_bad_field() {
+        let spec = parse_spec(
+            &format!(
+                "{OK}scheduling:\n  node_selector: {{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}}\n  \
+                 tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]\n  \
+                 node_affinity:\n    - match_expressions: [{{key: zone, operator: In, values: [a, b]}}]\n"
+            ),
+            SpecFormat::Yaml,
+        )
+        .unwrap();
+        assert_eq!(spec.scheduling.node_selector.len(), 1);
+        assert_eq!(spec.scheduling.tolerations[0].key, "nvidia.com/gpu");
+        assert_eq!(
+            spec.scheduling.node_affinity[0].match_expressions[0].values,
+            ["a", "b"]
+        );
+        // Written back, it reads the same; an empty section is left out.
+        let text = serde_json::to_string(&spec).unwrap();
+        assert_eq!(parse_spec(&text, SpecFormat::Json).unwrap(), spec);
+        let plain = parse_spec(OK, SpecFormat::Yaml).unwrap();
+        assert!(
+            !serde_json::to_string(&plain)
+                .unwrap()
+                .contains("scheduling")
+        );
+        let e = err(&format!(
+            "{OK}scheduling: {{node_affinity: [{{match_expressions: [{{key: gpus, operator: Gt, values: [a]}}]}}]}}\n"
+        ));
+        assert_eq!(
+            e.field,
+            "scheduling.node_affinity[0].match_expressions[0].values"
+        );
+        assert!(e.rule.contains("one integer"), "{e}");
+        let e = err(&format!(
+            "{OK}scheduling: {{tolerations: [{{value: x}}]}}\n"
+        ));
+        assert_eq!(e.field, "scheduling.tolerations[0].operator");
+        let e = err(&format!(
+            "{OK}scheduling: {{tolerations: [{{key: a, effect: Sometimes}}]}}\n"
+        ));
+        assert!(e.field.starts_with("scheduling.tolerations"), "{e}");
     }
 
     /// Issue 14, defect 8: `input_shape` had no upper bound, so a worker died allocating 400 GB at load.

@@ -15,6 +15,7 @@ use dilu_api::agent::InstancePhase;
 use dilu_api::{FieldError, InstanceKind, ModelEngine, Quota, Runtime};
 use dilu_core::InstanceRequest;
 use dilu_core::ledger::{DeviceClass, DeviceRef, NodeInventory};
+use dilu_core::scheduling::NodeConstraints;
 use serde::Serialize;
 
 /// A boxed future, so backends can be used as trait objects.
@@ -61,6 +62,9 @@ pub struct InstancePlan {
     /// What the ledger booked for it (the policy's charge of `quota`): a cluster scheduler that places the
     /// instance itself books exactly this.
     pub booking: InstanceRequest,
+    /// The nodes it may run on (the function's `scheduling`): a cluster scheduler that places the instance
+    /// itself applies them again.
+    pub scheduling: NodeConstraints,
 }
 
 /// How a backend starts an instance of a plan.

@@ -1180,7 +1180,10 @@ impl Controller {
             .first_class(classes)
             .or_else(|| classes.first().copied())
             .unwrap_or(DeviceClass::Cpu);
-        match pass.ledger.place(&key, &booking, class) {
+        match pass
+            .ledger
+            .place_where(&key, &booking, class, &f.spec.scheduling)
+        {
             Ok(at) => {
                 take(pass.next_seq);
                 let requested = pass.ledger.requested(&at);
@@ -1231,6 +1234,7 @@ impl Controller {
                         at,
                         quota,
                         booking,
+                        scheduling: f.spec.scheduling.clone(),
                     }),
                     profiling,
                 });

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use dilu_api::agent::InstancePhase;
 use dilu_api::{FieldError, Profile, Quota, Runtime};
 use dilu_core::ledger::{DeviceInventory, NodeInventory};
+use dilu_core::scheduling::well_known_labels;
 use dilu_core::sync::lock;
 
 use crate::backend::{
@@ -52,6 +53,8 @@ impl FakeBackend {
                     gpu: false,
                 })
                 .collect(),
+            labels: well_known_labels("local"),
+            taints: Vec::new(),
         };
         Arc::new(FakeBackend {
             clock,

@@ -563,6 +563,33 @@ async fn a_restarted_controller_adopts_running_instances_without_creating_any() 
 }
 
 #[tokio::test]
+async fn a_node_selector_no_node_matches_says_why_and_the_node_it_names_runs_it() {
+    let rig = Rig::new(1, PolicyName::Dilu);
+    // The fake node is `local`, labelled as a kubelet labels its node.
+    let elsewhere =
+        format!("{V1}scheduling: {{node_selector: {{kubernetes.io/hostname: gpu-7}}}}\n");
+    rig.c.deploy(inference("s", &elsewhere)).unwrap();
+    rig.run_for(500, 100).await;
+    let v = rig.view("s");
+    assert!(v.instances.is_empty());
+    assert_eq!(
+        v.last_error.as_deref(),
+        Some(
+            "placing an instance of s: unschedulable: 0/1 nodes with a cpu device are available to it: 1 \
+             didn't match the node selector"
+        )
+    );
+    let here = format!(
+        "{V1}scheduling: {{node_selector: {{kubernetes.io/hostname: local, kubernetes.io/os: {}}}}}\n",
+        std::env::consts::OS
+    );
+    rig.c.update(inference("s", &here)).await.unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("s").len(), 1);
+    assert!(rig.view("s").last_error.is_none());
+}
+
+#[tokio::test]
 async fn a_full_device_leaves_a_clear_reason_until_room_is_made() {
     let rig = Rig::new(1, PolicyName::Dilu);
     let big = "quota: {request: 0.7, limit: 0.9}\nscaling: {capacity_rps: 10}\n";

@@ -148,6 +148,9 @@ pub struct Node {
     pub version: u64,
     /// Rank for breaking score ties: lower wins. Defaults to the node index.
     pub tie_rank: u32,
+    /// Set while the instance being placed may not run here (its node constraints,
+    /// [`crate::ledger::Ledger::place_where`]): every placer skips the node as if it were full.
+    pub excluded: bool,
 }
 
 impl Node {
@@ -245,6 +248,7 @@ impl Cluster {
                 affinity: Vec::new(),
                 version: 0,
                 tie_rank: i as u32,
+                excluded: false,
             });
         }
         Ok(Cluster {
@@ -291,6 +295,20 @@ impl Cluster {
     pub fn set_tie_ranks(&mut self, ranks: &[u32]) {
         for (node, &rank) in self.nodes.iter_mut().zip(ranks) {
             node.tie_rank = rank;
+        }
+    }
+
+    /// Marks node `index` as one the instance being placed may not run on (or not); see [`Node::excluded`].
+    pub fn set_excluded(&mut self, index: usize, excluded: bool) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.excluded = excluded;
+        }
+    }
+
+    /// Clears every node's [`Node::excluded`] mark.
+    pub fn clear_excluded(&mut self) {
+        for node in &mut self.nodes {
+            node.excluded = false;
         }
     }
 

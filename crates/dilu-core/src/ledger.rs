@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Cluster, NodeSpec, Placement};
 use crate::placement::{PlacementScore, Placer};
 use crate::request::{InstanceRequest, SM_MILLI};
+use crate::scheduling::{NodeConstraints, Taint};
 
 /// A device a node offers, as the ledger needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,12 +73,18 @@ impl DeviceClass {
 }
 
 /// A node and its devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeInventory {
     /// Unique node name.
     pub name: String,
     /// Its devices.
     pub devices: Vec<DeviceInventory>,
+    /// Its labels (a Kubernetes Node's; none on `dilu up`): what node selectors and affinity match.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its taints (a Kubernetes Node's): instances that do not tolerate one are not placed there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
 }
 
 /// Where an instance runs: a node and one of its devices.
@@ -144,13 +151,13 @@ impl Pool {
         let nodes: Vec<NodeInventory> = nodes
             .iter()
             .map(|n| NodeInventory {
-                name: n.name.clone(),
                 devices: n
                     .devices
                     .iter()
                     .filter(|d| d.class() == class)
                     .cloned()
                     .collect(),
+                ..n.clone()
             })
             .filter(|n| !n.devices.is_empty())
             .collect();
@@ -320,19 +327,34 @@ impl Ledger {
             .find(|c| !self.pool(*c).nodes.is_empty())
     }
 
-    /// Chooses a device of `class` for a new instance and books it under `key`.
+    /// Chooses a device of `class` for a new instance and books it under `key`, on any node whose taints
+    /// it tolerates (it tolerates none: [`Ledger::place_where`] with the default constraints).
     pub fn place(
         &mut self,
         key: &str,
         request: &InstanceRequest,
         class: DeviceClass,
     ) -> Result<DeviceRef, LedgerError> {
+        self.place_where(key, request, class, &NodeConstraints::default())
+    }
+
+    /// Chooses a device of `class` for a new instance on a node `constraints` allow and books it under `key`.
+    /// The placer ranks only the allowed nodes, so its policy is unchanged among them; when none is allowed,
+    /// or none of those has room, the error counts the nodes refused for each reason (as kube-scheduler's
+    /// "0/N nodes are available" does).
+    pub fn place_where(
+        &mut self,
+        key: &str,
+        request: &InstanceRequest,
+        class: DeviceClass,
+        constraints: &NodeConstraints,
+    ) -> Result<DeviceRef, LedgerError> {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
-        let pool = match class {
-            DeviceClass::Gpu => &self.gpus,
-            DeviceClass::Cpu => &self.cpus,
+        let (pool, placer) = match class {
+            DeviceClass::Gpu => (&mut self.gpus, &mut self.placer),
+            DeviceClass::Cpu => (&mut self.cpus, &mut self.placer),
         };
         if pool.nodes.is_empty() {
             return Err(LedgerError::Unschedulable(format!(
@@ -340,11 +362,52 @@ impl Ledger {
                 class.as_str()
             )));
         }
-        let placement = self
-            .placer
-            .place(&pool.cluster, request)
-            .map_err(|e| LedgerError::Unschedulable(e.to_string()))?;
-        let score = self.placer.explain(&pool.cluster, request, &placement);
+        let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, node) in pool.nodes.iter().enumerate() {
+            if let Err(why) = constraints.check(node) {
+                pool.cluster.set_excluded(i, true);
+                *refused.entry(why.to_string()).or_default() += 1;
+            }
+        }
+        let total = pool.nodes.len();
+        let excluded: usize = refused.values().sum();
+        let reasons = || {
+            refused
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let chosen = if excluded == total {
+            Err(LedgerError::Unschedulable(format!(
+                "0/{total} nodes with a {} device are available to it: {}",
+                class.as_str(),
+                reasons()
+            )))
+        } else {
+            placer
+                .place(&pool.cluster, request)
+                .map(|placement| {
+                    let score = placer.explain(&pool.cluster, request, &placement);
+                    (placement, score)
+                })
+                .map_err(|e| {
+                    LedgerError::Unschedulable(if excluded == 0 {
+                        e.to_string()
+                    } else {
+                        format!(
+                            "{e} on the {} of {total} nodes with a {} device it may run on (the others: {})",
+                            total - excluded,
+                            class.as_str(),
+                            reasons()
+                        )
+                    })
+                })
+        };
+        if excluded > 0 {
+            pool.cluster.clear_excluded();
+        }
+        let (placement, score) = chosen?;
         let at = self.book(key, class, placement, request.clone())?;
         if let Some(booking) = self.bookings.get_mut(key) {
             booking.score = score;
@@ -517,6 +580,7 @@ mod tests {
     use super::*;
     use crate::placement::DiluPlacer;
     use crate::request::InstanceKind;
+    use std::collections::BTreeSet;
 
     fn node(name: &str, devices: &[&str]) -> NodeInventory {
         NodeInventory {
@@ -529,6 +593,7 @@ mod tests {
                     gpu: d.starts_with("GPU"),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -743,5 +808,136 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("no node has a gpu device"), "{e}");
+    }
+
+    fn labelled(name: &str, device: &str, zone: &str, taints: &[Taint]) -> NodeInventory {
+        NodeInventory {
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            taints: taints.to_vec(),
+            ..node(name, &[device])
+        }
+    }
+
+    #[test]
+    fn every_policy_places_only_on_the_nodes_its_constraints_allow() {
+        use crate::policy::{Policy, PolicyName};
+        use crate::scheduling::{TaintEffect, Toleration, TolerationOperator};
+        let dedicated = Taint {
+            key: "dedicated".into(),
+            value: "ml".into(),
+            effect: TaintEffect::NoSchedule,
+        };
+        let nodes = [
+            labelled("a", "GPU-a", "a", &[]),
+            labelled("b", "GPU-b", "b", &[]),
+            labelled("c", "GPU-c", "b", std::slice::from_ref(&dedicated)),
+        ];
+        let in_b = NodeConstraints {
+            node_selector: [("zone".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
+        let tolerating = NodeConstraints {
+            tolerations: vec![Toleration {
+                key: "dedicated".into(),
+                operator: TolerationOperator::Exists,
+                ..Default::default()
+            }],
+            ..in_b.clone()
+        };
+        for name in PolicyName::ALL {
+            let mut l = Ledger::new(&nodes, Policy::named(name).placer()).unwrap();
+            let small = ask(InstanceKind::Inference, 0.1, 0.1);
+            // With a selector, zone b only (c is in b too, but tainted).
+            let at = l.place_where("s", &small, DeviceClass::Gpu, &in_b).unwrap();
+            assert_eq!(
+                at.node, "b",
+                "{name}: the selector and the taint leave b only"
+            );
+            // Tolerating the taint: b or c, never a.
+            let at = l
+                .place_where("t", &small, DeviceClass::Gpu, &tolerating)
+                .unwrap();
+            assert!(at.node == "b" || at.node == "c", "{name}: {at:?}");
+            // No constraints: never the tainted c, and a is open again (the marks are gone).
+            let mut seen = BTreeSet::new();
+            let large = ask(InstanceKind::Inference, 0.6, 0.6);
+            for i in 0..2 {
+                if let Ok(at) = l.place(&format!("p{i}"), &large, DeviceClass::Gpu) {
+                    seen.insert(at.node);
+                }
+            }
+            assert!(
+                seen.contains("a") && !seen.contains("c"),
+                "{name}: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_the_nodes_refused_for_each_reason() {
+        use crate::scheduling::TaintEffect;
+        let drain = Taint {
+            key: "drain".into(),
+            value: String::new(),
+            effect: TaintEffect::NoExecute,
+        };
+        let nodes = [
+            labelled("a", "GPU-a", "a", &[]),
+            labelled("b", "GPU-b", "a", &[]),
+            labelled("c", "GPU-c", "b", &[drain]),
+            labelled("d", "CPU-d", "b", &[]),
+        ];
+        let mut l = ledger(&nodes);
+        let in_b = NodeConstraints {
+            node_selector: [("zone".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
+        let small = ask(InstanceKind::Inference, 0.1, 0.1);
+        let e = l
+            .place_where("x", &small, DeviceClass::Gpu, &in_b)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "unschedulable: 0/3 nodes with a gpu device are available to it: 2 didn't match the node \
+             selector, 1 had the taint drain:NoExecute, not tolerated"
+        );
+        // The CPU pool has its own nodes: d is in zone b and untainted.
+        assert_eq!(
+            l.place_where("y", &small, DeviceClass::Cpu, &in_b)
+                .unwrap()
+                .node,
+            "d"
+        );
+        // Nodes allowed but full: the placer's reason, then the others'.
+        let in_a = NodeConstraints {
+            node_selector: [("zone".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        };
+        let whole = ask(InstanceKind::Inference, 1.0, 1.0);
+        l.place_where("a1", &whole, DeviceClass::Gpu, &in_a)
+            .unwrap();
+        l.place_where("a2", &whole, DeviceClass::Gpu, &in_a)
+            .unwrap();
+        let e = l
+            .place_where("a3", &whole, DeviceClass::Gpu, &in_a)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(
+                "on the 2 of 3 nodes with a gpu device it may run on (the others: 1 had the taint \
+                         drain:NoExecute, not tolerated)"
+            ),
+            "{e}"
+        );
+        // The drained node keeps its bookings when its labels change; they are only for new placements.
+        let mut relabelled = nodes.to_vec();
+        relabelled[0].labels.insert("zone".into(), "c".into());
+        assert_eq!(l.set_nodes(&relabelled).unwrap(), Vec::<String>::new());
+        let a = DeviceRef {
+            node: "a".into(),
+            device: "GPU-a".into(),
+        };
+        assert!((l.requested(&a) - 1.0).abs() < 1e-9);
     }
 }

@@ -17,6 +17,7 @@ pub mod profiler;
 pub mod prometheus;
 pub mod request;
 pub mod scaling;
+pub mod scheduling;
 pub mod sync;
 pub mod units;
 

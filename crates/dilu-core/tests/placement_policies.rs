@@ -277,6 +277,36 @@ fn gpu_type_constraint_is_respected() {
     }
 }
 
+/// A node marked excluded (the instance's node constraints forbid it) is skipped by every policy, for shares
+/// and whole GPUs alike, as if it were full; cleared, it is chosen again.
+#[test]
+fn an_excluded_node_is_skipped_by_every_policy() {
+    let base = cluster(vec![
+        node("n0", "V100", 4, 16_000),
+        node("n1", "V100", 4, 16_000),
+        node("n2", "V100", 4, 16_000),
+    ]);
+    for pol in PlacerName::ALL.into_iter().chain(PlacerName::SERVING_ONLY) {
+        for req in [share(pol, 200, 1000), whole(pol, 2)] {
+            let mut c = base.clone();
+            let mut pl = placer(pol, &c, std::slice::from_ref(&req));
+            let first = pl.place(&c, &req).unwrap_or_else(|e| panic!("{pol}: {e}"));
+            c.set_excluded(first.node, true);
+            let second = pl.place(&c, &req).unwrap_or_else(|e| panic!("{pol}: {e}"));
+            assert_ne!(
+                second.node, first.node,
+                "{pol}: placed on the excluded node"
+            );
+            for i in 0..3 {
+                c.set_excluded(i, true);
+            }
+            assert!(pl.place(&c, &req).is_err(), "{pol}: every node excluded");
+            c.clear_excluded();
+            assert!(pl.place(&c, &req).is_ok(), "{pol}: cleared");
+        }
+    }
+}
+
 /// 2- and 4-GPU requests take distinct free GPUs of one node, each charged, and are never split over nodes.
 #[test]
 fn multi_gpu_requests_take_distinct_gpus_of_one_node() {

@@ -177,6 +177,14 @@ impl PodTemplate {
             }),
             ..Container::default()
         };
+        let mut spec = PodSpec {
+            scheduler_name: Some(meta::SCHEDULER_NAME.into()),
+            restart_policy: Some("Always".into()),
+            termination_grace_period_seconds: Some(self.termination_grace_s),
+            containers: vec![container],
+            ..PodSpec::default()
+        };
+        crate::scheduling::write_pod_spec(&plan.scheduling, &mut spec);
         Pod {
             metadata: ObjectMeta {
                 name: Some(plan.name.clone()),
@@ -193,13 +201,7 @@ impl PodTemplate {
                 }]),
                 ..ObjectMeta::default()
             },
-            spec: Some(PodSpec {
-                scheduler_name: Some(meta::SCHEDULER_NAME.into()),
-                restart_policy: Some("Always".into()),
-                termination_grace_period_seconds: Some(self.termination_grace_s),
-                containers: vec![container],
-                ..PodSpec::default()
-            }),
+            spec: Some(spec),
             status: None,
         }
     }
@@ -255,9 +257,10 @@ impl KubeBackend {
             let Some(text) = annotation(&n.metadata, meta::INVENTORY) else {
                 continue;
             };
-            match meta::node_inventory(&name, text) {
-                Ok(inv) => inventories.push(inv),
-                Err(e) => eprintln!("dilu: {e}"),
+            match meta::node_offer(&n) {
+                Some(Ok(inv)) => inventories.push(inv),
+                Some(Err(e)) => eprintln!("dilu: {e}"),
+                None => {}
             }
             for d in meta::node_devices(&name, text).into_iter().flatten() {
                 let share = match (d.gpu, d.cores) {
@@ -567,6 +570,7 @@ mod tests {
                 mem_mib: 0,
                 gpu_types: Vec::new(),
             },
+            scheduling: Default::default(),
         }
     }
 

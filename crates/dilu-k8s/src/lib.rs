@@ -14,6 +14,7 @@
 //! - [`error`]: why Kubernetes-side work failed.
 //! - [`events`]: Kubernetes Events for Dilu's decisions (`kubectl describe` shows them).
 //! - [`scheduler`]: dilu-scheduler, which binds Dilu pods to a node and a device.
+//! - [`scheduling`]: node selectors, affinity and tolerations between a function's spec, its pods and Nodes.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod meta;
 pub mod node;
 pub mod nodes;
 pub mod scheduler;
+pub mod scheduling;
 pub mod store;
 
 pub use crd::{Function, FunctionStatus};

@@ -108,7 +108,21 @@ pub fn node_devices(node: &str, annotation: &str) -> Result<Vec<NodeDevice>, Met
     })
 }
 
-/// Reads a node's [`INVENTORY`] annotation into the ledger's form.
+/// What a Node offers the ledger: the devices of its [`INVENTORY`] annotation, with the Node's labels and
+/// taints (what node selectors, affinity and tolerations are checked against); `None` without the annotation.
+pub fn node_offer(
+    node: &k8s_openapi::api::core::v1::Node,
+) -> Option<Result<NodeInventory, MetaError>> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let text = node.metadata.annotations.as_ref()?.get(INVENTORY)?;
+    Some(node_inventory(name, text).map(|inventory| NodeInventory {
+        labels: crate::scheduling::node_labels(node),
+        taints: crate::scheduling::node_taints(node),
+        ..inventory
+    }))
+}
+
+/// Reads a node's [`INVENTORY`] annotation into the ledger's form (devices only).
 pub fn node_inventory(node: &str, annotation: &str) -> Result<NodeInventory, MetaError> {
     let devices = node_devices(node, annotation)?;
     if devices.is_empty() {
@@ -128,6 +142,7 @@ pub fn node_inventory(node: &str, annotation: &str) -> Result<NodeInventory, Met
                 gpu: d.gpu,
             })
             .collect(),
+        ..NodeInventory::default()
     })
 }
 

@@ -16,6 +16,7 @@ use dilu_control::backend::{
 };
 use dilu_control::controller::template_hash;
 use dilu_core::ledger::{DeviceInventory, DeviceRef, NodeInventory};
+use dilu_core::scheduling::well_known_labels;
 use dilu_core::sync::lock;
 use dilu_quota::DeviceKind;
 
@@ -261,6 +262,8 @@ impl InstanceBackend for ProcessBackend {
                     gpu: d.kind == DeviceKind::Gpu,
                 })
                 .collect(),
+            labels: well_known_labels(&self.node),
+            taints: Vec::new(),
         };
         Box::pin(async move { Ok(vec![node]) })
     }

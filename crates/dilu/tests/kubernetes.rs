@@ -776,3 +776,100 @@ async fn a_process_function_runs_its_image_and_serves_through_the_gateway() {
     assert!(refused.message.contains("process.image"), "{refused:?}");
     assert!(cluster.pods("no-image").await.is_empty());
 }
+
+/// A function's `scheduling` on Kubernetes: its pods carry the node selector and tolerations, dilu-scheduler
+/// places them only on a node that matches and whose taint they tolerate, and a changed selector rolls the
+/// pods onto the newly selected node (the template changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_node_selector_and_tolerations_place_its_pods_and_a_change_moves_them() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let serving = cluster.serving();
+    let logs = || serving.logs();
+    let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    cluster.kubectl(&["label", "node", &a, "zone=a"]);
+    cluster.kubectl(&["label", "node", &b, "zone=b"]);
+    cluster.kubectl(&["taint", "node", &b, "dedicated=ml:NoSchedule"]);
+
+    let text = std::fs::read_to_string(repo("examples/mlp-train.yaml")).unwrap()
+        + "  scheduling:\n    node_selector: {zone: b}\n    tolerations:\n      - {key: dedicated, operator: Exists, effect: NoSchedule}\n";
+    let manifest = cluster.dir.path().join("mlp-train.yaml");
+    std::fs::write(&manifest, &text).unwrap();
+    cluster.kubectl(&["apply", "-f", &manifest.display().to_string()]);
+    let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    let pod = wait_until(
+        "the trainer's pod bound",
+        Duration::from_secs(90),
+        logs,
+        || async {
+            let pods = cluster.pods("mlp-train").await;
+            pods.into_iter().find(|p| node_of(p).is_some())
+        },
+    )
+    .await;
+    assert_eq!(
+        node_of(&pod).as_deref(),
+        Some(b.as_str()),
+        "zone b, tainted but tolerated"
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.node_selector
+            .as_ref()
+            .and_then(|s| s.get("zone"))
+            .map(String::as_str),
+        Some("b")
+    );
+    let toleration = &spec.tolerations.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            toleration.key.as_deref(),
+            toleration.operator.as_deref(),
+            toleration.effect.as_deref()
+        ),
+        (Some("dedicated"), Some("Exists"), Some("NoSchedule"))
+    );
+
+    // A new selector: the pod is replaced by one on node a (an untolerated taint is no matter there).
+    cluster.kubectl(&[
+        "patch",
+        "function",
+        "mlp-train",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"scheduling":{"node_selector":{"zone":"a"},"tolerations":null}}}"#,
+    ]);
+    let moved = wait_until(
+        "the trainer's pod moved to zone a",
+        Duration::from_secs(90),
+        logs,
+        || async {
+            let pods = cluster.pods("mlp-train").await;
+            let live: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            (live.len() == 1 && node_of(live[0]).as_deref() == Some(a.as_str()))
+                .then(|| live[0].clone())
+        },
+    )
+    .await;
+    assert_ne!(
+        moved.name_any(),
+        pod.name_any(),
+        "a new pod, not the old one"
+    );
+    // (The API server's DefaultTolerationSeconds admission adds its own not-ready/unreachable tolerations.)
+    let keys: Vec<Option<String>> = moved
+        .spec
+        .as_ref()
+        .unwrap()
+        .tolerations
+        .iter()
+        .flatten()
+        .map(|t| t.key.clone())
+        .collect();
+    assert!(!keys.contains(&Some("dedicated".into())), "{keys:?}");
+}

@@ -5,9 +5,10 @@
 use crate::cluster::{Cluster, GpuState, ModelMask, Node};
 use crate::request::InstanceRequest;
 
-/// Whether the node itself (CPU, memory, pod count, GPU model, GPU count) can take the request.
+/// Whether the node itself (not excluded, CPU, memory, pod count, GPU model, GPU count) can take the request.
 pub(crate) fn node_admits(node: &Node, req: &InstanceRequest, mask: ModelMask) -> bool {
-    req.cpu_milli <= node.cpu_free()
+    !node.excluded
+        && req.cpu_milli <= node.cpu_free()
         && req.mem_mib <= node.mem_free()
         && node.pods < node.spec.max_pods
         && (req.gpu_count == 0

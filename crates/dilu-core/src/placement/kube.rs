@@ -206,10 +206,11 @@ pub(crate) fn describe(req: &InstanceRequest) -> String {
     )
 }
 
-/// FGD's filter: CPU, memory and pod count fit (NodeResourcesFit), and for a GPU pod the node has an allowed
+/// FGD's filter: the node is not excluded, CPU, memory and pod count fit (NodeResourcesFit), and for a GPU pod the node has an allowed
 /// model with `gpu_count` distinct GPUs that each have `sm_request` free and the memory (Open-Gpu-Share).
 pub(crate) fn feasible(node: &Node, req: &InstanceRequest, mask: ModelMask) -> bool {
-    if req.cpu_milli > node.cpu_free()
+    if node.excluded
+        || req.cpu_milli > node.cpu_free()
         || req.mem_mib > node.mem_free()
         || node.pods >= node.spec.max_pods
     {

@@ -25,6 +25,8 @@ use dilu_core::ledger::DeviceClass;
 use crate::events::{EventSink, EventType, Reporter, pod_ref};
 use crate::meta::{self, Assignment, PodBooking};
 use crate::nodes::LostNodes;
+use crate::scheduling;
+use dilu_core::scheduling::NodeConstraints;
 
 /// Reads what the scheduler needs from a pod (`None` when it has no name or namespace).
 pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
@@ -51,6 +53,11 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
         let function = function.ok_or_else(|| format!("no {} label", meta::FUNCTION))?;
         Ok(booking.request(function))
     });
+    // Constraints that cannot be read make the pod unplaceable, with the reason, as an unreadable booking does.
+    let (constraints, request) = match spec.map(scheduling::read_pod_spec).transpose() {
+        Ok(constraints) => (constraints.unwrap_or_default(), request),
+        Err(why) => (NodeConstraints::default(), request.map(|_| Err(why))),
+    };
     let assignment = annotations
         .and_then(|a| a.get(meta::ASSIGNMENT))
         .map(|text| Assignment::parse(&key, text).map_err(|e| e.to_string()));
@@ -84,6 +91,7 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
         ),
         request,
         class,
+        constraints,
         assignment,
         unschedulable_message,
     })
@@ -91,10 +99,7 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
 
 /// The inventory a Node offers: `None` without the annotation, `Err` when it cannot be read.
 fn node_offer(node: &Node) -> Option<Result<dilu_core::ledger::NodeInventory, String>> {
-    let name = node.name_any();
-    node.annotations()
-        .get(meta::INVENTORY)
-        .map(|text| meta::node_inventory(&name, text).map_err(|e| e.to_string()))
+    meta::node_offer(node).map(|offer| offer.map_err(|e| e.to_string()))
 }
 
 /// Binds `bind.name` to its node with the assignment in the Binding's annotations; on a 409 re-reads the pod.

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use dilu_core::InstanceRequest;
 use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, LedgerError, NodeInventory};
 use dilu_core::placement::Placer;
+use dilu_core::scheduling::NodeConstraints;
 
 use super::Counters;
 use crate::meta::Assignment;
@@ -55,6 +56,8 @@ pub struct PodView {
     pub request: Option<Result<InstanceRequest, String>>,
     /// The class of device the booking asks for (its `device`; `gpu` without a readable booking).
     pub class: DeviceClass,
+    /// The nodes it may be placed on: its `nodeSelector`, required node affinity and tolerations.
+    pub constraints: NodeConstraints,
     /// The assignment annotation: `None` when absent, `Err` (why) when it cannot be read.
     pub assignment: Option<Result<Assignment, String>>,
     /// The message of the pod's `PodScheduled=False` condition when its reason is `Unschedulable`.
@@ -808,6 +811,7 @@ impl Scheduling {
             return None;
         };
         let class = entry.view.class;
+        let constraints = entry.view.constraints.clone();
         let preassigned = match &entry.view.assignment {
             Some(Ok(a)) => Some(a.device_ref()),
             _ => None,
@@ -823,9 +827,9 @@ impl Scheduling {
                     ));
                     Ok(at)
                 }
-                Err(_) => self.ledger.place(key, &request, class),
+                Err(_) => self.ledger.place_where(key, &request, class, &constraints),
             },
-            None => self.ledger.place(key, &request, class),
+            None => self.ledger.place_where(key, &request, class, &constraints),
         };
         match placed {
             Ok(at) => {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use dilu_core::ledger::{DeviceClass, DeviceInventory, DeviceRef, Ledger, NodeInventory};
 use dilu_core::policy::{Policy, PolicyName};
+use dilu_core::scheduling::{NodeConstraints, Taint, TaintEffect, Toleration};
 use dilu_core::{InstanceKind, InstanceRequest};
 
 use super::*;
@@ -22,6 +23,7 @@ fn node(name: &str, gpus: usize) -> NodeInventory {
                 gpu: true,
             })
             .collect(),
+        ..NodeInventory::default()
     }
 }
 
@@ -59,6 +61,7 @@ fn pod(name: &str, created: i64, sm_request: u32, sm_limit: u32) -> PodView {
         finished: false,
         request: Some(Ok(request(sm_request, sm_limit))),
         class: DeviceClass::Gpu,
+        constraints: NodeConstraints::default(),
         assignment: None,
         unschedulable_message: None,
     }
@@ -580,4 +583,75 @@ fn a_pod_that_fits_only_on_a_lost_node_waits_for_it() {
     let b = core.next_binds(SECOND);
     assert_eq!(b.len(), 1, "placed once the node is back");
     assert_eq!(b[0].at, at("n1", 0));
+}
+
+#[test]
+fn a_pod_goes_only_where_its_selector_and_tolerations_allow_and_waits_for_a_node_that_changes() {
+    let gpu_taint = Taint {
+        key: "nvidia.com/gpu".into(),
+        value: "present".into(),
+        effect: TaintEffect::NoSchedule,
+    };
+    let zone = |n: NodeInventory, z: &str| NodeInventory {
+        labels: [("zone".to_string(), z.to_string())].into(),
+        ..n
+    };
+    let a = zone(node("a", 1), "a");
+    let b = NodeInventory {
+        taints: vec![gpu_taint.clone()],
+        ..zone(node("b", 1), "b")
+    };
+    let in_b = |mut p: PodView| {
+        p.constraints
+            .node_selector
+            .insert("zone".into(), "b".into());
+        p
+    };
+    let (mut core, _) = core_with(64);
+    sync(
+        &mut core,
+        &[a.clone(), b.clone()],
+        &[in_b(pod("p", 0, 100, 100))],
+    );
+    assert!(core.next_binds(0).is_empty());
+    let updates = core.take_condition_updates();
+    assert_eq!(
+        updates[0].message,
+        "0/2 nodes with a gpu device are available to it: 1 didn't match the node selector, 1 \
+         had the taint nvidia.com/gpu=present:NoSchedule, not tolerated"
+    );
+    // A pod that tolerates the taint goes to b at once; one without constraints to a (never to b).
+    let mut tolerant = in_b(pod("t", 1, 100, 100));
+    tolerant.constraints.tolerations.push(Toleration {
+        key: "nvidia.com/gpu".into(),
+        value: "present".into(),
+        ..Toleration::default()
+    });
+    core.observe_pod(tolerant);
+    core.observe_pod(pod("free", 2, 100, 100));
+    let mut binds: Vec<(String, DeviceRef)> = core
+        .next_binds(SECOND)
+        .into_iter()
+        .map(|b| (b.key(), b.at))
+        .collect();
+    binds.sort();
+    assert_eq!(
+        binds,
+        [
+            ("ns/free".to_string(), at("a", 0)),
+            ("ns/t".to_string(), at("b", 0))
+        ]
+    );
+    // The taint is removed: the waiting pod binds to b.
+    let untainted = NodeInventory {
+        taints: Vec::new(),
+        ..b
+    };
+    core.observe_node("b", Some(Ok(untainted)));
+    let binds = core.next_binds(2 * SECOND);
+    assert_eq!(binds.len(), 1);
+    assert_eq!(
+        (binds[0].key().as_str(), &binds[0].at),
+        ("ns/p", &at("b", 0))
+    );
 }
