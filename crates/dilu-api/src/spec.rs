@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use dilu_core::scaling::lazy::LazyConfig;
-use dilu_core::scheduling::NodeConstraints;
+use dilu_core::scheduling::PlacementRules;
 use dilu_core::{FieldError, InstanceKind};
 use serde::{Deserialize, Serialize};
 
@@ -280,8 +280,8 @@ pub struct FunctionSpec {
     pub gateway: GatewaySpec,
     /// Which nodes its instances may run on: a node selector, required node affinity and tolerations of node
     /// taints, as Kubernetes defines them (`docs/kubernetes.md`, "Node selectors, affinity and taints").
-    #[serde(default, skip_serializing_if = "NodeConstraints::is_empty")]
-    pub scheduling: NodeConstraints,
+    #[serde(default, skip_serializing_if = "PlacementRules::is_empty")]
+    pub scheduling: PlacementRules,
 }
 
 fn default_kind() -> InstanceKind {

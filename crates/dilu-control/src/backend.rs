@@ -15,7 +15,7 @@ use dilu_api::agent::InstancePhase;
 use dilu_api::{FieldError, InstanceKind, ModelEngine, Quota, Runtime};
 use dilu_core::InstanceRequest;
 use dilu_core::ledger::{DeviceClass, DeviceRef, NodeInventory};
-use dilu_core::scheduling::NodeConstraints;
+use dilu_core::scheduling::PlacementRules;
 use serde::Serialize;
 
 /// A boxed future, so backends can be used as trait objects.
@@ -64,7 +64,7 @@ pub struct InstancePlan {
     pub booking: InstanceRequest,
     /// The nodes it may run on (the function's `scheduling`): a cluster scheduler that places the instance
     /// itself applies them again.
-    pub scheduling: NodeConstraints,
+    pub scheduling: PlacementRules,
 }
 
 /// How a backend starts an instance of a plan.

@@ -590,6 +590,37 @@ async fn a_node_selector_no_node_matches_says_why_and_the_node_it_names_runs_it(
 }
 
 #[tokio::test]
+async fn replicas_with_a_spread_take_one_device_each_where_they_would_pack() {
+    let devices_of = |rig: &Rig, f: &str| -> std::collections::BTreeSet<String> {
+        rig.ready(f)
+            .iter()
+            .map(|id| rig.backend.instance(id).unwrap().at.device)
+            .collect()
+    };
+    let three =
+        "quota: {request: 0.2, limit: 0.5}\nscaling: {min_instances: 3, capacity_rps: 10}\n";
+    let rig = Rig::new(3, PolicyName::Dilu);
+    // The packed function leaves room on its device (Σ limits 0.9 of the 1.5 Dilu admits).
+    rig.c
+        .deploy(inference(
+            "packed",
+            &three.replace("limit: 0.5", "limit: 0.3"),
+        ))
+        .unwrap();
+    rig.c
+        .deploy(inference(
+            "spread",
+            &format!("{three}scheduling: {{spread: {{across: device, required: true}}}}\n"),
+        ))
+        .unwrap();
+    rig.run_for(500, 100).await;
+    assert_eq!(rig.ready("packed").len(), 3);
+    assert_eq!(devices_of(&rig, "packed").len(), 1, "best fit packs them");
+    assert_eq!(rig.ready("spread").len(), 3);
+    assert_eq!(devices_of(&rig, "spread").len(), 3, "one per device");
+}
+
+#[tokio::test]
 async fn a_full_device_leaves_a_clear_reason_until_room_is_made() {
     let rig = Rig::new(1, PolicyName::Dilu);
     let big = "quota: {request: 0.7, limit: 0.9}\nscaling: {capacity_rps: 10}\n";

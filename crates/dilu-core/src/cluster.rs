@@ -49,6 +49,9 @@ pub struct GpuState {
     pub mem_mib: u64,
     /// Who runs on it.
     pub residents: Vec<Resident>,
+    /// Set while the instance being placed may not use this GPU (its function's spread,
+    /// [`crate::ledger::Ledger::place_where`]): every placer skips it as if it were full.
+    pub excluded: bool,
 }
 
 impl GpuState {
@@ -305,10 +308,28 @@ impl Cluster {
         }
     }
 
-    /// Clears every node's [`Node::excluded`] mark.
+    /// Marks GPU `gpu` of node `node` as one the instance being placed may not use (or not); see
+    /// [`GpuState::excluded`]. The node's version moves, so that scores cached per node are not reused.
+    pub fn set_gpu_excluded(&mut self, node: usize, gpu: usize, excluded: bool) {
+        if let Some(n) = self.nodes.get_mut(node)
+            && let Some(g) = n.gpus.get_mut(gpu)
+            && g.excluded != excluded
+        {
+            g.excluded = excluded;
+            n.version += 1;
+        }
+    }
+
+    /// Clears every node's [`Node::excluded`] and every GPU's [`GpuState::excluded`] mark.
     pub fn clear_excluded(&mut self) {
         for node in &mut self.nodes {
             node.excluded = false;
+            if node.gpus.iter().any(|g| g.excluded) {
+                for g in &mut node.gpus {
+                    g.excluded = false;
+                }
+                node.version += 1;
+            }
         }
     }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Cluster, NodeSpec, Placement};
 use crate::placement::{PlacementScore, Placer};
 use crate::request::{InstanceRequest, SM_MILLI};
-use crate::scheduling::{NodeConstraints, Taint};
+use crate::scheduling::{PlacementRules, Spread, SpreadDomain, Taint};
 
 /// A device a node offers, as the ledger needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -174,6 +174,48 @@ impl Pool {
             .iter()
             .position(|d| d.uuid == at.device)?;
         Some((node, gpu as u32))
+    }
+}
+
+/// How many replicas of one function each node and each device of a pool holds.
+struct Replicas {
+    per_node: Vec<u32>,
+    per_device: Vec<Vec<u32>>,
+}
+
+impl Replicas {
+    /// Marks excluded the allowed nodes (or devices of allowed nodes) where one more replica would put them
+    /// more than `max_skew` above the emptiest allowed one; returns how many it marked.
+    fn exclude_skewed(&self, cluster: &mut Cluster, allowed: &[bool], spread: &Spread) -> usize {
+        let allowed_nodes = || (0..allowed.len()).filter(|&i| allowed[i]);
+        let over = |count: u32, min: u32| count + 1 - min > spread.max_skew;
+        let mut marked = 0;
+        match spread.across {
+            SpreadDomain::Node => {
+                let min = allowed_nodes().map(|i| self.per_node[i]).min().unwrap_or(0);
+                for i in allowed_nodes() {
+                    if over(self.per_node[i], min) {
+                        cluster.set_excluded(i, true);
+                        marked += 1;
+                    }
+                }
+            }
+            SpreadDomain::Device => {
+                let min = allowed_nodes()
+                    .flat_map(|i| self.per_device[i].iter().copied())
+                    .min()
+                    .unwrap_or(0);
+                for i in allowed_nodes() {
+                    for (g, &count) in self.per_device[i].iter().enumerate() {
+                        if over(count, min) {
+                            cluster.set_gpu_excluded(i, g, true);
+                            marked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        marked
     }
 }
 
@@ -335,23 +377,29 @@ impl Ledger {
         request: &InstanceRequest,
         class: DeviceClass,
     ) -> Result<DeviceRef, LedgerError> {
-        self.place_where(key, request, class, &NodeConstraints::default())
+        self.place_where(key, request, class, &PlacementRules::default())
     }
 
-    /// Chooses a device of `class` for a new instance on a node `constraints` allow and books it under `key`.
-    /// The placer ranks only the allowed nodes, so its policy is unchanged among them; when none is allowed,
-    /// or none of those has room, the error counts the nodes refused for each reason (as kube-scheduler's
-    /// "0/N nodes are available" does).
+    /// Chooses a device of `class` for a new instance where `rules` allow and books it under `key`. Nodes the
+    /// rules forbid, and nodes or devices that would break the spread of the instance's function
+    /// (`request.service`), are marked excluded in the pool's cluster model for this one call: the placer
+    /// ranks the rest with its policy unchanged. When nothing is left, or nothing left has room, the error
+    /// counts the nodes refused per reason (as kube-scheduler's "0/N nodes are available" does). A spread that
+    /// is only preferred is given up when keeping it leaves no room.
     pub fn place_where(
         &mut self,
         key: &str,
         request: &InstanceRequest,
         class: DeviceClass,
-        constraints: &NodeConstraints,
+        rules: &PlacementRules,
     ) -> Result<DeviceRef, LedgerError> {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
+        let spread = match (&rules.spread, &request.service) {
+            (Some(spread), Some(service)) => Some((*spread, self.replicas(class, service))),
+            _ => None,
+        };
         let (pool, placer) = match class {
             DeviceClass::Gpu => (&mut self.gpus, &mut self.placer),
             DeviceClass::Cpu => (&mut self.cpus, &mut self.placer),
@@ -362,57 +410,113 @@ impl Ledger {
                 class.as_str()
             )));
         }
+        let total = pool.nodes.len();
         let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+        let mut allowed = vec![true; total];
         for (i, node) in pool.nodes.iter().enumerate() {
-            if let Err(why) = constraints.check(node) {
-                pool.cluster.set_excluded(i, true);
+            if let Err(why) = rules.check(node) {
+                allowed[i] = false;
                 *refused.entry(why.to_string()).or_default() += 1;
             }
         }
-        let total = pool.nodes.len();
-        let excluded: usize = refused.values().sum();
-        let reasons = || {
+        let reasons = |refused: &BTreeMap<String, usize>| {
             refused
                 .iter()
                 .map(|(why, n)| format!("{n} {why}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let chosen = if excluded == total {
-            Err(LedgerError::Unschedulable(format!(
+        let excluded = total - allowed.iter().filter(|a| **a).count();
+        if excluded == total {
+            return Err(LedgerError::Unschedulable(format!(
                 "0/{total} nodes with a {} device are available to it: {}",
                 class.as_str(),
-                reasons()
-            )))
-        } else {
-            placer
-                .place(&pool.cluster, request)
-                .map(|placement| {
-                    let score = placer.explain(&pool.cluster, request, &placement);
-                    (placement, score)
-                })
-                .map_err(|e| {
-                    LedgerError::Unschedulable(if excluded == 0 {
-                        e.to_string()
-                    } else {
-                        format!(
-                            "{e} on the {} of {total} nodes with a {} device it may run on (the others: {})",
-                            total - excluded,
-                            class.as_str(),
-                            reasons()
-                        )
-                    })
-                })
-        };
-        if excluded > 0 {
-            pool.cluster.clear_excluded();
+                reasons(&refused)
+            )));
         }
+        let mark = |cluster: &mut Cluster, spread: Option<&(Spread, Replicas)>| -> usize {
+            for (i, a) in allowed.iter().enumerate() {
+                cluster.set_excluded(i, !a);
+            }
+            spread.map_or(0, |(spread, replicas)| {
+                replicas.exclude_skewed(cluster, &allowed, spread)
+            })
+        };
+        let mut skewed = mark(&mut pool.cluster, spread.as_ref());
+        let mut chosen = placer.place(&pool.cluster, request);
+        if chosen.is_err()
+            && skewed > 0
+            && let Some((s, _)) = &spread
+            && !s.required
+        {
+            // Only preferred: place as if there were no spread.
+            pool.cluster.clear_excluded();
+            skewed = mark(&mut pool.cluster, None);
+            chosen = placer.place(&pool.cluster, request);
+        }
+        let chosen = chosen
+            .map(|placement| {
+                let score = placer.explain(&pool.cluster, request, &placement);
+                (placement, score)
+            })
+            .map_err(|e| {
+                let mut why = e.to_string();
+                if !refused.is_empty() {
+                    why += &format!(
+                        " on the {} of {total} nodes with a {} device it may run on (the others: {})",
+                        total - excluded,
+                        class.as_str(),
+                        reasons(&refused)
+                    );
+                }
+                if let Some((s, _)) = spread.as_ref().filter(|_| skewed > 0) {
+                    why += &format!(
+                        "; {skewed} {}s left out to keep its replicas spread (required, max skew {})",
+                        s.across.as_str(),
+                        s.max_skew
+                    );
+                }
+                LedgerError::Unschedulable(why)
+            });
+        pool.cluster.clear_excluded();
         let (placement, score) = chosen?;
         let at = self.book(key, class, placement, request.clone())?;
         if let Some(booking) = self.bookings.get_mut(key) {
             booking.score = score;
         }
         Ok(at)
+    }
+
+    /// Where the replicas of `service` booked on devices of `class` are, by the pool's node and device index.
+    fn replicas(&self, class: DeviceClass, service: &str) -> Replicas {
+        let pool = self.pool(class);
+        let mut r = Replicas {
+            per_node: vec![0; pool.nodes.len()],
+            per_device: pool
+                .nodes
+                .iter()
+                .map(|n| vec![0; n.devices.len()])
+                .collect(),
+        };
+        for b in self.bookings.values() {
+            if b.class != class || b.request.service.as_deref() != Some(service) {
+                continue;
+            }
+            let node = b.placement.node;
+            if let Some(count) = r.per_node.get_mut(node) {
+                *count += 1;
+            }
+            for share in &b.placement.shares {
+                if let Some(count) = r
+                    .per_device
+                    .get_mut(node)
+                    .and_then(|d| d.get_mut(share.gpu as usize))
+                {
+                    *count += 1;
+                }
+            }
+        }
+        r
     }
 
     /// The score the placer chose `key`'s device by, if it ranks by one.
@@ -832,11 +936,11 @@ mod tests {
             labelled("b", "GPU-b", "b", &[]),
             labelled("c", "GPU-c", "b", std::slice::from_ref(&dedicated)),
         ];
-        let in_b = NodeConstraints {
+        let in_b = PlacementRules {
             node_selector: [("zone".to_string(), "b".to_string())].into(),
             ..Default::default()
         };
-        let tolerating = NodeConstraints {
+        let tolerating = PlacementRules {
             tolerations: vec![Toleration {
                 key: "dedicated".into(),
                 operator: TolerationOperator::Exists,
@@ -888,7 +992,7 @@ mod tests {
             labelled("d", "CPU-d", "b", &[]),
         ];
         let mut l = ledger(&nodes);
-        let in_b = NodeConstraints {
+        let in_b = PlacementRules {
             node_selector: [("zone".to_string(), "b".to_string())].into(),
             ..Default::default()
         };
@@ -910,7 +1014,7 @@ mod tests {
             "d"
         );
         // Nodes allowed but full: the placer's reason, then the others'.
-        let in_a = NodeConstraints {
+        let in_a = PlacementRules {
             node_selector: [("zone".to_string(), "a".to_string())].into(),
             ..Default::default()
         };
@@ -939,5 +1043,122 @@ mod tests {
             device: "GPU-a".into(),
         };
         assert!((l.requested(&a) - 1.0).abs() < 1e-9);
+    }
+
+    fn spread(across: SpreadDomain, required: bool) -> PlacementRules {
+        PlacementRules {
+            spread: Some(Spread {
+                across,
+                max_skew: 1,
+                required,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn of(service: &str, request: f64) -> InstanceRequest {
+        InstanceRequest {
+            service: Some(service.into()),
+            ..ask(InstanceKind::Inference, request, request)
+        }
+    }
+
+    #[test]
+    fn replicas_spread_across_nodes_where_the_placer_would_pack_them() {
+        let nodes = [
+            node("a", &["GPU-a"]),
+            node("b", &["GPU-b"]),
+            node("c", &["GPU-c"]),
+        ];
+        // Without a spread, Dilu's best fit packs the replicas on one GPU.
+        let mut packed = ledger(&nodes);
+        let at: BTreeSet<String> = (0..3)
+            .map(|i| {
+                packed
+                    .place(&format!("p{i}"), &of("f", 0.1), DeviceClass::Gpu)
+                    .unwrap()
+                    .node
+            })
+            .collect();
+        assert_eq!(at.len(), 1, "{at:?}");
+        // With one, every node takes one before any takes a second, and the fourth and fifth keep skew 1.
+        for required in [true, false] {
+            let mut l = ledger(&nodes);
+            let rules = spread(SpreadDomain::Node, required);
+            let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+            for i in 0..5 {
+                let at = l
+                    .place_where(&format!("f{i}"), &of("f", 0.1), DeviceClass::Gpu, &rules)
+                    .unwrap();
+                *per_node.entry(at.node).or_default() += 1;
+                if i == 2 {
+                    assert_eq!(per_node.len(), 3, "one on each node first: {per_node:?}");
+                }
+            }
+            let mut counts: Vec<u32> = per_node.values().copied().collect();
+            counts.sort_unstable();
+            assert_eq!(counts, [1, 2, 2], "required {required}: {per_node:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_spread_across_the_devices_of_one_node_and_other_functions_do_not_count() {
+        let mut l = ledger(&[node("n", &["GPU-0", "GPU-1", "GPU-2"])]);
+        let rules = spread(SpreadDomain::Device, true);
+        // Another function's replica on GPU-0 does not count against f's spread.
+        l.place_where("g0", &of("g", 0.1), DeviceClass::Gpu, &rules)
+            .unwrap();
+        let devices: BTreeSet<String> = (0..3)
+            .map(|i| {
+                l.place_where(&format!("f{i}"), &of("f", 0.1), DeviceClass::Gpu, &rules)
+                    .unwrap()
+                    .device
+            })
+            .collect();
+        assert_eq!(devices.len(), 3, "{devices:?}");
+        // The exclusion marks are gone after each call: a placement without rules packs again.
+        let a = l.place("x0", &of("x", 0.1), DeviceClass::Gpu).unwrap();
+        let b = l.place("x1", &of("x", 0.1), DeviceClass::Gpu).unwrap();
+        assert_eq!(a.device, b.device);
+    }
+
+    #[test]
+    fn a_required_spread_waits_and_says_why_and_a_preferred_one_gives_way() {
+        let nodes = [
+            node("a", &["GPU-a"]),
+            node("b", &["GPU-b"]),
+            node("c", &["GPU-c"]),
+        ];
+        for required in [true, false] {
+            let mut l = ledger(&nodes);
+            // a is full with another function.
+            l.place("big", &of("other", 1.0), DeviceClass::Gpu).unwrap();
+            let rules = spread(SpreadDomain::Node, required);
+            let first = l
+                .place_where("f0", &of("f", 0.1), DeviceClass::Gpu, &rules)
+                .unwrap();
+            let second = l
+                .place_where("f1", &of("f", 0.1), DeviceClass::Gpu, &rules)
+                .unwrap();
+            assert_ne!(first.node, second.node);
+            assert_ne!(first.node, "a");
+            // A third would make b or c hold 2 while a (allowed, empty of f, but full) holds 0.
+            let third = l.place_where("f2", &of("f", 0.1), DeviceClass::Gpu, &rules);
+            if required {
+                let e = third.unwrap_err().to_string();
+                assert!(
+                    e.ends_with(
+                        "; 2 nodes left out to keep its replicas spread (required, max skew 1)"
+                    ),
+                    "{e}"
+                );
+            } else {
+                assert_ne!(
+                    third.unwrap().node,
+                    "a",
+                    "preferred: placed where there is room"
+                );
+            }
+        }
     }
 }

@@ -336,11 +336,12 @@ impl NodeSelectorTerm {
     }
 }
 
-/// Where an instance may run. The default allows every node without a `NoSchedule`/`NoExecute` taint.
+/// Where an instance may run: which nodes (selector, affinity, tolerations) and how its function's replicas
+/// spread over nodes or devices. The default allows every node without a `NoSchedule`/`NoExecute` taint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-pub struct NodeConstraints {
+pub struct PlacementRules {
     /// Labels the node must carry, with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -350,6 +351,51 @@ pub struct NodeConstraints {
     /// Taints the instance tolerates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// How the function's replicas spread (none: wherever the placer packs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+}
+
+/// What replicas spread across.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SpreadDomain {
+    /// Nodes: losing a node loses as few replicas as the spread allows.
+    Node,
+    /// Devices (GPUs, or CPU devices): a device fault or a burst on one device hits as few as it allows.
+    Device,
+}
+
+impl SpreadDomain {
+    /// The name used in specs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpreadDomain::Node => "node",
+            SpreadDomain::Device => "device",
+        }
+    }
+}
+
+/// How a function's replicas spread, with Kubernetes' topology-spread arithmetic: a new replica may go to a
+/// domain only if, with it, that domain holds at most `max_skew` more replicas than the emptiest allowed domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Spread {
+    /// Nodes or devices.
+    pub across: SpreadDomain,
+    /// The largest difference allowed between the fullest and the emptiest domain (at least 1; default 1).
+    #[serde(default = "one")]
+    pub max_skew: u32,
+    /// `true`: a replica waits rather than break the spread (Kubernetes' `DoNotSchedule`); `false` (default):
+    /// the spread is preferred, and a replica that fits nowhere else is placed anyway (`ScheduleAnyway`).
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Why a node is not one an instance may run on.
@@ -373,12 +419,13 @@ impl fmt::Display for NodeMismatch {
     }
 }
 
-impl NodeConstraints {
+impl PlacementRules {
     /// Whether there is nothing beyond the default (which still keeps instances off tainted nodes).
     pub fn is_empty(&self) -> bool {
         self.node_selector.is_empty()
             && self.node_affinity.is_empty()
             && self.tolerations.is_empty()
+            && self.spread.is_none()
     }
 
     /// Whether an instance under these constraints may run on `node`, and if not, the first reason (the taint
@@ -408,6 +455,15 @@ impl NodeConstraints {
     /// the values they take, a toleration without a key only with `Exists`); fields are named as in a spec
     /// (`node_selector.<key>`, `node_affinity[i].match_expressions[j].values`, `tolerations[i].operator`).
     pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(spread) = &self.spread
+            && spread.max_skew == 0
+        {
+            return Err(FieldError::new(
+                "spread.max_skew",
+                0,
+                "must be at least 1 (0 would allow no replica anywhere once one runs)",
+            ));
+        }
         for (k, v) in &self.node_selector {
             check_label_key(k).map_err(|rule| FieldError::new("node_selector", k, rule))?;
             check_label_value(v)
@@ -595,7 +651,7 @@ mod tests {
                 taint("drain", "", TaintEffect::NoExecute),
             ],
         );
-        let mut c = NodeConstraints::default();
+        let mut c = PlacementRules::default();
         assert_eq!(
             c.check(&n),
             Err(NodeMismatch::Taint(taint(
@@ -629,7 +685,7 @@ mod tests {
             "the PreferNoSchedule taint does not forbid"
         );
         assert_eq!(
-            NodeConstraints::default().check(&node("clean", &[], &[])),
+            PlacementRules::default().check(&node("clean", &[], &[])),
             Ok(()),
             "the default allows an untainted node"
         );
@@ -642,7 +698,7 @@ mod tests {
     #[test]
     fn selector_needs_every_label_with_its_value() {
         let n = node("n", &[("zone", "a"), ("gpu", "h100")], &[]);
-        let mut c = NodeConstraints::default();
+        let mut c = PlacementRules::default();
         c.node_selector.insert("zone".into(), "a".into());
         assert_eq!(c.check(&n), Ok(()));
         c.node_selector.insert("gpu".into(), "a100".into());
@@ -693,7 +749,7 @@ mod tests {
             .matches(&n),
             "expressions and fields are anded"
         );
-        let mut c = NodeConstraints {
+        let mut c = PlacementRules {
             node_affinity: vec![term(vec![req("zone", In, &["b"])], vec![])],
             ..Default::default()
         };
@@ -706,21 +762,21 @@ mod tests {
     #[test]
     fn validation_names_the_field_the_value_and_the_rule() {
         use SelectorOperator::*;
-        let check = |c: NodeConstraints| c.validate().unwrap_err();
-        let mut c = NodeConstraints::default();
+        let check = |c: PlacementRules| c.validate().unwrap_err();
+        let mut c = PlacementRules::default();
         c.node_selector.insert("bad key!".into(), "x".into());
         let e = check(c);
         assert_eq!(
             (e.field.as_str(), e.value.as_str()),
             ("node_selector", "bad key!")
         );
-        let mut c = NodeConstraints::default();
+        let mut c = PlacementRules::default();
         c.node_selector
             .insert("example.com/zone".into(), "-a".into());
         let e = check(c);
         assert_eq!(e.field, "node_selector.example.com/zone");
         assert!(e.rule.contains("63 characters"), "{e}");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             node_affinity: vec![NodeSelectorTerm {
                 match_expressions: vec![req("zone", In, &[])],
                 match_fields: vec![],
@@ -729,7 +785,7 @@ mod tests {
         });
         assert_eq!(e.field, "node_affinity[0].match_expressions[0].values");
         assert!(e.rule.contains("at least one"), "{e}");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             node_affinity: vec![NodeSelectorTerm {
                 match_expressions: vec![req("gpus", Gt, &["many"])],
                 match_fields: vec![],
@@ -737,7 +793,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.value, "[\"many\"]");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             node_affinity: vec![NodeSelectorTerm {
                 match_expressions: vec![],
                 match_fields: vec![req("metadata.labels", In, &["x"])],
@@ -745,12 +801,12 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.field, "node_affinity[0].match_fields[0].key");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             node_affinity: vec![NodeSelectorTerm::default()],
             ..Default::default()
         });
         assert_eq!(e.field, "node_affinity[0]");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             tolerations: vec![Toleration {
                 value: "x".into(),
                 ..Default::default()
@@ -758,7 +814,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.field, "tolerations[0].operator", "no key needs Exists");
-        let e = check(NodeConstraints {
+        let e = check(PlacementRules {
             tolerations: vec![Toleration {
                 key: "k".into(),
                 operator: TolerationOperator::Exists,
@@ -768,7 +824,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(e.field, "tolerations[0].value");
-        let ok = NodeConstraints {
+        let ok = PlacementRules {
             node_selector: [("kubernetes.io/hostname".to_string(), "node-1".to_string())].into(),
             node_affinity: vec![NodeSelectorTerm {
                 match_expressions: vec![req(
@@ -784,16 +840,35 @@ mod tests {
                 value: String::new(),
                 effect: Some(TaintEffect::NoSchedule),
             }],
+            spread: Some(Spread {
+                across: SpreadDomain::Node,
+                max_skew: 2,
+                required: true,
+            }),
         };
         assert_eq!(ok.validate(), Ok(()));
+        let e = PlacementRules {
+            spread: Some(Spread {
+                max_skew: 0,
+                ..ok.spread.unwrap()
+            }),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("spread.max_skew", "0")
+        );
     }
 
     #[test]
     fn reads_the_spec_form() {
-        let c: NodeConstraints = serde_json::from_str(
+        let c: PlacementRules = serde_json::from_str(
             r#"{"node_selector":{"zone":"a"},
                 "node_affinity":[{"match_expressions":[{"key":"gpus","operator":"Gt","values":["2"]}]}],
-                "tolerations":[{"key":"gpu","operator":"Exists","effect":"NoSchedule"}]}"#,
+                "tolerations":[{"key":"gpu","operator":"Exists","effect":"NoSchedule"}],
+                "spread":{"across":"device"}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -801,7 +876,16 @@ mod tests {
             SelectorOperator::Gt
         );
         assert_eq!(c.tolerations[0].effect, Some(TaintEffect::NoSchedule));
-        let e = serde_json::from_str::<NodeConstraints>(
+        assert_eq!(
+            c.spread,
+            Some(Spread {
+                across: SpreadDomain::Device,
+                max_skew: 1,
+                required: false
+            }),
+            "max_skew 1 and preferred by default"
+        );
+        let e = serde_json::from_str::<PlacementRules>(
             r#"{"tolerations":[{"key":"a","effect":"Never"}]}"#,
         )
         .unwrap_err()

@@ -101,7 +101,7 @@ impl PodTemplate {
             ),
         ]);
         // Plain data: serialising cannot fail.
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             (
                 meta::BOOKING.to_string(),
                 serde_json::to_string(&PodBooking::of(&plan.booking, class)).unwrap_or_default(),
@@ -116,6 +116,12 @@ impl PodTemplate {
             ),
             (meta::PORT.to_string(), INSTANCE_PORT.to_string()),
         ]);
+        if let Some(spread) = &plan.scheduling.spread {
+            annotations.insert(
+                meta::SPREAD.to_string(),
+                serde_json::to_string(spread).unwrap_or_default(),
+            );
+        }
         let mut env = vec![
             field_env("POD_IP", "status.podIP"),
             field_env(meta::POD_UID_ENV, "metadata.uid"),
@@ -607,6 +613,38 @@ mod tests {
         let booking =
             PodBooking::parse("p", annotation(&pod.metadata, meta::BOOKING).unwrap()).unwrap();
         assert_eq!((booking.sm_request, booking.sm_limit), (200, 500));
+    }
+
+    #[test]
+    fn a_plans_placement_rules_go_into_the_pod_and_the_scheduler_reads_them_back() {
+        use dilu_core::scheduling::{Spread, SpreadDomain, Toleration, TolerationOperator};
+        let mut plan = plan();
+        plan.scheduling
+            .node_selector
+            .insert("zone".into(), "a".into());
+        plan.scheduling.tolerations.push(Toleration {
+            key: "gpu".into(),
+            operator: TolerationOperator::Exists,
+            ..Toleration::default()
+        });
+        plan.scheduling.spread = Some(Spread {
+            across: SpreadDomain::Device,
+            max_skew: 2,
+            required: false,
+        });
+        let pod = PodTemplate::new("ml", "dilu:test").pod(&plan, "uid-1");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_selector.as_ref().unwrap()["zone"], "a");
+        assert_eq!(
+            annotation(&pod.metadata, meta::SPREAD),
+            Some(r#"{"across":"device","max_skew":2,"required":false}"#)
+        );
+        let view = crate::scheduler::pod_view(&pod, meta::SCHEDULER_NAME).unwrap();
+        assert_eq!(view.rules, plan.scheduling);
+        // Without rules the pod has none of it.
+        let plain = PodTemplate::new("ml", "dilu:test").pod(&super::tests::plan(), "uid-1");
+        assert_eq!(annotation(&plain.metadata, meta::SPREAD), None);
+        assert_eq!(plain.spec.as_ref().unwrap().node_selector, None);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub const ASSIGNMENT: &str = "dilu.io/assignment";
 /// Pod annotation: where the controller's ledger planned the pod, JSON ([`Assignment`]); dilu-scheduler decides
 /// (with the same placer over the same inventory it usually agrees).
 pub const PLANNED: &str = "dilu.io/planned";
+/// Pod annotation: how the replicas of its function spread over nodes or devices, JSON
+/// (`dilu_core::scheduling::Spread`); dilu-scheduler keeps it when it places the pod.
+pub const SPREAD: &str = "dilu.io/spread";
 /// Function annotation: the function's profile as the controller measured it, JSON (`dilu_api::Profile`).
 pub const PROFILE: &str = "dilu.io/profile";
 /// Pod annotation: the port the instance serves on.

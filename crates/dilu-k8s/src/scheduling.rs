@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use dilu_core::scheduling::{
-    NodeConstraints, NodeSelectorTerm, Requirement, SelectorOperator, Taint, TaintEffect,
+    NodeSelectorTerm, PlacementRules, Requirement, SelectorOperator, Taint, TaintEffect,
     Toleration, TolerationOperator,
 };
 use k8s_openapi::api::core::v1::{
@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorTerm as KubeTerm, Taint as KubeTaint, Toleration as KubeToleration,
 };
 
-/// Writes `constraints` into a pod spec: `nodeSelector`, `tolerations` and the required node affinity (other
-/// affinity the spec has is kept).
-pub fn write_pod_spec(constraints: &NodeConstraints, spec: &mut PodSpec) {
+/// Writes the node rules of `constraints` into a pod spec: `nodeSelector`, `tolerations` and the required node
+/// affinity (other affinity the spec has is kept). The spread goes in the `dilu.io/spread` annotation.
+pub fn write_pod_spec(constraints: &PlacementRules, spec: &mut PodSpec) {
     if !constraints.node_selector.is_empty() {
         spec.node_selector = Some(constraints.node_selector.clone());
     }
@@ -43,9 +43,9 @@ pub fn write_pod_spec(constraints: &NodeConstraints, spec: &mut PodSpec) {
     }
 }
 
-/// Reads the constraints of a pod spec; `Err` names what cannot be read (an operator or effect Kubernetes
+/// Reads the node rules of a pod spec (the spread is the `dilu.io/spread` annotation's); `Err` names what cannot be read (an operator or effect Kubernetes
 /// does not define, which its API server would have refused).
-pub fn read_pod_spec(spec: &PodSpec) -> Result<NodeConstraints, String> {
+pub fn read_pod_spec(spec: &PodSpec) -> Result<PlacementRules, String> {
     let tolerations = spec
         .tolerations
         .iter()
@@ -75,10 +75,11 @@ pub fn read_pod_spec(spec: &PodSpec) -> Result<NodeConstraints, String> {
         })
         .transpose()?
         .unwrap_or_default();
-    Ok(NodeConstraints {
+    Ok(PlacementRules {
         node_selector: spec.node_selector.clone().unwrap_or_default(),
         node_affinity,
         tolerations,
+        spread: None,
     })
 }
 
@@ -176,8 +177,8 @@ mod tests {
     use k8s_openapi::api::core::v1::NodeSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn constraints() -> NodeConstraints {
-        NodeConstraints {
+    fn constraints() -> PlacementRules {
+        PlacementRules {
             node_selector: [("zone".to_string(), "a".to_string())].into(),
             node_affinity: vec![
                 NodeSelectorTerm {
@@ -215,6 +216,7 @@ mod tests {
                     effect: None,
                 },
             ],
+            spread: None,
         }
     }
 
@@ -250,9 +252,9 @@ mod tests {
         assert_eq!(read_pod_spec(&spec).unwrap(), constraints());
         // Nothing to write leaves the spec as it was.
         let mut plain = PodSpec::default();
-        write_pod_spec(&NodeConstraints::default(), &mut plain);
+        write_pod_spec(&PlacementRules::default(), &mut plain);
         assert_eq!(plain, PodSpec::default());
-        assert_eq!(read_pod_spec(&plain).unwrap(), NodeConstraints::default());
+        assert_eq!(read_pod_spec(&plain).unwrap(), PlacementRules::default());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dilu_core::InstanceKind;
 use dilu_core::ledger::DeviceClass;
 use dilu_core::scheduling::{
-    NodeConstraints, NodeSelectorTerm, Requirement, SelectorOperator, TaintEffect, Toleration,
+    NodeSelectorTerm, PlacementRules, Requirement, SelectorOperator, TaintEffect, Toleration,
     TolerationOperator,
 };
 use dilu_k8s::meta::{self, PodBooking};
@@ -55,20 +55,21 @@ fn term(exprs: Vec<Requirement>) -> NodeSelectorTerm {
 }
 
 /// The constraint sets, each with a short name.
-fn cases() -> Vec<(&'static str, NodeConstraints)> {
+fn cases() -> Vec<(&'static str, PlacementRules)> {
     use SelectorOperator::*;
     use TaintEffect::*;
     use TolerationOperator::{Equal, Exists as Any};
     let c = |node_selector: &[(&str, &str)],
              node_affinity: Vec<NodeSelectorTerm>,
              tolerations: Vec<Toleration>| {
-        NodeConstraints {
+        PlacementRules {
             node_selector: node_selector
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             node_affinity,
             tolerations,
+            spread: None,
         }
     };
     vec![
@@ -160,7 +161,7 @@ fn cases() -> Vec<(&'static str, NodeConstraints)> {
 }
 
 /// `constraints` with every term (or one new term) also requiring the node to be `node`.
-fn pinned(constraints: &NodeConstraints, node: &str) -> NodeConstraints {
+fn pinned(constraints: &PlacementRules, node: &str) -> PlacementRules {
     let pin = req("metadata.name", SelectorOperator::In, &[node]);
     let mut c = constraints.clone();
     if c.node_affinity.is_empty() {
@@ -173,7 +174,7 @@ fn pinned(constraints: &NodeConstraints, node: &str) -> NodeConstraints {
 }
 
 /// A pod for `scheduler` with the constraints; a Dilu pod also carries a small booking.
-fn pod(name: &str, constraints: &NodeConstraints, dilu: bool) -> Pod {
+fn pod(name: &str, constraints: &PlacementRules, dilu: bool) -> Pod {
     let mut spec = PodSpec {
         scheduler_name: Some(
             if dilu {
@@ -408,4 +409,68 @@ async fn dilu_scheduler_allows_exactly_the_nodes_kube_scheduler_allows() {
             && message.contains("had the taint dedicated=ml:NoSchedule, not tolerated"),
         "{message}"
     );
+}
+
+/// A function's spread (the `dilu.io/spread` annotation the controller writes): dilu-scheduler puts one replica
+/// on each node before any node takes a second, where without it Dilu's best fit packs them on one GPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_a_spread_go_one_per_node_and_without_it_pack() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let client = api.client();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    for n in ["s0", "s1", "s2"] {
+        fake_node(&client, n, &fake_devices(n, 2), 2).await.unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = SchedulerConfig {
+        namespace: Some(NS.into()),
+        ..SchedulerConfig::default()
+    };
+    let dilu = tokio::spawn(scheduler::run(
+        api.client_as(KUBE_SCHEDULER_USER),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let spread = serde_json::json!({"across": "node", "max_skew": 1, "required": true}).to_string();
+    for i in 0..3 {
+        let mut packed = pod(&format!("packed-{i}"), &PlacementRules::default(), true);
+        packed
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(meta::FUNCTION.into(), "p".into());
+        pods.create(&PostParams::default(), &packed).await.unwrap();
+        let mut spread_pod = pod(&format!("spread-{i}"), &PlacementRules::default(), true);
+        spread_pod
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(meta::SPREAD.into(), spread.clone());
+        pods.create(&PostParams::default(), &spread_pod)
+            .await
+            .unwrap();
+    }
+    let packed = outcomes(&pods, "packed-", 3).await;
+    let spread_out = outcomes(&pods, "spread-", 3).await;
+    let _ = stop.send(());
+    dilu.await.unwrap().unwrap();
+    let nodes = |o: &BTreeMap<String, Option<String>>| {
+        o.values()
+            .map(|n| n.clone().expect("bound"))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(nodes(&packed).len(), 1, "best fit packs: {packed:?}");
+    assert_eq!(nodes(&spread_out).len(), 3, "one per node: {spread_out:?}");
 }

@@ -175,7 +175,9 @@ impl DiluPlacer {
                     .gpus
                     .iter()
                     .enumerate()
-                    .filter(|(_, g)| !g.is_idle() && g.mem_mib < node.spec.gpu_mem_mib)
+                    .filter(|(_, g)| {
+                        !g.excluded && !g.is_idle() && g.mem_mib < node.spec.gpu_mem_mib
+                    })
                     .filter(|(_, g)| self.admits(node, g, req.sm_request, req.sm_request, 0))
                     .map(|(i, g)| (g.mem_mib, i))
                     .collect();

@@ -38,6 +38,7 @@ pub(crate) fn best_gang(
             node.gpus
                 .iter()
                 .enumerate()
+                .filter(|(_, g)| !g.excluded)
                 .filter_map(|(gi, g)| score(ni, node, gi, g).map(|s| (s, gi as u32))),
         );
         if scored.len() < k {

@@ -226,9 +226,11 @@ pub(crate) fn feasible(node: &Node, req: &InstanceRequest, mask: ModelMask) -> b
     fitting >= req.gpu_count as usize
 }
 
-/// Whether one GPU of the node can take one GPU's worth of the request: SM share and GPU memory.
+/// Whether one GPU of the node can take one GPU's worth of the request: not excluded, SM share and GPU memory.
 fn gpu_fits(node: &Node, g: &GpuState, req: &InstanceRequest) -> bool {
-    g.free_milli() >= req.sm_request && node.spec.gpu_mem_mib - g.mem_mib >= req.gpu_mem_mib
+    !g.excluded
+        && g.free_milli() >= req.sm_request
+        && node.spec.gpu_mem_mib - g.mem_mib >= req.gpu_mem_mib
 }
 
 /// The `gpu_count` lowest-index GPUs that fit (for whole GPUs: the lowest-index idle ones).

@@ -26,7 +26,7 @@ use crate::events::{EventSink, EventType, Reporter, pod_ref};
 use crate::meta::{self, Assignment, PodBooking};
 use crate::nodes::LostNodes;
 use crate::scheduling;
-use dilu_core::scheduling::NodeConstraints;
+use dilu_core::scheduling::PlacementRules;
 
 /// Reads what the scheduler needs from a pod (`None` when it has no name or namespace).
 pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
@@ -53,10 +53,23 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
         let function = function.ok_or_else(|| format!("no {} label", meta::FUNCTION))?;
         Ok(booking.request(function))
     });
-    // Constraints that cannot be read make the pod unplaceable, with the reason, as an unreadable booking does.
-    let (constraints, request) = match spec.map(scheduling::read_pod_spec).transpose() {
-        Ok(constraints) => (constraints.unwrap_or_default(), request),
-        Err(why) => (NodeConstraints::default(), request.map(|_| Err(why))),
+    // Rules that cannot be read make the pod unplaceable, with the reason, as an unreadable booking does.
+    let rules = spec
+        .map(scheduling::read_pod_spec)
+        .transpose()
+        .and_then(|rules| {
+            let mut rules = rules.unwrap_or_default();
+            if let Some(text) = annotations.and_then(|a| a.get(meta::SPREAD)) {
+                rules.spread = Some(
+                    serde_json::from_str(text)
+                        .map_err(|e| format!("annotation {}: {e}", meta::SPREAD))?,
+                );
+            }
+            Ok(rules)
+        });
+    let (rules, request) = match rules {
+        Ok(rules) => (rules, request),
+        Err(why) => (PlacementRules::default(), request.map(|_| Err(why))),
     };
     let assignment = annotations
         .and_then(|a| a.get(meta::ASSIGNMENT))
@@ -91,7 +104,7 @@ pub fn pod_view(pod: &Pod, scheduler_name: &str) -> Option<PodView> {
         ),
         request,
         class,
-        constraints,
+        rules,
         assignment,
         unschedulable_message,
     })

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use dilu_core::InstanceRequest;
 use dilu_core::ledger::{DeviceClass, DeviceRef, Ledger, LedgerError, NodeInventory};
 use dilu_core::placement::Placer;
-use dilu_core::scheduling::NodeConstraints;
+use dilu_core::scheduling::PlacementRules;
 
 use super::Counters;
 use crate::meta::Assignment;
@@ -56,8 +56,9 @@ pub struct PodView {
     pub request: Option<Result<InstanceRequest, String>>,
     /// The class of device the booking asks for (its `device`; `gpu` without a readable booking).
     pub class: DeviceClass,
-    /// The nodes it may be placed on: its `nodeSelector`, required node affinity and tolerations.
-    pub constraints: NodeConstraints,
+    /// Where it may be placed: its `nodeSelector`, required node affinity and tolerations, and the spread of
+    /// its function's replicas (the `dilu.io/spread` annotation).
+    pub rules: PlacementRules,
     /// The assignment annotation: `None` when absent, `Err` (why) when it cannot be read.
     pub assignment: Option<Result<Assignment, String>>,
     /// The message of the pod's `PodScheduled=False` condition when its reason is `Unschedulable`.
@@ -811,7 +812,7 @@ impl Scheduling {
             return None;
         };
         let class = entry.view.class;
-        let constraints = entry.view.constraints.clone();
+        let rules = entry.view.rules.clone();
         let preassigned = match &entry.view.assignment {
             Some(Ok(a)) => Some(a.device_ref()),
             _ => None,
@@ -827,9 +828,9 @@ impl Scheduling {
                     ));
                     Ok(at)
                 }
-                Err(_) => self.ledger.place_where(key, &request, class, &constraints),
+                Err(_) => self.ledger.place_where(key, &request, class, &rules),
             },
-            None => self.ledger.place_where(key, &request, class, &constraints),
+            None => self.ledger.place_where(key, &request, class, &rules),
         };
         match placed {
             Ok(at) => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dilu_core::ledger::{DeviceClass, DeviceInventory, DeviceRef, Ledger, NodeInventory};
 use dilu_core::policy::{Policy, PolicyName};
-use dilu_core::scheduling::{NodeConstraints, Taint, TaintEffect, Toleration};
+use dilu_core::scheduling::{PlacementRules, Taint, TaintEffect, Toleration};
 use dilu_core::{InstanceKind, InstanceRequest};
 
 use super::*;
@@ -61,7 +61,7 @@ fn pod(name: &str, created: i64, sm_request: u32, sm_limit: u32) -> PodView {
         finished: false,
         request: Some(Ok(request(sm_request, sm_limit))),
         class: DeviceClass::Gpu,
-        constraints: NodeConstraints::default(),
+        rules: PlacementRules::default(),
         assignment: None,
         unschedulable_message: None,
     }
@@ -602,9 +602,7 @@ fn a_pod_goes_only_where_its_selector_and_tolerations_allow_and_waits_for_a_node
         ..zone(node("b", 1), "b")
     };
     let in_b = |mut p: PodView| {
-        p.constraints
-            .node_selector
-            .insert("zone".into(), "b".into());
+        p.rules.node_selector.insert("zone".into(), "b".into());
         p
     };
     let (mut core, _) = core_with(64);
@@ -622,7 +620,7 @@ fn a_pod_goes_only_where_its_selector_and_tolerations_allow_and_waits_for_a_node
     );
     // A pod that tolerates the taint goes to b at once; one without constraints to a (never to b).
     let mut tolerant = in_b(pod("t", 1, 100, 100));
-    tolerant.constraints.tolerations.push(Toleration {
+    tolerant.rules.tolerations.push(Toleration {
         key: "nvidia.com/gpu".into(),
         value: "present".into(),
         ..Toleration::default()
