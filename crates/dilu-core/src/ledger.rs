@@ -184,13 +184,20 @@ struct Replicas {
 }
 
 impl Replicas {
-    /// Marks excluded the allowed nodes (or devices of allowed nodes) where one more replica would put them
-    /// more than `max_skew` above the emptiest allowed one; returns how many it marked.
-    fn exclude_skewed(&self, cluster: &mut Cluster, allowed: &[bool], spread: &Spread) -> usize {
+    /// Marks excluded the allowed nodes (or devices of allowed nodes) where one more replica would put their
+    /// domain more than `max_skew` above the emptiest allowed one, and, for a label, the allowed nodes without
+    /// it; returns how many nodes or devices it marked.
+    fn exclude_skewed(
+        &self,
+        cluster: &mut Cluster,
+        nodes: &[NodeInventory],
+        allowed: &[bool],
+        spread: &Spread,
+    ) -> usize {
         let allowed_nodes = || (0..allowed.len()).filter(|&i| allowed[i]);
         let over = |count: u32, min: u32| count + 1 - min > spread.max_skew;
         let mut marked = 0;
-        match spread.across {
+        match &spread.across {
             SpreadDomain::Node => {
                 let min = allowed_nodes().map(|i| self.per_node[i]).min().unwrap_or(0);
                 for i in allowed_nodes() {
@@ -211,6 +218,23 @@ impl Replicas {
                             cluster.set_gpu_excluded(i, g, true);
                             marked += 1;
                         }
+                    }
+                }
+            }
+            SpreadDomain::Label(key) => {
+                let domain = |i: usize| nodes[i].labels.get(key);
+                let mut per_domain: BTreeMap<&String, u32> = BTreeMap::new();
+                for i in allowed_nodes() {
+                    if let Some(value) = domain(i) {
+                        *per_domain.entry(value).or_default() += self.per_node[i];
+                    }
+                }
+                let min = per_domain.values().copied().min().unwrap_or(0);
+                for i in allowed_nodes() {
+                    let keep = domain(i).is_some_and(|v| !over(per_domain[v], min));
+                    if !keep {
+                        cluster.set_excluded(i, true);
+                        marked += 1;
                     }
                 }
             }
@@ -397,7 +421,7 @@ impl Ledger {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
         let spread = match (&rules.spread, &request.service) {
-            (Some(spread), Some(service)) => Some((*spread, self.replicas(class, service))),
+            (Some(spread), Some(service)) => Some((spread.clone(), self.replicas(class, service))),
             _ => None,
         };
         let (pool, placer) = match class {
@@ -439,7 +463,7 @@ impl Ledger {
                 cluster.set_excluded(i, !a);
             }
             spread.map_or(0, |(spread, replicas)| {
-                replicas.exclude_skewed(cluster, &allowed, spread)
+                replicas.exclude_skewed(cluster, &pool.nodes, &allowed, spread)
             })
         };
         let mut skewed = mark(&mut pool.cluster, spread.as_ref());
@@ -470,9 +494,14 @@ impl Ledger {
                     );
                 }
                 if let Some((s, _)) = spread.as_ref().filter(|_| skewed > 0) {
+                    let (unit, across) = match &s.across {
+                        SpreadDomain::Device => ("devices", String::new()),
+                        SpreadDomain::Node => ("nodes", String::new()),
+                        SpreadDomain::Label(key) => ("nodes", format!(" across {key}")),
+                    };
                     why += &format!(
-                        "; {skewed} {}s left out to keep its replicas spread (required, max skew {})",
-                        s.across.as_str(),
+                        "; {skewed} {unit} left out to keep its replicas spread{across} (required, max \
+                         skew {})",
                         s.max_skew
                     );
                 }
@@ -1160,5 +1189,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn replicas_spread_across_the_values_of_a_label_and_not_onto_nodes_without_it() {
+        let zoned = |name: &str, zone: Option<&str>| NodeInventory {
+            labels: zone
+                .map(|z| [("topology.kubernetes.io/zone".to_string(), z.to_string())].into())
+                .unwrap_or_default(),
+            ..node(name, &[&format!("GPU-{name}")])
+        };
+        let nodes = [
+            zoned("a", Some("x")),
+            zoned("b", Some("x")),
+            zoned("c", Some("y")),
+            zoned("d", None),
+        ];
+        let zone_of = |n: &str| if n == "c" { "y" } else { "x" };
+        let mut l = ledger(&nodes);
+        let rules = spread(
+            SpreadDomain::Label("topology.kubernetes.io/zone".into()),
+            true,
+        );
+        let mut per_zone: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in 0..6 {
+            let at = l
+                .place_where(&format!("f{i}"), &of("f", 0.1), DeviceClass::Gpu, &rules)
+                .unwrap();
+            assert_ne!(at.node, "d", "a node without the label takes no replica");
+            *per_zone.entry(zone_of(&at.node)).or_default() += 1;
+            let (min, max) = (
+                per_zone.get("x").copied().unwrap_or(0),
+                per_zone.get("y").copied().unwrap_or(0),
+            );
+            assert!(min.abs_diff(max) <= 1, "after {}: {per_zone:?}", i + 1);
+        }
+        assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), [3, 3]);
+        // The spec form: a label key, validated as one.
+        let bad = PlacementRules {
+            spread: Some(Spread {
+                across: SpreadDomain::from("not a key!".to_string()),
+                max_skew: 1,
+                required: true,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "spread.across");
     }
 }

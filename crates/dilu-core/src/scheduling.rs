@@ -356,34 +356,55 @@ pub struct PlacementRules {
     pub spread: Option<Spread>,
 }
 
-/// What replicas spread across.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
+/// What replicas spread across: each node, each device, or each value of a node label (a topology key such as
+/// `topology.kubernetes.io/zone`). Written as `node`, `device` or the label key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
 pub enum SpreadDomain {
     /// Nodes: losing a node loses as few replicas as the spread allows.
     Node,
     /// Devices (GPUs, or CPU devices): a device fault or a burst on one device hits as few as it allows.
     Device,
+    /// The values of a node label: nodes with the same value form one domain; a node without the label takes
+    /// no replica (Kubernetes' topology spread does the same).
+    Label(String),
 }
 
 impl SpreadDomain {
-    /// The name used in specs and messages.
-    pub fn as_str(self) -> &'static str {
+    /// The name used in specs and messages (`node`, `device` or the label key).
+    pub fn as_str(&self) -> &str {
         match self {
             SpreadDomain::Node => "node",
             SpreadDomain::Device => "device",
+            SpreadDomain::Label(key) => key,
         }
+    }
+}
+
+impl From<String> for SpreadDomain {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "node" => SpreadDomain::Node,
+            "device" => SpreadDomain::Device,
+            _ => SpreadDomain::Label(text),
+        }
+    }
+}
+
+impl From<SpreadDomain> for String {
+    fn from(domain: SpreadDomain) -> Self {
+        domain.as_str().to_string()
     }
 }
 
 /// How a function's replicas spread, with Kubernetes' topology-spread arithmetic: a new replica may go to a
 /// domain only if, with it, that domain holds at most `max_skew` more replicas than the emptiest allowed domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Spread {
-    /// Nodes or devices.
+    /// `node`, `device`, or a node label key whose values are the domains (`topology.kubernetes.io/zone`).
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub across: SpreadDomain,
     /// The largest difference allowed between the fullest and the emptiest domain (at least 1; default 1).
     #[serde(default = "one")]
@@ -455,14 +476,23 @@ impl PlacementRules {
     /// the values they take, a toleration without a key only with `Exists`); fields are named as in a spec
     /// (`node_selector.<key>`, `node_affinity[i].match_expressions[j].values`, `tolerations[i].operator`).
     pub fn validate(&self) -> Result<(), FieldError> {
-        if let Some(spread) = &self.spread
-            && spread.max_skew == 0
-        {
-            return Err(FieldError::new(
-                "spread.max_skew",
-                0,
-                "must be at least 1 (0 would allow no replica anywhere once one runs)",
-            ));
+        if let Some(spread) = &self.spread {
+            if spread.max_skew == 0 {
+                return Err(FieldError::new(
+                    "spread.max_skew",
+                    0,
+                    "must be at least 1 (0 would allow no replica anywhere once one runs)",
+                ));
+            }
+            if let SpreadDomain::Label(key) = &spread.across {
+                check_label_key(key).map_err(|rule| {
+                    FieldError::new(
+                        "spread.across",
+                        key,
+                        format!("node, device, or a node label key: {rule}"),
+                    )
+                })?;
+            }
         }
         for (k, v) in &self.node_selector {
             check_label_key(k).map_err(|rule| FieldError::new("node_selector", k, rule))?;
