@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Cluster, NodeSpec, Placement};
 use crate::placement::{PlacementScore, Placer};
 use crate::request::{InstanceRequest, SM_MILLI};
-use crate::scheduling::{PlacementRules, Spread, SpreadDomain, Taint};
+use crate::scheduling::{PlacementRules, Spread, SpreadDomain, Taint, exclude_for_spread};
 
 /// A device a node offers, as the ledger needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -174,72 +174,6 @@ impl Pool {
             .iter()
             .position(|d| d.uuid == at.device)?;
         Some((node, gpu as u32))
-    }
-}
-
-/// How many replicas of one function each node and each device of a pool holds.
-struct Replicas {
-    per_node: Vec<u32>,
-    per_device: Vec<Vec<u32>>,
-}
-
-impl Replicas {
-    /// Marks excluded the allowed nodes (or devices of allowed nodes) where one more replica would put their
-    /// domain more than `max_skew` above the emptiest allowed one, and, for a label, the allowed nodes without
-    /// it; returns how many nodes or devices it marked.
-    fn exclude_skewed(
-        &self,
-        cluster: &mut Cluster,
-        nodes: &[NodeInventory],
-        allowed: &[bool],
-        spread: &Spread,
-    ) -> usize {
-        let allowed_nodes = || (0..allowed.len()).filter(|&i| allowed[i]);
-        let over = |count: u32, min: u32| count + 1 - min > spread.max_skew;
-        let mut marked = 0;
-        match &spread.across {
-            SpreadDomain::Node => {
-                let min = allowed_nodes().map(|i| self.per_node[i]).min().unwrap_or(0);
-                for i in allowed_nodes() {
-                    if over(self.per_node[i], min) {
-                        cluster.set_excluded(i, true);
-                        marked += 1;
-                    }
-                }
-            }
-            SpreadDomain::Device => {
-                let min = allowed_nodes()
-                    .flat_map(|i| self.per_device[i].iter().copied())
-                    .min()
-                    .unwrap_or(0);
-                for i in allowed_nodes() {
-                    for (g, &count) in self.per_device[i].iter().enumerate() {
-                        if over(count, min) {
-                            cluster.set_gpu_excluded(i, g, true);
-                            marked += 1;
-                        }
-                    }
-                }
-            }
-            SpreadDomain::Label(key) => {
-                let domain = |i: usize| nodes[i].labels.get(key);
-                let mut per_domain: BTreeMap<&String, u32> = BTreeMap::new();
-                for i in allowed_nodes() {
-                    if let Some(value) = domain(i) {
-                        *per_domain.entry(value).or_default() += self.per_node[i];
-                    }
-                }
-                let min = per_domain.values().copied().min().unwrap_or(0);
-                for i in allowed_nodes() {
-                    let keep = domain(i).is_some_and(|v| !over(per_domain[v], min));
-                    if !keep {
-                        cluster.set_excluded(i, true);
-                        marked += 1;
-                    }
-                }
-            }
-        }
-        marked
     }
 }
 
@@ -420,10 +354,7 @@ impl Ledger {
         if self.bookings.contains_key(key) {
             return Err(LedgerError::Duplicate(key.to_string()));
         }
-        let spread = match (&rules.spread, &request.service) {
-            (Some(spread), Some(service)) => Some((spread.clone(), self.replicas(class, service))),
-            _ => None,
-        };
+        let spread = rules.spread.as_ref().zip(request.service.as_deref());
         let (pool, placer) = match class {
             DeviceClass::Gpu => (&mut self.gpus, &mut self.placer),
             DeviceClass::Cpu => (&mut self.cpus, &mut self.placer),
@@ -458,23 +389,29 @@ impl Ledger {
                 reasons(&refused)
             )));
         }
-        let mark = |cluster: &mut Cluster, spread: Option<&(Spread, Replicas)>| -> usize {
+        let mark = |cluster: &mut Cluster, spread: Option<(&Spread, &str)>| -> usize {
+            cluster.clear_excluded();
             for (i, a) in allowed.iter().enumerate() {
                 cluster.set_excluded(i, !a);
             }
-            spread.map_or(0, |(spread, replicas)| {
-                replicas.exclude_skewed(cluster, &pool.nodes, &allowed, spread)
+            spread.map_or(0, |(spread, service)| {
+                exclude_for_spread(cluster, service, spread, &|i| {
+                    let label = match &spread.across {
+                        SpreadDomain::Label(key) => key,
+                        _ => return None,
+                    };
+                    pool.nodes.get(i)?.labels.get(label).cloned()
+                })
             })
         };
-        let mut skewed = mark(&mut pool.cluster, spread.as_ref());
+        let mut skewed = mark(&mut pool.cluster, spread);
         let mut chosen = placer.place(&pool.cluster, request);
         if chosen.is_err()
             && skewed > 0
-            && let Some((s, _)) = &spread
+            && let Some((s, _)) = spread
             && !s.required
         {
             // Only preferred: place as if there were no spread.
-            pool.cluster.clear_excluded();
             skewed = mark(&mut pool.cluster, None);
             chosen = placer.place(&pool.cluster, request);
         }
@@ -493,11 +430,16 @@ impl Ledger {
                         reasons(&refused)
                     );
                 }
-                if let Some((s, _)) = spread.as_ref().filter(|_| skewed > 0) {
+                if let Some((s, _)) = spread.filter(|_| skewed > 0) {
                     let (unit, across) = match &s.across {
-                        SpreadDomain::Device => ("devices", String::new()),
-                        SpreadDomain::Node => ("nodes", String::new()),
-                        SpreadDomain::Label(key) => ("nodes", format!(" across {key}")),
+                        SpreadDomain::Device => ("device", String::new()),
+                        SpreadDomain::Node => ("node", String::new()),
+                        SpreadDomain::Label(key) => ("node", format!(" across {key}")),
+                    };
+                    let unit = if skewed == 1 {
+                        unit.to_string()
+                    } else {
+                        format!("{unit}s")
                     };
                     why += &format!(
                         "; {skewed} {unit} left out to keep its replicas spread{across} (required, max \
@@ -514,38 +456,6 @@ impl Ledger {
             booking.score = score;
         }
         Ok(at)
-    }
-
-    /// Where the replicas of `service` booked on devices of `class` are, by the pool's node and device index.
-    fn replicas(&self, class: DeviceClass, service: &str) -> Replicas {
-        let pool = self.pool(class);
-        let mut r = Replicas {
-            per_node: vec![0; pool.nodes.len()],
-            per_device: pool
-                .nodes
-                .iter()
-                .map(|n| vec![0; n.devices.len()])
-                .collect(),
-        };
-        for b in self.bookings.values() {
-            if b.class != class || b.request.service.as_deref() != Some(service) {
-                continue;
-            }
-            let node = b.placement.node;
-            if let Some(count) = r.per_node.get_mut(node) {
-                *count += 1;
-            }
-            for share in &b.placement.shares {
-                if let Some(count) = r
-                    .per_device
-                    .get_mut(node)
-                    .and_then(|d| d.get_mut(share.gpu as usize))
-                {
-                    *count += 1;
-                }
-            }
-        }
-        r
     }
 
     /// The score the placer chose `key`'s device by, if it ranks by one.
@@ -1145,6 +1055,27 @@ mod tests {
             })
             .collect();
         assert_eq!(devices.len(), 3, "{devices:?}");
+        // Preferred, with the only other device full: the spread gives way (its GPU marks are lifted).
+        let mut l2 = ledger(&[node("m", &["GPU-0", "GPU-1"])]);
+        l2.place("full", &of("other", 1.0), DeviceClass::Gpu)
+            .unwrap();
+        let preferred = spread(SpreadDomain::Device, false);
+        let a = l2
+            .place_where("p0", &of("f", 0.1), DeviceClass::Gpu, &preferred)
+            .unwrap();
+        let b = l2
+            .place_where("p1", &of("f", 0.1), DeviceClass::Gpu, &preferred)
+            .unwrap();
+        assert_eq!(a.device, b.device);
+        let required = spread(SpreadDomain::Device, true);
+        let e = l2
+            .place_where("p2", &of("f", 0.1), DeviceClass::Gpu, &required)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("; 1 device left out to keep its replicas spread"),
+            "{e}"
+        );
         // The exclusion marks are gone after each call: a placement without rules packs again.
         let a = l.place("x0", &of("x", 0.1), DeviceClass::Gpu).unwrap();
         let b = l.place("x1", &of("x", 0.1), DeviceClass::Gpu).unwrap();
