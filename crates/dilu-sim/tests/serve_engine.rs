@@ -354,6 +354,67 @@ functions:
     assert_eq!(r.cold_starts, 0);
 }
 
+/// A function's spread (the platform's `scheduling.spread`): three warm replicas that Dilu's placer packs on
+/// one GPU take three GPUs with a device spread, and two nodes of two GPUs with a node spread; an unknown key
+/// and a label domain are refused with the key's path.
+#[test]
+fn a_spread_puts_the_replicas_on_as_many_gpus_as_it_asks() {
+    let yaml = |spread: &str| {
+        format!(
+            r"
+name: spread
+duration_s: 60
+seed: 4
+cluster: {{ nodes: 2, gpus_per_node: 2, gpu_mem_gb: 40 }}
+functions:
+  - name: resnet
+    model: resnet152
+    slo_ms: 80
+    min_instances: 3
+    max_instances: 3
+    initial_instances: 3
+    sm_request: 0.2
+    sm_limit: 0.3
+    batch: 4
+{spread}    workload: {{ kind: poisson, rps: 2 }}
+"
+        )
+    };
+    let peak = |spread: &str| {
+        run(&setup(&yaml(spread)), PolicyName::Dilu)
+            .report
+            .peak_active_gpus
+    };
+    let packed = peak("");
+    let devices = peak("    spread: { across: device, required: true }\n");
+    let nodes = peak("    spread: { across: node }\n");
+    eprintln!("peak active GPUs: packed {packed}, device spread {devices}, node spread {nodes}");
+    assert_eq!((packed, devices, nodes), (1, 3, 2));
+    // Deterministic as every run: the same report twice.
+    let again = |spread: &str| to_json_run(&yaml(spread));
+    assert_eq!(
+        again("    spread: { across: device }\n"),
+        again("    spread: { across: device }\n")
+    );
+    for (spread, key) in [
+        (
+            "    spread: { across: topology.kubernetes.io/zone }\n",
+            "functions[0].spread.across",
+        ),
+        (
+            "    spread: { across: node, max_skew: 0 }\n",
+            "functions[0].spread.max_skew",
+        ),
+    ] {
+        let e = parse_scenario(&yaml(spread), Path::new("."), &builtin_model_names()).unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+    }
+}
+
+fn to_json_run(yaml: &str) -> String {
+    serde_json::to_string(&run(&setup(yaml), PolicyName::Dilu).report).unwrap()
+}
+
 // ---- 7. training alone ------------------------------------------------------------------------------------
 
 #[test]

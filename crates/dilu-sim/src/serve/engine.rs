@@ -24,6 +24,7 @@ use dilu_core::scaling::{
     FunctionLoad, Grant, HorizontalScaler, QueueState, ResidentState, ShareMode,
     VerticalController, VerticalEvent,
 };
+use dilu_core::scheduling::exclude_for_spread;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
@@ -697,13 +698,29 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Asks the placer for a device for `req` (an instance of `f`) while the devices that would break `f`'s
+    /// spread are excluded, as the platform's ledger does; a preferred spread gives way when nothing else fits.
+    fn place_spread(&mut self, f: usize, req: &InstanceRequest) -> Option<Placement> {
+        let Some(spread) = self.sc.functions[f].spread.clone() else {
+            return self.bundle.placer.place(&self.cluster, req).ok();
+        };
+        let service = self.sc.functions[f].name.clone();
+        let skewed = exclude_for_spread(&mut self.cluster, &service, &spread, &|_| None);
+        let mut placed = self.bundle.placer.place(&self.cluster, req).ok();
+        self.cluster.clear_excluded();
+        if placed.is_none() && skewed > 0 && !spread.required {
+            placed = self.bundle.placer.place(&self.cluster, req).ok();
+        }
+        placed
+    }
+
     /// Places a new instance of `f`; `warm` instances (the initial ones) are ready at once.
     fn add_instance(&mut self, f: usize, warm: bool) -> bool {
         let q = self.funcs[f].quota;
         let req = self.request_for(f, &q);
-        let mut placement = match self.bundle.placer.place(&self.cluster, &req) {
-            Ok(p) => p,
-            Err(_) => {
+        let mut placement = match self.place_spread(f, &req) {
+            Some(p) => p,
+            None => {
                 self.metrics.unschedulable();
                 return false;
             }

@@ -47,6 +47,8 @@ pub struct PreparedFunction {
     pub max_instances: u32,
     /// Instances placed (warm) at time zero.
     pub initial_instances: u32,
+    /// How its replicas spread over nodes or devices (none: wherever the placer packs them).
+    pub spread: Option<dilu_core::scheduling::Spread>,
     /// Its request arrivals.
     pub workload: Workload,
 }

@@ -24,6 +24,7 @@ use super::workload::{
 use dilu_core::perf::table::{DiluCsvOptions, parse_dilu_csv_with};
 use dilu_core::perf::{PerfModel, ProfileTable};
 use dilu_core::policy::PolicyName;
+use dilu_core::scheduling::{PlacementRules, Spread, SpreadDomain};
 
 /// Longest scenario the simulator accepts: 7 days of virtual time, in seconds.
 pub const MAX_DURATION_S: f64 = 7.0 * 86_400.0;
@@ -119,6 +120,9 @@ pub struct FunctionSpec {
     /// Requests per second per instance the horizontal scaler counts, overriding the profile's at the batch and
     /// request (what a platform spec's `scaling.capacity_rps` pins).
     pub capacity_rps: Option<f64>,
+    /// How its replicas spread over nodes or devices (`dilu_core::scheduling::Spread`, as a platform spec's
+    /// `scheduling.spread`; the simulator's nodes have no labels, so across `node` or `device`).
+    pub spread: Option<Spread>,
     /// The request arrivals, with data files already loaded.
     pub workload: Workload,
 }
@@ -370,6 +374,8 @@ struct RawFunction {
     sm_request: Option<f64>,
     #[serde(default)]
     sm_limit: Option<f64>,
+    #[serde(default)]
+    spread: Option<Spread>,
     workload: Value,
 }
 
@@ -929,6 +935,22 @@ impl Checker<'_> {
             .capacity_rps
             .map(|c| positive(&k("capacity_rps"), c))
             .transpose()?;
+        if let Some(spread) = &raw.spread {
+            if let SpreadDomain::Label(key) = &spread.across {
+                return Err(invalid(
+                    k("spread.across"),
+                    format!("{key:?}"),
+                    "the simulator's nodes have no labels: spread across node or device",
+                ));
+            }
+            let rules = PlacementRules {
+                spread: Some(spread.clone()),
+                ..PlacementRules::default()
+            };
+            rules
+                .validate()
+                .map_err(|e| invalid(k(&e.field), e.value, e.rule))?;
+        }
         let workload = self.workload(i, &raw.workload, seed, duration_s)?;
         Ok(FunctionSpec {
             name: raw.name,
@@ -948,6 +970,7 @@ impl Checker<'_> {
             request_overhead_ms,
             service_cv,
             capacity_rps,
+            spread: raw.spread,
             workload,
         })
     }

@@ -297,6 +297,7 @@ pub fn prepare(scenario: &Scenario) -> Result<Setup, SetupError> {
             min_instances: f.min_instances,
             max_instances: f.max_instances,
             initial_instances: f.initial_instances,
+            spread: f.spread.clone(),
             workload: f.workload.clone(),
         });
     }
