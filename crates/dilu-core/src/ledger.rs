@@ -177,6 +177,29 @@ impl Pool {
     }
 }
 
+/// "2 didn't match the node selector, 1 had the taint …": nodes counted per reason.
+fn count_reasons(refused: &BTreeMap<String, usize>) -> String {
+    refused
+        .iter()
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a required spread left out, for a refusal: "; 2 nodes left out to keep its replicas spread …".
+fn spread_refusal(spread: &Spread, skewed: usize) -> String {
+    let (unit, across) = match &spread.across {
+        SpreadDomain::Device => ("device", String::new()),
+        SpreadDomain::Node => ("node", String::new()),
+        SpreadDomain::Label(key) => ("node", format!(" across {key}")),
+    };
+    let plural = if skewed == 1 { "" } else { "s" };
+    format!(
+        "; {skewed} {unit}{plural} left out to keep its replicas spread{across} (required, max skew {})",
+        spread.max_skew
+    )
+}
+
 /// The ledger.
 pub struct Ledger {
     nodes: Vec<NodeInventory>,
@@ -327,8 +350,8 @@ impl Ledger {
             .find(|c| !self.pool(*c).nodes.is_empty())
     }
 
-    /// Chooses a device of `class` for a new instance and books it under `key`, on any node whose taints
-    /// it tolerates (it tolerates none: [`Ledger::place_where`] with the default constraints).
+    /// Chooses a device of `class` for a new instance and books it under `key`, on any node without a
+    /// forbidding taint ([`Ledger::place_where`] with the default rules).
     pub fn place(
         &mut self,
         key: &str,
@@ -374,27 +397,30 @@ impl Ledger {
                 *refused.entry(why.to_string()).or_default() += 1;
             }
         }
-        let reasons = |refused: &BTreeMap<String, usize>| {
-            refused
-                .iter()
-                .map(|(why, n)| format!("{n} {why}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let excluded = total - allowed.iter().filter(|a| **a).count();
         if excluded == total {
             return Err(LedgerError::Unschedulable(format!(
                 "0/{total} nodes with a {} device are available to it: {}",
                 class.as_str(),
-                reasons(&refused)
+                count_reasons(&refused)
             )));
         }
-        let mark = |cluster: &mut Cluster, spread: Option<(&Spread, &str)>| -> usize {
+        // Allowed nodes with a PreferNoSchedule taint it does not tolerate are avoided while others are open.
+        let avoid: Vec<bool> = pool
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| allowed[i] && rules.avoids(n))
+            .collect();
+        let avoiding = avoid.contains(&true) && (0..total).any(|i| allowed[i] && !avoid[i]);
+        // Marks the nodes the rules forbid, then those (or the GPUs) the spread leaves out, counted among the
+        // allowed ones, then the avoided ones; returns how many the spread left out.
+        let mark = |cluster: &mut Cluster, avoiding: bool, spread: Option<(&Spread, &str)>| {
             cluster.clear_excluded();
             for (i, a) in allowed.iter().enumerate() {
                 cluster.set_excluded(i, !a);
             }
-            spread.map_or(0, |(spread, service)| {
+            let skewed = spread.map_or(0, |(spread, service)| {
                 exclude_for_spread(cluster, service, spread, &|i| {
                     let label = match &spread.across {
                         SpreadDomain::Label(key) => key,
@@ -402,17 +428,30 @@ impl Ledger {
                     };
                     pool.nodes.get(i)?.labels.get(label).cloned()
                 })
-            })
+            });
+            if avoiding {
+                for (i, a) in avoid.iter().enumerate() {
+                    if *a {
+                        cluster.set_excluded(i, true);
+                    }
+                }
+            }
+            skewed
         };
-        let mut skewed = mark(&mut pool.cluster, spread);
+        let mut skewed = mark(&mut pool.cluster, avoiding, spread);
         let mut chosen = placer.place(&pool.cluster, request);
+        if chosen.is_err() && avoiding {
+            // Nothing fits off the avoided nodes: they are allowed after all.
+            skewed = mark(&mut pool.cluster, false, spread);
+            chosen = placer.place(&pool.cluster, request);
+        }
         if chosen.is_err()
             && skewed > 0
             && let Some((s, _)) = spread
             && !s.required
         {
             // Only preferred: place as if there were no spread.
-            skewed = mark(&mut pool.cluster, None);
+            skewed = mark(&mut pool.cluster, false, None);
             chosen = placer.place(&pool.cluster, request);
         }
         let chosen = chosen
@@ -427,25 +466,11 @@ impl Ledger {
                         " on the {} of {total} nodes with a {} device it may run on (the others: {})",
                         total - excluded,
                         class.as_str(),
-                        reasons(&refused)
+                        count_reasons(&refused)
                     );
                 }
                 if let Some((s, _)) = spread.filter(|_| skewed > 0) {
-                    let (unit, across) = match &s.across {
-                        SpreadDomain::Device => ("device", String::new()),
-                        SpreadDomain::Node => ("node", String::new()),
-                        SpreadDomain::Label(key) => ("node", format!(" across {key}")),
-                    };
-                    let unit = if skewed == 1 {
-                        unit.to_string()
-                    } else {
-                        format!("{unit}s")
-                    };
-                    why += &format!(
-                        "; {skewed} {unit} left out to keep its replicas spread{across} (required, max \
-                         skew {})",
-                        s.max_skew
-                    );
+                    why += &spread_refusal(s, skewed);
                 }
                 LedgerError::Unschedulable(why)
             });
@@ -1166,5 +1191,57 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().field, "spread.across");
+    }
+
+    #[test]
+    fn a_prefer_no_schedule_node_is_used_only_when_the_others_are_full() {
+        use crate::scheduling::{TaintEffect, Toleration, TolerationOperator};
+        let soft = Taint {
+            key: "spot".into(),
+            value: String::new(),
+            effect: TaintEffect::PreferNoSchedule,
+        };
+        let nodes = [
+            NodeInventory {
+                taints: vec![soft],
+                ..node("a", &["GPU-a"])
+            },
+            node("b", &["GPU-b"]),
+        ];
+        // Untainted, a would win the tie (the lower index).
+        let mut plain = ledger(&[node("a", &["GPU-a"]), node("b", &["GPU-b"])]);
+        assert_eq!(
+            plain
+                .place("x", &of("f", 0.6), DeviceClass::Gpu)
+                .unwrap()
+                .node,
+            "a"
+        );
+        let mut l = ledger(&nodes);
+        assert_eq!(
+            l.place("x", &of("f", 0.6), DeviceClass::Gpu).unwrap().node,
+            "b"
+        );
+        assert_eq!(
+            l.place("y", &of("f", 0.6), DeviceClass::Gpu).unwrap().node,
+            "a",
+            "b is full: the avoided node takes it rather than refuse"
+        );
+        let tolerant = PlacementRules {
+            tolerations: vec![Toleration {
+                key: "spot".into(),
+                operator: TolerationOperator::Exists,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut l = ledger(&nodes);
+        assert_eq!(
+            l.place_where("x", &of("f", 0.6), DeviceClass::Gpu, &tolerant)
+                .unwrap()
+                .node,
+            "a",
+            "tolerated: no longer avoided"
+        );
     }
 }

@@ -12,8 +12,8 @@
 //!   (an absent or non-integer label does not match); fields name the node (`metadata.name`, `In`/`NotIn`);
 //! - a toleration tolerates a taint when its effect is empty or equal, its key is empty (with `Exists`: every
 //!   key) or equal, and with `Equal` (the default) its value is equal; `Exists` ignores the value;
-//! - `PreferNoSchedule` taints never forbid a node (kube-scheduler only scores them; Dilu's placers rank by
-//!   their own policy and ignore them).
+//! - `PreferNoSchedule` taints never forbid a node (kube-scheduler only scores them): the ledger places on a
+//!   node with one the instance does not tolerate only when no other allowed node has room.
 //!
 //! What a node offers is [`NodeInventory`]'s `labels` and `taints`; the ledger applies the constraints before
 //! its placer ranks the nodes ([`crate::ledger::Ledger::place_where`]).
@@ -471,6 +471,16 @@ impl PlacementRules {
             return Err(NodeMismatch::Affinity);
         }
         Ok(())
+    }
+
+    /// Whether `node` has a `PreferNoSchedule` taint these rules do not tolerate: such a node is used only when
+    /// no other allowed node has room (kube-scheduler lowers its score; Dilu's placers rank by their own
+    /// policy, so the ledger tries the others first).
+    pub fn avoids(&self, node: &NodeInventory) -> bool {
+        node.taints.iter().any(|t| {
+            t.effect == TaintEffect::PreferNoSchedule
+                && !self.tolerations.iter().any(|x| x.tolerates(t))
+        })
     }
 
     /// Checks the rules Kubernetes checks on the same fields (keys and values as labels allow, operators with

@@ -7,7 +7,6 @@
 //! `SKIPPED: …`) where the binaries are missing; build them with `bash scripts/build-kube.sh`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dilu_core::InstanceKind;
@@ -17,7 +16,7 @@ use dilu_core::scheduling::{
     TolerationOperator,
 };
 use dilu_k8s::meta::{self, PodBooking};
-use dilu_k8s::scheduler::{self, Counters, SchedulerConfig};
+use dilu_k8s::scheduler::{self, SchedulerConfig};
 use dilu_k8s_testkit::{ApiServer, KUBE_SCHEDULER_USER, KubeScheduler, fake_devices, fake_node};
 use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -276,18 +275,51 @@ async fn label_and_taint(
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dilu_scheduler_allows_exactly_the_nodes_kube_scheduler_allows() {
-    let Some(api) = ApiServer::start().await else {
-        return;
-    };
-    let client = api.client();
+async fn namespace(client: &Client) {
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
+}
+
+/// dilu-scheduler placing the pods of [`NS`] until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), scheduler::SchedulerError>>,
+}
+
+impl Running {
+    fn start(api: &ApiServer) -> Running {
+        let config = SchedulerConfig {
+            namespace: Some(NS.into()),
+            ..SchedulerConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(scheduler::run(
+            api.client_as(KUBE_SCHEDULER_USER),
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dilu_scheduler_allows_exactly_the_nodes_kube_scheduler_allows() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let client = api.client();
+    namespace(&client).await;
     let nodes = ["n0", "n1", "n2", "n3"];
     for n in nodes {
         fake_node(&client, n, &fake_devices(n, 1), 1).await.unwrap();
@@ -342,24 +374,10 @@ async fn dilu_scheduler_allows_exactly_the_nodes_kube_scheduler_allows() {
     let by_kube = outcomes(&pods, "kube-", count).await;
     drop(kube);
 
-    let counters = Arc::new(Counters::default());
-    let config = SchedulerConfig {
-        namespace: Some(NS.into()),
-        counters: counters.clone(),
-        ..SchedulerConfig::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let dilu = tokio::spawn(scheduler::run(
-        api.client_as(KUBE_SCHEDULER_USER),
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let dilu = Running::start(&api);
     create("dilu", true).await;
     let by_dilu = outcomes(&pods, "dilu-", count).await;
-    let _ = stop.send(());
-    dilu.await.unwrap().unwrap();
+    dilu.stop().await;
 
     let mut table = String::from(
         "case                               n0 n1 n2 n3   (K kube-scheduler, D dilu-scheduler)\n",
@@ -419,28 +437,12 @@ async fn replicas_with_a_spread_go_one_per_node_and_without_it_pack() {
         return;
     };
     let client = api.client();
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    namespace(&client).await;
     for n in ["s0", "s1", "s2"] {
         fake_node(&client, n, &fake_devices(n, 2), 2).await.unwrap();
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = SchedulerConfig {
-        namespace: Some(NS.into()),
-        ..SchedulerConfig::default()
-    };
-    let dilu = tokio::spawn(scheduler::run(
-        api.client_as(KUBE_SCHEDULER_USER),
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let dilu = Running::start(&api);
     let spread = serde_json::json!({"across": "node", "max_skew": 1, "required": true}).to_string();
     for i in 0..3 {
         let mut packed = pod(&format!("packed-{i}"), &PlacementRules::default(), true);
@@ -464,8 +466,7 @@ async fn replicas_with_a_spread_go_one_per_node_and_without_it_pack() {
     }
     let packed = outcomes(&pods, "packed-", 3).await;
     let spread_out = outcomes(&pods, "spread-", 3).await;
-    let _ = stop.send(());
-    dilu.await.unwrap().unwrap();
+    dilu.stop().await;
     let nodes = |o: &BTreeMap<String, Option<String>>| {
         o.values()
             .map(|n| n.clone().expect("bound"))
