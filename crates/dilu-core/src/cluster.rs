@@ -49,9 +49,6 @@ pub struct GpuState {
     pub mem_mib: u64,
     /// Who runs on it.
     pub residents: Vec<Resident>,
-    /// Set while the instance being placed may not use this GPU (its function's spread,
-    /// [`crate::ledger::Ledger::place_where`]): every placer skips it as if it were full.
-    pub excluded: bool,
 }
 
 impl GpuState {
@@ -151,9 +148,13 @@ pub struct Node {
     pub version: u64,
     /// Rank for breaking score ties: lower wins. Defaults to the node index.
     pub tie_rank: u32,
-    /// Set while the instance being placed may not run here (its node constraints,
+    /// Set while the instance being placed may not run here (its placement rules,
     /// [`crate::ledger::Ledger::place_where`]): every placer skips the node as if it were full.
     pub excluded: bool,
+    /// Bit `i` set while the instance being placed may not use GPU `i` (its function's spread): every placer
+    /// skips that GPU as if it were full ([`Node::gpu_excluded`]). A mask on the node rather than a flag per
+    /// GPU keeps [`GpuState`] small for the placers' scans; GPUs from index 64 on are never excluded.
+    pub excluded_gpus: u64,
 }
 
 impl Node {
@@ -175,6 +176,11 @@ impl Node {
     /// Number of GPUs with at least `milli` unrequested.
     pub fn gpus_with_free(&self, milli: u32) -> u32 {
         self.gpus.iter().filter(|g| g.free_milli() >= milli).count() as u32
+    }
+
+    /// Whether GPU `gpu` is excluded for the instance being placed ([`Node::excluded_gpus`]).
+    pub fn gpu_excluded(&self, gpu: usize) -> bool {
+        gpu < 64 && self.excluded_gpus >> gpu & 1 == 1
     }
 
     /// True when nothing runs on any GPU of the node and no CPU instance either.
@@ -252,6 +258,7 @@ impl Cluster {
                 version: 0,
                 tie_rank: i as u32,
                 excluded: false,
+                excluded_gpus: 0,
             });
         }
         Ok(Cluster {
@@ -309,25 +316,29 @@ impl Cluster {
     }
 
     /// Marks GPU `gpu` of node `node` as one the instance being placed may not use (or not); see
-    /// [`GpuState::excluded`]. The node's version moves, so that scores cached per node are not reused.
+    /// [`Node::excluded_gpus`]. The node's version moves, so that scores cached per node are not reused.
     pub fn set_gpu_excluded(&mut self, node: usize, gpu: usize, excluded: bool) {
         if let Some(n) = self.nodes.get_mut(node)
-            && let Some(g) = n.gpus.get_mut(gpu)
-            && g.excluded != excluded
+            && gpu < n.gpus.len().min(64)
         {
-            g.excluded = excluded;
-            n.version += 1;
+            let mask = if excluded {
+                n.excluded_gpus | 1 << gpu
+            } else {
+                n.excluded_gpus & !(1 << gpu)
+            };
+            if mask != n.excluded_gpus {
+                n.excluded_gpus = mask;
+                n.version += 1;
+            }
         }
     }
 
-    /// Clears every node's [`Node::excluded`] and every GPU's [`GpuState::excluded`] mark.
+    /// Clears every node's [`Node::excluded`] and [`Node::excluded_gpus`] marks.
     pub fn clear_excluded(&mut self) {
         for node in &mut self.nodes {
             node.excluded = false;
-            if node.gpus.iter().any(|g| g.excluded) {
-                for g in &mut node.gpus {
-                    g.excluded = false;
-                }
+            if node.excluded_gpus != 0 {
+                node.excluded_gpus = 0;
                 node.version += 1;
             }
         }

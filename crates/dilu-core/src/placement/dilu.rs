@@ -175,8 +175,8 @@ impl DiluPlacer {
                     .gpus
                     .iter()
                     .enumerate()
-                    .filter(|(_, g)| {
-                        !g.excluded && !g.is_idle() && g.mem_mib < node.spec.gpu_mem_mib
+                    .filter(|(i, g)| {
+                        !node.gpu_excluded(*i) && !g.is_idle() && g.mem_mib < node.spec.gpu_mem_mib
                     })
                     .filter(|(_, g)| self.admits(node, g, req.sm_request, req.sm_request, 0))
                     .map(|(i, g)| (g.mem_mib, i))

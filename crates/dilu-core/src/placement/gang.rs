@@ -7,12 +7,12 @@ use crate::request::InstanceRequest;
 
 /// Whether the node itself (not excluded, CPU, memory, pod count, GPU model, GPU count) can take the request.
 pub(crate) fn node_admits(node: &Node, req: &InstanceRequest, mask: ModelMask) -> bool {
-    !node.excluded
-        && req.cpu_milli <= node.cpu_free()
+    req.cpu_milli <= node.cpu_free()
         && req.mem_mib <= node.mem_free()
         && node.pods < node.spec.max_pods
         && (req.gpu_count == 0
             || (node.gpus.len() >= req.gpu_count as usize && Cluster::model_allowed(mask, node)))
+        && !node.excluded
 }
 
 /// The best gang: node index and GPU indices. `score(node_index, node, gpu_index, gpu)` returns `None` when
@@ -34,13 +34,16 @@ pub(crate) fn best_gang(
             return Some((ni, Vec::new()));
         }
         scored.clear();
-        scored.extend(
-            node.gpus
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| !g.excluded)
-                .filter_map(|(gi, g)| score(ni, node, gi, g).map(|s| (s, gi as u32))),
-        );
+        let gpus = node.gpus.iter().enumerate();
+        if node.excluded_gpus == 0 {
+            scored
+                .extend(gpus.filter_map(|(gi, g)| score(ni, node, gi, g).map(|s| (s, gi as u32))));
+        } else {
+            scored.extend(
+                gpus.filter(|(gi, _)| !node.gpu_excluded(*gi))
+                    .filter_map(|(gi, g)| score(ni, node, gi, g).map(|s| (s, gi as u32))),
+            );
+        }
         if scored.len() < k {
             continue;
         }

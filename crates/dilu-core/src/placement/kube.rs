@@ -103,7 +103,7 @@ impl KubePlacer {
                 let mut chosen = None;
                 let mut count = 0;
                 for (i, g) in node.gpus.iter().enumerate() {
-                    if gpu_fits(node, g, req) {
+                    if gpu_fits(node, i, g, req) {
                         count += 1;
                         if self.rng.intn(count) == 0 {
                             chosen = Some(i as u32);
@@ -209,10 +209,10 @@ pub(crate) fn describe(req: &InstanceRequest) -> String {
 /// FGD's filter: the node is not excluded, CPU, memory and pod count fit (NodeResourcesFit), and for a GPU pod the node has an allowed
 /// model with `gpu_count` distinct GPUs that each have `sm_request` free and the memory (Open-Gpu-Share).
 pub(crate) fn feasible(node: &Node, req: &InstanceRequest, mask: ModelMask) -> bool {
-    if node.excluded
-        || req.cpu_milli > node.cpu_free()
+    if req.cpu_milli > node.cpu_free()
         || req.mem_mib > node.mem_free()
         || node.pods >= node.spec.max_pods
+        || node.excluded
     {
         return false;
     }
@@ -222,15 +222,21 @@ pub(crate) fn feasible(node: &Node, req: &InstanceRequest, mask: ModelMask) -> b
     if node.gpus.is_empty() || !Cluster::model_allowed(mask, node) {
         return false;
     }
-    let fitting = node.gpus.iter().filter(|g| gpu_fits(node, g, req)).count();
+    let fitting = node
+        .gpus
+        .iter()
+        .enumerate()
+        .filter(|&(i, g)| gpu_fits(node, i, g, req))
+        .count();
     fitting >= req.gpu_count as usize
 }
 
-/// Whether one GPU of the node can take one GPU's worth of the request: not excluded, SM share and GPU memory.
-fn gpu_fits(node: &Node, g: &GpuState, req: &InstanceRequest) -> bool {
-    !g.excluded
-        && g.free_milli() >= req.sm_request
+/// Whether GPU `i` (`g`) of the node can take one GPU's worth of the request: not excluded, SM share and GPU
+/// memory.
+fn gpu_fits(node: &Node, i: usize, g: &GpuState, req: &InstanceRequest) -> bool {
+    g.free_milli() >= req.sm_request
         && node.spec.gpu_mem_mib - g.mem_mib >= req.gpu_mem_mib
+        && !node.gpu_excluded(i)
 }
 
 /// The `gpu_count` lowest-index GPUs that fit (for whole GPUs: the lowest-index idle ones).
@@ -238,7 +244,7 @@ fn lowest_index_fitting(node: &Node, req: &InstanceRequest) -> Vec<u32> {
     node.gpus
         .iter()
         .enumerate()
-        .filter(|(_, g)| gpu_fits(node, g, req))
+        .filter(|&(i, g)| gpu_fits(node, i, g, req))
         .take(req.gpu_count as usize)
         .map(|(i, _)| i as u32)
         .collect()
@@ -249,7 +255,7 @@ fn best_fit_gpu(node: &Node, req: &InstanceRequest) -> Option<u32> {
     let mut best: Option<(u32, u32)> = None;
     for (i, g) in node.gpus.iter().enumerate() {
         let free = g.free_milli();
-        if gpu_fits(node, g, req) && best.is_none_or(|(bf, _)| free < bf) {
+        if gpu_fits(node, i, g, req) && best.is_none_or(|(bf, _)| free < bf) {
             best = Some((free, i as u32));
         }
     }
@@ -346,7 +352,7 @@ fn fgd_score(memo: &mut FragMemo, node: &Node, req: &InstanceRequest) -> (i64, O
     if req.is_share() {
         let mut best: Option<(i64, u32)> = None;
         for i in 0..free.len() {
-            if !gpu_fits(node, &node.gpus[i], req) {
+            if !gpu_fits(node, i, &node.gpus[i], req) {
                 continue;
             }
             free[i] -= req.sm_request;
@@ -371,7 +377,7 @@ fn fgd_score(memo: &mut FragMemo, node: &Node, req: &InstanceRequest) -> (i64, O
     order.sort();
     for &(f, i) in order
         .iter()
-        .filter(|&&(_, i)| gpu_fits(node, &node.gpus[i], req))
+        .filter(|&&(_, i)| gpu_fits(node, i, &node.gpus[i], req))
         .take(req.gpu_count as usize)
     {
         free[i] = f - req.sm_request;
