@@ -1241,10 +1241,14 @@ impl Controller {
                 true
             }
             Err(e) => {
-                let old = f.live_ids(true);
+                // Retiring outdated instances makes room, never an allowed node: with none allowed they stay.
+                let old = match e {
+                    LedgerError::NoNodeAllowed(_) => Vec::new(),
+                    _ => f.live_ids(true),
+                };
                 if old.is_empty() {
                     let message = match e {
-                        LedgerError::Unschedulable(_) => {
+                        LedgerError::Unschedulable(_) | LedgerError::NoNodeAllowed(_) => {
                             format!("placing an instance of {}: {e}", f.spec.name)
                         }
                         other => format!("booking an instance of {}: {other}", f.spec.name),

@@ -587,6 +587,23 @@ async fn a_node_selector_no_node_matches_says_why_and_the_node_it_names_runs_it(
     rig.run_for(500, 100).await;
     assert_eq!(rig.ready("s").len(), 1);
     assert!(rig.view("s").last_error.is_none());
+    // An update whose selector no node matches keeps the running instance serving (retiring it would make
+    // room, not a matching node) and says why its replacement waits.
+    let running = rig.ready("s");
+    rig.c.update(inference("s", &elsewhere)).await.unwrap();
+    rig.run_for(1_000, 100).await;
+    assert_eq!(
+        rig.routed("s"),
+        running,
+        "the old (now outdated) instance still serves"
+    );
+    assert!(
+        rig.view("s")
+            .last_error
+            .is_some_and(|e| e.contains("didn't match the node selector")),
+        "{:?}",
+        rig.view("s").last_error
+    );
 }
 
 #[tokio::test]

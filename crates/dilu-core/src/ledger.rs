@@ -102,6 +102,10 @@ pub enum LedgerError {
     /// No device has room under the placer's admission rules.
     #[error("unschedulable: {0}")]
     Unschedulable(String),
+    /// The instance's placement rules allow no node with a device of its class (selector, affinity, taints):
+    /// making room elsewhere would not help.
+    #[error("unschedulable: {0}")]
+    NoNodeAllowed(String),
     /// The device is not in the inventory.
     #[error("device {device} is not on node {node}")]
     UnknownDevice {
@@ -399,7 +403,7 @@ impl Ledger {
         }
         let excluded = total - allowed.iter().filter(|a| **a).count();
         if excluded == total {
-            return Err(LedgerError::Unschedulable(format!(
+            return Err(LedgerError::NoNodeAllowed(format!(
                 "0/{total} nodes with a {} device are available to it: {}",
                 class.as_str(),
                 count_reasons(&refused)

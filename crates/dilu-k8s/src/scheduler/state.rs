@@ -850,7 +850,7 @@ impl Scheduling {
                 self.set_state(key, State::Binding { id, at });
                 Some(bind)
             }
-            Err(LedgerError::Unschedulable(message)) => {
+            Err(LedgerError::Unschedulable(message) | LedgerError::NoNodeAllowed(message)) => {
                 self.counters.unschedulable.fetch_add(1, Ordering::Relaxed);
                 let entry = self.pods.get_mut(key)?;
                 // Pending stays pending: the queue and the adoption set do not change.
