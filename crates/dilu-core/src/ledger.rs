@@ -425,12 +425,8 @@ impl Ledger {
                 cluster.set_excluded(i, !a);
             }
             let skewed = spread.map_or(0, |(spread, service)| {
-                exclude_for_spread(cluster, service, spread, &|i| {
-                    let label = match &spread.across {
-                        SpreadDomain::Label(key) => key,
-                        _ => return None,
-                    };
-                    pool.nodes.get(i)?.labels.get(label).cloned()
+                exclude_for_spread(cluster, service, spread, &|i, key| {
+                    pool.nodes.get(i)?.labels.get(key).cloned()
                 })
             });
             if avoiding {

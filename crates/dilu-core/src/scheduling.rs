@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Cluster, GpuState};
+use crate::cluster::{Cluster, GpuState, Resident};
 use crate::error::FieldError;
 use crate::ledger::NodeInventory;
 
@@ -537,8 +537,8 @@ impl PlacementRules {
 }
 
 /// Marks excluded, in `cluster`, where one more replica of `service` would break `spread`: among the nodes not
-/// already excluded (by node rules), each node (or GPU, or node whose label value `label_of` gives) whose
-/// domain would hold more than `spread.max_skew` replicas above the emptiest such domain; for a label, also the
+/// already excluded (by node rules), each node (or GPU, or node with the label value `label_of(node, key)`
+/// gives) whose domain would hold more than `spread.max_skew` replicas above the emptiest such domain; for a label, also the
 /// nodes without it. Replicas are counted from the GPUs' residents (a replica on several GPUs of one node
 /// counts once for the node and once per GPU). Returns how many nodes or GPUs it marked; the caller places and
 /// then clears the marks ([`Cluster::clear_excluded`]). The ledger and the simulator both place through it.
@@ -546,56 +546,60 @@ pub fn exclude_for_spread(
     cluster: &mut Cluster,
     service: &str,
     spread: &Spread,
-    label_of: &dyn Fn(usize) -> Option<String>,
+    label_of: &dyn Fn(usize, &str) -> Option<String>,
 ) -> usize {
     let nodes = cluster.nodes();
     let allowed: Vec<usize> = (0..nodes.len()).filter(|&i| !nodes[i].excluded).collect();
-    let mine = |g: &'_ GpuState| {
+    fn mine<'a>(g: &'a GpuState, service: &'a str) -> impl Iterator<Item = &'a Resident> {
         g.residents
             .iter()
-            .filter(|r| r.service.as_deref() == Some(service))
-            .map(|r| r.instance)
-            .collect::<Vec<u64>>()
+            .filter(move |r| r.service.as_deref() == Some(service))
+    }
+    let per_device = |i: usize| {
+        nodes[i]
+            .gpus
+            .iter()
+            .map(|g| mine(g, service).count() as u32)
     };
-    let per_device: Vec<Vec<u32>> = nodes
-        .iter()
-        .map(|n| n.gpus.iter().map(|g| mine(g).len() as u32).collect())
-        .collect();
-    let per_node: Vec<u32> = nodes
-        .iter()
-        .map(|n| {
-            let ids: BTreeSet<u64> = n.gpus.iter().flat_map(mine).collect();
-            ids.len() as u32
-        })
-        .collect();
+    // A replica on several GPUs of one node counts once for the node.
+    let per_node = |i: usize| {
+        let ids: BTreeSet<u64> = nodes[i]
+            .gpus
+            .iter()
+            .flat_map(|g| mine(g, service).map(|r| r.instance))
+            .collect();
+        ids.len() as u32
+    };
     let over = |count: u32, min: u32| count + 1 - min > spread.max_skew;
     let mut nodes_out = Vec::new();
     let mut gpus_out = Vec::new();
     match &spread.across {
         SpreadDomain::Node => {
-            let min = allowed.iter().map(|&i| per_node[i]).min().unwrap_or(0);
-            nodes_out.extend(allowed.iter().copied().filter(|&i| over(per_node[i], min)));
+            let counts: Vec<u32> = allowed.iter().map(|&i| per_node(i)).collect();
+            let min = counts.iter().copied().min().unwrap_or(0);
+            for (k, &i) in allowed.iter().enumerate() {
+                if over(counts[k], min) {
+                    nodes_out.push(i);
+                }
+            }
         }
         SpreadDomain::Device => {
-            let min = allowed
-                .iter()
-                .flat_map(|&i| per_device[i].iter().copied())
-                .min()
-                .unwrap_or(0);
-            for &i in &allowed {
-                for (g, &count) in per_device[i].iter().enumerate() {
+            let counts: Vec<Vec<u32>> = allowed.iter().map(|&i| per_device(i).collect()).collect();
+            let min = counts.iter().flatten().copied().min().unwrap_or(0);
+            for (k, &i) in allowed.iter().enumerate() {
+                for (g, &count) in counts[k].iter().enumerate() {
                     if over(count, min) {
                         gpus_out.push((i, g));
                     }
                 }
             }
         }
-        SpreadDomain::Label(_) => {
-            let domains: Vec<Option<String>> = allowed.iter().map(|&i| label_of(i)).collect();
+        SpreadDomain::Label(key) => {
+            let domains: Vec<Option<String>> = allowed.iter().map(|&i| label_of(i, key)).collect();
             let mut per_domain: BTreeMap<&String, u32> = BTreeMap::new();
             for (k, &i) in allowed.iter().enumerate() {
                 if let Some(value) = &domains[k] {
-                    *per_domain.entry(value).or_default() += per_node[i];
+                    *per_domain.entry(value).or_default() += per_node(i);
                 }
             }
             let min = per_domain.values().copied().min().unwrap_or(0);

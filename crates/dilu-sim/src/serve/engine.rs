@@ -705,7 +705,7 @@ impl<'a> Engine<'a> {
             return self.bundle.placer.place(&self.cluster, req).ok();
         };
         let service = self.sc.functions[f].name.clone();
-        let skewed = exclude_for_spread(&mut self.cluster, &service, &spread, &|_| None);
+        let skewed = exclude_for_spread(&mut self.cluster, &service, &spread, &|_, _| None);
         let mut placed = self.bundle.placer.place(&self.cluster, req).ok();
         self.cluster.clear_excluded();
         if placed.is_none() && skewed > 0 && !spread.required {
